@@ -1,0 +1,140 @@
+"""The one error tree of quorum.
+
+Every error the project raises on purpose derives from :class:`QuorumError`. The tree::
+
+    QuorumError
+    ├── ConfigError                 a configuration value breaks a rule of ``validate()``
+    ├── UsageError                  the caller misused an API (advance without ready, ...);
+    │                               the object stays usable unless the docstring says otherwise
+    ├── RaftError                   errors of the consensus core
+    │   ├── ProposalDropped         a proposal was not appended (retriable elsewhere/later)
+    │   │   ├── NoLeader            no leader is known to forward to
+    │   │   ├── NotLeader           forwarding is disabled and this node is not the leader
+    │   │   ├── TransferInProgress  the leader is handing over leadership
+    │   │   ├── UncommittedLogFull  back-pressure: too many uncommitted bytes
+    │   │   └── ConfChangePending   a membership change is already in flight, or the leader
+    │   │                           has not yet committed an entry of its own term
+    │   ├── StepLocalMessage        a local-only message type was passed to step()
+    │   ├── StepPeerNotFound        a response from a peer that is not in the configuration
+    │   └── InvalidConfChange       a membership change that can never be valid
+    ├── StorageError                errors of the storage layer (log and snapshots)
+    │   ├── Compacted               requested entries are below the first retained index
+    │   ├── Unavailable             requested entries are above the last index
+    │   ├── SnapshotOutOfDate       a snapshot older than the one already held
+    │   ├── SnapshotTemporarilyUnavailable  the snapshot is being produced; retry later
+    │   ├── CorruptionError         a checksum mismatch, gap or missing file (names file, offset)
+    │   ├── DiskFullError           ENOSPC: nothing already written was damaged
+    │   └── FatalIOError            fsync or write failed in a way the node must stop for
+    └── StateError                  errors of the replicated state machine (typed, state unchanged)
+
+Errors carry a short message meant for people and, where useful, fields for programs.
+"""
+
+from __future__ import annotations
+
+
+class QuorumError(Exception):
+    """Base of every error quorum raises on purpose."""
+
+
+class ConfigError(QuorumError):
+    """A configuration value breaks a rule stated in the config's ``validate()``."""
+
+
+class UsageError(QuorumError):
+    """The caller used an API wrongly; the object stays usable."""
+
+
+# --- consensus core -------------------------------------------------------------------------
+
+
+class RaftError(QuorumError):
+    """Base of the consensus core's errors."""
+
+
+class ProposalDropped(RaftError):
+    """A proposal was not appended to the log. Retrying later or elsewhere may succeed."""
+
+
+class NoLeader(ProposalDropped):
+    """No leader is known, so the proposal cannot be forwarded."""
+
+
+class NotLeader(ProposalDropped):
+    """This node is not the leader and proposal forwarding is disabled."""
+
+    def __init__(self, message: str = "not the leader", leader_id: int = 0) -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+
+
+class TransferInProgress(ProposalDropped):
+    """The leader is transferring leadership and takes no proposals meanwhile."""
+
+
+class UncommittedLogFull(ProposalDropped):
+    """The uncommitted tail of the log exceeds its byte cap (back-pressure)."""
+
+
+class ConfChangePending(ProposalDropped):
+    """A membership change is pending, or the leader has not committed in its term yet."""
+
+
+class StepLocalMessage(RaftError):
+    """A message type reserved for local use arrived through ``step()`` from a peer."""
+
+
+class StepPeerNotFound(RaftError):
+    """A response came from a peer that is not part of the configuration."""
+
+
+class InvalidConfChange(RaftError):
+    """A membership change that cannot be applied to the current configuration."""
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+class StorageError(QuorumError):
+    """Base of the storage layer's errors."""
+
+
+class Compacted(StorageError):
+    """The requested index lies below the first retained index (compacted away)."""
+
+
+class Unavailable(StorageError):
+    """The requested index lies beyond the last index in storage."""
+
+
+class SnapshotOutOfDate(StorageError):
+    """The snapshot is older than the one already held."""
+
+
+class SnapshotTemporarilyUnavailable(StorageError):
+    """A snapshot is being produced; the caller should retry later."""
+
+
+class CorruptionError(StorageError):
+    """Stored data failed a check. Never repaired silently; the node refuses to start."""
+
+    def __init__(self, message: str, path: str = "", offset: int = -1) -> None:
+        where = f" ({path} at offset {offset})" if path else ""
+        super().__init__(message + where)
+        self.path = path
+        self.offset = offset
+
+
+class DiskFullError(StorageError):
+    """The disk is full. The write failed; nothing already written was damaged."""
+
+
+class FatalIOError(StorageError):
+    """An fsync or write failed such that the page cache may have dropped data: stop."""
+
+
+# --- state machine --------------------------------------------------------------------------
+
+
+class StateError(QuorumError):
+    """Base of the replicated state machine's typed errors; the state is unchanged."""

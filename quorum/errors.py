@@ -25,7 +25,13 @@ Every error the project raises on purpose derives from :class:`QuorumError`. The
     │   ├── CorruptionError         a checksum mismatch, gap or missing file (names file, offset)
     │   ├── DiskFullError           ENOSPC: nothing already written was damaged
     │   └── FatalIOError            fsync or write failed in a way the node must stop for
-    └── StateError                  errors of the replicated state machine (typed, state unchanged)
+    ├── StateError                  errors of the replicated state machine (typed, state unchanged)
+    └── TransportError              errors of the peer transport
+        ├── FrameError              a frame from a peer is unusable (closes only that connection)
+        │   ├── BadFrame            bad magic/version/type, CRC mismatch, undecodable body
+        │   └── FrameTooLarge       body longer than the configured maximum frame size
+        ├── HandshakeRejected       the peer refused our HELLO (carries ``reason``)
+        └── SnapshotSendFailed      streaming a snapshot to a peer failed
 
 Errors carry a short message meant for people and, where useful, fields for programs.
 """
@@ -138,3 +144,39 @@ class FatalIOError(StorageError):
 
 class StateError(QuorumError):
     """Base of the replicated state machine's typed errors; the state is unchanged."""
+
+
+# --- transport ------------------------------------------------------------------------------
+
+
+class TransportError(QuorumError):
+    """Base of the peer transport's errors."""
+
+
+class FrameError(TransportError):
+    """A frame read from a peer is unusable; only that connection is closed."""
+
+
+class BadFrame(FrameError):
+    """Bad magic, unsupported version, unknown type, CRC mismatch or an undecodable body."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's body exceeds the configured maximum frame size (checked both ways)."""
+
+    def __init__(self, message: str, length: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.length = length
+        self.limit = limit
+
+
+class HandshakeRejected(TransportError):
+    """The peer refused the handshake (wrong cluster id, wrong member id, bad version)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"handshake rejected: {reason}")
+        self.reason = reason
+
+
+class SnapshotSendFailed(TransportError):
+    """Streaming a snapshot to a peer failed; the runtime reports ``report_snapshot(False)``."""

@@ -143,7 +143,146 @@ class FatalIOError(StorageError):
 
 
 class StateError(QuorumError):
-    """Base of the replicated state machine's typed errors; the state is unchanged."""
+    """Base of the replicated state machine's typed errors; the state is unchanged.
+
+    ``code`` is a stable, machine-readable name the API layers translate (etcd error texts are
+    used as messages where etcd has one). Subclasses added for ``quorum.state``::
+
+        StateError
+        ├── InvalidRequest          a request breaks a static rule (checked before any change)
+        │   ├── KeyEmpty            "etcdserver: key is not provided"
+        │   ├── RequestTooLarge     "etcdserver: request is too large"
+        │   ├── TooManyOps          "etcdserver: too many operations in txn request"
+        │   ├── DuplicateKey        "etcdserver: duplicate key given in txn request"
+        │   ├── InvalidRange        range end sorts before the key
+        │   ├── InvalidRevision     a negative revision where none is allowed
+        │   ├── InvalidTTL          lease TTL <= 0 or above the configured maximum
+        │   ├── ValueProvided       ignore_value with a value
+        │   ├── LeaseProvided       ignore_lease with a lease
+        │   └── InvalidCommand      bytes that do not decode as a command of a known version
+        ├── RevisionCompacted       "etcdserver: mvcc: required revision has been compacted"
+        ├── FutureRevision          "etcdserver: mvcc: required revision is a future revision"
+        ├── KeyNotFound             "etcdserver: key not found" (ignore_value/ignore_lease)
+        ├── LeaseNotFound           "etcdserver: requested lease not found"
+        ├── LeaseExists             "etcdserver: lease already exists"
+        ├── SessionNotFound         the client session is unknown (never opened, closed, evicted)
+        ├── StaleSequence           a session sequence below the last one applied
+        └── WatchNotFound           no watcher with that id on this node
+    """
+
+    code = "state_error"
+    default_message = "state machine error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message if message is not None else self.default_message)
+        self.message = message if message is not None else self.default_message
+
+
+class InvalidRequest(StateError):
+    code = "invalid_request"
+    default_message = "etcdserver: invalid request"
+
+
+class KeyEmpty(InvalidRequest):
+    code = "key_empty"
+    default_message = "etcdserver: key is not provided"
+
+
+class RequestTooLarge(InvalidRequest):
+    code = "request_too_large"
+    default_message = "etcdserver: request is too large"
+
+
+class TooManyOps(InvalidRequest):
+    code = "too_many_ops"
+    default_message = "etcdserver: too many operations in txn request"
+
+
+class DuplicateKey(InvalidRequest):
+    code = "duplicate_key"
+    default_message = "etcdserver: duplicate key given in txn request"
+
+
+class InvalidRange(InvalidRequest):
+    code = "invalid_range"
+    default_message = "etcdserver: range end sorts before the key"
+
+
+class InvalidRevision(InvalidRequest):
+    code = "invalid_revision"
+    default_message = "etcdserver: revision must not be negative"
+
+
+class InvalidTTL(InvalidRequest):
+    code = "invalid_ttl"
+    default_message = "etcdserver: lease TTL must be positive and within the maximum"
+
+
+class ValueProvided(InvalidRequest):
+    code = "value_provided"
+    default_message = "etcdserver: value is provided"
+
+
+class LeaseProvided(InvalidRequest):
+    code = "lease_provided"
+    default_message = "etcdserver: lease is provided"
+
+
+class InvalidCommand(InvalidRequest):
+    code = "invalid_command"
+    default_message = "state: command does not decode"
+
+
+class RevisionCompacted(StateError):
+    """The requested revision lies below the compacted revision (``compact_revision``)."""
+
+    code = "compacted"
+    default_message = "etcdserver: mvcc: required revision has been compacted"
+
+    def __init__(self, compact_revision: int = 0, message: str | None = None) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class FutureRevision(StateError):
+    """The requested revision lies beyond the store's current revision (``current_revision``)."""
+
+    code = "future_revision"
+    default_message = "etcdserver: mvcc: required revision is a future revision"
+
+    def __init__(self, current_revision: int = 0, message: str | None = None) -> None:
+        super().__init__(message)
+        self.current_revision = current_revision
+
+
+class KeyNotFound(StateError):
+    code = "key_not_found"
+    default_message = "etcdserver: key not found"
+
+
+class LeaseNotFound(StateError):
+    code = "lease_not_found"
+    default_message = "etcdserver: requested lease not found"
+
+
+class LeaseExists(StateError):
+    code = "lease_exists"
+    default_message = "etcdserver: lease already exists"
+
+
+class SessionNotFound(StateError):
+    code = "session_not_found"
+    default_message = "state: client session not found (never opened, closed or evicted)"
+
+
+class StaleSequence(StateError):
+    code = "stale_sequence"
+    default_message = "state: stale sequence: a later command of this session was applied"
+
+
+class WatchNotFound(StateError):
+    code = "watch_not_found"
+    default_message = "state: no watcher with that id"
 
 
 # --- transport ------------------------------------------------------------------------------

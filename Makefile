@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit torture bench clean
+.PHONY: install run test lint typecheck unit torture bench clean protos
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ torture: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/raft_bench.py
+
+## protos: regenerate quorum/api/etcd/gen from quorum/api/etcd/proto
+protos: $(STAMP)
+	PY=$(BIN)/python scripts/gen_protos.sh
 
 clean:
 	rm -rf $(VENV) .quorum-data .pytest_cache .mypy_cache .ruff_cache

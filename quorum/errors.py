@@ -32,6 +32,11 @@ Every error the project raises on purpose derives from :class:`QuorumError`. The
         │   └── FrameTooLarge       body longer than the configured maximum frame size
         ├── HandshakeRejected       the peer refused our HELLO (carries ``reason``)
         └── SnapshotSendFailed      streaming a snapshot to a peer failed
+    ClientError (also under QuorumError)  raised by the client library itself
+        ├── ConnectionLost          the connection dropped before the answer arrived
+        ├── NoEndpointAvailable     no endpoint accepted a connection in time
+        ├── ServerError             the server sent an error code this client does not know
+        └── LockLost                a recipe's lease expired or its key vanished
 
 Errors carry a short message meant for people and, where useful, fields for programs.
 """
@@ -319,3 +324,34 @@ class HandshakeRejected(TransportError):
 
 class SnapshotSendFailed(TransportError):
     """Streaming a snapshot to a peer failed; the runtime reports ``report_snapshot(False)``."""
+
+
+# --- client library -------------------------------------------------------------------------
+# The native protocol reuses FrameError/BadFrame/FrameTooLarge for bad frames and the node's
+# RequestTimeout for deadlines, so one condition has one class wherever it is detected.
+
+
+class ClientError(QuorumError):
+    """Errors raised by the client library itself (not reported by a server)."""
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped before the answer arrived. For a write the outcome is unknown
+    unless it is retried within its session (then it is applied at most once)."""
+
+
+class NoEndpointAvailable(ClientError):
+    """None of the configured endpoints accepted a connection before the deadline."""
+
+
+class ServerError(ClientError):
+    """The server reported an error code this client does not know."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+
+
+class LockLost(ClientError):
+    """A recipe's ownership ended: its lease expired or its key was deleted while waiting or
+    holding. Nothing may be done under the lock after this is raised."""

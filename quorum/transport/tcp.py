@@ -1,0 +1,665 @@
+"""asyncio TCP links between Raft peers.
+
+One :class:`PeerTransport` per node. It runs a server for inbound connections and keeps one
+outbound link per peer. Connections are one-way for Raft traffic: a node writes its messages
+on its own outbound link and reads the peer's messages from the peer's inbound connection.
+Snapshots travel on a connection of their own, so a multi-MiB stream never delays heartbeats.
+
+Every connection starts with HELLO (cluster id, from, to, version) answered by HELLO_ACK or
+REJECT(reason). A connection that sends anything malformed is closed with a logged reason;
+nothing else is affected. Nothing is logged per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Final
+
+from quorum.errors import (
+    BadFrame,
+    ConfigError,
+    FrameError,
+    FrameTooLarge,
+    HandshakeRejected,
+    SnapshotSendFailed,
+    TransportError,
+)
+from quorum.raft.types import Message
+from quorum.transport.codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MIB,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    Hello,
+    HelloAck,
+    MessageBatch,
+    Ping,
+    Pong,
+    Reject,
+    SnapshotAck,
+    SnapshotChunk,
+    check_inbound_messages,
+    check_snapshot_message,
+)
+
+log = logging.getLogger("quorum.transport")
+
+Address = tuple[str, int]
+OnMessages = Callable[[list[Message]], None]
+OnUnreachable = Callable[[int], None]
+OnSnapshotChunk = Callable[[int, SnapshotChunk], Awaitable[None]]
+
+# Errors that mean "this connection is unusable"; anything else is a bug and propagates.
+_CONNECTION_ERRORS: Final = (OSError, TimeoutError, EOFError, TransportError)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportConfig:
+    """Limits and timings of the transport. Sizes in bytes, times in seconds.
+
+    ``max_queued_messages`` bounds each outbound link's queue: beyond it, messages are dropped
+    and the peer reported unreachable (Raft recovers lost messages; memory must not grow).
+    Reconnect delays grow from ``backoff_initial_s`` by ``backoff_multiplier`` up to
+    ``backoff_max_s``; each is scaled by a random factor in [1 - jitter, 1 + jitter] so peers
+    that lost each other at once do not retry in lockstep.
+    """
+
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_queued_messages: int = 10_000
+    read_chunk_bytes: int = 256 * 1024
+    write_buffer_high_bytes: int = 1 * MIB
+    connect_timeout_s: float = 3.0
+    handshake_timeout_s: float = 3.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    backoff_multiplier: float = 2.0
+    backoff_jitter: float = 0.25
+    snapshot_chunk_bytes: int = 1 * MIB
+    snapshot_ack_timeout_s: float = 60.0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first rule that is broken."""
+        positive = ("max_frame_bytes", "max_queued_messages", "read_chunk_bytes",
+                    "write_buffer_high_bytes", "connect_timeout_s", "handshake_timeout_s",
+                    "backoff_initial_s", "snapshot_chunk_bytes", "snapshot_ack_timeout_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_frame_bytes > 0xFFFFFFFF:
+            raise ConfigError("max_frame_bytes must fit the u32 length field")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("backoff_max_s must be >= backoff_initial_s")
+        if self.backoff_multiplier < 1:
+            raise ConfigError("backoff_multiplier must be >= 1")
+        if not 0 <= self.backoff_jitter < 1:
+            raise ConfigError("backoff_jitter must be in [0, 1)")
+        # a chunk plus its SNAP message and framing must fit in one frame
+        if self.snapshot_chunk_bytes > self.max_frame_bytes // 2:
+            raise ConfigError("snapshot_chunk_bytes must be at most max_frame_bytes / 2")
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter drawn from an injected ``random.Random``."""
+
+    def __init__(self, config: TransportConfig, rng: random.Random) -> None:
+        self._config = config
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay_s(self) -> float:
+        cfg = self._config
+        base = min(cfg.backoff_max_s, cfg.backoff_initial_s * cfg.backoff_multiplier**self._attempt)
+        if base < cfg.backoff_max_s:
+            self._attempt += 1  # stop growing once capped (no float overflow on long outages)
+        return base * self._rng.uniform(1 - cfg.backoff_jitter, 1 + cfg.backoff_jitter)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class _FrameReader:
+    """Frames from a stream, with typed errors: EOF mid-frame is a truncated frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, config: TransportConfig) -> None:
+        self._reader = reader
+        self._decoder = FrameDecoder(config.max_frame_bytes)
+        self._chunk = config.read_chunk_bytes
+        self._leftover: list[Frame] = []
+
+    async def read_frames(self) -> list[Frame]:
+        """The next non-empty list of frames, or [] on a clean EOF at a frame boundary."""
+        if self._leftover:
+            frames, self._leftover = self._leftover, []
+            return frames
+        while True:
+            data = await self._reader.read(self._chunk)
+            if not data:
+                if self._decoder.buffered_bytes:
+                    raise BadFrame(
+                        f"truncated frame: EOF with {self._decoder.buffered_bytes} bytes pending"
+                    )
+                return []
+            frames = self._decoder.feed(data)
+            if frames:
+                return frames
+
+    async def read_one(self) -> Frame:
+        """The next frame; raises EOFError if the stream ends first."""
+        frames = await self.read_frames()
+        if not frames:
+            raise EOFError("connection closed by peer")
+        self._leftover = frames[1:]
+        return frames[0]
+
+
+@dataclasses.dataclass
+class LinkStats:
+    """Counters of one outbound link (cheap integers, read by benchmarks and status)."""
+
+    sent_messages: int = 0
+    sent_frames: int = 0
+    sent_bytes: int = 0
+    dropped_messages: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+
+
+class _Link:
+    """The outbound link to one peer: a bounded queue drained by one writer task.
+
+    States: connecting (messages queue), connected (messages queue and are written each turn),
+    backing off after a failure (messages are dropped and the peer reported unreachable).
+    Invariant: messages leave in the order they were queued; a failure drops the queue instead
+    of reordering it. Lost messages are Raft's normal case (retries, heartbeats).
+    """
+
+    def __init__(self, owner: PeerTransport, peer_id: int, address: Address) -> None:
+        self.owner = owner
+        self.peer_id = peer_id
+        self.address = address
+        self.stats = LinkStats()
+        self._pending: list[Message] = []
+        self._wakeup = asyncio.Event()
+        self._accepting = True  # False while backing off after a failure
+        self._broken: str | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def enqueue(self, messages: list[Message]) -> bool:
+        """Queue messages; False if some were dropped (backing off or the queue is full)."""
+        room = self.owner.config.max_queued_messages - len(self._pending) if self._accepting else 0
+        if room >= len(messages):
+            self._pending += messages
+            self._wakeup.set()
+            return True
+        if room > 0:
+            self._pending += messages[:room]  # a prefix keeps the order of what we keep
+            self._wakeup.set()
+        self.stats.dropped_messages += len(messages) - max(room, 0)
+        return False
+
+    def stop(self) -> None:
+        self.task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _run(self) -> None:
+        backoff = Backoff(self.owner.config, self.owner.rng)
+        while True:
+            try:
+                self._accepting = True
+                reader, writer = await self.owner.dial(self.peer_id, self.address)
+            except _CONNECTION_ERRORS as exc:
+                self.stats.connect_failures += 1
+                self._fail(f"cannot connect to {self.address}: {exc!r}")
+                await asyncio.sleep(backoff.next_delay_s())
+                continue
+            backoff.reset()
+            self.stats.connects += 1
+            log.info("link %d->%d connected to %s", self.owner.member_id, self.peer_id,
+                     self.address)
+            reason = await self._serve(reader, writer)
+            self._fail(reason)
+            await asyncio.sleep(backoff.next_delay_s())
+
+    def _fail(self, reason: str) -> None:
+        """Drop what is queued, refuse new messages until the next attempt, and report."""
+        self._accepting = False
+        self.stats.dropped_messages += len(self._pending)
+        self._pending = []
+        log.warning("link %d->%d down: %s", self.owner.member_id, self.peer_id, reason)
+        self.owner.report_unreachable(self.peer_id)
+
+    async def _serve(self, frames: _FrameReader, writer: asyncio.StreamWriter) -> str:
+        """Write until the connection breaks; return why it broke."""
+        self._writer, self._broken = writer, None
+        watcher = asyncio.get_running_loop().create_task(self._watch(frames))
+        try:
+            await self._write_loop(writer)
+        except _CONNECTION_ERRORS as exc:
+            self._broken = self._broken or f"write failed: {exc!r}"
+        finally:
+            watcher.cancel()
+            writer.close()
+            self._writer = None
+        return self._broken or "closed"
+
+    async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
+        # One turn = everything queued since the last turn, encoded once, written together.
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._broken is not None:
+                return
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            frames = self.owner.encode_batch(self.peer_id, batch)
+            data = b"".join(frames)
+            writer.write(data)
+            self.stats.sent_messages += len(batch)
+            self.stats.sent_frames += len(frames)
+            self.stats.sent_bytes += len(data)
+            await writer.drain()
+
+    async def _watch(self, frames: _FrameReader) -> None:
+        """Notice a peer closing or breaking the connection even while we have nothing to send.
+
+        The server sends nothing after HELLO_ACK except PONGs, so any other frame is an error.
+        """
+        try:
+            while True:
+                got = await frames.read_frames()
+                if not got:
+                    raise EOFError("connection closed by peer")
+                if any(not isinstance(f, Pong) for f in got):
+                    raise BadFrame("unexpected frame on an outbound link")
+        except _CONNECTION_ERRORS as exc:
+            self._broken = f"{exc!r}"
+            self._wakeup.set()
+
+
+class PeerTransport:
+    """Peer messaging for one node: a server for inbound links, one outbound link per peer.
+
+    Callbacks (all called on the event loop):
+
+    - ``on_messages(messages)``: a batch from one peer, in that peer's send order. Messages are
+      checked at the gateway: typed decode, sender and receiver ids match the connection, no
+      local-only types.
+    - ``on_unreachable(peer_id)``: messages to the peer were dropped or its link failed; the
+      runtime calls ``report_unreachable`` on the core.
+    - ``on_snapshot_chunk(peer_id, chunk)``: awaited once per chunk of an inbound snapshot, in
+      order; the first chunk carries the SNAP message. Reading pauses while it runs, so memory
+      stays bounded by one chunk per stream (TCP back-pressure stops the sender). If it raises,
+      the sender's :meth:`send_snapshot` fails.
+
+    Usage: ``await start()``, then ``send``/``send_snapshot``/``update_peers``; ``await
+    close()`` at the end (the object is not reusable after that). ``rng`` draws the backoff
+    jitter; pass a seeded one for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        cluster_id: int,
+        member_id: int,
+        listen: Address,
+        peers: Mapping[int, Address],
+        on_messages: OnMessages,
+        on_unreachable: OnUnreachable,
+        on_snapshot_chunk: OnSnapshotChunk,
+        config: TransportConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config or TransportConfig()
+        self.config.validate()
+        if member_id <= 0:
+            raise ConfigError("member_id must be a positive node id")
+        self.cluster_id = cluster_id
+        self.member_id = member_id
+        self.rng = rng or random.Random()
+        self._listen = listen
+        self._peers = dict(peers)
+        self._on_messages = on_messages
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_chunk = on_snapshot_chunk
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._encoder = FrameEncoder(self.config.max_frame_bytes)
+        self._links: dict[int, _Link] = {}
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._snapshot_writers: set[asyncio.StreamWriter] = set()
+        self._snapshot_ids = itertools.count(1)
+        self._closed = False
+        self.received_messages = 0
+        self.rejected_connections = 0
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the server and start the outbound links. Raises OSError if binding fails."""
+        host, port = self._listen
+        self._server = await asyncio.start_server(
+            self._accept, host, port, ssl=self._server_ssl, limit=self.config.read_chunk_bytes
+        )
+        self.update_peers(self._peers)
+
+    @property
+    def address(self) -> Address:
+        """The bound address (useful with port 0)."""
+        if self._server is None:
+            raise TransportError("transport not started")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return (host, port)
+
+    async def close(self) -> None:
+        """Stop serving, drop every link and pending message, and wait for the tasks to end."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for link in self._links.values():
+            link.stop()
+            self._stopping.add(link.task)
+        self._links.clear()
+        for writer in self._snapshot_writers:
+            writer.close()
+        tasks = [*self._inbound, *self._stopping]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def update_peers(self, peers: Mapping[int, Address]) -> None:
+        """Replace the peer address book (membership change): links to removed or moved peers
+        are dropped, links to new peers start. Our own id is ignored."""
+        if self._closed:
+            return
+        self._peers = {pid: addr for pid, addr in peers.items() if pid != self.member_id}
+        for pid, link in list(self._links.items()):
+            if self._peers.get(pid) != link.address:
+                link.stop()
+                self._stopping.add(link.task)
+                link.task.add_done_callback(self._stopping.discard)
+                del self._links[pid]
+        for pid, addr in self._peers.items():
+            if pid not in self._links:
+                self._links[pid] = _Link(self, pid, addr)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue messages for their destinations (``msg.to``); never blocks, never raises.
+
+        Messages to unknown peers, to peers whose link is backing off, or beyond a full queue
+        are dropped and the peer reported unreachable (once per peer per call).
+        """
+        by_peer: dict[int, list[Message]] = {}
+        for msg in messages:
+            group = by_peer.get(msg.to)
+            if group is None:
+                by_peer[msg.to] = [msg]
+            else:
+                group.append(msg)
+        for peer_id, group in by_peer.items():
+            link = self._links.get(peer_id)
+            if link is None or not link.enqueue(group):
+                self.report_unreachable(peer_id)
+
+    def encode_batch(self, peer_id: int, batch: list[Message]) -> list[bytes]:
+        """Encode a batch into frames; a message too large for any frame is dropped alone."""
+        try:
+            return self._encoder.encode_messages(batch)
+        except FrameTooLarge:
+            pass
+        kept = [m for m in batch if self._fits(m)]
+        log.warning("dropped %d message(s) to %d larger than max_frame_bytes=%d",
+                    len(batch) - len(kept), peer_id, self.config.max_frame_bytes)
+        self.report_unreachable(peer_id)
+        return self._encoder.encode_messages(kept) if kept else []
+
+    def _fits(self, msg: Message) -> bool:
+        try:
+            self._encoder.encode(MessageBatch([msg]))
+        except FrameTooLarge:
+            return False
+        return True
+
+    def report_unreachable(self, peer_id: int) -> None:
+        try:
+            self._on_unreachable(peer_id)
+        except Exception:
+            log.exception("on_unreachable(%d) raised", peer_id)
+
+    def link_stats(self) -> dict[int, LinkStats]:
+        return {pid: link.stats for pid, link in self._links.items()}
+
+    # --- dialing --------------------------------------------------------------------------
+
+    async def dial(self, peer_id: int, address: Address) -> tuple[_FrameReader, asyncio.StreamWriter]:
+        """Connect to a peer and complete the handshake. Raises OSError, TimeoutError,
+        :class:`HandshakeRejected` or :class:`FrameError`; nothing is left open on failure."""
+        host, port = address
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=self._client_ssl,
+                                    limit=self.config.read_chunk_bytes),
+            self.config.connect_timeout_s,
+        )
+        try:
+            writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
+            hello = Hello(self.cluster_id, self.member_id, peer_id, PROTOCOL_VERSION)
+            writer.write(self._encoder.encode(hello))
+            frames = _FrameReader(reader, self.config)
+            reply = await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s)
+            self._check_hello_reply(peer_id, reply)
+        except BaseException:
+            writer.close()
+            raise
+        return frames, writer
+
+    @staticmethod
+    def _check_hello_reply(peer_id: int, reply: Frame) -> None:
+        if isinstance(reply, Reject):
+            raise HandshakeRejected(reply.reason)
+        if not isinstance(reply, HelloAck):
+            raise BadFrame(f"expected HELLO_ACK, got {type(reply).__name__}")
+        if reply.member_id != peer_id:
+            raise HandshakeRejected(f"reached member {reply.member_id}, wanted {peer_id}")
+
+    # --- serving --------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            await self._serve_connection(reader, writer)
+        except FrameError as exc:
+            log.warning("closing connection from %s: %s", peer, exc)
+        except HandshakeRejected as exc:
+            self.rejected_connections += 1
+            log.warning("rejected connection from %s: %s", peer, exc.reason)
+        except _CONNECTION_ERRORS as exc:
+            log.info("connection from %s ended: %r", peer, exc)
+        except Exception:
+            # A runtime callback raised: a bug above us. Drop this connection, keep serving.
+            log.exception("closing connection from %s: callback failed", peer)
+        except asyncio.CancelledError:
+            # close() cancels handlers. Python 3.11's stream callback calls task.exception()
+            # on its handler task, which raises for a cancelled task, so end normally instead.
+            if not self._closed:
+                raise
+        finally:
+            writer.close()
+            self._inbound.discard(task)
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        frames = _FrameReader(reader, self.config)
+        hello = await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s)
+        from_id = await self._handshake(hello, writer)
+        snapshot = _SnapshotReceiver(self, from_id, writer)
+        while batch := await frames.read_frames():
+            for frame in batch:
+                if isinstance(frame, MessageBatch):
+                    self._deliver(from_id, frame.messages)
+                elif isinstance(frame, SnapshotChunk):
+                    await snapshot.accept(frame)
+                elif isinstance(frame, Ping):
+                    writer.write(self._encoder.encode(Pong(frame.nonce)))
+                else:
+                    raise BadFrame(f"unexpected {type(frame).__name__} frame from {from_id}")
+
+    async def _handshake(self, hello: Frame, writer: asyncio.StreamWriter) -> int:
+        """Answer HELLO; on refusal send REJECT(reason) then raise HandshakeRejected."""
+        if not isinstance(hello, Hello):
+            raise BadFrame(f"expected HELLO, got {type(hello).__name__}")
+        reason = self._refusal(hello)
+        if reason:
+            writer.write(self._encoder.encode(Reject(reason)))
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await writer.drain()
+            raise HandshakeRejected(reason)
+        writer.write(self._encoder.encode(HelloAck(self.member_id)))
+        return hello.from_id
+
+    def _refusal(self, hello: Hello) -> str:
+        if hello.protocol_version != PROTOCOL_VERSION:
+            return f"protocol version {hello.protocol_version} unsupported"
+        if hello.cluster_id != self.cluster_id:
+            return f"cluster id {hello.cluster_id} is not {self.cluster_id}"
+        if hello.to_id != self.member_id:
+            return f"this is member {self.member_id}, not {hello.to_id}"
+        if hello.from_id == self.member_id:
+            return f"member {hello.from_id} cannot connect to itself"
+        return ""
+
+    def _deliver(self, from_id: int, messages: list[Message]) -> None:
+        check_inbound_messages(messages, from_id, self.member_id)
+        self.received_messages += len(messages)
+        self._on_messages(messages)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    async def send_snapshot(
+        self, peer_id: int, message: Message, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Stream a snapshot to a peer on a dedicated connection and wait for its verdict.
+
+        ``message`` is the core's SNAP message (metadata; keep ``snapshot.data`` empty, the
+        data comes from ``chunks``). Returns when the receiver accepted every chunk; raises
+        :class:`SnapshotSendFailed` otherwise. Either way the runtime then calls
+        ``report_snapshot(peer, ok)``. The transport stays usable.
+        """
+        address = self._peers.get(peer_id)
+        if address is None or self._closed:
+            raise SnapshotSendFailed(f"no address for peer {peer_id}")
+        snapshot_id = next(self._snapshot_ids)
+        try:
+            frames, writer = await self.dial(peer_id, address)
+        except _CONNECTION_ERRORS as exc:
+            raise SnapshotSendFailed(f"cannot connect to {peer_id}: {exc!r}") from exc
+        self._snapshot_writers.add(writer)
+        try:
+            await self._stream_chunks(writer, snapshot_id, message, chunks)
+            ack = await asyncio.wait_for(frames.read_one(), self.config.snapshot_ack_timeout_s)
+        except _CONNECTION_ERRORS as exc:
+            raise SnapshotSendFailed(f"snapshot to {peer_id} failed: {exc!r}") from exc
+        finally:
+            self._snapshot_writers.discard(writer)
+            writer.close()
+        if not isinstance(ack, SnapshotAck) or ack.snapshot_id != snapshot_id:
+            raise SnapshotSendFailed(f"unexpected reply to snapshot {snapshot_id}: {ack!r}")
+        if not ack.ok:
+            raise SnapshotSendFailed(f"peer {peer_id} refused the snapshot: {ack.reason}")
+
+    async def _stream_chunks(
+        self,
+        writer: asyncio.StreamWriter,
+        snapshot_id: int,
+        message: Message,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        # Hold one piece back so the final frame can carry last=True.
+        step, offset = self.config.snapshot_chunk_bytes, 0
+        held: bytes | None = None
+        async for data in chunks:
+            for start in range(0, len(data), step):
+                if held is not None:
+                    await self._write_chunk(writer, snapshot_id, offset, held, False, message)
+                    offset += len(held)
+                held = data[start : start + step]
+        await self._write_chunk(writer, snapshot_id, offset, held or b"", True, message)
+
+    async def _write_chunk(
+        self,
+        writer: asyncio.StreamWriter,
+        snapshot_id: int,
+        offset: int,
+        data: bytes,
+        last: bool,
+        message: Message,
+    ) -> None:
+        chunk = SnapshotChunk(snapshot_id, offset, data, last, message if offset == 0 else None)
+        writer.write(self._encoder.encode(chunk))
+        await writer.drain()  # back-pressure: at most one chunk beyond the socket buffers
+
+
+class _SnapshotReceiver:
+    """Per-connection checks of an inbound snapshot stream; holds offsets, never data."""
+
+    def __init__(self, owner: PeerTransport, from_id: int, writer: asyncio.StreamWriter) -> None:
+        self._owner = owner
+        self._from_id = from_id
+        self._writer = writer
+        self._snapshot_id: int | None = None
+        self._next_offset = 0
+
+    async def accept(self, chunk: SnapshotChunk) -> None:
+        self._check_order(chunk)
+        self._next_offset = chunk.offset + len(chunk.data)
+        try:
+            await self._owner._on_snapshot_chunk(self._from_id, chunk)
+        except Exception as exc:
+            log.warning("snapshot %d from %d refused by the runtime: %r", chunk.snapshot_id,
+                        self._from_id, exc)
+            await self._reply(chunk.snapshot_id, False, f"receiver failed: {exc!r}")
+            raise TransportError(f"snapshot {chunk.snapshot_id} refused: {exc!r}") from exc
+        if chunk.last:
+            self._snapshot_id = None
+            await self._reply(chunk.snapshot_id, True, "")
+
+    def _check_order(self, chunk: SnapshotChunk) -> None:
+        if self._snapshot_id is None:
+            if chunk.offset != 0:
+                raise BadFrame(f"snapshot {chunk.snapshot_id} starts at offset {chunk.offset}")
+            check_snapshot_message(chunk.message, self._from_id, self._owner.member_id)
+            self._snapshot_id = chunk.snapshot_id
+        elif chunk.snapshot_id != self._snapshot_id or chunk.offset != self._next_offset:
+            raise BadFrame(
+                f"snapshot chunk {chunk.snapshot_id}@{chunk.offset} out of order "
+                f"(expected {self._snapshot_id}@{self._next_offset})"
+            )
+
+    async def _reply(self, snapshot_id: int, ok: bool, reason: str) -> None:
+        self._writer.write(self._owner._encoder.encode(SnapshotAck(snapshot_id, ok, reason)))
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await self._writer.drain()

@@ -1,0 +1,363 @@
+"""PeerTransport over loopback: ordering, handshakes, bad peers, reconnects, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import pytest
+
+from quorum.errors import ConfigError
+from quorum.raft.types import Message, MessageType
+from quorum.transport.codec import (
+    HEADER,
+    MAGIC,
+    FrameDecoder,
+    FrameEncoder,
+    FrameType,
+    HelloAck,
+    MessageBatch,
+    Reject,
+)
+from quorum.transport.tcp import Backoff, TransportConfig
+
+from .harness import (
+    LOOPBACK,
+    Node,
+    app,
+    cluster,
+    eventually,
+    raw_handshake,
+    read_until_eof,
+    run,
+)
+
+
+async def _send_stream(sender: Node, to: int, count: int, rng: random.Random) -> None:
+    """Send ``count`` APPs in batches of random size, yielding to the loop between batches."""
+    index = 1
+    while index <= count:
+        size = min(rng.randint(1, 64), count - index + 1)
+        sender.transport.send([app(sender.member_id, to, i) for i in range(index, index + size)])
+        index += size
+        if rng.random() < 0.5:
+            await asyncio.sleep(0)
+
+
+def _indexes(msgs: list[Message]) -> list[int]:
+    return [m.entries[0].index for m in msgs]
+
+
+def test_two_transports_exchange_thousands_of_messages_in_order() -> None:
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        rng = random.Random(11)
+        await asyncio.gather(_send_stream(a, 2, 5000, rng), _send_stream(b, 1, 5000, rng))
+        await eventually(lambda: len(a.received) == 5000 and len(b.received) == 5000,
+                         "all messages delivered")
+        assert _indexes(b.received) == list(range(1, 5001))
+        assert _indexes(a.received) == list(range(1, 5001))
+        assert a.unreachable == [] and b.unreachable == []
+        stats = a.transport.link_stats()[2]
+        assert stats.sent_messages == 5000 and stats.dropped_messages == 0
+        assert stats.sent_frames < 5000  # batching: several messages per frame
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_three_transports_keep_order_per_link() -> None:
+    async def scenario() -> None:
+        nodes = [Node(1), Node(2), Node(3)]
+        await cluster(*nodes)
+        rng = random.Random(5)
+        await asyncio.gather(*(
+            _send_stream(src, dst.member_id, 2000, rng)
+            for src in nodes for dst in nodes if src is not dst
+        ))
+        await eventually(lambda: all(len(n.received) == 4000 for n in nodes), "all delivered")
+        for dst in nodes:
+            for src in nodes:
+                if src is not dst:
+                    assert _indexes(dst.from_peer(src.member_id)) == list(range(1, 2001))
+        for node in nodes:
+            await node.transport.close()
+
+    run(scenario())
+
+
+def test_wrong_cluster_id_is_rejected_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        a, b = Node(1, cluster_id=1), Node(2, cluster_id=2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: 2 in a.unreachable, "A reports B unreachable")
+        await eventually(lambda: b.transport.rejected_connections > 0, "B rejects A")
+        assert b.received == []
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert "cluster id 1 is not 2" in caplog.text
+
+
+def test_wrong_member_id_gets_reject_frame_and_close() -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=5)
+        assert isinstance(reply, Reject) and "this is member 2, not 5" in reply.reason
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        # the server keeps serving correct callers
+        reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=2)
+        assert reply == HelloAck(member_id=2)
+        writer.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_garbage_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: len(b.received) == 1, "first message")
+        reader, writer = await asyncio.open_connection(*b.address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await read_until_eof(reader) == b""  # closed by the server
+        writer.close()
+        a.transport.send([app(1, 2, 2)])
+        await eventually(lambda: len(b.received) == 2, "link still works")
+        assert a.unreachable == []
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert "bad magic" in caplog.text
+
+
+def test_oversized_frame_closes_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    config = TransportConfig(max_frame_bytes=64 * 1024, snapshot_chunk_bytes=16 * 1024)
+
+    async def scenario() -> None:
+        b = Node(2, config=config)
+        await cluster(b)
+        reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=2)
+        assert isinstance(reply, HelloAck)
+        writer.write(HEADER.pack(MAGIC, 1, FrameType.MESSAGES, 0, 0, 64 * 1024 + 1, 0))
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert "exceeds the limit of 65536" in caplog.text
+
+
+def test_sender_drops_a_message_larger_than_the_limit() -> None:
+    config = TransportConfig(max_frame_bytes=64 * 1024, snapshot_chunk_bytes=16 * 1024,
+                             backoff_initial_s=0.01, backoff_max_s=0.05)
+
+    async def scenario() -> None:
+        a, b = Node(1, config=config), Node(2, config=config)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1), app(1, 2, 2, payload=100_000), app(1, 2, 3)])
+        await eventually(lambda: len(b.received) == 2, "the small messages arrive")
+        assert _indexes(b.received) == [1, 3]
+        assert 2 in a.unreachable
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_truncated_frame_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2)
+        frame = FrameEncoder().encode(MessageBatch([app(1, 2, 1)]))
+        writer.write(frame[: len(frame) // 2])
+        writer.write_eof()
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        await eventually(lambda: "truncated" in caplog.text, "the truncation is logged")
+        assert b.received == []
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+
+
+def test_peer_cannot_speak_for_another_member(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2)
+        writer.write(FrameEncoder().encode(MessageBatch([app(3, 2, 1)])))  # claims to be 3
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        assert b.received == []
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert "on the link from 1 to 2" in caplog.text
+
+
+def test_local_message_types_are_refused_at_the_gateway() -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2)
+        hup = Message(MessageType.HUP, to=2, from_=1)
+        writer.write(FrameEncoder().encode(MessageBatch([app(1, 2, 1), hup])))
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        assert b.received == []  # the whole batch is refused, not a prefix
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_reconnect_after_peer_restart() -> None:
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: len(b.received) == 1, "before restart")
+        port = b.address[1]
+        await b.transport.close()
+        await eventually(lambda: 2 in a.unreachable, "A notices B is gone")
+        b2 = Node(2, port=port)
+        await b2.transport.start()
+        index = 2
+        while not b2.received:  # messages sent while A backs off are dropped; keep trying
+            a.transport.send([app(1, 2, index)])
+            index += 1
+            await asyncio.sleep(0.01)
+            assert index < 2000, "A never reconnected"
+        a.transport.send([app(1, 2, 10_000)])
+        await eventually(lambda: b2.received[-1].entries[0].index == 10_000, "after restart")
+        assert a.transport.link_stats()[2].connects >= 2
+        await a.transport.close()
+        await b2.transport.close()
+
+    run(scenario())
+
+
+def test_bounded_queue_drops_and_reports_unreachable() -> None:
+    config = TransportConfig(max_queued_messages=100, handshake_timeout_s=30.0)
+
+    async def scenario() -> None:
+        # A peer that accepts the connection and never answers the HELLO: the link stays in
+        # its handshake, so everything sent queues up.
+        silent = await asyncio.start_server(lambda r, w: None, LOOPBACK, 0)
+        address = silent.sockets[0].getsockname()[:2]
+        a = Node(1, config=config)
+        await a.transport.start()
+        a.transport.update_peers({2: address})
+        a.transport.send([app(1, 2, i) for i in range(1, 61)])
+        assert a.unreachable == []
+        a.transport.send([app(1, 2, i) for i in range(61, 151)])
+        assert a.unreachable == [2]
+        assert a.transport.link_stats()[2].dropped_messages == 50
+        a.transport.send([app(1, 3, 1)])  # unknown peer: dropped and reported as well
+        assert a.unreachable == [2, 3]
+        await a.transport.close()
+        silent.close()
+
+    run(scenario())
+
+
+def test_update_peers_adds_moves_and_removes() -> None:
+    async def scenario() -> None:
+        a, b, c = Node(1), Node(2), Node(3)
+        await cluster(a, b)
+        await c.transport.start()
+        a.transport.update_peers({2: b.address, 3: c.address})
+        a.transport.send([app(1, 3, 1)])
+        await eventually(lambda: len(c.received) == 1, "new peer reachable")
+        a.transport.update_peers({2: b.address})
+        a.transport.send([app(1, 3, 2)])
+        assert 3 in a.unreachable
+        # "member 2" moves to c's address: c rejects it (it is member 3), so A reports it
+        a.transport.update_peers({2: c.address})
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: a.unreachable.count(2) >= 1, "moved peer rejects")
+        assert len(c.received) == 1 and b.received == []
+        for node in (a, b, c):
+            await node.transport.close()
+
+    run(scenario())
+
+
+def test_close_is_prompt_and_leaves_no_tasks() -> None:
+    async def scenario() -> None:
+        baseline = asyncio.all_tasks()
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        b.transport.send([app(2, 1, 1)])
+        await eventually(lambda: a.received and b.received, "traffic both ways")
+        await a.transport.close()
+        await b.transport.close()
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() - baseline == set()
+        a.transport.send([app(1, 2, 2)])  # after close: dropped, reported, no error
+        assert 2 in a.unreachable
+
+    run(scenario())
+
+
+def test_backoff_grows_caps_and_jitters_deterministically() -> None:
+    config = TransportConfig(backoff_initial_s=0.1, backoff_max_s=1.0, backoff_multiplier=2.0,
+                             backoff_jitter=0.2)
+    first = Backoff(config, random.Random(3))
+    delays = [first.next_delay_s() for _ in range(12)]
+    bases = [0.1, 0.2, 0.4, 0.8] + [1.0] * 8
+    for delay, base in zip(delays, bases):
+        assert base * 0.8 <= delay <= base * 1.2
+    again = Backoff(config, random.Random(3))
+    assert [again.next_delay_s() for _ in range(12)] == delays
+    first.reset()
+    assert first.next_delay_s() <= 0.12
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_frame_bytes": 0},
+        {"max_frame_bytes": 2**32},
+        {"max_queued_messages": 0},
+        {"backoff_initial_s": 1.0, "backoff_max_s": 0.5},
+        {"backoff_jitter": 1.0},
+        {"backoff_multiplier": 0.5},
+        {"max_frame_bytes": 1024, "snapshot_chunk_bytes": 1024},
+    ],
+)
+def test_config_validation(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        TransportConfig(**bad).validate()  # type: ignore[arg-type]
+    TransportConfig().validate()
+
+
+def test_frame_decoder_sees_one_hello_ack_per_handshake() -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=2)
+        assert reply == HelloAck(member_id=2)
+        writer.write_eof()
+        assert FrameDecoder().feed(await read_until_eof(reader)) == []
+        writer.close()
+        await b.transport.close()
+
+    run(scenario())

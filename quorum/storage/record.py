@@ -1,0 +1,186 @@
+"""WAL record framing: encode, decode and scan checksummed records.
+
+Layout of one record (little-endian), always a multiple of 8 bytes long::
+
+    offset  size  field
+    0       4     crc32c   CRC32C of bytes [4, 16 + length): the rest of the header + payload
+    4       4     length   payload length in bytes (padding excluded)
+    8       1     type     RecordType (0 is never valid, so a zeroed header never decodes)
+    9       7     reserved zero
+    16      n     payload  msgspec msgpack encoding of the record's Struct
+    16+n    0..7  padding  zero bytes up to the next multiple of 8
+
+Each record carries its own CRC (not chained to the previous record's CRC). A per-record CRC
+lets recovery check any record on its own, which is what tells a torn tail (nothing valid
+after the damage) from mid-log corruption (valid records after the damage); the ordering that
+a chained CRC would protect is checked instead by index continuity of entry records and by
+consecutive segment sequence numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass
+
+import msgspec
+
+from quorum.raft.types import Entry, HardState
+from quorum.storage import crc as _crc
+
+HEADER = struct.Struct("<IIB7x")
+HEADER_BYTES = HEADER.size  # 16
+ALIGN = 8
+MAX_PAYLOAD_BYTES = 1 << 30  # a length above this is garbage, not a record
+WAL_MAGIC = b"QWAL"
+WAL_FORMAT_VERSION = 1
+
+
+class RecordType(enum.IntEnum):
+    SEGMENT_HEADER = 1
+    BATCH = 2  # entries and/or hard state of one save()
+    HARD_STATE = 3  # the current hard state, carried to the start of each new segment
+    SNAPSHOT_MARKER = 4
+
+
+class SegmentHeader(msgspec.Struct, frozen=True, array_like=True):
+    """First record of every segment. ``first_index`` = log's last index + 1 at creation."""
+
+    magic: bytes
+    version: int
+    seq: int
+    first_index: int
+
+
+class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One ``save()``: entries and the hard state, in ONE record so that a torn write can never
+    keep one without the other (entries without the term that goes with them, or a commit
+    index pointing past entries that were lost)."""
+
+    entries: list[Entry]
+    hard_state: HardState | None = None
+
+
+class SnapshotMarker(msgspec.Struct, frozen=True, array_like=True):
+    """A snapshot at (index, term) was made durable. ``reset`` = installed from a leader: the
+    log before this record is discarded and the next entry is ``index + 1``."""
+
+    index: int
+    term: int
+    reset: bool = False
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODE_BATCH = msgspec.msgpack.Decoder(Batch)
+_DECODE_HARD_STATE = msgspec.msgpack.Decoder(HardState)
+_DECODE_MARKER = msgspec.msgpack.Decoder(SnapshotMarker)
+_DECODE_SEGMENT_HEADER = msgspec.msgpack.Decoder(SegmentHeader)
+_VALID_TYPES = frozenset(int(t) for t in RecordType)
+_NON_ZERO = re.compile(b"[^\x00]")
+
+
+def padded(length: int) -> int:
+    return (length + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def append_record(buf: bytearray, rtype: RecordType, payload: bytes) -> None:
+    """Append one framed record to ``buf`` (whose length must already be 8-aligned)."""
+    start = len(buf)
+    total = HEADER_BYTES + padded(len(payload))
+    buf.extend(bytes(total))
+    HEADER.pack_into(buf, start, 0, len(payload), rtype)
+    buf[start + HEADER_BYTES : start + HEADER_BYTES + len(payload)] = payload
+    crc = _crc.extend(_crc.value(bytes(buf[start + 4 : start + HEADER_BYTES])), payload)
+    struct.pack_into("<I", buf, start, crc)
+
+
+def encode_struct(value: msgspec.Struct) -> bytes:
+    return _ENCODER.encode(value)
+
+
+def decode_batch(payload: bytes) -> Batch:
+    return _DECODE_BATCH.decode(payload)
+
+
+def decode_hard_state(payload: bytes) -> HardState:
+    return _DECODE_HARD_STATE.decode(payload)
+
+
+def decode_marker(payload: bytes) -> SnapshotMarker:
+    return _DECODE_MARKER.decode(payload)
+
+
+def decode_segment_header(payload: bytes) -> SegmentHeader:
+    return _DECODE_SEGMENT_HEADER.decode(payload)
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    type: RecordType
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ScanStop:
+    """Why a scan stopped before the end of the data: ``offset`` of the bad record."""
+
+    offset: int
+    reason: str
+
+
+def check_record(data: bytes, offset: int) -> tuple[Record | None, str]:
+    """Decode the record at ``offset``; return (record, "") or (None, reason)."""
+    if offset + HEADER_BYTES > len(data):
+        return None, "truncated header"
+    crc, length, rtype = HEADER.unpack_from(data, offset)
+    if rtype not in _VALID_TYPES:
+        return None, f"invalid record type {rtype}"
+    end = offset + HEADER_BYTES + length
+    if length > MAX_PAYLOAD_BYTES or end > len(data):
+        return None, f"length {length} runs past the end of the file"
+    payload = data[offset + HEADER_BYTES : end]
+    actual = _crc.extend(_crc.value(data[offset + 4 : offset + HEADER_BYTES]), payload)
+    if actual != crc:
+        return None, f"checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+    return Record(offset, RecordType(rtype), payload), ""
+
+
+def scan(data: bytes, offset: int = 0) -> tuple[list[Record], ScanStop | None, int]:
+    """Decode records from ``offset`` until the data ends or a record fails its checks.
+
+    Returns (records, stop, end) where ``end`` is the offset after the last good record and
+    ``stop`` is None when the data ended cleanly: at end of file or at an all-zero tail (unused
+    preallocated space).
+    """
+    records: list[Record] = []
+    while offset < len(data):
+        record, reason = check_record(data, offset)
+        if record is None:
+            if is_zero_tail(data, offset):
+                return records, None, offset
+            return records, ScanStop(offset, reason), offset
+        records.append(record)
+        offset += HEADER_BYTES + padded(len(record.payload))
+    return records, None, offset
+
+
+def is_zero_tail(data: bytes, offset: int) -> bool:
+    return _NON_ZERO.search(data, offset) is None
+
+
+def find_valid_record_after(data: bytes, offset: int) -> int | None:
+    """The offset of the first checksum-valid record at an 8-aligned position after
+    ``offset``, or None. Used to tell a torn tail from corruption followed by good data."""
+    pos = padded(offset + 1)
+    while pos + HEADER_BYTES <= len(data):
+        match = _NON_ZERO.search(data, pos)  # skip zero runs quickly: they never decode
+        if match is None:
+            return None
+        pos = max(pos, match.start() & ~(ALIGN - 1))
+        record, _ = check_record(data, pos)
+        if record is not None:
+            return pos
+        pos += ALIGN
+    return None

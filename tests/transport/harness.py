@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from quorum.raft.types import Entry, Message, MessageType
-from quorum.transport.codec import Frame, FrameDecoder, FrameEncoder, Hello
+from quorum.transport.codec import Frame, FrameDecoder, FrameEncoder, Hello, SnapshotChunk
 from quorum.transport.tcp import Address, PeerTransport, TransportConfig
 
 LOOPBACK = "127.0.0.1"
@@ -38,19 +38,19 @@ class Node:
         self.member_id = member_id
         self.received: list[Message] = []
         self.unreachable: list[int] = []
-        self.chunks: list[tuple[int, Any]] = []
-        self.chunk_hook: Callable[[Any], None] | None = None
+        self.chunks: list[tuple[int, SnapshotChunk]] = []
+        self.chunk_handler: Callable[[int, SnapshotChunk], Awaitable[None]] | None = None
         self.transport = PeerTransport(
             cluster_id, member_id, (LOOPBACK, port), {}, self.received.extend,
             self.unreachable.append, self._on_chunk, config, rng=random.Random(member_id),
             **kwargs,
         )
 
-    async def _on_chunk(self, peer: int, chunk: Any) -> None:
-        if self.chunk_hook is not None:
-            self.chunk_hook(chunk)
-        self.chunks.append((peer, chunk))
-        await asyncio.sleep(0)
+    async def _on_chunk(self, peer: int, chunk: SnapshotChunk) -> None:
+        if self.chunk_handler is not None:
+            await self.chunk_handler(peer, chunk)  # the test decides what to keep
+        else:
+            self.chunks.append((peer, chunk))
 
     @property
     def address(self) -> Address:

@@ -1,0 +1,157 @@
+"""Fencing and watch-guarantee checkers: a clean run passes, each planted violation is named."""
+
+from __future__ import annotations
+
+from quorum.verify.workloads import (
+    FencedWrite,
+    WatcherLog,
+    WatchEvent,
+    WatchResponse,
+    WatchStream,
+    check_fencing,
+    check_watches,
+)
+
+# --- fencing --------------------------------------------------------------------------------
+
+
+def fw(token: int, accepted: bool, resource: str = "file") -> FencedWrite:
+    return FencedWrite(resource=resource, token=token, accepted=accepted)
+
+
+def test_fencing_respected() -> None:
+    # holder 33 pauses; holder 34 writes; 33 wakes and is refused.
+    report = check_fencing([fw(33, True), fw(34, True), fw(33, False), fw(34, True)])
+    assert report.stale_count == 0 and report.accepted == 3 and report.rejected == 1
+    assert report.current_rejected == []
+
+
+def test_stale_token_accepted_is_counted() -> None:
+    report = check_fencing([fw(33, True), fw(34, True), fw(33, True), fw(32, True)])
+    assert report.stale_count == 2
+    assert [w.token for w in report.stale_accepted] == [33, 32]
+
+
+def test_stale_holder_before_new_holder_writes_is_allowed() -> None:
+    # The resource has not seen 34 yet, so 33 is still current from its point of view.
+    assert check_fencing([fw(34, True, "a"), fw(33, True, "b"), fw(34, True, "b")]).stale_count == 0
+
+
+def test_current_token_refused_is_reported_separately() -> None:
+    report = check_fencing([fw(5, True), fw(5, False), fw(6, False)])
+    assert report.stale_count == 0
+    assert [w.token for w in report.current_rejected] == [5, 6]
+
+
+# --- watches --------------------------------------------------------------------------------
+
+
+def ev(rev: int, key: str, value: str | None = None, type: str = "put") -> WatchEvent:
+    return WatchEvent(revision=rev, key=key, type=type, value=value if value else f"{key}{rev}")
+
+
+# rev 2: put a; rev 3: put b (other key); rev 4: txn puts a/x and a/y; rev 5: delete a;
+# rev 6: put a/x
+COMMITTED = {
+    2: [ev(2, "a")],
+    3: [ev(3, "b")],
+    4: [ev(4, "a/x"), ev(4, "a/y")],
+    5: [WatchEvent(revision=5, key="a", type="delete")],
+    6: [ev(6, "a/x")],
+}
+A_DEL = WatchEvent(revision=5, key="a", type="delete")
+
+
+def watcher(*streams: WatchStream, key: str = "a", range_end: str = "b") -> WatcherLog:
+    return WatcherLog(watcher_id="w1", key=key, range_end=range_end, streams=list(streams))
+
+
+def stream(start: int, *responses: list[WatchEvent] | int) -> WatchStream:
+    out = [WatchResponse(progress_revision=r) if isinstance(r, int) else WatchResponse(events=r)
+           for r in responses]
+    return WatchStream(start_revision=start, responses=out)
+
+
+def kinds(log: WatcherLog) -> list[str]:
+    return sorted({v.kind for v in check_watches(COMMITTED, [log])})
+
+
+def test_clean_watch_with_reconnect_and_progress() -> None:
+    log = watcher(
+        stream(1, [ev(2, "a")], 3, [ev(4, "a/x"), ev(4, "a/y")]),
+        stream(5, [A_DEL], [ev(6, "a/x")], 6),
+    )
+    assert check_watches(COMMITTED, [log]) == []
+
+
+def test_key_ranges() -> None:
+    single = watcher(stream(1, [ev(2, "a")], [A_DEL]), range_end="")
+    assert kinds(single) == []
+    everything = watcher(stream(3, [ev(3, "b")], [ev(4, "a/x"), ev(4, "a/y")]), key="",
+                         range_end="\0")
+    assert kinds(everything) == []
+    # the same stream opened at 1 should have delivered revision 2 ('a' matches too)
+    from_start = watcher(stream(1, [ev(3, "b")]), key="", range_end="\0")
+    assert kinds(from_start) == ["reliable"]
+
+
+def test_ordered_violation() -> None:
+    log = watcher(stream(1, [ev(2, "a")], [ev(4, "a/x"), ev(4, "a/y")], [ev(2, "a")]))
+    # the repeat is also a duplicate and splits revision 2 across responses
+    assert kinds(log) == ["atomic", "ordered", "unique"]
+
+
+def test_unique_violation() -> None:
+    log = watcher(stream(1, [ev(2, "a"), ev(2, "a")]))
+    assert kinds(log) == ["unique"]
+
+
+def test_atomic_violation_split_across_responses() -> None:
+    log = watcher(stream(1, [ev(2, "a")], [ev(4, "a/x")], [ev(4, "a/y")]))
+    assert kinds(log) == ["atomic"]
+
+
+def test_reliable_violation_gap() -> None:
+    log = watcher(stream(1, [ev(2, "a")], [A_DEL]))
+    assert kinds(log) == ["reliable"]
+    (v,) = check_watches(COMMITTED, [log])
+    assert v.revision == 4
+
+
+def test_resumable_violation_skipped_revisions() -> None:
+    log = watcher(stream(1, [ev(2, "a")]), stream(5, [A_DEL]))
+    assert kinds(log) == ["reliable", "resumable"]
+
+
+def test_resumable_violation_events_below_start() -> None:
+    log = watcher(stream(1, [ev(2, "a")]), stream(3, [ev(2, "a")]))
+    assert "resumable" in kinds(log)
+
+
+def test_bookmarkable_violation_progress_before_events() -> None:
+    log = watcher(stream(1, [ev(2, "a")], 4, [ev(4, "a/x"), ev(4, "a/y")]))
+    assert kinds(log) == ["bookmarkable"]
+
+
+def test_bookmarkable_violation_progress_behind_events() -> None:
+    log = watcher(stream(1, [ev(2, "a")], [ev(4, "a/x"), ev(4, "a/y")], 3))
+    assert kinds(log) == ["bookmarkable"]
+
+
+def test_phantom_event() -> None:
+    log = watcher(stream(1, [ev(2, "a", value="not-what-was-written")]))
+    # the real event of revision 2 was not delivered either
+    assert kinds(log) == ["phantom", "reliable"]
+
+
+def test_every_watcher_checked_separately() -> None:
+    good = watcher(stream(1, [ev(2, "a")]))
+    bad = WatcherLog(watcher_id="w2", key="a", range_end="b",
+                     streams=[stream(1, [ev(2, "a"), ev(2, "a")])])
+    found = check_watches(COMMITTED, [good, bad])
+    assert {v.watcher_id for v in found} == {"w2"}
+
+
+def test_atomic_violation_part_of_a_revision_never_arrives() -> None:
+    log = watcher(stream(1, [ev(2, "a")], [ev(4, "a/x")], [A_DEL]))
+    assert kinds(log) == ["atomic", "reliable"]

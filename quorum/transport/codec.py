@@ -9,8 +9,12 @@ A frame is a fixed 14-byte header followed by a msgpack body (network byte order
     4       1     flags (none defined in version 1; must be 0)
     5       1     reserved (must be 0)
     6       4     body length in bytes (u32), at most the configured maximum frame size
-    10      4     CRC32C of the body (u32)
+    10      4     CRC32C of header bytes 0..9 followed by the body (u32)
     14      ...   body: one msgspec Struct per frame type, encoded as a msgpack array
+
+The CRC covers the header fields as well as the body: bodies of different frame types can
+decode as each other (msgspec ignores trailing array items, which keeps old readers working
+with new fields), so a flipped type byte must be caught by the checksum, not by luck.
 
 Nothing here does I/O: :class:`FrameEncoder` turns frames into bytes and :class:`FrameDecoder`
 turns an arbitrary chunking of a byte stream back into frames. Every malformed input raises a
@@ -37,6 +41,8 @@ MAGIC: Final = b"QT"
 PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("!2sBBBBII")
 HEADER_BYTES: Final = HEADER.size
+_PREFIX: Final = struct.Struct("!2sBBBBI")  # the header without its CRC field
+_CRC: Final = struct.Struct("!I")
 MIB: Final = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * MIB
 KNOWN_FLAGS: Final = 0  # no flag bits are defined in protocol version 1
@@ -148,11 +154,8 @@ class FrameEncoder:
                 len(body),
                 self.max_frame_bytes,
             )
-        ftype = FRAME_TYPES[type(frame)]
-        header = HEADER.pack(
-            MAGIC, PROTOCOL_VERSION, ftype, 0, 0, len(body), google_crc32c.value(body)
-        )
-        return header + body
+        prefix = _PREFIX.pack(MAGIC, PROTOCOL_VERSION, FRAME_TYPES[type(frame)], 0, 0, len(body))
+        return prefix + _CRC.pack(frame_checksum(prefix, body)) + body
 
     def encode_messages(self, messages: Sequence[Message]) -> list[bytes]:
         """Encode messages into as few MESSAGES frames as the size limit allows, in order.
@@ -173,7 +176,7 @@ class FrameEncoder:
 def parse_header(
     data: bytes | bytearray, max_frame_bytes: int, offset: int = 0
 ) -> tuple[int, int, int]:
-    """Validate the frame header at ``offset``; return (frame type, body length, body CRC32C).
+    """Validate the frame header at ``offset``; return (frame type, body length, CRC32C).
 
     Raises :class:`BadFrame` or :class:`FrameTooLarge`. Checking the length here, before the
     body arrives, is what bounds the receiver's memory to one maximum frame per connection.
@@ -196,11 +199,16 @@ def parse_header(
     return ftype, length, crc
 
 
-def decode_body(ftype: int, body: bytes, crc: int) -> Frame:
+def frame_checksum(prefix: bytes, body: bytes) -> int:
+    """CRC32C of the header's first 10 bytes (everything but the CRC field), then the body."""
+    return int(google_crc32c.extend(google_crc32c.value(prefix), body))
+
+
+def decode_body(ftype: int, prefix: bytes, body: bytes, crc: int) -> Frame:
     """Check the CRC and decode a body with the typed decoder of its frame type."""
-    actual = google_crc32c.value(body)
+    actual = frame_checksum(prefix, body)
     if actual != crc:
-        raise BadFrame(f"CRC32C mismatch (header {crc:#010x}, body {actual:#010x})")
+        raise BadFrame(f"CRC32C mismatch (header says {crc:#010x}, frame has {actual:#010x})")
     try:
         return _BODY_DECODERS[ftype].decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
@@ -243,7 +251,8 @@ class FrameDecoder:
             end = pos + HEADER_BYTES + length
             if end > len(buf):
                 break  # the rest of this frame has not arrived yet
-            frames.append(decode_body(ftype, bytes(buf[pos + HEADER_BYTES : end]), crc))
+            prefix = bytes(buf[pos : pos + _PREFIX.size])
+            frames.append(decode_body(ftype, prefix, bytes(buf[pos + HEADER_BYTES : end]), crc))
             pos = end
         if pos:
             del buf[:pos]  # one compaction per feed, not per frame

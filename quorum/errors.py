@@ -37,6 +37,16 @@ Every error the project raises on purpose derives from :class:`QuorumError`. The
         ├── NoEndpointAvailable     no endpoint accepted a connection in time
         ├── ServerError             the server sent an error code this client does not know
         └── LockLost                a recipe's lease expired or its key vanished
+    ServiceError (also under QuorumError)  reported by a service (an api Backend) to API surfaces
+        ├── MemberError             membership requests that cannot be done
+        │   ├── MemberNotFound      no member with that id
+        │   ├── MemberExists        a member with that id exists already
+        │   ├── PeerURLExists       another member uses one of the peer URLs
+        │   ├── MemberNotLearner    only a learner can be promoted
+        │   ├── LearnerNotReady     the learner has not caught up with the leader's log
+        │   └── TooManyLearners     the cluster has the maximum number of learners
+        ├── BadLeaderTransferee     the leadership transfer target is unknown or a learner
+        └── NotSupported            this backend cannot do that (e.g. member_add without Raft)
 
 Errors carry a short message meant for people and, where useful, fields for programs.
 """
@@ -355,3 +365,48 @@ class ServerError(ClientError):
 class LockLost(ClientError):
     """A recipe's ownership ended: its lease expired or its key was deleted while waiting or
     holding. Nothing may be done under the lock after this is raised."""
+
+
+# --- service (api backends) -----------------------------------------------------------------
+# Raised by implementations of quorum.api.backend.Backend (the node runtime, LocalBackend);
+# the API surfaces translate them (etcd: gRPC codes with etcd's texts).
+
+
+class ServiceError(QuorumError):
+    """Base of the errors a service reports to its API surfaces; the service stays usable."""
+
+
+class MemberError(ServiceError):
+    """A membership request that cannot be done; the membership is unchanged."""
+
+
+class MemberNotFound(MemberError):
+    """No member with the given id."""
+
+
+class MemberExists(MemberError):
+    """A member with the given id exists already."""
+
+
+class PeerURLExists(MemberError):
+    """Another member already uses one of the given peer URLs."""
+
+
+class MemberNotLearner(MemberError):
+    """Only a learner can be promoted."""
+
+
+class LearnerNotReady(MemberError):
+    """The learner has not caught up with the leader's log yet; promotion is refused."""
+
+
+class TooManyLearners(MemberError):
+    """The cluster already has the maximum number of learners."""
+
+
+class BadLeaderTransferee(ServiceError):
+    """The target of a leadership transfer is not a voting member of the cluster."""
+
+
+class NotSupported(ServiceError):
+    """This backend cannot perform the operation (e.g. membership changes without Raft)."""

@@ -214,3 +214,12 @@ class Ready(msgspec.Struct):
     messages: list[Message] = msgspec.field(default_factory=list)
     early_messages: list[Message] = msgspec.field(default_factory=list)
     must_sync: bool = False
+
+
+# Size accounting shared by the core and storage: an entry costs its data plus a fixed overhead
+# (so empty entries still count toward batch limits).
+ENTRY_OVERHEAD_BYTES = 16
+
+
+def entry_size(entry: Entry) -> int:
+    return len(entry.data) + ENTRY_OVERHEAD_BYTES

@@ -1,0 +1,121 @@
+"""The replicated state machine: MVCC key-value store, txns, compaction, leases, watches,
+client sessions, snapshots. Pure: no clock, I/O or threads; imports only ``quorum.errors``.
+
+Entry points (stable contract for the node runtime and the API layers):
+
+- :class:`StateMachine` -- ``apply(index, command)``, ``skip(index)``, ``range(req)``,
+  ``read_txn(req)``, ``watch(req)`` / ``drain_watch`` / ``cancel_watch`` (and ``watches``, the
+  :class:`WatchHub`), ``hash_kv``, ``state_hash``, ``lease_info`` / ``lease_ids``,
+  ``snapshot()`` / ``restore(chunks)``;
+- the command and result Structs of :mod:`quorum.state.commands` with ``encode_command`` /
+  ``decode_command``;
+- :class:`LeaseTracker` -- the leader-side, clock-free lease expiry bookkeeping.
+
+See docs/state.md.
+"""
+
+from quorum.state.commands import (
+    COMMAND_VERSION,
+    CompactionRequest,
+    CompactionResponse,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    Envelope,
+    ErrorResponse,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseCheckpoint,
+    LeaseCheckpointRequest,
+    LeaseCheckpointResponse,
+    LeaseExpireRequest,
+    LeaseExpireResponse,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    LeaseRevokeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    Request,
+    RequestOp,
+    Response,
+    ResponseOp,
+    SessionCloseRequest,
+    SessionCloseResponse,
+    SessionOpenRequest,
+    SessionOpenResponse,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+    TxnResponse,
+    WatchFilter,
+    decode_command,
+    encode_command,
+    encode_envelope,
+    prefix_end,
+)
+from quorum.state.config import StateConfig
+from quorum.state.lease import LeaseInfo
+from quorum.state.lease_tracker import LeaseTracker
+from quorum.state.machine import StateMachine, error_response, raise_error
+from quorum.state.watch import WatchHub, WatchRequest, WatchResponse
+
+__all__ = [
+    "COMMAND_VERSION",
+    "CompactionRequest",
+    "CompactionResponse",
+    "Compare",
+    "CompareResult",
+    "CompareTarget",
+    "DeleteRangeRequest",
+    "DeleteRangeResponse",
+    "Envelope",
+    "ErrorResponse",
+    "Event",
+    "EventType",
+    "KeyValue",
+    "LeaseCheckpoint",
+    "LeaseCheckpointRequest",
+    "LeaseCheckpointResponse",
+    "LeaseExpireRequest",
+    "LeaseExpireResponse",
+    "LeaseGrantRequest",
+    "LeaseGrantResponse",
+    "LeaseInfo",
+    "LeaseRevokeRequest",
+    "LeaseRevokeResponse",
+    "LeaseTracker",
+    "PutRequest",
+    "PutResponse",
+    "RangeRequest",
+    "RangeResponse",
+    "Request",
+    "RequestOp",
+    "Response",
+    "ResponseOp",
+    "SessionCloseRequest",
+    "SessionCloseResponse",
+    "SessionOpenRequest",
+    "SessionOpenResponse",
+    "SortOrder",
+    "SortTarget",
+    "StateConfig",
+    "StateMachine",
+    "TxnRequest",
+    "TxnResponse",
+    "WatchFilter",
+    "WatchHub",
+    "WatchRequest",
+    "WatchResponse",
+    "decode_command",
+    "encode_command",
+    "encode_envelope",
+    "error_response",
+    "prefix_end",
+    "raise_error",
+]

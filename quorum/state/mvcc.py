@@ -1,0 +1,250 @@
+"""The multi-version key index: per-key revision histories, point-in-time reads, compaction.
+
+Representation (chosen for memory, see docs/state.md): ``_hist`` maps each key to a list of
+*records*, oldest first. A record is a plain tuple::
+
+    (mod_revision, create_revision, version, value, lease)     version 0 = tombstone (deleted)
+
+Invariants:
+- a key has at most one record per revision, and records are in strictly increasing
+  ``mod_revision`` order (the txn layer forbids writing one key twice in a revision);
+- history lists are append-only: compaction builds a NEW list instead of editing one in place,
+  so a snapshot view holding the old dict's lists stays a valid point-in-time image;
+- ``_keys`` plus ``_new_keys`` is exactly the key set of ``_hist`` (new keys are merged into the
+  sorted index lazily, in bulk, before any ordered scan; a put of a new key is O(1));
+- ``_multi`` holds every key whose history has more than one record or ends in a tombstone,
+  i.e. exactly the keys compaction may change, so compaction costs O(history), not O(keys).
+
+This module knows nothing of requests, leases or watches; ``quorum.state.kv`` builds on it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from bisect import bisect_right
+from collections.abc import Iterator
+from operator import itemgetter
+from typing import Final
+
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
+
+from quorum.errors import FutureRevision, RevisionCompacted
+
+Record = tuple[int, int, int, bytes, int]
+MOD: Final = 0
+CREATE: Final = 1
+VERSION: Final = 2
+VALUE: Final = 3
+LEASE: Final = 4
+_MASK = (1 << 64) - 1
+_mod_of = itemgetter(0)
+
+
+def record_digest(key: bytes, rec: Record) -> int:
+    """A 64-bit digest of one record; the store's running digest is their sum mod 2**64, so it
+    depends on the set of records only (not on the order they were written or compacted)."""
+    crc = zlib.crc32(rec[VALUE], zlib.crc32(key))
+    mix = rec[MOD] * 0x9E3779B1 + rec[CREATE] * 0x85EBCA77 + rec[VERSION] * 0xC2B2AE3D
+    return (crc * 0x9E3779B97F4A7C15 + mix + rec[LEASE] * 0x27D4EB2F) & _MASK
+
+
+def record_at(hist: list[Record], revision: int) -> Record | None:
+    """The record visible at ``revision`` (the newest with mod_revision <= revision)."""
+    last = hist[-1]
+    if last[MOD] <= revision:
+        return last
+    i = bisect_right(hist, revision, key=_mod_of)
+    return hist[i - 1] if i else None
+
+
+class MVCCStore:
+    """Revisioned key histories. Single-threaded; callers serialize access."""
+
+    __slots__ = (
+        "_digest",
+        "_hist",
+        "_keys",
+        "_multi",
+        "_new_keys",
+        "compact_revision",
+        "revision",
+    )
+
+    def __init__(self) -> None:
+        self._hist: dict[bytes, list[Record]] = {}
+        self._keys: SortedList = SortedList()
+        self._new_keys: list[bytes] = []
+        self._multi: set[bytes] = set()
+        self.revision = 0  # Invariant: never decreases
+        self.compact_revision = 0  # Invariant: 0 <= compact_revision <= revision
+        self._digest = 0
+
+    # --- writes (the caller picks the revision: current + 1 for a write txn) -----------------
+
+    def write(self, key: bytes, rec: Record) -> None:
+        """Append ``rec`` to ``key``'s history. The caller guarantees rec[MOD] is above every
+        existing record of the key and that ``revision`` is advanced with :meth:`commit`."""
+        hist = self._hist.get(key)
+        if hist is None:
+            self._hist[key] = [rec]
+            self._new_keys.append(key)
+            if not rec[VERSION]:
+                self._multi.add(key)
+        else:
+            hist.append(rec)
+            self._multi.add(key)
+        self._digest = (self._digest + record_digest(key, rec)) & _MASK
+
+    def commit(self, revision: int) -> None:
+        """Make ``revision`` (the one the writes used) the current revision."""
+        self.revision = revision
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def latest(self, key: bytes) -> Record | None:
+        """The newest record of ``key`` if the key is live (None when absent or deleted)."""
+        hist = self._hist.get(key)
+        if hist is None:
+            return None
+        rec = hist[-1]
+        return rec if rec[VERSION] else None
+
+    def get(self, key: bytes, revision: int) -> Record | None:
+        """The live record of ``key`` at ``revision`` (None when absent or deleted then)."""
+        hist = self._hist.get(key)
+        if hist is None:
+            return None
+        rec = record_at(hist, revision)
+        return rec if rec is not None and rec[VERSION] else None
+
+    def keys_in(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
+        """Every key with a history in [key, range_end), ascending (range_end b"\\0" = no end).
+        Single-key ranges must be handled by the caller (this is for true ranges)."""
+        self._flush_new_keys()
+        if range_end == b"\0":
+            return iter(self._keys.irange(key))
+        return iter(self._keys.irange(key, range_end, inclusive=(True, False)))
+
+    def keys_in_reversed(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
+        self._flush_new_keys()
+        if range_end == b"\0":
+            return iter(self._keys.irange(key, reverse=True))
+        return iter(self._keys.irange(key, range_end, inclusive=(True, False), reverse=True))
+
+    def live_in(self, key: bytes, range_end: bytes, revision: int) -> Iterator[tuple[bytes, Record]]:
+        """(key, record) for every key live at ``revision`` in the range, ascending."""
+        if not range_end:
+            rec = self.get(key, revision)
+            if rec is not None:
+                yield key, rec
+            return
+        hist_of = self._hist
+        current = revision >= self.revision
+        for k in self.keys_in(key, range_end):
+            hist = hist_of[k]
+            rec = hist[-1] if current else record_at(hist, revision)
+            if rec is not None and rec[VERSION]:
+                yield k, rec
+
+    def history(self, key: bytes) -> list[Record]:
+        """The retained records of ``key`` (oldest first); empty if none. Do not modify."""
+        return self._hist.get(key, [])
+
+    def check_revision(self, revision: int) -> None:
+        """Raise unless ``revision`` (> 0) can be read: RevisionCompacted below the compact
+        revision, FutureRevision above the current one."""
+        if revision > self.revision:
+            raise FutureRevision(self.revision)
+        if revision < self.compact_revision:
+            raise RevisionCompacted(self.compact_revision)
+
+    def key_count(self) -> int:
+        """Number of keys with any retained record (live or tombstone)."""
+        return len(self._hist)
+
+    @property
+    def digest(self) -> int:
+        """Running 64-bit digest of every retained record (cheap; for replica invariants)."""
+        return self._digest
+
+    # --- compaction ---------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> int:
+        """Drop history below ``revision``: per key keep the records above it plus the newest
+        one at or below it unless that one is a tombstone below ``revision`` (etcd's rule, so
+        every read at a revision >= ``revision`` still answers the same). Returns records removed. The caller
+        has validated ``compact_revision < revision <= self.revision``."""
+        self.compact_revision = revision
+        self._flush_new_keys()
+        removed = 0
+        for key in sorted(self._multi):
+            removed += self._compact_key(key, revision)
+        return removed
+
+    def _compact_key(self, key: bytes, revision: int) -> int:
+        hist = self._hist[key]
+        i = bisect_right(hist, revision, key=_mod_of)  # hist[:i] are <= revision
+        # A tombstone exactly AT the compact revision is kept too (until the next compaction):
+        # history at and above the compact revision then stays complete for watch replay.
+        keep_from = i - 1 if i and (hist[i - 1][VERSION] or hist[i - 1][MOD] == revision) else i
+        if keep_from <= 0:
+            return 0
+        for rec in hist[:keep_from]:
+            self._digest = (self._digest - record_digest(key, rec)) & _MASK
+        kept = hist[keep_from:]  # a new list: the old one stays intact for snapshot views
+        if kept:
+            self._hist[key] = kept
+            if len(kept) == 1 and kept[0][VERSION]:
+                self._multi.discard(key)
+        else:
+            del self._hist[key]
+            self._keys.remove(key)
+            self._multi.discard(key)
+        return keep_from
+
+    # --- hashing ------------------------------------------------------------------------------
+
+    def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
+        """(crc32, compact_revision, revision) over every retained record with mod_revision <=
+        ``revision`` in key order (etcd's HashKV role: equal on replicas at equal revisions).
+        ``revision`` 0 = current. Raises RevisionCompacted / FutureRevision."""
+        rev = self.revision if revision <= 0 else revision
+        self.check_revision(rev)
+        crc = zlib.crc32(b"quorum-kv")
+        for key in self.keys_in(b"", b"\0"):
+            for rec in self._hist[key]:
+                if rec[MOD] > rev:
+                    break
+                crc = zlib.crc32(key, crc)
+                crc = zlib.crc32(b"%d:%d:%d:%d" % (rec[MOD], rec[CREATE], rec[VERSION], rec[LEASE]), crc)
+                crc = zlib.crc32(rec[VALUE], crc)
+        return crc, self.compact_revision, rev
+
+    # --- snapshot support -----------------------------------------------------------------------
+
+    def view(self) -> tuple[list[bytes], dict[bytes, list[Record]]]:
+        """A point-in-time view: the sorted key list and a shallow copy of the history map. Valid
+        forever because lists are append-only (records above the view's revision are filtered by
+        the reader) and compaction replaces lists instead of editing them."""
+        self._flush_new_keys()
+        return list(self._keys), self._hist.copy()
+
+    def load(self, items: list[tuple[bytes, list[Record]]], revision: int, compact: int) -> None:
+        """Bulk-load a restored image into an empty store (keys ascending, unique)."""
+        hist = self._hist
+        digest = 0
+        for key, records in items:
+            hist[key] = records
+            if len(records) > 1 or not records[-1][VERSION]:
+                self._multi.add(key)
+            for rec in records:
+                digest += record_digest(key, rec)
+        self._keys = SortedList(hist)
+        self._digest = digest & _MASK
+        self.revision = revision
+        self.compact_revision = compact
+
+    def _flush_new_keys(self) -> None:
+        if self._new_keys:
+            self._keys.update(self._new_keys)
+            self._new_keys.clear()

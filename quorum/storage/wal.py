@@ -296,6 +296,11 @@ class Wal:
         return os.path.join(self.dir, self.segments[-1].filename)
 
     @property
+    def segment_offset(self) -> int:
+        """Bytes of valid data in the current (last) segment."""
+        return self._offset
+
+    @property
     def failed(self) -> bool:
         return self._failed is not None
 

@@ -1,0 +1,171 @@
+"""The translation from native requests to ``quorum.api.backend.Backend`` calls.
+
+Key-value bodies are ``quorum.state`` commands already, so a write is handed to
+``Backend.write`` as decoded, with the client's session and sequence number, and a read to
+``Backend.read``; only the operations the state machine does not define (lease liveness,
+cluster, maintenance, watches) are translated field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from quorum.api.backend import Backend, Watch, WatchCreate, WatchFilter, WatchResponse
+from quorum.api.backend import Member as BackendMember
+from quorum.api.native import messages as m
+from quorum.errors import UsageError
+from quorum.state.commands import (
+    RangeRequest,
+    TxnRequest,
+)
+
+Handler = Callable[[Any, int, int, bool], Awaitable[m.ResponseBody]]
+
+
+def _member(mem: BackendMember) -> m.Member:
+    return m.Member(mem.id, mem.name, mem.peer_urls, mem.client_urls, mem.is_learner)
+
+
+class BackendDispatcher:
+    """Serves native requests from one Backend. Stateless apart from the handler table."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._handlers: dict[type, Handler] = {
+            RangeRequest: self._read,
+            TxnRequest: self._txn,
+            m.LeaseKeepAliveReq: self._keepalive,
+            m.LeaseTimeToLiveReq: self._ttl,
+            m.LeaseListReq: self._leases,
+            m.MemberListReq: self._member_list,
+            m.MemberAddReq: self._member_add,
+            m.MemberRemoveReq: self._member_remove,
+            m.MemberUpdateReq: self._member_update,
+            m.MemberPromoteReq: self._member_promote,
+            m.StatusReq: self._status,
+            m.MoveLeaderReq: self._move_leader,
+            m.SnapshotReq: self._snapshot,
+            m.HashKVReq: self._hash_kv,
+            m.HashReq: self._hash,
+        }
+        for cls in m.WRITE_BODIES:
+            self._handlers.setdefault(cls, self._write)
+
+    def handle(
+        self, body: m.RequestBody, session: int, seq: int, serializable: bool = False
+    ) -> Awaitable[m.ResponseBody]:
+        handler = self._handlers.get(type(body))
+        if handler is None:
+            raise UsageError(f"not a unary request: {type(body).__name__}")
+        return handler(body, session, seq, serializable)
+
+    def _revision(self) -> int:
+        return self.backend.header().revision
+
+    # --- key-value -------------------------------------------------------------------------
+
+    async def _write(self, body: Any, session: int, seq: int, _s: bool) -> Any:
+        # a retried (session, seq) returns the recorded outcome, or raises the recorded error
+        return await self.backend.write(body, session, seq)
+
+    async def _read(self, body: Any, _session: int, _seq: int, serializable: bool) -> Any:
+        return await self.backend.read(body, serializable)
+
+    def _txn(self, body: TxnRequest, session: int, seq: int, serializable: bool) -> Any:
+        if m.txn_is_read_only(body):
+            return self._read(body, session, seq, serializable)
+        return self._write(body, session, seq, serializable)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def _keepalive(self, body: m.LeaseKeepAliveReq, *_: Any) -> m.ResponseBody:
+        ttl = await self.backend.lease_keepalive(body.lease_id)
+        return m.LeaseKeepAliveResp(body.lease_id, ttl, self._revision())
+
+    async def _ttl(self, body: m.LeaseTimeToLiveReq, *_: Any) -> m.ResponseBody:
+        info = await self.backend.lease_time_to_live(body.lease_id, body.keys)
+        return m.LeaseTimeToLiveResp(
+            body.lease_id, info.ttl_s, info.granted_ttl_s, info.keys, self._revision()
+        )
+
+    async def _leases(self, _body: m.LeaseListReq, *_: Any) -> m.ResponseBody:
+        return m.LeaseListResp(await self.backend.leases(), self._revision())
+
+    # --- cluster ---------------------------------------------------------------------------
+
+    async def _member_list(self, body: m.MemberListReq, *_: Any) -> m.ResponseBody:
+        members = await self.backend.member_list(body.linearizable)
+        return m.MemberListResp(tuple(_member(x) for x in members), self._revision())
+
+    def _change(self, change: Any) -> m.ResponseBody:
+        member = _member(change.member) if change.member is not None else None
+        members = tuple(_member(x) for x in change.members)
+        return m.MemberChangeResp(members, member, self._revision())
+
+    async def _member_add(self, body: m.MemberAddReq, *_: Any) -> m.ResponseBody:
+        return self._change(await self.backend.member_add(body.peer_urls, body.is_learner))
+
+    async def _member_remove(self, body: m.MemberRemoveReq, *_: Any) -> m.ResponseBody:
+        return self._change(await self.backend.member_remove(body.member_id))
+
+    async def _member_update(self, body: m.MemberUpdateReq, *_: Any) -> m.ResponseBody:
+        return self._change(await self.backend.member_update(body.member_id, body.peer_urls))
+
+    async def _member_promote(self, body: m.MemberPromoteReq, *_: Any) -> m.ResponseBody:
+        return self._change(await self.backend.member_promote(body.member_id))
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    async def _status(self, _body: m.StatusReq, *_: Any) -> m.ResponseBody:
+        st = await self.backend.status()
+        return m.StatusResp(
+            version=st.version,
+            member_id=self.backend.member_id,
+            leader_id=st.leader,
+            raft_term=st.raft_term,
+            raft_index=st.raft_index,
+            raft_applied_index=st.raft_applied_index,
+            db_size_bytes=st.db_size_bytes,
+            is_learner=st.is_learner,
+            revision=self._revision(),
+            errors=st.errors,
+        )
+
+    async def _move_leader(self, body: m.MoveLeaderReq, *_: Any) -> m.ResponseBody:
+        await self.backend.move_leader(body.target_id)
+        return m.MoveLeaderResp(self._revision())
+
+    async def _snapshot(self, _body: m.SnapshotReq, *_: Any) -> m.ResponseBody:
+        revision = self._revision()
+        chunks = [chunk async for chunk in self.backend.snapshot()]
+        return m.SnapshotResp(b"".join(chunks), revision)
+
+    async def _hash_kv(self, body: m.HashKVReq, *_: Any) -> m.ResponseBody:
+        h = await self.backend.hash_kv(body.revision)
+        return m.HashKVResp(h.hash, h.compact_revision, h.revision)
+
+    async def _hash(self, _body: m.HashReq, *_: Any) -> m.ResponseBody:
+        return m.HashResp(await self.backend.hash(), self._revision())
+
+    # --- watches ---------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        return self._revision()
+
+    async def open_watch(self, req: m.WatchCreateReq) -> Watch:
+        filters = (WatchFilter.NOPUT,) * req.filter_put
+        filters += (WatchFilter.NODELETE,) * req.filter_delete
+        return await self.backend.watch(
+            WatchCreate(
+                req.key, req.range_end, req.start_revision, req.prev_kv, filters,
+                req.progress_notify,
+            )
+        )
+
+
+def watch_body(resp: WatchResponse) -> m.ResponseBody:
+    """The wire form of one watcher answer (events, progress notice or cancel)."""
+    if resp.canceled:
+        return m.WatchCanceled(resp.revision, resp.cancel_reason, resp.compact_revision)
+    return m.WatchEvents(resp.revision, resp.events)

@@ -1,0 +1,309 @@
+"""The native protocol server: asyncio, one Protocol object per connection.
+
+Throughput choices (docs/client.md): frames are parsed straight from ``data_received``
+without stream readers; each request runs as its own task so a slow write never blocks the
+reads queued behind it (responses go out in completion order, matched by id); answers are
+encoded once, straight into one output buffer, and flushed with a single ``write`` per loop
+turn. No per-request logging: only connection-level events are logged.
+
+Bad input (a frame that is too large, does not decode, or is cut off at EOF) closes that one
+connection with a logged reason; every other connection keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from quorum.api.backend import Watch
+from quorum.api.native import messages as m
+from quorum.api.native.dispatch import BackendDispatcher, watch_body
+from quorum.api.native.errors import error_body
+from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
+from quorum.errors import FrameError, WatchNotFound
+
+log = logging.getLogger("quorum.api.native")
+
+DEFAULT_MAX_INFLIGHT = 4096  # per connection; reading pauses above it (back-pressure)
+
+
+class Dispatcher(Protocol):
+    """Turns one request body into one answer body (see ``quorum.api.native.dispatch``)."""
+
+    def handle(
+        self, body: m.RequestBody, session: int, seq: int, serializable: bool = False
+    ) -> Awaitable[m.ResponseBody]:
+        """Serve a unary request; raises a :class:`QuorumError` subclass on typed failures."""
+        ...
+
+    async def open_watch(self, req: m.WatchCreateReq) -> Watch:
+        """Create a backend watcher; raises a StateError for an invalid request."""
+        ...
+
+    def revision(self) -> int:
+        """The current applied revision (no I/O)."""
+        ...
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection. Invariant: every decoded request gets exactly one answer
+    (or, for a watch, a stream under its id) unless the connection closes first."""
+
+    def __init__(self, server: NativeServer) -> None:
+        self._server = server
+        self._dispatcher = server.dispatcher
+        self._decoder = FrameDecoder(server.max_frame_bytes)
+        self._request_decoder = server.request_decoder
+        self._encoder = server.encoder
+        self._transport: asyncio.Transport | None = None
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._watches: dict[int, asyncio.Task[None]] = {}  # watch id -> its pump task
+        self._watchers: dict[int, Watch] = {}  # watch id -> backend watcher, once created
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closed = False
+        self._peer = "?"
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._peer = str(transport.get_extra_info("peername"))
+        self._server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            self.abort(f"bad frame: {exc}")
+            return
+        decode = self._request_decoder.decode
+        for body in frames:
+            try:
+                req = decode(body)
+            except msgspec.DecodeError as exc:
+                self.abort(f"undecodable request: {exc}")
+                return
+            self._start(req)
+        self._maybe_pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._decoder.pending_bytes():
+            log.warning("native client %s: truncated frame at EOF; closing", self._peer)
+        return None  # close our side once pending answers are flushed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connections.discard(self)
+        for task in [*self._inflight, *self._watches.values()]:
+            task.cancel()
+        self._inflight.clear()
+        self._watches.clear()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._maybe_pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._maybe_resume_reading()
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _start(self, req: m.Request) -> None:
+        body = req.body
+        if isinstance(body, m.WatchCreateReq):
+            self._start_watch(req.id, body)
+        elif isinstance(body, m.WatchCancelReq):
+            self._track(self._cancel_watch(req.id, body.watch_id))
+        elif isinstance(body, m.WatchProgressReq):
+            self._track(self._progress(req.id))
+        else:
+            self._track(self._serve(req))
+
+    def _track(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._maybe_resume_reading()
+
+    async def _serve(self, req: m.Request) -> None:
+        try:
+            body = await self._dispatcher.handle(req.body, req.session, req.seq, req.serializable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            body = error_body(exc)
+        self.send(m.Response(req.id, body))
+
+    async def _progress(self, req_id: int) -> None:
+        """Ask every watcher of this connection for a progress notice. The notices travel in
+        each watcher's own stream, so they stay ordered with its events (bookmarkable)."""
+        try:
+            for watcher in list(self._watchers.values()):
+                await watcher.request_progress()
+            body: m.ResponseBody = m.WatchProgressResp(self._dispatcher.revision())
+        except Exception as exc:
+            body = error_body(exc)
+        self.send(m.Response(req_id, body))
+
+    # --- watches ---------------------------------------------------------------------------
+
+    def _start_watch(self, watch_id: int, req: m.WatchCreateReq) -> None:
+        if watch_id in self._watches:
+            self.send(m.Response(watch_id, m.ErrorResp("UsageError", "watch id already in use")))
+            return
+        self._watches[watch_id] = asyncio.ensure_future(self._run_watch(watch_id, req))
+
+    async def _run_watch(self, watch_id: int, req: m.WatchCreateReq) -> None:
+        try:
+            watcher = await self._dispatcher.open_watch(req)
+        except Exception as exc:
+            self._watches.pop(watch_id, None)
+            self.send(m.Response(watch_id, error_body(exc)))
+            return
+        self._watchers[watch_id] = watcher
+        self.send(m.Response(watch_id, m.WatchCreated(self._dispatcher.revision())))
+        try:
+            async for resp in watcher:
+                self.send(m.Response(watch_id, watch_body(resp)))
+                if resp.canceled:
+                    break
+        finally:
+            self._watches.pop(watch_id, None)
+            self._watchers.pop(watch_id, None)
+            with contextlib.suppress(Exception):
+                await watcher.cancel()
+
+    async def _cancel_watch(self, req_id: int, watch_id: int) -> None:
+        """Cancel through the backend: the watcher's stream ends with its canceled answer."""
+        watcher = self._watchers.get(watch_id)
+        if watcher is None:
+            task = self._watches.pop(watch_id, None)
+            if task is None:
+                self.send(m.Response(req_id, error_body(WatchNotFound())))
+                return
+            task.cancel()  # still being created: nothing was delivered yet
+            self.send(m.Response(watch_id, m.WatchCanceled(reason="canceled")))
+        else:
+            await watcher.cancel()
+        self.send(m.Response(req_id, m.WatchCanceled(self._dispatcher.revision(), "canceled")))
+
+    # --- output ----------------------------------------------------------------------------
+
+    def send(self, resp: m.Response) -> None:
+        """Encode ``resp`` once into the output buffer; flush at the end of this loop turn."""
+        if self._closed:
+            return
+        out = self._out
+        start = len(out)
+        out += b"\0\0\0\0"
+        self._encoder.encode_into(resp, out, start + HEADER_BYTES)
+        out[start : start + HEADER_BYTES] = (len(out) - start - HEADER_BYTES).to_bytes(4, "big")
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed or self._transport is None or not self._out:
+            return
+        data = bytes(self._out)
+        self._out.clear()
+        self._transport.write(data)
+
+    def abort(self, reason: str) -> None:
+        """Drop this connection at once (bad input); the server keeps serving others."""
+        log.warning("native client %s: %s; closing the connection", self._peer, reason)
+        self.drop()
+
+    def drop(self) -> None:
+        """Close without a word (server shutdown): the client sees a connection loss."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- back-pressure ---------------------------------------------------------------------
+
+    def _maybe_pause_reading(self) -> None:
+        over = len(self._inflight) >= self._server.max_inflight or self._writing_paused
+        if over and not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        under = len(self._inflight) < self._server.max_inflight // 2 and not self._writing_paused
+        if under and self._reading_paused and self._transport is not None and not self._closed:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+
+class NativeServer:
+    """A running native protocol server. ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, dispatcher: Dispatcher, max_frame_bytes: int, max_inflight: int) -> None:
+        self.dispatcher = dispatcher
+        self.max_frame_bytes = max_frame_bytes
+        self.max_inflight = max_inflight
+        self.request_decoder = msgspec.msgpack.Decoder(m.Request)
+        self.encoder = msgspec.msgpack.Encoder()
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.host = ""
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        sock = self._server.sockets[0].getsockname()
+        self.host, self.port = sock[0], sock[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection (clients see a connection loss)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drop()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> NativeServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_native(
+    backend: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    dispatcher_factory: Callable[[Any], Dispatcher] | None = None,
+) -> NativeServer:
+    """Serve ``backend`` (a ``quorum.api.backend.Backend``) on ``host:port``; returns the
+    running server. Raises ``OSError`` if the address cannot be bound."""
+    if dispatcher_factory is None:
+        dispatcher_factory = BackendDispatcher
+    server = NativeServer(dispatcher_factory(backend), max_frame_bytes, max_inflight)
+    await server.start(host, port)
+    return server

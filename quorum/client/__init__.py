@@ -1,0 +1,15 @@
+"""The Python client of quorum's native protocol (docs/client.md).
+
+* :class:`AsyncClient` — asyncio; pipelined; failover across endpoints; exactly-once write
+  retries through state-machine sessions; resumable watches; lease keepalive helper.
+* :class:`Client` — the same API, blocking (an event loop in a background thread).
+* ``quorum.client.txn`` — compare/operation builders for transactions.
+* ``quorum.client.recipes`` — Lock (fencing tokens), Election, RWLock, Barrier,
+  DoubleBarrier, ServiceRegistry, ConfigWatcher.
+"""
+
+from quorum.client.aio import AsyncClient, LeaseKeeper
+from quorum.client.sync import Client, SyncWatcher
+from quorum.client.watch import Watcher
+
+__all__ = ["AsyncClient", "Client", "LeaseKeeper", "SyncWatcher", "Watcher"]

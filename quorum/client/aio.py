@@ -1,0 +1,498 @@
+"""``AsyncClient``: the asyncio client of the native protocol.
+
+Failover: the client keeps one connection at a time. When it is lost, or a server answers
+with a NotLeader-type error, the client reconnects (to the hinted leader if the error names
+one, else to the next endpoint) and retries until the call's deadline.
+
+Exactly-once writes: every write runs in a client session of the state machine with a fresh
+sequence number, and a retry reuses the pair, so the write is applied once however many
+times it is sent (Raft thesis §6.3). The state machine remembers only the *last* outcome of a
+session, so a session carries at most one write at a time; the client keeps a pool of
+sessions to pipeline writes.
+
+Errors: typed ``quorum.errors`` exceptions the server reported (StateError subclasses,
+...); ``RequestTimeout`` when the deadline passes (a write's outcome is then unknown);
+``NoEndpointAvailable`` when no endpoint could be reached. The client stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from quorum.api.native import messages as m
+from quorum.api.native.errors import error_from_body
+from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES
+from quorum.client.connection import Connection, open_connection
+from quorum.client.txn import get as _range_op
+from quorum.client.watch import Watcher
+from quorum.errors import (
+    ConnectionLost,
+    LeaderChanged,
+    NodeStopped,
+    NoEndpointAvailable,
+    ProposalDropped,
+    QuorumError,
+    RequestTimeout,
+    SessionNotFound,
+    UsageError,
+)
+from quorum.state.commands import (
+    CompactionRequest,
+    Compare,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    KeyValue,
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    PutRequest,
+    PutResponse,
+    RangeResponse,
+    RequestOp,
+    SessionOpenRequest,
+    SessionOpenResponse,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+    TxnResponse,
+    prefix_end,
+)
+
+T = TypeVar("T")
+
+# errors after which the same request may be sent again elsewhere: nothing was applied
+# (ProposalDropped), or a write's outcome is unknown but its session makes a retry safe
+RETRIABLE = (ProposalDropped, LeaderChanged, NodeStopped, RequestTimeout)
+
+
+class _Session:
+    __slots__ = ("id", "last_seq")
+
+    def __init__(self, session_id: int) -> None:
+        self.id = session_id
+        self.last_seq = 0
+
+
+class _SessionPool:
+    """Sessions with no write in flight. Invariant: a session is either in ``free`` or held by
+    exactly one running write, so its sequence numbers are used one at a time, in order."""
+
+    def __init__(self, client: AsyncClient, max_sessions: int) -> None:
+        self._client = client
+        self._max = max_sessions
+        self._free: list[_Session] = []
+        self._count = 0
+        self._released = asyncio.Condition()
+
+    async def acquire(self, deadline: float) -> _Session:
+        while True:
+            if self._free:
+                return self._free.pop()
+            if self._count < self._max:
+                self._count += 1
+                try:
+                    return _Session(await self._client._open_session(deadline))
+                except BaseException:
+                    self._count -= 1
+                    raise
+            async with self._released:
+                await self._released.wait()
+
+    async def release(self, session: _Session | None, discard: bool = False) -> None:
+        if session is not None and not discard:
+            self._free.append(session)
+        elif session is not None:
+            self._count -= 1
+        async with self._released:
+            self._released.notify()
+
+
+class AsyncClient:
+    """Client of one quorum cluster. Create it, optionally ``await connect()``, use it, then
+    ``await close()`` (or ``async with``). All methods may be called concurrently."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
+        retry_backoff_s: float = 0.02,
+        max_sessions: int = 64,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        if not endpoints:
+            raise UsageError("at least one endpoint is needed")
+        self.endpoints: list[str] = list(endpoints)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.max_frame_bytes = max_frame_bytes
+        self._ids = itertools.count(1)
+        self._conn: Connection | None = None
+        self._connecting: asyncio.Future[Connection] | None = None
+        self._next_endpoint = 0
+        self._sessions = _SessionPool(self, max_sessions)
+        self._member_urls: dict[int, str] = {}
+        self._closed = False
+        self.failovers = 0  # how many times a connection was replaced (informational)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect now instead of on first use. Raises NoEndpointAvailable."""
+        await self._connection(self._deadline(None))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint currently connected to, if any."""
+        return self._conn.endpoint if self._conn is not None and not self._conn.closed else None
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # --- connections -----------------------------------------------------------------------
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
+
+    async def _connection(self, deadline: float) -> Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise UsageError("the client is closed")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect_any(deadline))
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, fut: asyncio.Future[Connection]) -> None:
+        self._connecting = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._conn = fut.result()
+
+    async def _connect_any(self, deadline: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        while True:
+            for _ in range(len(self.endpoints)):
+                endpoint = self.endpoints[self._next_endpoint % len(self.endpoints)]
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    return await open_connection(
+                        endpoint, min(self.connect_timeout_s, remaining), self.max_frame_bytes
+                    )
+                except (OSError, TimeoutError) as exc:
+                    last = exc
+                    self._next_endpoint += 1
+            if loop.time() + self.retry_backoff_s >= deadline:
+                raise NoEndpointAvailable(f"no endpoint of {self.endpoints} reachable: {last}")
+            await asyncio.sleep(self.retry_backoff_s)
+
+    def _fail_over(self, conn: Connection, exc: QuorumError | None) -> None:
+        """Leave ``conn``: prefer the leader the error hinted, else the next endpoint."""
+        hint = getattr(exc, "leader_endpoint", "") or self._member_urls.get(
+            int(getattr(exc, "leader_id", 0) or 0), ""
+        )
+        if hint:
+            if hint not in self.endpoints:
+                self.endpoints.append(hint)
+            self._next_endpoint = self.endpoints.index(hint)
+        elif conn.endpoint in self.endpoints:
+            self._next_endpoint = self.endpoints.index(conn.endpoint) + 1
+        else:
+            self._next_endpoint += 1
+        if self._conn is conn:
+            self._conn = None
+            self.failovers += 1
+        conn.close()
+
+    # --- the request loop ------------------------------------------------------------------
+
+    async def call(
+        self,
+        body: m.RequestBody,
+        *,
+        timeout_s: float | None = None,
+        serializable: bool = False,
+    ) -> m.ResponseBody:
+        """Send one request until it gets an answer or the deadline passes. Writes run in a
+        session (exactly-once retries). Raises the typed error the server reported."""
+        deadline = self._deadline(timeout_s)
+        if not isinstance(body, m.WRITE_BODIES) or isinstance(body, SessionOpenRequest):
+            return await self._attempts(body, 0, 0, serializable, deadline)
+        if isinstance(body, TxnRequest) and m.txn_is_read_only(body):
+            return await self._attempts(body, 0, 0, serializable, deadline)
+        return await self._session_write(body, deadline)
+
+    async def _session_write(self, body: m.RequestBody, deadline: float) -> m.ResponseBody:
+        for first in (True, False):
+            session = await self._sessions.acquire(deadline)
+            session.last_seq += 1  # a fresh seq per write; its retries reuse it
+            try:
+                resp = await self._attempts(body, session.id, session.last_seq, False, deadline)
+            except SessionNotFound:
+                # evicted or unknown: the state machine applied nothing for this seq. On the
+                # first attempt it is safe to run the write in a new session.
+                await self._sessions.release(session, discard=True)
+                if first:
+                    continue
+                raise
+            except BaseException:
+                await self._sessions.release(session)
+                raise
+            await self._sessions.release(session)
+            return resp
+        raise AssertionError("unreachable")
+
+    async def _attempts(
+        self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float
+    ) -> m.ResponseBody:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = await self._connection(deadline)
+            req = m.Request(next(self._ids), body, session, seq, serializable)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    answer = await conn.request(req)
+            except TimeoutError:
+                conn.forget(req.id)
+                raise RequestTimeout("no answer before the deadline") from None
+            except ConnectionLost:
+                self._fail_over(conn, None)
+                answer = None
+            if isinstance(answer, m.ErrorResp):
+                exc = error_from_body(answer)
+                if not isinstance(exc, RETRIABLE):
+                    raise exc
+                self._fail_over(conn, exc)
+            elif answer is not None:
+                return answer
+            if loop.time() + self.retry_backoff_s >= deadline:
+                raise RequestTimeout("no answer before the deadline (retrying after failover)")
+            await asyncio.sleep(self.retry_backoff_s)
+
+    async def _open_session(self, deadline: float) -> int:
+        resp = await self._attempts(SessionOpenRequest(), 0, 0, False, deadline)
+        return _expect(resp, SessionOpenResponse).session_id
+
+    # --- key-value -------------------------------------------------------------------------
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        keys_only: bool = False,
+        count_only: bool = False,
+        serializable: bool = False,
+        timeout_s: float | None = None,
+    ) -> RangeResponse:
+        """Keys in [key, range_end) (``prefix=True``: keys starting with ``key``) at
+        ``revision`` (0: current). Linearizable unless ``serializable``."""
+        req = _range_op(
+            key, range_end, prefix=prefix, revision=revision, limit=limit,
+            sort_order=sort_order, sort_target=sort_target, keys_only=keys_only,
+            count_only=count_only,
+        )
+        resp = await self.call(req, timeout_s=timeout_s, serializable=serializable)
+        return _expect(resp, RangeResponse)
+
+    async def get(
+        self, key: bytes, *, revision: int = 0, serializable: bool = False
+    ) -> KeyValue | None:
+        """The key's current (or ``revision``'s) version, None if absent."""
+        resp = await self.range(key, revision=revision, serializable=serializable)
+        return resp.kvs[0] if resp.kvs else None
+
+    async def get_prefix(self, prefix: bytes, **kwargs: Any) -> RangeResponse:
+        return await self.range(prefix, prefix_end(prefix), **kwargs)
+
+    async def put(
+        self, key: bytes, value: bytes, *, lease: int = 0, prev_kv: bool = False,
+        ignore_value: bool = False, ignore_lease: bool = False, timeout_s: float | None = None,
+    ) -> PutResponse:
+        req = PutRequest(key, value, lease, prev_kv, ignore_value, ignore_lease)
+        return _expect(await self.call(req, timeout_s=timeout_s), PutResponse)
+
+    async def delete(
+        self, key: bytes, range_end: bytes = b"", *, prefix: bool = False,
+        prev_kv: bool = False, timeout_s: float | None = None,
+    ) -> DeleteRangeResponse:
+        if prefix:
+            range_end = prefix_end(key)
+        req = DeleteRangeRequest(key, range_end, prev_kv)
+        return _expect(await self.call(req, timeout_s=timeout_s), DeleteRangeResponse)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[RequestOp] = (),
+        failure: Sequence[RequestOp] = (),
+        *,
+        serializable: bool = False,
+        timeout_s: float | None = None,
+    ) -> TxnResponse:
+        """If every compare holds run ``success``, else ``failure``, atomically (one revision).
+        See ``quorum.client.txn`` for builders."""
+        req = TxnRequest(tuple(compare), tuple(success), tuple(failure))
+        resp = await self.call(req, timeout_s=timeout_s, serializable=serializable)
+        return _expect(resp, TxnResponse)
+
+    async def compact(self, revision: int, *, physical: bool = False) -> int:
+        """Discard history before ``revision``; returns the store revision."""
+        resp = await self.call(CompactionRequest(revision, physical))
+        return int(getattr(resp, "revision", 0))
+
+    def watch(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+        filter_put: bool = False,
+        filter_delete: bool = False,
+    ) -> Watcher:
+        """A watch iterator (``async for batch in client.watch(...)``). It survives connection
+        loss: it re-creates itself from the last delivered revision + 1, so the sequence of
+        events has neither gaps nor duplicates. Close it with ``await watcher.cancel()``."""
+        if prefix:
+            range_end = prefix_end(key)
+        req = m.WatchCreateReq(
+            key, range_end, start_revision, prev_kv, progress_notify, filter_put, filter_delete
+        )
+        return Watcher(self, req)
+
+    async def request_progress(self) -> int:
+        """Ask every watch of the current connection for a progress notice."""
+        resp = await self.call(m.WatchProgressReq())
+        return _expect(resp, m.WatchProgressResp).revision
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl_s: int, lease_id: int = 0) -> LeaseGrantResponse:
+        return _expect(await self.call(LeaseGrantRequest(ttl_s, lease_id)), LeaseGrantResponse)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self.call(LeaseRevokeRequest(lease_id))
+
+    async def lease_keepalive_once(self, lease_id: int) -> int:
+        """Renew the lease once; returns its TTL. Raises LeaseNotFound once it expired."""
+        resp = await self.call(m.LeaseKeepAliveReq(lease_id))
+        return _expect(resp, m.LeaseKeepAliveResp).ttl_s
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool = False) -> m.LeaseTimeToLiveResp:
+        resp = await self.call(m.LeaseTimeToLiveReq(lease_id, keys))
+        return _expect(resp, m.LeaseTimeToLiveResp)
+
+    async def lease_list(self) -> tuple[int, ...]:
+        return _expect(await self.call(m.LeaseListReq()), m.LeaseListResp).lease_ids
+
+    def keep_alive(self, lease_id: int, ttl_s: int) -> LeaseKeeper:
+        """Start a background task renewing the lease every ttl/3 seconds (see LeaseKeeper)."""
+        return LeaseKeeper(self, lease_id, ttl_s)
+
+    # --- cluster and maintenance -----------------------------------------------------------
+
+    async def member_list(self, linearizable: bool = False) -> tuple[m.Member, ...]:
+        resp = _expect(await self.call(m.MemberListReq(linearizable)), m.MemberListResp)
+        self._member_urls = {
+            mem.member_id: mem.client_urls[0] for mem in resp.members if mem.client_urls
+        }
+        return resp.members
+
+    async def member_add(self, peer_urls: Sequence[str], is_learner: bool = False) -> m.MemberChangeResp:
+        return _expect(await self.call(m.MemberAddReq(tuple(peer_urls), is_learner)), m.MemberChangeResp)
+
+    async def member_remove(self, member_id: int) -> m.MemberChangeResp:
+        return _expect(await self.call(m.MemberRemoveReq(member_id)), m.MemberChangeResp)
+
+    async def member_update(self, member_id: int, peer_urls: Sequence[str]) -> m.MemberChangeResp:
+        req = m.MemberUpdateReq(member_id, tuple(peer_urls))
+        return _expect(await self.call(req), m.MemberChangeResp)
+
+    async def member_promote(self, member_id: int) -> m.MemberChangeResp:
+        return _expect(await self.call(m.MemberPromoteReq(member_id)), m.MemberChangeResp)
+
+    async def status(self) -> m.StatusResp:
+        return _expect(await self.call(m.StatusReq()), m.StatusResp)
+
+    async def move_leader(self, target_id: int) -> None:
+        _expect(await self.call(m.MoveLeaderReq(target_id)), m.MoveLeaderResp)
+
+    async def snapshot(self) -> bytes:
+        return _expect(await self.call(m.SnapshotReq()), m.SnapshotResp).blob
+
+    async def hash_kv(self, revision: int = 0) -> m.HashKVResp:
+        return _expect(await self.call(m.HashKVReq(revision)), m.HashKVResp)
+
+    async def hash(self) -> int:
+        return _expect(await self.call(m.HashReq()), m.HashResp).hash
+
+
+class LeaseKeeper:
+    """Renews a lease in the background every ``ttl_s / 3`` seconds until ``stop()``.
+
+    If the lease is gone (expired or revoked) the task ends and ``lost`` is set; ``ttl_s``
+    follows the server's answers. Connection failures are retried within the client's
+    failover; a renewal that keeps failing past the TTL also ends in ``lost``.
+    """
+
+    def __init__(self, client: AsyncClient, lease_id: int, ttl_s: int) -> None:
+        self.client = client
+        self.lease_id = lease_id
+        self.ttl_s = ttl_s
+        self.lost = asyncio.Event()
+        self.error: BaseException | None = None
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(max(self.ttl_s / 3.0, 0.05))
+                self.ttl_s = await self.client.lease_keepalive_once(self.lease_id)
+        except asyncio.CancelledError:
+            raise
+        except QuorumError as exc:
+            self.error = exc
+            self.lost.set()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _expect(resp: m.ResponseBody, cls: type[T]) -> T:
+    if not isinstance(resp, cls):
+        raise QuorumError(f"unexpected answer {type(resp).__name__}, wanted {cls.__name__}")
+    return resp
+

@@ -1,0 +1,147 @@
+"""One pipelined connection to a native protocol server.
+
+Requests are encoded once into an output buffer and flushed with a single write per loop
+turn, so many concurrent callers share one syscall. Answers are matched to callers by request
+id in any order; frames under a watch id are handed to that watch's callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+
+from quorum.api.native import messages as m
+from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
+from quorum.errors import ConnectionLost, FrameError
+
+# a stream callback gets each body under its id, and None once the connection is gone
+StreamCallback = Callable[[m.ResponseBody | None], None]
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port). Raises ValueError."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Connection(asyncio.Protocol):
+    """Use :func:`open_connection`. After a loss every pending request fails with
+    :class:`ConnectionLost` and every stream callback receives ``None``; the object is then
+    dead for good (the client opens a new one)."""
+
+    def __init__(self, endpoint: str, max_frame_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.pending: dict[int, asyncio.Future[m.ResponseBody]] = {}
+        self.streams: dict[int, StreamCallback] = {}
+        self.closed = False
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._response_decoder = msgspec.msgpack.Decoder(m.Response)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._transport: asyncio.Transport | None = None
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+            decode = self._response_decoder.decode
+            for body in frames:
+                self._route(decode(body))
+        except (FrameError, msgspec.DecodeError):
+            self.close()  # the stream can no longer be trusted; callers retry elsewhere
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(f"connection to {self.endpoint} lost"))
+        streams, self.streams = self.streams, {}
+        for callback in streams.values():
+            callback(None)
+
+    def _route(self, resp: m.Response) -> None:
+        fut = self.pending.pop(resp.id, None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(resp.body)
+            return
+        callback = self.streams.get(resp.id)
+        if callback is not None:
+            callback(resp.body)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def request(self, req: m.Request) -> asyncio.Future[m.ResponseBody]:
+        """Send ``req``; the future gets its answer body or ConnectionLost."""
+        fut: asyncio.Future[m.ResponseBody] = self._loop.create_future()
+        if self.closed:
+            fut.set_exception(ConnectionLost(f"connection to {self.endpoint} is closed"))
+            return fut
+        self.pending[req.id] = fut
+        self.send(req)
+        return fut
+
+    def forget(self, req_id: int) -> None:
+        """Stop waiting for ``req_id`` (timed out); a late answer is dropped."""
+        self.pending.pop(req_id, None)
+
+    def open_stream(self, req: m.Request, callback: StreamCallback) -> None:
+        """Send ``req`` and route every frame under its id to ``callback``."""
+        if self.closed:
+            callback(None)
+            return
+        self.streams[req.id] = callback
+        self.send(req)
+
+    def close_stream(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    def send(self, req: m.Request) -> None:
+        out = self._out
+        start = len(out)
+        out += b"\0\0\0\0"
+        self._encoder.encode_into(req, out, start + HEADER_BYTES)
+        out[start : start + HEADER_BYTES] = (len(out) - start - HEADER_BYTES).to_bytes(4, "big")
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed or self._transport is None or not self._out:
+            self._out.clear()
+            return
+        data = bytes(self._out)
+        self._out.clear()
+        self._transport.write(data)
+
+    def close(self) -> None:
+        """Drop the connection; pending requests fail with ConnectionLost."""
+        if self._transport is not None and not self.closed:
+            self._transport.abort()
+        self.closed = True
+
+
+async def open_connection(
+    endpoint: str, timeout_s: float, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Connection:
+    """Connect to ``endpoint``. Raises OSError or TimeoutError."""
+    host, port = parse_endpoint(endpoint)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout_s):
+        _, proto = await loop.create_connection(
+            lambda: Connection(endpoint, max_frame_bytes), host, port
+        )
+    return proto

@@ -70,7 +70,10 @@ class TransportConfig:
     and the peer reported unreachable (Raft recovers lost messages; memory must not grow).
     Reconnect delays grow from ``backoff_initial_s`` by ``backoff_multiplier`` up to
     ``backoff_max_s``; each is scaled by a random factor in [1 - jitter, 1 + jitter] so peers
-    that lost each other at once do not retry in lockstep.
+    that lost each other at once do not retry in lockstep. An outbound link PINGs every
+    ``ping_interval_s`` and reconnects when no PONG came for ``ping_interval_s +
+    ping_timeout_s``: a silently dead connection (a partition drops packets, no FIN or RST)
+    would otherwise swallow writes until the kernel's retransmission timeout, many minutes.
     """
 
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -85,12 +88,15 @@ class TransportConfig:
     backoff_jitter: float = 0.25
     snapshot_chunk_bytes: int = 1 * MIB
     snapshot_ack_timeout_s: float = 60.0
+    ping_interval_s: float = 1.0
+    ping_timeout_s: float = 5.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first rule that is broken."""
         positive = ("max_frame_bytes", "max_queued_messages", "read_chunk_bytes",
                     "write_buffer_high_bytes", "connect_timeout_s", "handshake_timeout_s",
-                    "backoff_initial_s", "snapshot_chunk_bytes", "snapshot_ack_timeout_s")
+                    "backoff_initial_s", "snapshot_chunk_bytes", "snapshot_ack_timeout_s",
+                    "ping_interval_s", "ping_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -171,6 +177,7 @@ class LinkStats:
     dropped_messages: int = 0
     connects: int = 0
     connect_failures: int = 0
+    pongs_received: int = 0
 
 
 class _Link:
@@ -192,6 +199,8 @@ class _Link:
         self._accepting = True  # False while backing off after a failure
         self._broken: str | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._failures_in_row = 0
+        self._last_pong = 0.0
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def enqueue(self, messages: list[Message]) -> bool:
@@ -224,6 +233,7 @@ class _Link:
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             backoff.reset()
+            self._failures_in_row = 0
             self.stats.connects += 1
             log.info("link %d->%d connected to %s", self.owner.member_id, self.peer_id,
                      self.address)
@@ -236,19 +246,25 @@ class _Link:
         self._accepting = False
         self.stats.dropped_messages += len(self._pending)
         self._pending = []
-        log.warning("link %d->%d down: %s", self.owner.member_id, self.peer_id, reason)
+        self._failures_in_row += 1
+        # Warn once per outage; repeated failed attempts of the same outage go to debug.
+        level = logging.WARNING if self._failures_in_row == 1 else logging.DEBUG
+        log.log(level, "link %d->%d down: %s", self.owner.member_id, self.peer_id, reason)
         self.owner.report_unreachable(self.peer_id)
 
     async def _serve(self, frames: _FrameReader, writer: asyncio.StreamWriter) -> str:
         """Write until the connection breaks; return why it broke."""
-        self._writer, self._broken = writer, None
-        watcher = asyncio.get_running_loop().create_task(self._watch(frames))
+        loop = asyncio.get_running_loop()
+        self._writer, self._broken, self._last_pong = writer, None, loop.time()
+        watcher = loop.create_task(self._watch(frames))
+        pinger = loop.create_task(self._keepalive(writer))
         try:
             await self._write_loop(writer)
         except _CONNECTION_ERRORS as exc:
             self._broken = self._broken or f"write failed: {exc!r}"
         finally:
             watcher.cancel()
+            pinger.cancel()
             writer.close()
             self._writer = None
         return self._broken or "closed"
@@ -263,10 +279,11 @@ class _Link:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
-            frames = self.owner.encode_batch(self.peer_id, batch)
+            frames, encoded = self.owner.encode_batch(self.peer_id, batch)
             data = b"".join(frames)
             writer.write(data)
-            self.stats.sent_messages += len(batch)
+            self.stats.sent_messages += encoded
+            self.stats.dropped_messages += len(batch) - encoded
             self.stats.sent_frames += len(frames)
             self.stats.sent_bytes += len(data)
             await writer.drain()
@@ -283,9 +300,23 @@ class _Link:
                     raise EOFError("connection closed by peer")
                 if any(not isinstance(f, Pong) for f in got):
                     raise BadFrame("unexpected frame on an outbound link")
+                self._last_pong = asyncio.get_running_loop().time()
+                self.stats.pongs_received += len(got)
         except _CONNECTION_ERRORS as exc:
             self._broken = f"{exc!r}"
             self._wakeup.set()
+
+    async def _keepalive(self, writer: asyncio.StreamWriter) -> None:
+        """PING the peer; declare the connection broken when PONGs stop (see TransportConfig)."""
+        cfg, loop = self.owner.config, asyncio.get_running_loop()
+        for nonce in itertools.count():
+            await asyncio.sleep(cfg.ping_interval_s)
+            silent_s = loop.time() - self._last_pong
+            if silent_s > cfg.ping_interval_s + cfg.ping_timeout_s:
+                self._broken = f"no PONG for {silent_s:.1f} s"
+                self._wakeup.set()
+                return
+            writer.write(self.owner.ping_frame(nonce))
 
 
 class PeerTransport:
@@ -389,9 +420,9 @@ class PeerTransport:
     def update_peers(self, peers: Mapping[int, Address]) -> None:
         """Replace the peer address book (membership change): links to removed or moved peers
         are dropped, links to new peers start. Our own id is ignored."""
-        if self._closed:
-            return
         self._peers = {pid: addr for pid, addr in peers.items() if pid != self.member_id}
+        if self._closed or self._server is None:
+            return  # not started (start() creates the links) or already closed
         for pid, link in list(self._links.items()):
             if self._peers.get(pid) != link.address:
                 link.stop()
@@ -422,17 +453,24 @@ class PeerTransport:
             if link is None or not link.enqueue(group):
                 self.report_unreachable(peer_id)
 
-    def encode_batch(self, peer_id: int, batch: list[Message]) -> list[bytes]:
-        """Encode a batch into frames; a message too large for any frame is dropped alone."""
+    def encode_batch(self, peer_id: int, batch: list[Message]) -> tuple[list[bytes], int]:
+        """Encode a batch into frames; return them and how many messages they hold.
+
+        A message too large for any frame is dropped alone (and the peer reported), so the
+        size limit holds on the sending side too.
+        """
         try:
-            return self._encoder.encode_messages(batch)
+            return self._encoder.encode_messages(batch), len(batch)
         except FrameTooLarge:
             pass
         kept = [m for m in batch if self._fits(m)]
         log.warning("dropped %d message(s) to %d larger than max_frame_bytes=%d",
                     len(batch) - len(kept), peer_id, self.config.max_frame_bytes)
         self.report_unreachable(peer_id)
-        return self._encoder.encode_messages(kept) if kept else []
+        return (self._encoder.encode_messages(kept) if kept else []), len(kept)
+
+    def ping_frame(self, nonce: int) -> bytes:
+        return self._encoder.encode(Ping(nonce))
 
     def _fits(self, msg: Message) -> bool:
         try:
@@ -452,7 +490,9 @@ class PeerTransport:
 
     # --- dialing --------------------------------------------------------------------------
 
-    async def dial(self, peer_id: int, address: Address) -> tuple[_FrameReader, asyncio.StreamWriter]:
+    async def dial(
+        self, peer_id: int, address: Address
+    ) -> tuple[_FrameReader, asyncio.StreamWriter]:
         """Connect to a peer and complete the handshake. Raises OSError, TimeoutError,
         :class:`HandshakeRejected` or :class:`FrameError`; nothing is left open on failure."""
         host, port = address

@@ -277,6 +277,47 @@ def test_bounded_queue_drops_and_reports_unreachable() -> None:
     run(scenario())
 
 
+def test_healthy_link_answers_pings() -> None:
+    config = TransportConfig(ping_interval_s=0.01, ping_timeout_s=2.0)
+
+    async def scenario() -> None:
+        a, b = Node(1, config=config), Node(2, config=config)
+        await cluster(a, b)
+        await eventually(lambda: a.transport.link_stats()[2].pongs_received >= 5, "PONGs")
+        assert a.unreachable == [] and a.transport.link_stats()[2].connects == 1
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_silent_peer_is_detected_by_keepalive(caplog: pytest.LogCaptureFixture) -> None:
+    config = TransportConfig(ping_interval_s=0.01, ping_timeout_s=0.05,
+                             backoff_initial_s=0.01, backoff_max_s=0.02)
+
+    async def scenario() -> None:
+        # A peer that accepts the handshake, then reads forever and never answers a PING:
+        # what a link sees when the network drops packets without closing the connection.
+        async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            writer.write(FrameEncoder().encode(HelloAck(member_id=2)))
+            while await reader.read(65536):
+                pass
+
+        hole = await asyncio.start_server(black_hole, LOOPBACK, 0)
+        a = Node(1, config=config)
+        await a.transport.start()
+        a.transport.update_peers({2: hole.sockets[0].getsockname()[:2]})
+        await eventually(lambda: a.transport.link_stats()[2].connects >= 2, "a reconnect")
+        assert 2 in a.unreachable
+        await a.transport.close()
+        hole.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert "no PONG" in caplog.text
+
+
 def test_update_peers_adds_moves_and_removes() -> None:
     async def scenario() -> None:
         a, b, c = Node(1), Node(2), Node(3)

@@ -1,0 +1,174 @@
+"""Failover across endpoints and exactly-once write retries."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from quorum.api.native.dispatch import BackendDispatcher
+from quorum.api.native.server import serve_native
+from quorum.client import AsyncClient
+from quorum.errors import NoEndpointAvailable, NotLeader, RequestTimeout
+
+from .helpers import LossyProxy, run, serving
+
+
+def _dead_endpoint() -> str:
+    """A loopback port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_skips_dead_endpoints() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = AsyncClient([_dead_endpoint(), _dead_endpoint(), env.endpoint], timeout_s=5)
+            env.clients.append(c)
+            await c.put(b"k", b"v")
+            assert c.endpoint == env.endpoint
+
+    run(body())
+
+
+def test_no_endpoint_available_is_typed() -> None:
+    async def body() -> None:
+        c = AsyncClient([_dead_endpoint()], timeout_s=0.3, connect_timeout_s=0.1)
+        with pytest.raises(NoEndpointAvailable):
+            await c.put(b"k", b"v")
+        await c.close()
+
+    run(body())
+
+
+class Follower(BackendDispatcher):
+    """Answers every request with NotLeader, naming the leader's endpoint."""
+
+    leader_endpoint = ""
+    refused = 0
+
+    def handle(self, body: Any, session: int, seq: int, serializable: bool = False) -> Any:
+        Follower.refused += 1
+        err = NotLeader("not the leader", leader_id=1)
+        err.leader_endpoint = Follower.leader_endpoint  # type: ignore[attr-defined]
+        raise err
+
+
+def test_not_leader_hint_redirects_to_the_leader() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            Follower.leader_endpoint = env.endpoint
+            follower = await serve_native(env.backend, "127.0.0.1", 0, dispatcher_factory=Follower)
+            c = AsyncClient([follower.endpoint], timeout_s=5)
+            env.clients.append(c)
+            put = await c.put(b"k", b"v")
+            assert Follower.refused >= 1
+            assert c.endpoint == env.endpoint and c.failovers >= 1
+            assert (await c.get(b"k")) is not None and put.revision > 0
+            await follower.close()
+
+    run(body())
+
+
+def test_reconnects_after_server_restart() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            c = env.client(timeout_s=5)
+            await c.put(b"a", b"1")
+            await env.server.close()
+            env.server = await serve_native(env.backend, "127.0.0.1", port)
+            await c.put(b"a", b"2")
+            kv = await c.get(b"a")
+            assert kv is not None and kv.value == b"2" and kv.version == 2
+
+    run(body())
+
+
+async def _lost_answer_scenario(env: Any) -> tuple[int, int]:
+    """Put once through a proxy that loses the answer; return (version, proxy drops)."""
+    proxy = LossyProxy(env.server.port)
+    await proxy.start()
+    c = AsyncClient([proxy.endpoint], timeout_s=5, retry_backoff_s=0.01)
+    env.clients.append(c)
+    await c.put(b"warmup", b"")  # session opened, connection up
+    proxy.drop_next_answer = True
+    await c.put(b"counter", b"x")  # applied, answer lost, retried
+    kv = await c.get(b"counter")
+    await proxy.close()
+    assert kv is not None
+    return kv.version, proxy.dropped
+
+
+def test_retry_after_lost_answer_is_applied_once() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            version, dropped = await _lost_answer_scenario(env)
+            assert dropped == 1  # the answer really was lost, the retry happened
+            assert version == 1  # ...and the state machine applied the put once
+
+    run(body())
+
+
+def test_planted_bug_retry_without_session_is_applied_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check above can fail: a client that retries writes outside their session
+    (a fresh command each time) applies the lost-answer put twice."""
+
+    async def sessionless(self: AsyncClient, body: Any, deadline: float) -> Any:
+        return await self._attempts(body, 0, 0, False, deadline)
+
+    monkeypatch.setattr(AsyncClient, "_session_write", sessionless)
+
+    async def body() -> None:
+        async with serving() as env:
+            version, dropped = await _lost_answer_scenario(env)
+            assert dropped == 1 and version == 2
+
+    run(body())
+
+
+def test_timeout_is_typed_and_client_stays_usable() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            gate = asyncio.Event()
+
+            class Stuck(BackendDispatcher):
+                def handle(self, body: Any, *args: Any) -> Any:
+                    return self._stuck(super().handle(body, *args))
+
+                async def _stuck(self, inner: Any) -> Any:
+                    await gate.wait()
+                    return await inner
+
+            stuck = await serve_native(env.backend, "127.0.0.1", 0, dispatcher_factory=Stuck)
+            c = AsyncClient([stuck.endpoint], timeout_s=0.2)
+            env.clients.append(c)
+            with pytest.raises(RequestTimeout):
+                await c.get(b"k")
+            gate.set()
+            assert await c.get(b"k") is None
+            await stuck.close()
+
+    run(body())
+
+
+def test_pipelining_many_concurrent_requests() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client(timeout_s=20)
+            n = 2000
+            puts = await asyncio.gather(*(c.put(b"p/%05d" % i, b"%d" % i) for i in range(n)))
+            revisions = sorted(p.revision for p in puts)
+            assert revisions == list(range(revisions[0], revisions[0] + n))  # each applied once
+            gets = await asyncio.gather(*(c.get(b"p/%05d" % i) for i in range(n)))
+            assert [g.value for g in gets if g is not None] == [b"%d" % i for i in range(n)]
+            assert len(env.server.connections) == 1  # all of it over one connection
+            counted = await c.range(b"p/", prefix=True, count_only=True)
+            assert counted.count == n
+
+    run(body())

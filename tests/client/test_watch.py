@@ -1,0 +1,146 @@
+"""Watches through the client: events, options, cancel, progress, resume after the server
+connection is dropped (server restarted on the same port), compaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from quorum.api.native.server import serve_native
+from quorum.client import AsyncClient
+from quorum.errors import RevisionCompacted
+from quorum.state.commands import CompactionRequest, Event, EventType, PutRequest
+
+from .helpers import run, serving
+
+
+async def take(watcher: object, n: int) -> list[Event]:
+    """The next ``n`` events of a watcher (batches flattened)."""
+    out: list[Event] = []
+    async for batch in watcher:  # type: ignore[attr-defined]
+        out += batch.events
+        if len(out) >= n:
+            break
+    return out
+
+
+def test_watch_prefix_events_prev_kv_and_cancel() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            w = c.watch(b"app/", prefix=True, prev_kv=True)
+            await w.start()
+            await c.put(b"app/a", b"1")
+            await c.put(b"zzz", b"not watched")
+            await c.put(b"app/a", b"2")
+            await c.delete(b"app/a")
+            events = await take(w, 3)
+            assert [e.type for e in events] == [EventType.PUT, EventType.PUT, EventType.DELETE]
+            assert events[1].prev_kv is not None and events[1].prev_kv.value == b"1"
+            await w.cancel()
+            assert [b async for b in w] == []  # iteration ends after cancel
+
+    run(body())
+
+
+def test_watch_from_past_revision_and_filters() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            first = await c.put(b"k", b"1")
+            await c.put(b"k", b"2")
+            await c.delete(b"k")
+            replay = c.watch(b"k", start_revision=first.revision)
+            assert [e.kv.value for e in await take(replay, 3)] == [b"1", b"2", b""]
+            only_deletes = c.watch(b"k", start_revision=first.revision, filter_put=True)
+            (deleted,) = await take(only_deletes, 1)
+            assert deleted.type is EventType.DELETE
+            await replay.cancel()
+            await only_deletes.cancel()
+
+    run(body())
+
+
+def test_progress_notice_advances_resume_point() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            w = c.watch(b"quiet")
+            await w.start()
+            put = await c.put(b"elsewhere", b"x")
+            await c.request_progress()
+            async for batch in w:
+                assert batch.events == ()
+                assert batch.revision == put.revision
+                break
+            assert w.next_revision == put.revision + 1
+            await w.cancel()
+
+    run(body())
+
+
+def test_watch_resumes_after_server_restart_without_gap_or_duplicate() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            writer = env.client()
+            watcher_client = AsyncClient([env.endpoint], timeout_s=10.0, retry_backoff_s=0.02)
+            env.clients.append(watcher_client)
+            w = watcher_client.watch(b"r/", prefix=True)
+            await w.start()
+            for i in range(5):
+                await writer.put(b"r/%d" % i, b"before")
+            seen = await take(w, 5)
+            # drop every connection; write while no server listens to the watcher
+            await env.server.close()
+            for i in range(5, 10):
+                await env.backend.write(PutRequest(b"r/%d" % i, b"while down"))
+            env.server = await serve_native(env.backend, "127.0.0.1", port)
+            for i in range(10, 15):
+                await writer.put(b"r/%d" % i, b"after")
+            seen += await take(w, 10)
+            revisions = [e.kv.mod_revision for e in seen]
+            assert [e.kv.key for e in seen] == [b"r/%d" % i for i in range(15)]
+            assert revisions == sorted(set(revisions))  # ordered, no duplicate
+            assert w.resumes >= 1
+            await w.cancel()
+
+    run(body())
+
+
+def test_resume_point_compacted_raises() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            c = AsyncClient([env.endpoint], timeout_s=10.0)
+            env.clients.append(c)
+            w = c.watch(b"c")
+            await w.start()
+            await c.put(b"c", b"1")
+            await take(w, 1)
+            await env.server.close()
+            for i in range(3):
+                last = await env.backend.write(PutRequest(b"c", b"%d" % i))
+            await env.backend.write(CompactionRequest(last.revision))
+            env.server = await serve_native(env.backend, "127.0.0.1", port)
+            with pytest.raises(RevisionCompacted) as info:
+                await take(w, 1)
+            assert info.value.compact_revision == last.revision
+
+    run(body())
+
+
+def test_many_watchers_one_connection() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            watchers = [c.watch(b"m/%d" % i) for i in range(50)]
+            await asyncio.gather(*(w.start() for w in watchers))
+            await asyncio.gather(*(c.put(b"m/%d" % i, b"%d" % i) for i in range(50)))
+            results = await asyncio.gather(*(take(w, 1) for w in watchers))
+            assert [r[0].kv.value for r in results] == [b"%d" % i for i in range(50)]
+            for w in watchers:
+                await w.cancel()
+
+    run(body())

@@ -104,6 +104,17 @@ def main() -> None:
         took = time.perf_counter() - start
         print(f"register ops={len(hist)} clients={args.clients} keys={args.keys} seed={seed}: "
               f"{result.verdict.value} steps={result.steps} in {took:.2f}s")
+        # The same history with one read (past the middle) turned into a value never written.
+        victim = next(i for i in range(len(hist) // 2, len(hist))
+                      if hist[i].kind == "read" and hist[i].status is Status.OK)
+        old = hist[victim]
+        hist[victim] = Operation(client_id=old.client_id, op_id=old.op_id, kind="read",
+                                 key=old.key, output="never-written", call_time=old.call_time,
+                                 return_time=old.return_time)
+        start = time.perf_counter()
+        result = check(RegisterModel(), hist)
+        took = time.perf_counter() - start
+        print(f"  corrupted read: {result.verdict.value} steps={result.steps} in {took:.2f}s")
     for seed in range(args.seeds):
         txns = append_history(args.ops, args.clients, args.keys // 10 or 1, seed)
         start = time.perf_counter()

@@ -139,15 +139,18 @@ class _Analysis:
                 continue
             if f != "r" or value is None:
                 continue
-            mine, before, got = own.pop(key, []), known.get(key), list(value)
+            mine, before = own.pop(key, None), known.get(key)
             if before is not None:
-                fits = got == before + mine  # nothing else may change the key mid-txn
+                fits = value == before + (mine or [])  # nothing else changes it mid-txn
+            elif mine:
+                fits = len(value) >= len(mine) and value[len(value) - len(mine):] == mine
             else:
-                fits = not mine or got[-len(mine):] == mine
+                fits = True
             if not fits:
-                expected = repr(before + mine) if before is not None else f"...{mine!r}"
-                self.flag("internal", [t], f"read of {key!r} gave {got!r}, expected {expected}")
-            known[key] = list(value)
+                tail = mine or []
+                expected = repr(before + tail) if before is not None else f"...{tail!r}"
+                self.flag("internal", [t], f"read of {key!r} gave {value!r}, expected {expected}")
+            known[key] = value
 
 
 def _h(value: Any) -> Any:

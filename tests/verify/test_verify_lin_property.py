@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from quorum.verify.history import INFINITY, Operation, Status
 from quorum.verify.linearizability import Verdict, check
-from quorum.verify.models import RegisterModel
+from quorum.verify.models import KvModel, RegisterModel
 
 NEVER_WRITTEN = "never-written"
 
@@ -86,3 +86,51 @@ def test_corrupted_read_is_illegal(seed: int, n_ops: int, n_keys: int, pick: int
 
 def _fields(op: Operation) -> dict[str, Any]:
     return {f: getattr(op, f) for f in op.__struct_fields__}
+
+
+def kv_history(seed: int, n_ops: int) -> list[Operation]:
+    """Like sequential_history, for the KV model: a dict of key -> (value, version)."""
+    rng = random.Random(seed)
+    store: dict[str, tuple[Any, int]] = {}
+    ops: list[Operation] = []
+    for i in range(n_ops):
+        key = rng.choice("ab")
+        point = 10.0 * i
+        call, ret = point - rng.uniform(0, 25), point + rng.uniform(0, 25)
+        value, version = store.get(key, (None, 0))
+        kind = rng.choice(["get", "get", "put", "delete", "txn"])
+        inp: Any = None
+        out: Any = None
+        if kind == "get":
+            out = {"value": value, "version": version}
+        elif kind == "put":
+            inp = f"v{i}"
+            store[key] = (inp, version + 1)
+        elif kind == "delete":
+            out = {"deleted": int(key in store)}
+            store.pop(key, None)
+        else:  # create-if-absent, else read
+            inp = {"compare": [{"target": "version", "op": "==", "arg": 0}],
+                   "then": [{"op": "put", "value": f"v{i}"}], "else": [{"op": "get"}]}
+            if version == 0:
+                store[key] = (f"v{i}", 1)
+                out = {"succeeded": True, "results": []}
+            else:
+                out = {"succeeded": False, "results": [{"value": value, "version": version}]}
+        ops.append(Operation(client_id=i % 5, op_id=i, kind=kind, key=key, input=inp,
+                             output=out, call_time=call, return_time=ret))
+    return ops
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), n_ops=st.integers(1, 50), pick=st.integers(0, 10**6))
+def test_kv_generated_history_passes_and_corruption_fails(seed: int, n_ops: int,
+                                                          pick: int) -> None:
+    hist = kv_history(seed, n_ops)
+    assert check(KvModel(), hist).verdict is Verdict.OK
+    gets = [i for i, op in enumerate(hist) if op.kind == "get"]
+    if gets:
+        victim = gets[pick % len(gets)]
+        hist[victim] = Operation(**{**_fields(hist[victim]),
+                                    "output": {"value": NEVER_WRITTEN, "version": 1}})
+        assert check(KvModel(), hist).verdict is Verdict.ILLEGAL

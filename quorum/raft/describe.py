@@ -85,8 +85,10 @@ def describe_message(m: Message) -> str:
         parts.append(f"index={m.index}")
     if m.commit:
         parts.append(f"commit={m.commit}")
-    if m.reject:
+    if m.reject and m.type == MessageType.APP_RESP:
         parts.append(f"reject hint={m.reject_hint}/{m.log_term}")
+    elif m.reject:
+        parts.append("reject")
     if m.entries:
         parts.append("entries=" + describe_entries(m.entries))
     if m.context:

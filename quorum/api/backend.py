@@ -10,9 +10,10 @@ format. Two implementations exist:
 The API layers are thin translations: they decode a request, call one Backend method, and
 encode the answer (or translate the typed error) without knowing which implementation runs.
 
-Commands and results are ``quorum.state``'s own types (the state machine's command structs and
-their result structs); this module adds only what the state machine does not know about:
-response headers, cluster members, node status, lease liveness, watch handles.
+Commands and results are ``quorum.state.commands``' own types (``Request`` / ``Response``
+unions, ``RangeRequest``, ``TxnRequest``, ``Event``, ...); this module adds only what the
+state machine does not know about: response headers, cluster members, node status, lease
+liveness, watch handles.
 
 Errors (all from ``quorum.errors``; the object stays usable after every one of them):
 
@@ -31,20 +32,39 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
-# The state machine's types (quorum.state). A write command is any command the state machine
-# applies through the log (put, delete range, txn, compact, lease grant / revoke / checkpoint,
-# session open / close); a read request is a range or a txn whose operations only read.
-# Results are the matching quorum.state result structs. These aliases name them for the
-# signatures below; they are narrowed to the quorum.state unions once those are importable.
-Command: TypeAlias = Any
-CommandResult: TypeAlias = Any
-ReadRequest: TypeAlias = Any
-ReadResult: TypeAlias = Any
-Event: TypeAlias = Any  # quorum.state's watch event (PUT/DELETE, kv, prev_kv)
+from quorum.state.commands import (
+    Event,
+    RangeRequest,
+    RangeResponse,
+    Request,
+    Response,
+    TxnRequest,
+    TxnResponse,
+    WatchFilter,
+)
+from quorum.state.watch import WatchRequest, WatchResponse
+
+# The parameters of one watcher and what it delivers are quorum.state's own structs:
+# ``WatchRequest(key, range_end, start_revision, prev_kv, filters, progress_notify, watch_id)``
+# (start_revision 0 = from the next revision, < 0 rejected; watch_id 0 = backend picks) and
+# ``WatchResponse(watch_id, revision, events, progress, canceled, compact_revision,
+# cancel_reason)``. Their guarantees (ordered, unique, atomic per revision, reliable,
+# bookmarkable progress, explicit compaction cancel) are documented in quorum.state.watch.
+WatchCreate: TypeAlias = WatchRequest
+
+# A read is a range, or a txn whose every operation (nested ones included) is a range.
+ReadRequest: TypeAlias = RangeRequest | TxnRequest
+ReadResponse: TypeAlias = RangeResponse | TxnResponse
+
+__all__ = [
+    "Alarm", "AlarmAction", "AlarmType", "Backend", "Event", "HashKV", "LeaseGrantInfo",
+    "Member", "MemberChange", "ReadRequest", "ReadResponse", "ResponseHeader", "Status",
+    "Watch", "WatchCreate", "WatchFilter", "WatchRequest", "WatchResponse",
+]
 
 
 class ResponseHeader(msgspec.Struct, frozen=True):
@@ -121,43 +141,6 @@ class LeaseGrantInfo(msgspec.Struct, frozen=True):
     keys: tuple[bytes, ...] = ()  # attached keys, only when asked for
 
 
-class WatchFilter(enum.IntEnum):
-    NOPUT = 0  # do not deliver PUT events
-    NODELETE = 1  # do not deliver DELETE events
-
-
-class WatchCreate(msgspec.Struct, frozen=True):
-    """Parameters of one watcher (etcd's WatchCreateRequest without transport details)."""
-
-    key: bytes
-    range_end: bytes = b""  # b"" = the single key; b"\\0" = every key >= key
-    start_revision: int = 0  # 0 = from the next revision; < 0 is rejected
-    prev_kv: bool = False
-    filters: tuple[WatchFilter, ...] = ()
-    progress_notify: bool = False  # periodic empty responses when idle
-    watch_id: int = 0  # 0 = let the backend choose (unique per backend)
-
-
-class WatchResponse(msgspec.Struct, frozen=True):
-    """One batch a watcher delivers. Guarantees (quorum.state's watch hub):
-
-    * events are in revision order, never duplicated, and all events of one revision are in
-      the same response (atomic);
-    * ``progress`` responses carry no events and mean every event <= ``revision`` has been
-      delivered;
-    * ``canceled`` is the last response; ``compact_revision`` > 0 says the start revision
-      was compacted (the client must restart from ``compact_revision``);
-    """
-
-    watch_id: int
-    revision: int  # the store revision this response reflects (header revision)
-    events: tuple[Event, ...] = ()
-    progress: bool = False
-    canceled: bool = False
-    compact_revision: int = 0
-    cancel_reason: str = ""
-
-
 @runtime_checkable
 class Watch(Protocol):
     """A live watcher. Iterate it to receive responses; the iteration ends after a canceled
@@ -192,12 +175,17 @@ class Backend(Protocol):
         ...
 
     # --- key-value ------------------------------------------------------------------------
-    async def write(self, cmd: Command) -> CommandResult:
-        """Apply one state-machine command through consensus; return the state's result once
-        it is applied locally (for the node: durable on a majority, then applied)."""
+    async def write(self, request: Request, session_id: int = 0, seq: int = 0) -> Response:
+        """Apply one state-machine command through consensus; return the state's response once
+        it is applied locally (for the node: durable on a majority, then applied).
+
+        A non-zero ``session_id`` (from a ``SessionOpenRequest`` write) with a growing ``seq``
+        makes the write exactly-once: a retry with the same ``seq`` returns the recorded
+        outcome. A failed command raises the StateError the state machine recorded.
+        """
         ...
 
-    async def read(self, req: ReadRequest, serializable: bool = False) -> ReadResult:
+    async def read(self, request: ReadRequest, serializable: bool = False) -> ReadResponse:
         """Execute a read (range, or a txn that only reads). Linearizable by default
         (ReadIndex barrier, then wait until applied); ``serializable=True`` answers from local
         state, possibly stale."""

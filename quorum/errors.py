@@ -32,6 +32,11 @@ Every error the project raises on purpose derives from :class:`QuorumError`. The
         │   └── FrameTooLarge       body longer than the configured maximum frame size
         ├── HandshakeRejected       the peer refused our HELLO (carries ``reason``)
         └── SnapshotSendFailed      streaming a snapshot to a peer failed
+    NodeError (also under QuorumError)  errors of the node runtime
+        ├── LeaderChanged           the leader changed while a request was pending: a write's
+        │                           outcome is unknown (retry with the same session sequence)
+        ├── RequestTimeout          no answer in time: a write's outcome is unknown
+        └── NodeStopped             the node is shutting down or has stopped
     ClientError (also under QuorumError)  raised by the client library itself
         ├── ConnectionLost          the connection dropped before the answer arrived
         ├── NoEndpointAvailable     no endpoint accepted a connection in time
@@ -334,6 +339,26 @@ class HandshakeRejected(TransportError):
 
 class SnapshotSendFailed(TransportError):
     """Streaming a snapshot to a peer failed; the runtime reports ``report_snapshot(False)``."""
+
+
+# --- node runtime ---------------------------------------------------------------------------
+
+
+class NodeError(QuorumError):
+    """Base of the node runtime's errors."""
+
+
+class LeaderChanged(NodeError):
+    """The leader changed while the request was pending. A write may or may not have been
+    applied: retry it with the same session sequence number so it is applied at most once."""
+
+
+class RequestTimeout(NodeError):
+    """The request got no answer in time. A write may or may not have been applied."""
+
+
+class NodeStopped(NodeError):
+    """The node is shutting down or has stopped; the request was not served."""
 
 
 # --- client library -------------------------------------------------------------------------

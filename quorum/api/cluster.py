@@ -1,0 +1,275 @@
+"""``ClusterBackend``: the Backend contract served by a Raft-replicated node.
+
+Writes go through the log (``RaftServer.propose``) and return the state machine's result once
+the entry is applied on this node; reads wait for a ReadIndex barrier unless serializable.
+Watches, lease bookkeeping and maintenance reuse ``LocalBackend``'s machinery over the
+replicated state machine. Leases expire only through committed commands proposed by the
+leader, measured on the leader's clock, restarted in full when leadership moves (no expiry is
+caused by a failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import quorum
+from quorum.api.backend import (
+    LeaseGrantInfo,
+    Member,
+    MemberChange,
+    ReadRequest,
+    ReadResponse,
+    ResponseHeader,
+    Status,
+)
+from quorum.api.local import LocalBackend
+from quorum.errors import (
+    BadLeaderTransferee,
+    LeaderChanged,
+    LearnerNotReady,
+    LeaseNotFound,
+    MemberNotFound,
+    MemberNotLearner,
+    NotLeader,
+    RequestTimeout,
+    RequestTooLarge,
+)
+from quorum.node.envelope import MemberInfo
+from quorum.node.kv import KvStateMachine
+from quorum.node.server import RaftServer
+from quorum.raft.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeType,
+    SoftState,
+    StateRole,
+)
+from quorum.state import commands as sc
+
+log = logging.getLogger("quorum.api.cluster")
+
+_SLACK_BYTES = 4096  # envelope framing on top of the request's own payload
+
+
+def url_host_port(url: str) -> str:
+    """``http://h:p`` or ``h:p`` -> ``h:p``."""
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class ClusterBackend(LocalBackend):
+    """A Backend over one node of a Raft cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        server: RaftServer,
+        kv: KvStateMachine,
+        *,
+        cluster_id: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_request_bytes: int = (3 << 20) // 2,
+        lease_check_interval_s: float = 0.5,
+        progress_notify_interval_s: float = 600.0,
+        keepalive_forwarder: Callable[[int, int], Any] | None = None,
+    ) -> None:
+        super().__init__(
+            kv.store.config,
+            clock=clock,
+            cluster_id=cluster_id,
+            member_id=server.core.id,
+            lease_check_interval_s=lease_check_interval_s,
+            progress_notify_interval_s=progress_notify_interval_s,
+        )
+        self._sm = kv.store  # serve the replicated state, not LocalBackend's own
+        self._tracker.demote()  # only a leader measures lease time
+        self.server = server
+        self.core = server.core
+        self.kv = kv
+        self.max_request_bytes = max_request_bytes
+        # (leader_id, lease_id) -> awaitable TTL: forwards keepalives from a follower
+        self.keepalive_forwarder = keepalive_forwarder
+        kv.on_apply = self._after_apply
+        previous = self.core.on_soft_state
+        self.core.on_soft_state = lambda ss: self._on_soft_state(ss, previous)
+
+    # --- identity -------------------------------------------------------------------------
+
+    def header(self) -> ResponseHeader:
+        return ResponseHeader(
+            self._cluster_id, self.core.id, self._sm.revision, self.core.rn.raft.term
+        )
+
+    # --- key-value ------------------------------------------------------------------------
+
+    async def write(self, request: sc.Request, session_id: int = 0, seq: int = 0) -> sc.Response:
+        data = sc.encode_envelope(sc.Envelope(request, session_id, seq))
+        if len(data) > self.max_request_bytes + _SLACK_BYTES:
+            raise RequestTooLarge()
+        result: sc.Response = await self.server.propose(data)
+        return result
+
+    async def read(self, request: ReadRequest, serializable: bool = False) -> ReadResponse:
+        if not serializable:
+            await self.server.read_barrier()
+        if isinstance(request, sc.RangeRequest):
+            return self._sm.range(request)
+        return self._sm.read_txn(request)
+
+    def _after_apply(self, request: sc.Request, result: sc.Response) -> None:
+        """Runs on every node for every applied command (called by KvStateMachine)."""
+        if isinstance(request, sc.LeaseCheckpointRequest):
+            for ckpt in request.checkpoints:
+                self._tracker.checkpoint_applied(ckpt)
+        super()._after_apply(request, result)
+
+    # --- leases ---------------------------------------------------------------------------
+
+    def _on_soft_state(self, ss: SoftState, previous: Callable[[SoftState], None] | None) -> None:
+        if ss.role == StateRole.LEADER and not self._tracker.is_leader:
+            infos = [self._sm.lease_info(i) for i in self._sm.lease_ids()]
+            self._tracker.promote(self._clock(), [i for i in infos if i is not None])
+        elif ss.role != StateRole.LEADER and self._tracker.is_leader:
+            self._tracker.demote()
+        if previous is not None:
+            previous(ss)
+
+    async def expire_leases(self) -> tuple[int, ...]:
+        """Leader only: propose expiry of leases past their deadline, and due checkpoints."""
+        if not self._tracker.is_leader:
+            return ()
+        now = self._clock()
+        checkpoints = self._tracker.checkpoints(now)
+        if checkpoints:
+            with contextlib.suppress(Exception):
+                await self.write(sc.LeaseCheckpointRequest(tuple(checkpoints)))
+        expired = tuple(self._tracker.expired(now))
+        if not expired:
+            return ()
+        try:
+            result = await self.write(sc.LeaseExpireRequest(ids=expired))
+        except (LeaderChanged, RequestTimeout, NotLeader) as exc:
+            log.info("lease expiry not committed (%s); will retry", exc)
+            return ()
+        return result.expired if isinstance(result, sc.LeaseExpireResponse) else ()
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        if self._tracker.is_leader:
+            return self._tracker.keepalive(lease_id, self._clock())
+        leader = self.core.leader_id
+        if self._sm.lease_info(lease_id) is None:
+            raise LeaseNotFound()
+        if leader and self.keepalive_forwarder is not None:
+            ttl: int = await self.keepalive_forwarder(leader, lease_id)
+            return ttl
+        raise NotLeader("lease keepalive must reach the leader", leader_id=leader)
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool = False) -> LeaseGrantInfo:
+        info = self._sm.lease_info(lease_id, keys=keys)
+        if info is None:
+            return LeaseGrantInfo(lease_id, -1, 0)
+        remaining = self._tracker.remaining(lease_id, self._clock())
+        if remaining is None:  # not the leader: the granted TTL is the best bound we know
+            remaining = info.remaining_ttl or info.granted_ttl
+        return LeaseGrantInfo(lease_id, max(0, int(remaining)), info.granted_ttl, info.keys)
+
+    # --- cluster --------------------------------------------------------------------------
+
+    def _member(self, m: MemberInfo) -> Member:
+        peers = (f"http://{m.peer_url}",) if m.peer_url else ()
+        clients = tuple(f"http://{u}" for u in (m.etcd_url, m.client_url) if u)
+        return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner)
+
+    def _members(self) -> tuple[Member, ...]:
+        return tuple(self._member(self.core.members[i]) for i in sorted(self.core.members))
+
+    async def member_list(self, linearizable: bool = False) -> tuple[Member, ...]:
+        if linearizable:
+            await self.server.read_barrier()
+        return self._members()
+
+    async def _change(
+        self, kind: ConfChangeType, member_id: int, info: MemberInfo | None = None
+    ) -> MemberChange:
+        cc = ConfChange((ConfChangeSingle(kind, member_id),))
+        await self.server.change_membership(cc, (info,) if info else ())
+        current = self.core.members.get(member_id)
+        return MemberChange(self._member(current) if current else None, self._members())
+
+    async def member_add(self, peer_urls: tuple[str, ...], is_learner: bool) -> MemberChange:
+        member_id = secrets.randbits(63) or 1
+        peer = url_host_port(peer_urls[0]) if peer_urls else ""
+        info = MemberInfo(member_id, peer_url=peer, is_learner=is_learner)
+        kind = ConfChangeType.ADD_LEARNER if is_learner else ConfChangeType.ADD_NODE
+        change = await self._change(kind, member_id, info)
+        if change.member is None:
+            return MemberChange(self._member(info), change.members)
+        return change
+
+    async def member_remove(self, member_id: int) -> MemberChange:
+        current = self.core.members.get(member_id)
+        if current is None:
+            raise MemberNotFound()
+        result = await self._change(ConfChangeType.REMOVE_NODE, member_id)
+        return MemberChange(self._member(current), result.members)
+
+    async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> MemberChange:
+        current = self.core.members.get(member_id)
+        if current is None:
+            raise MemberNotFound()
+        peer = url_host_port(peer_urls[0]) if peer_urls else current.peer_url
+        info = MemberInfo(current.id, current.name, peer, current.client_url, current.etcd_url,
+                          current.is_learner)
+        kind = ConfChangeType.ADD_LEARNER if current.is_learner else ConfChangeType.ADD_NODE
+        return await self._change(kind, member_id, info)
+
+    async def member_promote(self, member_id: int) -> MemberChange:
+        current = self.core.members.get(member_id)
+        if current is None:
+            raise MemberNotFound()
+        self._check_learner_ready(member_id)
+        return await self._change(ConfChangeType.ADD_NODE, member_id)
+
+    def _check_learner_ready(self, member_id: int) -> None:
+        """A learner is promoted only once it holds at least 90% of the leader's log (as etcd
+        does), so the promotion cannot stall commits while it catches up."""
+        if not self.core.members[member_id].is_learner:
+            raise MemberNotLearner()
+        if not self.core.is_leader:
+            return  # the leader's log is unknown here; the change is forwarded as proposed
+        status = self.core.rn.status()
+        progress = next((p for p in status.progress if p.id == member_id), None)
+        if progress is None or progress.match < status.last_index * 0.9:
+            raise LearnerNotReady()
+
+    # --- maintenance ----------------------------------------------------------------------
+
+    async def status(self) -> Status:
+        st = self.core.rn.status()
+        return Status(
+            version=quorum.__version__,
+            db_size_bytes=self._db_size_bytes(),
+            leader=self.core.leader_id,
+            raft_index=st.last_index,
+            raft_term=st.term,
+            raft_applied_index=self.core.applied,
+            errors=tuple(f"memberID:{self.core.id} alarm:{a.name}" for a in sorted(self._alarms)),
+            is_learner=self.core.id in set(self.core.conf_state.learners),
+        )
+
+    async def move_leader(self, target_id: int) -> None:
+        if target_id not in self.core.members or self.core.members[target_id].is_learner:
+            raise BadLeaderTransferee()
+        if not self.core.is_leader:
+            raise NotLeader("move-leader must be sent to the leader", self.core.leader_id)
+        self.core.transfer_leader(target_id)
+        self.server.wake()
+        deadline = self._clock() + self.server.tick_s * self.core.rn.raft.config.election_ticks * 3
+        while self.core.leader_id != target_id:
+            if self._clock() > deadline:
+                raise RequestTimeout("leadership transfer did not complete")
+            await asyncio.sleep(self.server.tick_s / 2)

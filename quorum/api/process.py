@@ -1,0 +1,226 @@
+"""``QuorumProcess``: one quorum server, assembled from its parts.
+
+    durable storage (WAL + snapshots)  ─┐
+    KV state machine (quorum.state)     ├─ NodeCore ── RaftServer (asyncio) ── ClusterBackend
+    peer transport (TCP)               ─┘                                      ├─ native port
+                                                                               └─ etcd gRPC port
+
+``quorum serve`` runs one; ``quorum cluster up`` runs several as separate processes; tests use
+it in-process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from quorum.api.cluster import ClusterBackend
+from quorum.node.config import NodeConfig, split_addr
+from quorum.node.core import NodeCore, bootstrap_data
+from quorum.node.envelope import MemberInfo
+from quorum.node.kv import KvStateMachine
+from quorum.node.server import RaftServer
+from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
+from quorum.raft import Config, ReadOnlyOption
+from quorum.raft.types import Message, MessageType, Snapshot
+from quorum.state import StateConfig
+from quorum.storage.durable import DurableStorage
+from quorum.storage.fs import OsFileSystem
+from quorum.transport.codec import SnapshotChunk
+from quorum.transport.tcp import PeerTransport
+
+log = logging.getLogger("quorum.server")
+
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+
+
+class QuorumProcess:
+    """A running quorum server. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: NodeConfig, *, raft_overrides: dict[str, Any] | None = None,
+                 storage: NodeStorage | None = None) -> None:
+        self.config = config.validate()
+        self.raft_overrides = raft_overrides or {}
+        self._storage_override = storage
+        self.native: Any = None
+        self.etcd: Any = None
+        self._snap_in: dict[tuple[int, int], list[bytes]] = {}
+        self._snap_msg: dict[tuple[int, int], Message] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._forward_clients: dict[int, Any] = {}
+
+    # --- assembly -------------------------------------------------------------------------
+
+    def _open_storage(self) -> NodeStorage:
+        if self._storage_override is not None:
+            return self._storage_override
+        durable = DurableStorage.open(OsFileSystem(), self.config.data_dir)
+        return DurableNodeStorage(durable)
+
+    def _members(self) -> tuple[MemberInfo, ...]:
+        return tuple(
+            MemberInfo(p.id, p.name, p.peer_url, p.client_url, p.etcd_url)
+            for p in self.config.cluster()
+        )
+
+    def _raft_config(self) -> Config:
+        cfg = self.config
+        return Config(
+            id=cfg.id,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks,
+            pre_vote=cfg.pre_vote,
+            check_quorum=cfg.check_quorum,
+            read_only_option=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
+            max_inflight_msgs=cfg.max_inflight_msgs,
+            max_size_per_msg=cfg.max_size_per_msg,
+            **self.raft_overrides,
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.storage = self._open_storage()
+        self.kv = KvStateMachine(
+            StateConfig(max_request_bytes=cfg.max_request_bytes, max_txn_ops=cfg.max_txn_ops)
+        )
+        members = self._members()
+        if self.storage.is_empty() and not cfg.join:
+            voters = tuple(sorted(m.id for m in members))
+            bootstrap(self.storage, voters, bootstrap_data(members, KvStateMachine()))
+        self.core = NodeCore(
+            self._raft_config(), self.storage, self.kv, random.Random(), self._send,
+            snapshot_entries=cfg.snapshot_entries,
+            snapshot_catchup_entries=cfg.snapshot_catchup_entries,
+            request_timeout_ticks=cfg.request_timeout_ticks,
+            members=members,
+            incarnation=secrets.randbits(31),
+        )
+        self.core.fsync = cfg.fsync
+        self.server = RaftServer(self.core, tick_s=cfg.tick_ms / 1000)
+        peers = self._peer_addresses(self.core.members)
+        self.transport = PeerTransport(
+            cfg.cluster_id, cfg.id, split_addr(cfg.peer_listen), peers,
+            on_messages=self.server.receive,
+            on_unreachable=self._on_unreachable,
+            on_snapshot_chunk=self._on_snapshot_chunk,
+        )
+        self.core.on_members_changed = lambda ms: self.transport.update_peers(
+            self._peer_addresses(ms)
+        )
+        self.backend = ClusterBackend(
+            self.server, self.kv, cluster_id=cfg.cluster_id,
+            max_request_bytes=cfg.max_request_bytes,
+            keepalive_forwarder=self._forward_keepalive,
+        )
+        await self.transport.start()
+        await self.server.start()
+        await self.backend.start()
+        await self._start_apis()
+        log.info("node %d serving: peers %s, client %s, etcd %s", cfg.id, cfg.peer_listen,
+                 cfg.client_listen or "-", cfg.etcd_listen or "-")
+
+    async def _start_apis(self) -> None:
+        cfg = self.config
+        if cfg.client_listen:
+            from quorum.api.native.server import serve_native
+
+            host, port = split_addr(cfg.client_listen)
+            self.native = await serve_native(self.backend, host, port)
+        if cfg.etcd_listen:
+            from quorum.api.etcd.server import serve_etcd
+
+            host, port = split_addr(cfg.etcd_listen)
+            self.etcd, _port = await serve_etcd(self.backend, host, port)
+
+    async def stop(self) -> None:
+        if self.native is not None:
+            await self.native.close()
+        if self.etcd is not None:
+            await self.etcd.stop(grace=0.5)
+        await self.backend.close()
+        await self.server.stop()
+        await self.transport.close()
+        for client in self._forward_clients.values():
+            await client.close()
+        for t in list(self._tasks):
+            t.cancel()
+        self.storage.close()
+
+    @staticmethod
+    def _peer_addresses(members: dict[int, MemberInfo]) -> dict[int, tuple[str, int]]:
+        return {m.id: split_addr(m.peer_url) for m in members.values() if m.peer_url}
+
+    # --- peer messages and snapshots --------------------------------------------------------
+
+    def _send(self, messages: list[Message]) -> None:
+        plain = [m for m in messages if m.type != MessageType.SNAP]
+        if plain:
+            self.transport.send(plain)
+        if len(plain) != len(messages):
+            for m in messages:
+                if m.type == MessageType.SNAP:
+                    self._spawn(self._send_snapshot(m))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_snapshot(self, msg: Message) -> None:
+        snap = msg.snapshot or Snapshot()
+        data = snap.data
+        meta_only = msgspec.structs.replace(msg, snapshot=Snapshot(snap.metadata, b""))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for off in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES):
+                yield data[off : off + SNAPSHOT_CHUNK_BYTES]
+
+        ok = True
+        try:
+            await self.transport.send_snapshot(msg.to, meta_only, chunks())
+        except Exception as exc:
+            log.warning("snapshot to %d failed: %s", msg.to, exc)
+            ok = False
+        self.core.report_snapshot(msg.to, ok)
+        self.server.wake()
+
+    async def _on_snapshot_chunk(self, peer: int, chunk: SnapshotChunk) -> None:
+        key = (peer, chunk.snapshot_id)
+        if chunk.message is not None:
+            self._snap_msg[key] = chunk.message
+            self._snap_in[key] = []
+        parts = self._snap_in.get(key)
+        if parts is None:
+            raise ValueError("snapshot chunk without its first chunk")
+        parts.append(chunk.data)
+        if chunk.last:
+            msg = self._snap_msg.pop(key)
+            data = b"".join(self._snap_in.pop(key))
+            snap = msg.snapshot or Snapshot()
+            self.server.receive([msgspec.structs.replace(msg, snapshot=Snapshot(snap.metadata, data))])
+
+    def _on_unreachable(self, peer: int) -> None:
+        self.core.report_unreachable(peer)
+        self.server.wake()
+
+    async def _forward_keepalive(self, leader: int, lease_id: int) -> int:
+        """A follower relays a lease keepalive to the leader's native port."""
+        from quorum.client.aio import AsyncClient
+
+        member = self.core.members.get(leader)
+        if member is None or not member.client_url:
+            from quorum.errors import NotLeader
+
+            raise NotLeader("leader address unknown", leader_id=leader)
+        client = self._forward_clients.get(leader)
+        if client is None:
+            client = AsyncClient([member.client_url])
+            self._forward_clients[leader] = client
+        ttl: int = await client.lease_keepalive_once(lease_id)
+        return ttl

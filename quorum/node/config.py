@@ -1,0 +1,124 @@
+"""Configuration of one quorum server process, with ``validate()``.
+
+A config can come from flags or a TOML file (``quorum serve --config node.toml``); every field
+has a sane default so ``quorum serve --id 1`` runs a single-node cluster.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from quorum.errors import ConfigError
+
+
+class PeerSpec(msgspec.Struct, frozen=True):
+    """A member of the initial cluster: its id and addresses (host:port)."""
+
+    id: int
+    peer_url: str
+    client_url: str = ""
+    etcd_url: str = ""
+    name: str = ""
+
+
+class NodeConfig(msgspec.Struct, kw_only=True):
+    id: int = 1
+    name: str = ""
+    cluster_id: int = 0x51_55_4F_52  # "QUOR": identifies the cluster in peer handshakes
+    data_dir: str = "quorum-data"
+    # addresses (host:port); empty client/etcd address = that API is off
+    peer_listen: str = "127.0.0.1:2380"
+    client_listen: str = "127.0.0.1:7379"
+    etcd_listen: str = "127.0.0.1:2379"
+    # the initial cluster (bootstrap); empty = a single-node cluster of this node
+    initial_cluster: tuple[PeerSpec, ...] = ()
+    join: bool = False  # start empty and wait to be added by an existing cluster
+    # timing
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    request_timeout_s: float = 5.0
+    # durability and snapshots
+    fsync: bool = True
+    snapshot_entries: int = 10_000
+    snapshot_catchup_entries: int = 5_000
+    # raft knobs
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_reads: bool = False
+    max_inflight_msgs: int = 256
+    max_size_per_msg: int = 1 << 20
+    # limits
+    max_request_bytes: int = (3 << 20) // 2
+    max_txn_ops: int = 128
+
+    def validate(self) -> NodeConfig:
+        """Check every rule; raise ConfigError naming the first broken one. Returns self."""
+        rules: list[tuple[bool, str]] = [
+            (self.id > 0, "id must be a positive integer."),
+            (self.cluster_id > 0, "cluster_id must be a positive integer."),
+            (bool(self.data_dir), "data_dir must not be empty."),
+            (_is_addr(self.peer_listen), "peer_listen must be host:port."),
+            (not self.client_listen or _is_addr(self.client_listen),
+             "client_listen must be host:port or empty."),
+            (not self.etcd_listen or _is_addr(self.etcd_listen),
+             "etcd_listen must be host:port or empty."),
+            (self.tick_ms >= 1, "tick_ms must be at least 1."),
+            (self.heartbeat_ticks >= 1, "heartbeat_ticks must be at least 1."),
+            (self.election_ticks > self.heartbeat_ticks,
+             "election_ticks must be greater than heartbeat_ticks."),
+            (self.request_timeout_s > 0, "request_timeout_s must be positive."),
+            (self.snapshot_entries >= 0, "snapshot_entries must be >= 0 (0 = never)."),
+            (self.snapshot_catchup_entries >= 0, "snapshot_catchup_entries must be >= 0."),
+            (not self.lease_reads or self.check_quorum,
+             "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
+            (self.max_request_bytes > 0, "max_request_bytes must be positive."),
+            (self.max_txn_ops > 0, "max_txn_ops must be positive."),
+            (len({p.id for p in self.initial_cluster}) == len(self.initial_cluster),
+             "initial_cluster ids must be unique."),
+            (not self.initial_cluster or self.join
+             or any(p.id == self.id for p in self.initial_cluster),
+             "initial_cluster must contain this node's id (or set join)."),
+        ]
+        for ok, rule in rules:
+            if not ok:
+                raise ConfigError(rule)
+        return self
+
+    @property
+    def request_timeout_ticks(self) -> int:
+        return max(1, round(self.request_timeout_s * 1000 / self.tick_ms))
+
+    def cluster(self) -> tuple[PeerSpec, ...]:
+        """The initial cluster, defaulting to this node alone."""
+        if self.initial_cluster:
+            return self.initial_cluster
+        return (PeerSpec(self.id, self.peer_listen, self.client_listen, self.etcd_listen,
+                         self.name),)
+
+
+def _is_addr(addr: str) -> bool:
+    host, sep, port = addr.rpartition(":")
+    return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) < 65536
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def load_config(path: str | Path, **overrides: Any) -> NodeConfig:
+    """Read a TOML config file; keyword overrides (e.g. from flags) win. Raises ConfigError."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, NodeConfig).validate()
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config {path}: {exc}") from None

@@ -1,0 +1,456 @@
+"""NodeCore: the synchronous heart of a running node.
+
+It owns the Raft RawNode, the node's storage and the state machine, and keeps the bookkeeping
+between callers and the log: pending proposals (resolved when their entry is applied), batched
+ReadIndex requests (resolved once the applied index reaches the read index), membership
+addresses, automatic snapshots. It performs no I/O of its own beyond the storage calls made by
+``persist``; the asyncio server and the simulator drive it the same way:
+
+    core.drain()                       # feed queued ticks, messages, proposals, reads
+    while core.has_ready():
+        await process_ready(core, core.ready(), persist)   # quorum.node.ready
+
+Every input is queued and fed to Raft only by ``drain()``, so nothing touches the RawNode or
+the storage's memory while a Ready is being persisted (possibly in another thread), and the
+proposals that arrive during an fsync naturally form the next batch (group commit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from quorum.errors import (
+    LeaderChanged,
+    NodeStopped,
+    ProposalDropped,
+    QuorumError,
+    RequestTimeout,
+)
+from quorum.node import envelope
+from quorum.node.envelope import ConfChangeContext, MemberInfo, Proposal, SnapshotEnvelope
+from quorum.node.statemachine import StateMachine
+from quorum.node.storage import NodeStorage
+from quorum.raft import Config, RawNode
+from quorum.raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    Ready,
+    Snapshot,
+    SoftState,
+    StateRole,
+)
+
+log = logging.getLogger("quorum.node")
+
+
+class Waiter(Protocol):
+    """Receives the outcome of one request exactly once."""
+
+    def resolve(self, value: Any) -> None: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
+class _Pending:
+    __slots__ = ("deadline_tick", "waiter")
+
+    def __init__(self, waiter: Waiter, deadline_tick: int) -> None:
+        self.waiter = waiter
+        self.deadline_tick = deadline_tick
+
+
+class NodeCore:
+    """One node's consensus bookkeeping. Not thread-safe: call it from one thread only.
+
+    Raises nothing on peer input; caller misuse raises quorum.errors.UsageError.
+    """
+
+    def __init__(
+        self,
+        raft_config: Config,
+        storage: NodeStorage,
+        state_machine: StateMachine,
+        rng: random.Random,
+        send: Callable[[list[Message]], None],
+        *,
+        snapshot_entries: int = 10_000,
+        snapshot_catchup_entries: int = 5_000,
+        request_timeout_ticks: int = 50,
+        members: tuple[MemberInfo, ...] = (),
+        incarnation: int = 0,
+    ) -> None:
+        self.id = raft_config.id
+        self.storage = storage
+        self.sm = state_machine
+        self._send = send
+        self.snapshot_entries = snapshot_entries
+        self.snapshot_catchup_entries = snapshot_catchup_entries
+        self.request_timeout_ticks = request_timeout_ticks
+        self.members: dict[int, MemberInfo] = {m.id: m for m in members}
+        self.on_members_changed: Callable[[dict[int, MemberInfo]], None] | None = None
+        self.on_soft_state: Callable[[SoftState], None] | None = None
+        self.on_applied: Callable[[int], None] | None = None
+        self.stopped = False
+        # fsync=False trades durability for speed (documented as unsafe: a power loss can
+        # lose acknowledged writes); tests of fsync-less modes only.
+        self.fsync = True
+        # request ids embed the incarnation so a restarted node never mistakes an entry
+        # proposed by its previous life for one of its new requests.
+        self._next_request = incarnation << 32
+        self._ticks = 0
+        self._now_tick = 0
+        self._inbox: list[Message] = []
+        self._proposals: list[tuple[bytes, _Pending]] = []
+        self._conf_changes: list[tuple[ConfChange, tuple[MemberInfo, ...], _Pending]] = []
+        self._reads: list[_Pending] = []
+        self._actions: list[Callable[[RawNode], None]] = []
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._read_batches: dict[bytes, list[_Pending]] = {}
+        self._ready_reads: list[tuple[int, list[_Pending]]] = []  # (read index, waiters)
+        self._next_read_ctx = 0
+        self.leader_id = 0
+        self.role = StateRole.FOLLOWER
+        self.applied = 0
+        self.snapshot_index = 0
+        self.conf_state = ConfState()
+        self._rng = rng
+        self._boot(raft_config)
+
+    # --- boot ------------------------------------------------------------------------------
+
+    def _boot(self, raft_config: Config) -> None:
+        """Restore the state machine from the newest snapshot; Raft re-delivers the rest."""
+        snap = self.storage.log.snapshot()
+        if not snap.is_empty():
+            self._restore_snapshot(snap)
+        _hs, self.conf_state = self.storage.log.initial_state()
+        cfg = dataclasses.replace(raft_config, applied=self.applied)
+        self.rn = RawNode(cfg, self.storage.log, self._rng)
+
+    # --- inputs (queued; fed to Raft by drain) ------------------------------------------------
+
+    def tick(self, n: int = 1) -> None:
+        self._ticks += n
+
+    def receive(self, messages: list[Message]) -> None:
+        self._inbox.extend(messages)
+
+    def propose(self, payload: bytes, waiter: Waiter) -> None:
+        """Replicate ``payload``; the waiter gets the state machine's result when applied."""
+        if self._reject_if_stopped(waiter):
+            return
+        self._proposals.append((payload, _Pending(waiter, self._deadline())))
+
+    def propose_conf_change(
+        self, change: ConfChange, waiter: Waiter, members: tuple[MemberInfo, ...] = ()
+    ) -> None:
+        """Propose a membership change; ``members`` are addresses of nodes being added."""
+        if self._reject_if_stopped(waiter):
+            return
+        self._conf_changes.append((change, members, _Pending(waiter, self._deadline())))
+
+    def read(self, waiter: Waiter) -> None:
+        """Linearizable read barrier: the waiter resolves (with the applied index) once the
+        local state machine reflects every write committed before the call (ReadIndex)."""
+        if self._reject_if_stopped(waiter):
+            return
+        self._reads.append(_Pending(waiter, self._deadline()))
+
+    def transfer_leader(self, target: int) -> None:
+        self.call(lambda rn: rn.transfer_leader(target))
+
+    def campaign(self) -> None:
+        self.call(lambda rn: rn.campaign())
+
+    def report_unreachable(self, peer: int) -> None:
+        self.call(lambda rn: rn.report_unreachable(peer))
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self.call(lambda rn: rn.report_snapshot(peer, ok))
+
+    def call(self, action: Callable[[RawNode], None]) -> None:
+        """Queue an operation on the RawNode; it runs in the next ``drain`` (never while a
+        Ready is being persisted, when the storage may be changing in another thread)."""
+        self._actions.append(action)
+
+    def stop(self) -> None:
+        """Fail every pending request with NodeStopped; further requests fail at once."""
+        self.stopped = True
+        exc = NodeStopped("node stopped")
+        self._fail_all(exc, writes=True)
+
+    def _reject_if_stopped(self, waiter: Waiter) -> bool:
+        if self.stopped:
+            waiter.fail(NodeStopped("node stopped"))
+        return self.stopped
+
+    def _deadline(self) -> int:
+        return self._now_tick + self.request_timeout_ticks
+
+    def _new_request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+    # --- feeding Raft ----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Feed every queued input to the RawNode (proposals batched into one Ready)."""
+        for _ in range(self._ticks):
+            self.rn.tick()
+            self._now_tick += 1
+        if self._ticks:
+            self._ticks = 0
+            self._expire_requests()
+        if self._actions:
+            actions, self._actions = self._actions, []
+            for action in actions:
+                action(self.rn)
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            for msg in inbox:
+                self.rn.step(msg)
+        if self._proposals:
+            self._feed_proposals()
+        if self._conf_changes:
+            self._feed_conf_changes()
+        if self._reads:
+            self._feed_reads()
+
+    def _feed_proposals(self) -> None:
+        proposals, self._proposals = self._proposals, []
+        for payload, pending in proposals:
+            req = self._new_request_id()
+            data = envelope.encode(Proposal(self.id, req, payload))
+            try:
+                self.rn.propose(data)
+            except ProposalDropped as exc:
+                pending.waiter.fail(exc)
+                continue
+            self._pending[req] = pending
+
+    def _feed_conf_changes(self) -> None:
+        changes, self._conf_changes = self._conf_changes, []
+        for change, members, pending in changes:
+            req = self._new_request_id()
+            ctx = envelope.encode(ConfChangeContext(self.id, req, members))
+            cc = ConfChange(change.changes, change.transition, ctx)
+            try:
+                self.rn.propose_conf_change(cc)
+            except QuorumError as exc:
+                pending.waiter.fail(exc)
+                continue
+            self._pending[req] = pending
+
+    def _feed_reads(self) -> None:
+        """One ReadIndex request serves every read queued since the last drain (batching)."""
+        reads, self._reads = self._reads, []
+        self._next_read_ctx += 1
+        ctx = self._next_read_ctx.to_bytes(8, "big") + self.id.to_bytes(8, "big")
+        self._read_batches[ctx] = reads
+        self.rn.read_index(ctx)
+
+    # --- the Ready cycle (ordered by quorum.node.ready.process_ready) ---------------------------
+
+    def has_ready(self) -> bool:
+        return self.rn.has_ready()
+
+    def ready(self) -> Ready:
+        return self.rn.ready()
+
+    def send(self, messages: list[Message]) -> None:
+        if messages:
+            self._send(messages)
+
+    def persist(self, rd: Ready) -> None:
+        """Make the Ready's snapshot, entries and hard state durable (may run in a thread)."""
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            self.storage.apply_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None:
+            self.storage.save(rd.hard_state, rd.entries, rd.must_sync and self.fsync)
+
+    def apply(self, rd: Ready) -> None:
+        """Apply a persisted Ready: soft state, snapshot, committed entries, read states."""
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            self._restore_snapshot(rd.snapshot)
+        for entry in rd.committed_entries:
+            self._apply_entry(entry)
+        for rs in rd.read_states:
+            batch = self._read_batches.pop(rs.context, None)
+            if batch:
+                self._ready_reads.append((rs.index, batch))
+        self._release_reads()
+
+    def advance(self, rd: Ready) -> None:
+        self.rn.advance(rd)
+        self._maybe_snapshot()
+
+    # --- applying --------------------------------------------------------------------------
+
+    def _apply_entry(self, entry: Entry) -> None:
+        # Invariant: entries arrive in log order, each exactly once (applied < entry.index).
+        if entry.index <= self.applied:
+            return
+        if entry.type == EntryType.CONF_CHANGE:
+            self._apply_conf_change(entry)
+        elif entry.data:
+            self._apply_proposal(entry)
+        self.applied = entry.index
+        if self.on_applied is not None:
+            self.on_applied(entry.index)
+
+    def _apply_proposal(self, entry: Entry) -> None:
+        try:
+            prop = envelope.decode_proposal(entry.data)
+        except Exception:  # an entry we cannot decode is a bug elsewhere; never crash on it
+            log.error("undecodable entry at index %d skipped", entry.index)
+            return
+        try:
+            result: Any = self.sm.apply(entry.index, prop.payload)
+            failed: BaseException | None = None
+        except QuorumError as exc:
+            result, failed = None, exc
+        if prop.origin != self.id:
+            return
+        pending = self._pending.pop(prop.request_id, None)
+        if pending is None:
+            return
+        if failed is not None:
+            pending.waiter.fail(failed)
+        else:
+            pending.waiter.resolve(result)
+
+    def _apply_conf_change(self, entry: Entry) -> None:
+        cc = ConfChange.decode(entry.data)
+        self.conf_state = self.rn.apply_conf_change(cc)
+        ctx = envelope.decode_context(cc.context)
+        for m in ctx.members:
+            self.members[m.id] = m
+        self._sync_members()
+        if ctx.origin == self.id:
+            pending = self._pending.pop(ctx.request_id, None)
+            if pending is not None:
+                pending.waiter.resolve(self.conf_state)
+
+    def _sync_members(self) -> None:
+        """Keep the address book equal to the configuration (learner flags included)."""
+        cs = self.conf_state
+        voters = set(cs.voters) | set(cs.voters_outgoing)
+        learners = set(cs.learners) | set(cs.learners_next)
+        current = voters | learners
+        for mid in list(self.members):
+            if mid not in current:
+                del self.members[mid]
+        for mid in current:
+            m = self.members.get(mid, MemberInfo(id=mid))
+            self.members[mid] = MemberInfo(
+                m.id, m.name, m.peer_url, m.client_url, m.etcd_url, mid in learners - voters
+            )
+        if self.on_members_changed is not None:
+            self.on_members_changed(dict(self.members))
+
+    def _restore_snapshot(self, snap: Snapshot) -> None:
+        env = envelope.decode_snapshot(snap.data)
+        self.sm.restore([env.state])
+        self.members = {m.id: m for m in env.members}
+        self.conf_state = snap.metadata.conf_state
+        self.applied = snap.metadata.index
+        self.snapshot_index = snap.metadata.index
+        if self.on_members_changed is not None:
+            self.on_members_changed(dict(self.members))
+
+    def _maybe_snapshot(self) -> None:
+        """Snapshot every ``snapshot_entries`` applied entries, keeping a catch-up tail."""
+        if self.snapshot_entries <= 0 or self.applied - self.snapshot_index < self.snapshot_entries:
+            return
+        self.take_snapshot()
+
+    def take_snapshot(self) -> Snapshot:
+        data = bootstrap_data(tuple(self.members.values()), self.sm)
+        snap = self.storage.create_snapshot(self.applied, self.conf_state, data)
+        self.snapshot_index = self.applied
+        compact_to = self.applied - self.snapshot_catchup_entries
+        if compact_to > self.storage.log.first_index():
+            self.storage.compact(compact_to)
+        return snap
+
+    # --- reads, leadership, timeouts -------------------------------------------------------
+
+    def _release_reads(self) -> None:
+        if not self._ready_reads:
+            return
+        still: list[tuple[int, list[_Pending]]] = []
+        for index, batch in self._ready_reads:
+            if index <= self.applied:
+                for p in batch:
+                    p.waiter.resolve(self.applied)
+            else:
+                still.append((index, batch))
+        self._ready_reads = still
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        changed = ss.leader_id != self.leader_id
+        self.leader_id, self.role = ss.leader_id, ss.role
+        if changed and self._pending:
+            # A pending write may still commit under the new leader: its outcome is unknown.
+            self._fail_all(LeaderChanged("leader changed; outcome unknown"), writes=True)
+        elif changed:
+            self._fail_all(LeaderChanged("leader changed"), writes=False)
+        if self.on_soft_state is not None:
+            self.on_soft_state(ss)
+
+    def _fail_all(self, exc: BaseException, *, writes: bool) -> None:
+        if writes:
+            pending, self._pending = self._pending, OrderedDict()
+            for p in pending.values():
+                p.waiter.fail(exc)
+            for _, p in self._proposals:
+                p.waiter.fail(exc)
+            for _, _, p in self._conf_changes:
+                p.waiter.fail(exc)
+            self._proposals, self._conf_changes = [], []
+        batches = list(self._read_batches.values()) + [b for _, b in self._ready_reads]
+        self._read_batches, self._ready_reads = {}, []
+        for batch in batches:
+            for p in batch:
+                p.waiter.fail(exc)
+
+    def _expire_requests(self) -> None:
+        """Fail requests past their deadline (insertion order = deadline order)."""
+        now = self._now_tick
+        while self._pending:
+            req, p = next(iter(self._pending.items()))
+            if p.deadline_tick > now:
+                break
+            del self._pending[req]
+            p.waiter.fail(RequestTimeout("request timed out; outcome unknown"))
+        for ctx, batch in list(self._read_batches.items()):
+            if batch and batch[0].deadline_tick <= now:
+                del self._read_batches[ctx]
+                for p in batch:
+                    p.waiter.fail(RequestTimeout("read timed out"))
+
+    # --- introspection ---------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == StateRole.LEADER
+
+    def pending_requests(self) -> int:
+        return len(self._pending) + len(self._proposals) + len(self._reads)
+
+
+def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine) -> bytes:
+    """The snapshot data every member of a new cluster starts from (see storage.bootstrap)."""
+    ordered = tuple(sorted(members, key=lambda m: m.id))
+    state = b"".join(state_machine.snapshot())
+    return envelope.encode(SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state))

@@ -1,0 +1,35 @@
+"""The key-value service's state machine as the runtime sees it (quorum.state behind the
+node's StateMachine interface)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from quorum.state import Request, Response, StateConfig, decode_command
+from quorum.state import StateMachine as KvStore
+
+
+class KvStateMachine:
+    """Adapts quorum.state.StateMachine to quorum.node.statemachine.StateMachine.
+
+    ``on_apply(request, result)`` runs after every successfully applied command on every node
+    (the API layer wakes watchers and mirrors lease changes into the leader's tracker).
+    """
+
+    def __init__(self, config: StateConfig | None = None, *,
+                 split_txn_events_bug: bool = False) -> None:
+        self.store = KvStore(config, split_txn_events_bug=split_txn_events_bug)
+        self.on_apply: Callable[[Request, Response], None] | None = None
+
+    def apply(self, index: int, data: bytes) -> Response:
+        envelope = decode_command(data)
+        result = self.store.apply(index, envelope)  # StateError: nothing changed
+        if self.on_apply is not None:
+            self.on_apply(envelope.request, result)
+        return result
+
+    def snapshot(self) -> Iterator[bytes]:
+        return self.store.snapshot()
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        self.store.restore(chunks)

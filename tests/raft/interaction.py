@@ -349,7 +349,8 @@ class Interaction:
                 counts[m.type.name] += 1
             out += self.deliver(targets, set())
         if _bool(named.get("summary", "false")):
-            return "messages: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            text = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            return "messages: " + (text or "none")
         return "\n".join(out)
 
     # --- requests ---------------------------------------------------------------------------

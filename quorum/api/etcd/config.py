@@ -1,0 +1,33 @@
+"""Settings of the etcd gRPC surface, with the same defaults as etcd 3.4."""
+
+from __future__ import annotations
+
+import msgspec
+
+from quorum.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+class EtcdApiConfig(msgspec.Struct, frozen=True):
+    # Largest request accepted (etcd's --max-request-bytes). Larger writes fail with
+    # "etcdserver: request is too large"; gRPC itself refuses messages above this plus
+    # grpc_overhead_bytes (as etcd does), with RESOURCE_EXHAUSTED.
+    max_request_bytes: int = 3 * MIB // 2
+    grpc_overhead_bytes: int = 512 * 1024
+    # A watch response of a watcher created with fragment=true is split into pieces no larger
+    # than this (etcd uses max_request_bytes).
+    watch_fragment_bytes: int = 3 * MIB // 2
+    # Outbound watch responses buffered per stream before the stream waits for the client.
+    watch_send_queue: int = 1024
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first rule broken."""
+        if self.max_request_bytes <= 0:
+            raise ConfigError("max_request_bytes must be positive")
+        if self.grpc_overhead_bytes < 0:
+            raise ConfigError("grpc_overhead_bytes must not be negative")
+        if self.watch_fragment_bytes <= 0:
+            raise ConfigError("watch_fragment_bytes must be positive")
+        if self.watch_send_queue <= 0:
+            raise ConfigError("watch_send_queue must be positive")

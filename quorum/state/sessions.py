@@ -73,7 +73,9 @@ class SessionTable:
         return None
 
     def record(self, session_id: int, seq: int, index: int, outcome: Outcome) -> None:
-        session = self.sessions.pop(session_id)  # re-inserted at the end: most recently used
+        session = self.sessions.pop(session_id, None)  # re-inserted at the end: most recent
+        if session is None:
+            return  # the command closed (or, opening another, evicted) its own session
         session.last_seq = seq
         session.last_index = index
         session.outcome = outcome

@@ -122,7 +122,11 @@ class DurableStorage:
         try:
             snap = _choose_snapshot(fs, snaps, replayed)
             entries = _entries_after_snapshot(replayed, snap)
-            hard_state = _check_hard_state(replayed, snap, entries, wal)
+            hard_state = _check_hard_state(replayed, snap, entries or [], wal)
+            if entries is None:
+                assert snap is not None  # with no snapshot (index 0) the log always continues
+                _finish_install(wal, replayed, snap)
+                entries = []
         except BaseException:
             wal.close()
             raise
@@ -241,7 +245,7 @@ class DurableStorage:
             raise SnapshotOutOfDate(
                 f"snapshot at {metadata.index} is not newer than index {self._base_index}"
             )
-        snap = self._write_snapshot(metadata, chunks)
+        snap = self._write_snapshot(metadata, chunks)  # syncs the WAL first
         marker = SnapshotMarker(metadata.index, metadata.term, reset=True)
         self._guard(lambda: self.wal.append_marker(marker, sync=True))
         self._snap = snap
@@ -290,6 +294,10 @@ class DurableStorage:
     # --- helpers -------------------------------------------------------------------------------
 
     def _write_snapshot(self, metadata: SnapshotMetadata, chunks: Iterable[bytes]) -> SnapshotFile:
+        """Sync the WAL, then write the snapshot file. Invariant: a durable snapshot never
+        runs ahead of WAL records written before it (an unsynced commit-only hard state or
+        entries), so recovery always sees a prefix of the history plus that snapshot."""
+        self._guard(self.wal.sync)
         return self._guard(lambda: self._snaps.write(metadata, chunks))
 
     def _after_snapshot(self) -> None:
@@ -365,11 +373,13 @@ def _choose_snapshot(fs: FileSystem, snaps: SnapshotStore, replayed: Replayed) -
     return chosen
 
 
-def _entries_after_snapshot(replayed: Replayed, snap: SnapshotFile | None) -> list[Entry]:
-    """The replayed log restricted to indexes after the snapshot.
+def _entries_after_snapshot(replayed: Replayed, snap: SnapshotFile | None) -> list[Entry] | None:
+    """The replayed log restricted to indexes after the snapshot, or None when the log does
+    not continue from the snapshot and must be discarded.
 
     If the log holds the snapshot's last entry with the snapshot's term, the entries after it
-    are kept; otherwise the whole log is discarded (Raft §7, InstallSnapshot step 6/7).
+    are kept; otherwise the whole log is discarded (Raft §7, InstallSnapshot steps 6-7): this
+    is a snapshot install whose WAL reset marker never became durable.
     """
     index = snap.metadata.index if snap else 0
     term = snap.metadata.term if snap else 0
@@ -380,11 +390,25 @@ def _entries_after_snapshot(replayed: Replayed, snap: SnapshotFile | None) -> li
         )
     if index == replayed.log_start - 1:
         return replayed.entries
-    if index > replayed.last_index:
-        return []
-    if replayed.entries[index - replayed.log_start].term != term:
-        return []
+    if index > replayed.last_index or replayed.entries[index - replayed.log_start].term != term:
+        return None
     return replayed.entries[index - replayed.log_start + 1 :]
+
+
+def _finish_install(wal: Wal, replayed: Replayed, snap: SnapshotFile) -> None:
+    """Write the reset marker an interrupted install did not get to write, so that entries
+    appended from now on (at snapshot index + 1) replay without a gap."""
+    meta = snap.metadata
+    log.warning(
+        "snapshot %s (index %d, term %d) does not continue the WAL's log [%d, %d]: "
+        "completing its install, discarding that log",
+        snap.path,
+        meta.index,
+        meta.term,
+        replayed.log_start,
+        replayed.last_index,
+    )
+    wal.append_marker(SnapshotMarker(meta.index, meta.term, reset=True), sync=True)
 
 
 def _check_hard_state(

@@ -143,6 +143,11 @@ def test_crash_between_install_file_and_wal_marker_keeps_matching_entries_only()
     recovered = DurableStorage.open(fs, "/d", OPTIONS)
     assert (recovered.first_index(), recovered.last_index()) == (151, 150)
     assert recovered.initial_state()[0] == HardState(9, 0, 150)
+    # recovery completed the install, so the log continues at 151 across another restart
+    recovered.save(HardState(9, 0, 150), entries(9, 151, 3), must_sync=True)
+    recovered.close()
+    again = DurableStorage.open(fs, "/d", OPTIONS)
+    assert (again.first_index(), again.last_index()) == (151, 153)
 
 
 def test_snapshot_rules() -> None:

@@ -136,8 +136,8 @@ class Wal:
                 path = os.path.join(wal_dir, name.filename)
                 raise CorruptionError(f"missing segment before seq {name.seq}", path, 0)
             scan = read_segment(fs, wal_dir, name)
-            _check_stop(scan, last=position == len(names) - 1, replayed=replayed)
-            _replay_segment(scan, replayed, expect_first=None if position == 0 else True)
+            check_stop(scan, last=position == len(names) - 1, replayed=replayed)
+            replay_segment(scan, replayed, expect_first=None if position == 0 else True)
             offset = scan.end
         handle = _io(lambda: fs.open(os.path.join(wal_dir, names[-1].filename)))
         if replayed.torn_bytes:
@@ -316,7 +316,7 @@ def _remove_temporaries(fs: FileSystem, wal_dir: str) -> None:
             _io(lambda: fs.remove(path))  # noqa: B023 - called at once
 
 
-def _check_stop(scan: SegmentScan, last: bool, replayed: Replayed) -> None:
+def check_stop(scan: SegmentScan, last: bool, replayed: Replayed, announce: bool = True) -> None:
     """Judge a bad record: a torn tail of the last segment is cut off; anything else is
     corruption. A valid record after the damage means it is not a torn tail."""
     if scan.stop is None:
@@ -327,6 +327,8 @@ def _check_stop(scan: SegmentScan, last: bool, replayed: Replayed) -> None:
             detail += f", valid record follows at offset {scan.valid_after_stop}"
         raise CorruptionError(f"bad record: {scan.stop.reason}{detail}", scan.path, scan.stop.offset)
     replayed.torn_bytes = scan.size - scan.end
+    if not announce:
+        return
     log.warning(
         "WAL %s: torn record at offset %d (%s); cutting off %d bytes of unsynced tail",
         scan.path,
@@ -336,7 +338,7 @@ def _check_stop(scan: SegmentScan, last: bool, replayed: Replayed) -> None:
     )
 
 
-def _replay_segment(scan: SegmentScan, replayed: Replayed, expect_first: bool | None) -> None:
+def replay_segment(scan: SegmentScan, replayed: Replayed, expect_first: bool | None) -> None:
     if expect_first and scan.name.first_index != replayed.last_index + 1:
         raise CorruptionError(
             f"segment starts at index {scan.name.first_index} but the log ends at "

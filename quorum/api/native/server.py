@@ -74,8 +74,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: accept any transport.
+        self._transport = transport  # type: ignore[assignment]
         self._peer = str(transport.get_extra_info("peername"))
         self._server.connections.add(self)
 

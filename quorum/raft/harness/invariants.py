@@ -284,6 +284,11 @@ class InvariantChecker:
             )
         view.applied = applied
 
+    def restarted_from_scratch(self, node: int, applied: int) -> None:
+        """``node`` restarted with a volatile application rebuilt from its snapshot at
+        ``applied``; it will re-apply the log above, which must match what was applied."""
+        self._node(node).applied = applied
+
     def applied_index(self, node: int) -> int:
         return self._node(node).applied
 

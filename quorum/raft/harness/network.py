@@ -52,6 +52,8 @@ class Network:
         self.delivered: Counter[tuple[MessageType, int]] = Counter()  # (type, to)
         self.dropped = 0
         self.duplicated = 0
+        self.sent_entries = 0  # entries carried by all messages sent
+        self.sent_entry_bytes = 0  # their data bytes
         self._lost: list[Message] = []
 
     # --- topology ---------------------------------------------------------------------------
@@ -91,6 +93,9 @@ class Network:
     def send(self, msg: Message) -> bool:
         """Queue ``msg``; return False if it was dropped at once (unreachable or random loss)."""
         self.sent[msg.type] += 1
+        if msg.entries:
+            self.sent_entries += len(msg.entries)
+            self.sent_entry_bytes += sum(len(e.data) for e in msg.entries)
         faults = self.faults
         if not self.connected(msg.from_, msg.to) or (
             faults.drop_rate and self._rng.random() < faults.drop_rate

@@ -145,6 +145,11 @@ class LocalBackend:
             await asyncio.sleep(self._progress_notify_interval_s)
             self.progress_tick()
 
+    def advertise_client_urls(self, client_urls: tuple[str, ...]) -> None:
+        """Set the client URLs member_list reports (known once the API server is bound)."""
+        m = self._member
+        self._member = Member(m.id, m.name, m.peer_urls, tuple(client_urls), m.is_learner)
+
     # --- identity -------------------------------------------------------------------------
     @property
     def cluster_id(self) -> int:

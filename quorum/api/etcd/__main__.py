@@ -29,12 +29,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> None:
     backend = LocalBackend(
-        client_urls=(f"http://{args.host}:{args.port}",),
         lease_check_interval_s=args.lease_check_interval,
         progress_notify_interval_s=args.progress_notify_interval,
     )
     await backend.start()
     server, port = await serve_etcd(backend, args.host, args.port)
+    backend.advertise_client_urls((f"http://{args.host}:{port}",))
     logging.getLogger("quorum.api.etcd").info("serving the etcd API on %s:%d", args.host, port)
     if args.port_file is not None:
         tmp = args.port_file.with_suffix(".tmp")

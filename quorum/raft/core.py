@@ -82,6 +82,11 @@ class Raft:
             self.switch_to_config(restore(self.trk, conf_state, self.raft_log.last_index()))
         if not hard_state.is_empty():
             self._load_hard_state(hard_state)
+        if self.term < self.raft_log.last_term():
+            # Invariant: current term >= every log term. A bootstrap snapshot may carry a
+            # term the hard state never saw; adopting it keeps the first election's term
+            # above every existing entry (so "an entry of my term" really is mine).
+            self.term, self.vote = self.raft_log.last_term(), NONE
         if config.applied > 0:
             if config.applied > self.raft_log.committed:
                 raise ConfigError(

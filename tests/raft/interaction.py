@@ -128,10 +128,26 @@ def _bool(value: str) -> bool:
     return value.lower() in ("true", "1", "yes", "on")
 
 
+class LiveSnapshotStorage(MemoryStorage):
+    """Like a real server: a snapshot requested by the leader reflects what it has applied
+    (index and configuration), so a node added since the last compaction is a member of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sim: SimNode | None = None
+
+    def snapshot(self) -> Snapshot:
+        held = super().snapshot()
+        sim = self.sim
+        if sim is None or sim.applied <= held.metadata.index:
+            return held
+        return self.create_snapshot(sim.applied, sim.conf_state, f"snap@{sim.applied}".encode())
+
+
 @dataclasses.dataclass
 class SimNode:
     node: RawNode
-    storage: MemoryStorage
+    storage: LiveSnapshotStorage
     config: Config
     conf_state: ConfState
     applied: int = 0
@@ -212,7 +228,7 @@ class Interaction:
         conf = ConfState() if empty else ConfState(voters=voters, learners=learners)
         lines = []
         for node_id in new_ids:
-            storage = MemoryStorage()
+            storage = LiveSnapshotStorage()
             applied = 0
             if not empty:
                 meta = SnapshotMetadata(index=1, term=1, conf_state=conf)
@@ -221,6 +237,7 @@ class Interaction:
             config = self._config(node_id, named, applied)
             node = RawNode(config, storage, random.Random(node_id))
             self.nodes[node_id] = SimNode(node, storage, config, conf, applied)
+            storage.sim = self.nodes[node_id]
             lines.append(f"{node_id}: {describe_conf_state(conf)} log=[{storage.first_index()},"
                          f"{storage.last_index()}]")
         return "\n".join(lines)

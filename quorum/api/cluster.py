@@ -179,13 +179,13 @@ class ClusterBackend(LocalBackend):
 
     # --- cluster --------------------------------------------------------------------------
 
-    def _member(self, m: MemberInfo) -> Member:
+    def _to_member(self, m: MemberInfo) -> Member:
         peers = (f"http://{m.peer_url}",) if m.peer_url else ()
         clients = tuple(f"http://{u}" for u in (m.etcd_url, m.client_url) if u)
         return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner)
 
     def _members(self) -> tuple[Member, ...]:
-        return tuple(self._member(self.core.members[i]) for i in sorted(self.core.members))
+        return tuple(self._to_member(self.core.members[i]) for i in sorted(self.core.members))
 
     async def member_list(self, linearizable: bool = False) -> tuple[Member, ...]:
         if linearizable:
@@ -198,7 +198,7 @@ class ClusterBackend(LocalBackend):
         cc = ConfChange((ConfChangeSingle(kind, member_id),))
         await self.server.change_membership(cc, (info,) if info else ())
         current = self.core.members.get(member_id)
-        return MemberChange(self._member(current) if current else None, self._members())
+        return MemberChange(self._to_member(current) if current else None, self._members())
 
     async def member_add(self, peer_urls: tuple[str, ...], is_learner: bool) -> MemberChange:
         member_id = secrets.randbits(63) or 1
@@ -207,7 +207,7 @@ class ClusterBackend(LocalBackend):
         kind = ConfChangeType.ADD_LEARNER if is_learner else ConfChangeType.ADD_NODE
         change = await self._change(kind, member_id, info)
         if change.member is None:
-            return MemberChange(self._member(info), change.members)
+            return MemberChange(self._to_member(info), change.members)
         return change
 
     async def member_remove(self, member_id: int) -> MemberChange:
@@ -215,7 +215,7 @@ class ClusterBackend(LocalBackend):
         if current is None:
             raise MemberNotFound()
         result = await self._change(ConfChangeType.REMOVE_NODE, member_id)
-        return MemberChange(self._member(current), result.members)
+        return MemberChange(self._to_member(current), result.members)
 
     async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> MemberChange:
         current = self.core.members.get(member_id)

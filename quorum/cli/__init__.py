@@ -1,0 +1,1 @@
+"""The ``quorum`` command (click). Entry point: ``quorum.cli.main:main``."""

@@ -1,0 +1,215 @@
+"""``quorum serve`` (one server) and ``quorum cluster up`` (a local N-node cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from quorum.errors import ConfigError, QuorumError
+from quorum.node.config import NodeConfig, PeerSpec, load_config
+
+
+def parse_initial_cluster(spec: str) -> tuple[PeerSpec, ...]:
+    """``1=host:peerport[/clientport[/etcdport]],2=...`` -> PeerSpecs."""
+    peers = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        ident, _, addrs = part.partition("=")
+        fields = addrs.split("/")
+        host = fields[0].rpartition(":")[0]
+        client = f"{host}:{fields[1]}" if len(fields) > 1 and fields[1] else ""
+        etcd = f"{host}:{fields[2]}" if len(fields) > 2 and fields[2] else ""
+        try:
+            peers.append(PeerSpec(int(ident), fields[0], client, etcd))
+        except ValueError:
+            raise ConfigError(f"bad --initial-cluster entry {part!r}") from None
+    return tuple(peers)
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: NodeConfig) -> None:
+    from quorum.api.process import QuorumProcess
+
+    proc = QuorumProcess(config)
+    await proc.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    fatal = asyncio.create_task(_watch_fatal(proc))
+    await asyncio.wait({waiter, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    await proc.stop()
+    if proc.server.fatal_error is not None:
+        raise SystemExit(f"stopped after a fatal error: {proc.server.fatal_error!r}")
+
+
+async def _watch_fatal(proc: object) -> None:
+    server = proc.server  # type: ignore[attr-defined]
+    while server.fatal_error is None:
+        await asyncio.sleep(0.2)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--id", "node_id", type=int, help="This node's id (positive integer).")
+@click.option("--name", help="Human-readable member name.")
+@click.option("--data-dir", help="Where the WAL and snapshots live.")
+@click.option("--peer-listen", help="host:port for peer traffic.")
+@click.option("--client-listen", help="host:port for the native client protocol ('' = off).")
+@click.option("--etcd-listen", help="host:port for the etcd v3 gRPC API ('' = off).")
+@click.option("--initial-cluster", help="1=host:peer[/client[/etcd]],2=... (new clusters).")
+@click.option("--join", is_flag=True, default=None,
+              help="Start empty and wait to be added (quorum member add) by a running cluster.")
+@click.option("--tick-ms", type=int, help="Raft tick length in milliseconds (default 100).")
+@click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
+@click.option("--no-fsync", is_flag=True, default=False,
+              help="UNSAFE: skip fsync (a power loss can lose acknowledged writes).")
+@click.option("--snapshot-entries", type=int, help="Snapshot every N applied entries.")
+@click.option("--lease-reads", is_flag=True, default=None,
+              help="Serve linearizable reads from the leader lease (assumes bounded clock drift).")
+@click.option("--log-level", default="info", show_default=True)
+def serve(config_path: str | None, node_id: int | None, name: str | None, data_dir: str | None,
+          peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
+          initial_cluster: str | None, join: bool | None, tick_ms: int | None,
+          election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
+          lease_reads: bool | None, log_level: str) -> None:
+    """Run one quorum server."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {
+        "id": node_id, "name": name, "data_dir": data_dir, "peer_listen": peer_listen,
+        "client_listen": client_listen, "etcd_listen": etcd_listen, "join": join,
+        "tick_ms": tick_ms, "election_ticks": election_ticks,
+        "snapshot_entries": snapshot_entries, "lease_reads": lease_reads,
+    }
+    if no_fsync:
+        overrides["fsync"] = False
+    try:
+        if initial_cluster:
+            overrides["initial_cluster"] = parse_initial_cluster(initial_cluster)
+        if config_path:
+            cfg = load_config(config_path, **overrides)
+        else:
+            import msgspec
+
+            cfg = msgspec.structs.replace(
+                NodeConfig(), **{k: v for k, v in overrides.items() if v is not None}
+            ).validate()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _use_uvloop()
+    try:
+        asyncio.run(_serve(cfg))
+    except QuorumError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+# --- cluster up ---------------------------------------------------------------------------------
+
+
+def cluster_specs(nodes: int, base_port: int, host: str = "127.0.0.1") -> tuple[PeerSpec, ...]:
+    """Node i gets peer port base+i, native port base+100+i and etcd port base+200+i."""
+    return tuple(
+        PeerSpec(i, f"{host}:{base_port + i}", f"{host}:{base_port + 100 + i}",
+                 f"{host}:{base_port + 200 + i}", f"node{i}")
+        for i in range(1, nodes + 1)
+    )
+
+
+def spec_string(specs: tuple[PeerSpec, ...]) -> str:
+    return ",".join(
+        f"{p.id}={p.peer_url}/{p.client_url.rpartition(':')[2]}/{p.etcd_url.rpartition(':')[2]}"
+        for p in specs
+    )
+
+
+def node_command(spec: PeerSpec, specs: tuple[PeerSpec, ...], data_dir: Path,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable, "-m", "quorum.cli.main", "serve",
+        "--id", str(spec.id), "--name", spec.name, "--data-dir", str(data_dir / f"node{spec.id}"),
+        "--peer-listen", spec.peer_url, "--client-listen", spec.client_url,
+        "--etcd-listen", spec.etcd_url, "--initial-cluster", spec_string(specs), *extra,
+    ]
+
+
+@click.group()
+def cluster() -> None:
+    """Run a local cluster of separate server processes."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, help="Number of servers.")
+@click.option("--data-dir", default=".quorum-data", show_default=True, type=click.Path())
+@click.option("--base-port", default=23000, show_default=True,
+              help="Node i: peer base+i, native base+100+i, etcd base+200+i.")
+@click.option("--tick-ms", default=100, show_default=True)
+@click.option("--no-fsync", is_flag=True, help="UNSAFE: skip fsync.")
+def cluster_up(nodes: int, data_dir: str, base_port: int, tick_ms: int, no_fsync: bool) -> None:
+    """Start NODES servers on this machine; Ctrl-C stops them all cleanly."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    specs = cluster_specs(nodes, base_port)
+    extra = ("--tick-ms", str(tick_ms), *(("--no-fsync",) if no_fsync else ()))
+    procs = []
+    for spec in specs:
+        log = open(root / f"node{spec.id}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        procs.append(subprocess.Popen(node_command(spec, specs, root, extra), stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    endpoints = ",".join(p.client_url for p in specs)
+    etcd = ",".join(p.etcd_url for p in specs)
+    click.echo(f"quorum: {nodes}-node cluster starting (data and logs in {root}/)")
+    for spec, proc in zip(specs, procs):
+        click.echo(f"  node{spec.id}  pid {proc.pid}  native {spec.client_url}  "
+                   f"etcd {spec.etcd_url}  peer {spec.peer_url}")
+    click.echo("\nTry it (in another terminal):")
+    click.echo(f"  export QUORUM_ENDPOINTS={endpoints}")
+    click.echo("  .venv/bin/quorum put greeting hello")
+    click.echo("  .venv/bin/quorum get greeting")
+    click.echo("  .venv/bin/quorum status")
+    click.echo(f"  ETCDCTL_API=3 etcdctl --endpoints={etcd} get greeting")
+    click.echo("\nCtrl-C stops the cluster.")
+    _supervise(procs)
+
+
+def _supervise(procs: list[subprocess.Popen[bytes]]) -> None:
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping:
+        time.sleep(0.2)
+        dead = [p for p in procs if p.poll() is not None]
+        if len(dead) == len(procs):
+            click.echo("every server exited; see the logs", err=True)
+            break
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    click.echo("cluster stopped")

@@ -78,6 +78,8 @@ async def wait_predecessors(
     one key's deletion). Raises :class:`LockLost` if ``my_key`` is deleted meanwhile (its lease
     expired or was revoked while waiting), so a waiter never proceeds without its key.
     """
+    if my_rev <= 1:
+        return  # nothing was created before revision 1 (and max_create_revision=0 means "any")
     while True:
         resp = await client.call(
             RangeRequest(

@@ -227,6 +227,12 @@ class ClusterBackend(LocalBackend):
         kind = ConfChangeType.ADD_LEARNER if current.is_learner else ConfChangeType.ADD_NODE
         return await self._change(kind, member_id, info)
 
+    async def publish_member(self, info: MemberInfo) -> None:
+        """Record a member's own addresses in the replicated member list (a no-op change of
+        its role carrying the addresses)."""
+        kind = ConfChangeType.ADD_LEARNER if info.is_learner else ConfChangeType.ADD_NODE
+        await self._change(kind, info.id, info)
+
     async def member_promote(self, member_id: int) -> MemberChange:
         current = self.core.members.get(member_id)
         if current is None:

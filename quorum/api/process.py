@@ -122,6 +122,7 @@ class QuorumProcess:
         await self.server.start()
         await self.backend.start()
         await self._start_apis()
+        self._spawn(self._publish_addresses())
         log.info("node %d serving: peers %s, client %s, etcd %s", cfg.id, cfg.peer_listen,
                  cfg.client_listen or "-", cfg.etcd_listen or "-")
 
@@ -137,6 +138,26 @@ class QuorumProcess:
 
             host, port = split_addr(cfg.etcd_listen)
             self.etcd, _port = await serve_etcd(self.backend, host, port)
+
+    async def _publish_addresses(self) -> None:
+        """Make the cluster's member list carry this node's client addresses (a node added by
+        ``member add`` is known only by its peer address until it says more)."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.tick_ms / 1000 * cfg.election_ticks)
+            me = self.core.members.get(cfg.id)
+            if me is None or not self.core.leader_id:
+                continue
+            wanted = (cfg.client_listen, cfg.etcd_listen, cfg.peer_listen)
+            if (me.client_url, me.etcd_url, me.peer_url) == wanted:
+                return
+            try:
+                await self.backend.publish_member(
+                    MemberInfo(cfg.id, cfg.name or me.name, cfg.peer_listen, cfg.client_listen,
+                               cfg.etcd_listen, me.is_learner)
+                )
+            except Exception as exc:  # retried until it lands
+                log.info("publishing member addresses failed (%s); retrying", exc)
 
     async def stop(self) -> None:
         if self.native is not None:

@@ -14,6 +14,9 @@ from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.etcd.status import abort_with, status_of
 from quorum.errors import LeaseNotFound
 from quorum.state import commands as sc
+from quorum.state.config import MAX_LEASE_TTL_S
+
+ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
 
 
 class LeaseServicer(rpc.LeaseServicer):
@@ -23,6 +26,8 @@ class LeaseServicer(rpc.LeaseServicer):
     async def LeaseGrant(
         self, request: pb.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> pb.LeaseGrantResponse:
+        if request.TTL > MAX_LEASE_TTL_S:  # etcd's own code and text for this case
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, ERR_LEASE_TTL_TOO_LARGE)
         try:
             res = await self._backend.write(sc.LeaseGrantRequest(ttl=request.TTL, id=request.ID))
         except Exception as exc:

@@ -1,0 +1,506 @@
+"""quorum's etcd gRPC surface in-process, through its own stubs: error codes and texts for bad
+input, watch streams (several watchers, ids, cancel, progress, fragments, compaction), leases,
+Lock and Election services, maintenance. Each test runs a fresh LocalBackend and server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from quorum.api.etcd import snapshot_file
+from quorum.api.etcd.concurrency import Contention
+from quorum.api.etcd.config import EtcdApiConfig
+from quorum.api.etcd.gen import etcd_election_pb2 as epb
+from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
+from quorum.api.etcd.gen import etcd_lock_pb2 as lpb
+from quorum.api.etcd.gen import etcd_lock_pb2_grpc as lrpc
+from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
+from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
+from quorum.api.etcd.server import serve_etcd
+from quorum.api.local import LocalBackend
+from quorum.state import LeaseRevokeRequest, RangeRequest, StateMachine
+
+STEP_S = 10.0  # generous bound on any single awaited step (never a timing assertion)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Env:
+    backend: LocalBackend
+    clock: ManualClock
+    channel: grpc.aio.Channel
+    kv: rpc.KVStub
+    watch: rpc.WatchStub
+    lease: rpc.LeaseStub
+    cluster: rpc.ClusterStub
+    maint: rpc.MaintenanceStub
+    auth: rpc.AuthStub
+    lock: lrpc.LockStub
+    election: erpc.ElectionStub
+
+
+@contextlib.asynccontextmanager
+async def env(config: EtcdApiConfig | None = None) -> AsyncIterator[Env]:
+    clock = ManualClock()
+    backend = LocalBackend(clock=clock)  # no background tasks: tests drive lease expiry
+    server, port = await serve_etcd(backend, "127.0.0.1", 0, config)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 << 20)]
+    )
+    try:
+        yield Env(
+            backend, clock, channel, rpc.KVStub(channel), rpc.WatchStub(channel),
+            rpc.LeaseStub(channel), rpc.ClusterStub(channel), rpc.MaintenanceStub(channel),
+            rpc.AuthStub(channel), lrpc.LockStub(channel), erpc.ElectionStub(channel),
+        )
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await backend.close()
+
+
+def run(body: Callable[[Env], Awaitable[None]], config: EtcdApiConfig | None = None) -> None:
+    async def main() -> None:
+        async with env(config) as e:
+            await asyncio.wait_for(body(e), 60)
+
+    asyncio.run(main())
+
+
+async def put(e: Env, key: bytes, value: bytes = b"v", lease: int = 0) -> pb.PutResponse:
+    return await e.kv.Put(pb.PutRequest(key=key, value=value, lease=lease))
+
+
+async def grant(e: Env, ttl: int) -> int:
+    return int((await e.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl))).ID)
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, text: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value
+    assert text in (err.value.details() or ""), err.value.details()
+
+
+async def still_serving(e: Env) -> None:
+    await put(e, b"alive", b"yes")
+    got = await e.kv.Range(pb.RangeRequest(key=b"alive"))
+    assert got.kvs[0].value == b"yes"
+
+
+# --- KV and headers -------------------------------------------------------------------------
+
+
+def test_headers_and_kv_roundtrip() -> None:
+    async def body(e: Env) -> None:
+        r1 = await put(e, b"k", b"1")
+        assert (r1.header.cluster_id, r1.header.member_id) == (e.backend.cluster_id, 1)
+        assert r1.header.revision == 1 and r1.header.raft_term == 1
+        r2 = await e.kv.Put(pb.PutRequest(key=b"k", value=b"2", prev_kv=True))
+        assert r2.header.revision == 2 and r2.prev_kv.value == b"1"
+        rng = await e.kv.Range(pb.RangeRequest(key=b"k", revision=1, serializable=True))
+        # as in etcd, the header names the store's current revision, not the one read
+        assert rng.kvs[0].value == b"1" and rng.header.revision == 2
+        dr = await e.kv.DeleteRange(pb.DeleteRangeRequest(key=b"k", prev_kv=True))
+        assert dr.deleted == 1 and dr.prev_kvs[0].value == b"2" and dr.header.revision == 3
+
+    run(body)
+
+
+def test_nested_txn_and_range_compare() -> None:
+    async def body(e: Env) -> None:
+        for k in (b"r/a", b"r/b"):
+            await put(e, k, b"x")
+        every_version_1 = pb.Compare(
+            key=b"r/", range_end=b"r0", target=pb.Compare.VERSION, result=pb.Compare.EQUAL,
+            version=1,
+        )
+        inner = pb.TxnRequest(
+            compare=[pb.Compare(key=b"r/a", target=pb.Compare.VALUE, value=b"x")],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=b"r/c", value=b"nested"))],
+        )
+        res = await e.kv.Txn(
+            pb.TxnRequest(
+                compare=[every_version_1],
+                success=[pb.RequestOp(request_txn=inner),
+                         pb.RequestOp(request_range=pb.RangeRequest(key=b"r/c"))],
+            )
+        )
+        assert res.succeeded
+        assert res.responses[0].response_txn.succeeded
+        assert res.responses[1].response_range.kvs[0].value == b"nested"
+        read_only = await e.kv.Txn(
+            pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"r/a"))])
+        )
+        assert read_only.header.revision == res.header.revision  # a read bumps nothing
+
+    run(body)
+
+
+# --- bad input: right code and text, and the server keeps serving -----------------------------
+
+
+def test_bad_kv_requests() -> None:
+    async def body(e: Env) -> None:
+        C = grpc.StatusCode
+        await expect_error(put(e, b""), C.INVALID_ARGUMENT, "etcdserver: key is not provided")
+        await expect_error(
+            e.kv.Range(pb.RangeRequest(key=b"b", range_end=b"a")), C.INVALID_ARGUMENT,
+            "range end sorts before the key",
+        )
+        await expect_error(
+            e.kv.Range(pb.RangeRequest(key=b"a", revision=99)), C.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+        too_many = pb.TxnRequest(
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=b"t%d" % i)) for i in range(129)]
+        )
+        await expect_error(
+            e.kv.Txn(too_many), C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request"
+        )
+        dup = pb.TxnRequest(
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=b"d")),
+                     pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"d"))]
+        )
+        await expect_error(
+            e.kv.Txn(dup), C.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"
+        )
+        await expect_error(
+            put(e, b"k", lease=12345), C.NOT_FOUND, "etcdserver: requested lease not found"
+        )
+        big = b"x" * (1536 * 1024 + 1)
+        await expect_error(put(e, b"big", big), C.INVALID_ARGUMENT, "etcdserver: request is too large")
+        huge = b"x" * (3 << 20)  # beyond the gRPC limit (request limit + 512 KiB), like etcd
+        await expect_error(put(e, b"huge", huge), C.RESOURCE_EXHAUSTED, "")
+        await expect_error(
+            e.kv.Compact(pb.CompactionRequest(revision=1000)), C.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+        assert e.backend.state_machine.revision == 0  # nothing above changed the store
+        await still_serving(e)
+
+    run(body)
+
+
+def test_bad_lease_requests() -> None:
+    async def body(e: Env) -> None:
+        C = grpc.StatusCode
+        await expect_error(
+            e.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=77)), C.NOT_FOUND,
+            "etcdserver: requested lease not found",
+        )
+        await expect_error(e.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=0)), C.INVALID_ARGUMENT, "TTL")
+        await expect_error(
+            e.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10**12)), C.OUT_OF_RANGE,
+            "etcdserver: too large lease TTL",
+        )
+        lease = await grant(e, 10)
+        await expect_error(
+            e.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=5, ID=lease)), C.FAILED_PRECONDITION,
+            "etcdserver: lease already exists",
+        )
+        await still_serving(e)
+
+    run(body)
+
+
+def test_auth_and_unsupported_membership_answer_unimplemented() -> None:
+    async def body(e: Env) -> None:
+        C = grpc.StatusCode
+        await expect_error(e.auth.AuthEnable(pb.AuthEnableRequest()), C.UNIMPLEMENTED,
+                           "authentication is not supported")
+        await expect_error(e.auth.UserList(pb.AuthUserListRequest()), C.UNIMPLEMENTED,
+                           "authentication is not supported")
+        await expect_error(
+            e.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=["http://127.0.0.1:2390"])),
+            C.UNIMPLEMENTED, "local backend",
+        )
+        await expect_error(e.maint.MoveLeader(pb.MoveLeaderRequest(targetID=9)), C.UNIMPLEMENTED, "")
+        await still_serving(e)
+
+    run(body)
+
+
+# --- watch streams ----------------------------------------------------------------------------
+
+
+class Stream:
+    """A Watch RPC driven by the test: send() requests, next() responses."""
+
+    def __init__(self, e: Env) -> None:
+        self._requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
+        self._call = e.watch.Watch(self._iter())
+
+    async def _iter(self) -> AsyncIterator[pb.WatchRequest]:
+        while (req := await self._requests.get()) is not None:
+            yield req
+
+    async def create(self, key: bytes, **kw: Any) -> None:
+        await self._requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key, **kw)))
+
+    async def cancel(self, watch_id: int) -> None:
+        await self._requests.put(
+            pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
+        )
+
+    async def progress(self) -> None:
+        await self._requests.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+
+    async def next(self) -> pb.WatchResponse:
+        return await asyncio.wait_for(self._call.read(), STEP_S)
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
+def test_watch_stream_several_watchers_ids_cancel_progress() -> None:
+    async def body(e: Env) -> None:
+        s = Stream(e)
+        await s.progress()  # nothing watched yet: a stream-wide progress mark
+        first = await s.next()
+        assert first.watch_id == -1 and not first.events and first.header.revision == 0
+        await s.create(b"a")
+        await s.create(b"b", watch_id=7)
+        await s.create(b"c")
+        created = [await s.next() for _ in range(3)]
+        assert [(c.created, c.watch_id) for c in created] == [(True, 0), (True, 7), (True, 1)]
+        await s.create(b"d", watch_id=7)
+        dup = await s.next()
+        assert dup.created and dup.canceled and dup.watch_id == -1
+        assert "duplicate watch ID" in dup.cancel_reason
+        await put(e, b"b", b"1")
+        await put(e, b"a", b"2")
+        ev_b, ev_a = await s.next(), await s.next()
+        assert (ev_b.watch_id, ev_b.events[0].kv.value, ev_b.header.revision) == (7, b"1", 1)
+        assert (ev_a.watch_id, ev_a.events[0].kv.value, ev_a.header.revision) == (0, b"2", 2)
+        await s.cancel(0)
+        canceled = await s.next()
+        assert canceled.watch_id == 0 and canceled.canceled
+        await put(e, b"a", b"ignored")  # watcher 0 is gone: nothing may arrive for it
+        await s.progress()
+        marks = {(await s.next()).watch_id for _ in range(2)}
+        assert marks == {7, 1}  # one progress mark per remaining watcher
+        s.close()
+
+    run(body)
+
+
+def test_watch_negative_and_compacted_start() -> None:
+    async def body(e: Env) -> None:
+        for i in range(4):
+            await put(e, b"k", b"%d" % i)
+        await e.kv.Compact(pb.CompactionRequest(revision=3))
+        s = Stream(e)
+        await s.create(b"k", start_revision=-1)
+        bad = await s.next()
+        assert bad.created and bad.canceled and bad.watch_id == -1
+        assert "negative" in bad.cancel_reason
+        await s.create(b"k", start_revision=2)
+        created = await s.next()
+        assert created.created and not created.canceled
+        gone = await s.next()
+        assert gone.canceled and gone.compact_revision == 3 and gone.watch_id == created.watch_id
+        await s.create(b"k", start_revision=3, prev_kv=True)
+        await s.next()
+        replay = await s.next()
+        assert [ev.kv.value for ev in replay.events] == [b"2"]
+        # the version before revision 3 was compacted away: etcd then sends no prev_kv
+        assert not replay.events[0].HasField("prev_kv")
+        s.close()
+        await still_serving(e)
+
+    run(body)
+
+
+def test_watch_fragments_large_revisions() -> None:
+    config = EtcdApiConfig(watch_fragment_bytes=1000)
+
+    async def body(e: Env) -> None:
+        s = Stream(e)
+        await s.create(b"f/", range_end=b"f0", fragment=True)
+        await s.create(b"f/", range_end=b"f0")
+        await s.next(), await s.next()
+        ops = [pb.RequestOp(request_put=pb.PutRequest(key=b"f/%02d" % i, value=b"x" * 300))
+               for i in range(10)]
+        await e.kv.Txn(pb.TxnRequest(success=ops))
+        pieces: dict[int, list[pb.WatchResponse]] = {0: [], 1: []}
+        while not pieces[1] or not pieces[0] or pieces[0][-1].fragment:
+            r = await s.next()
+            pieces[r.watch_id].append(r)
+        fragmented, whole = pieces[0], pieces[1]
+        assert len(whole) == 1 and not whole[0].fragment and len(whole[0].events) == 10
+        assert len(fragmented) > 1
+        assert [p.fragment for p in fragmented] == [True] * (len(fragmented) - 1) + [False]
+        assert all(p.ByteSize() < 2000 for p in fragmented)
+        joined = [ev for p in fragmented for ev in p.events]
+        assert joined == list(whole[0].events)
+        assert {p.header.revision for p in fragmented} == {1}
+        s.close()
+
+    run(body, config)
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+def test_lease_keepalive_stream_ttl_and_expiry() -> None:
+    async def body(e: Env) -> None:
+        lease = await grant(e, 5)
+        await put(e, b"lk", b"v", lease=lease)
+
+        async def keepalives() -> AsyncIterator[pb.LeaseKeepAliveRequest]:
+            yield pb.LeaseKeepAliveRequest(ID=lease)
+            yield pb.LeaseKeepAliveRequest(ID=4242)
+
+        replies = [r async for r in e.lease.LeaseKeepAlive(keepalives())]
+        assert [(r.ID, r.TTL) for r in replies] == [(lease, 5), (4242, 0)]
+        ttl = await e.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease, keys=True))
+        assert (ttl.TTL, ttl.grantedTTL, list(ttl.keys)) == (5, 5, [b"lk"])
+        leases = await e.lease.LeaseLeases(pb.LeaseLeasesRequest())
+        assert [x.ID for x in leases.leases] == [lease]
+        e.clock.now += 3
+        assert await e.backend.expire_leases() == ()  # not yet
+        ttl = await e.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease))
+        assert ttl.TTL == 2
+        e.clock.now += 3
+        assert await e.backend.expire_leases() == (lease,)
+        assert not (await e.kv.Range(pb.RangeRequest(key=b"lk"))).kvs
+        gone = await e.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease))
+        assert gone.TTL == -1
+
+    run(body)
+
+
+# --- Lock and Election services ------------------------------------------------------------
+
+
+def test_lock_service_orders_waiters() -> None:
+    async def body(e: Env) -> None:
+        first = await e.lock.Lock(lpb.LockRequest(name=b"L", lease=await grant(e, 30)))
+        assert first.key.startswith(b"L/")  # first write ever: revision 1 has no predecessor
+        second_lease = await grant(e, 30)
+        waiter = asyncio.ensure_future(e.lock.Lock(lpb.LockRequest(name=b"L", lease=second_lease)))
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await e.lock.Unlock(lpb.UnlockRequest(key=first.key))
+        second = await asyncio.wait_for(waiter, STEP_S)
+        assert second.key == b"L/%x" % second_lease
+        third_lease = await grant(e, 30)
+        waiter = asyncio.ensure_future(e.lock.Lock(lpb.LockRequest(name=b"L", lease=third_lease)))
+        await asyncio.sleep(0.3)
+        await e.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=second_lease))  # holder's lease ends
+        third = await asyncio.wait_for(waiter, STEP_S)
+        assert third.key == b"L/%x" % third_lease
+
+    run(body)
+
+
+def test_lock_not_granted_when_waiters_lease_expired_while_waiting() -> None:
+    """etcd #11456: a waiter whose lease (and so its key) vanished must not get the lock."""
+
+    async def body(e: Env) -> None:
+        holder = await e.lock.Lock(lpb.LockRequest(name=b"M", lease=await grant(e, 30)))
+        waiter_lease = await grant(e, 30)
+        waiter = asyncio.ensure_future(e.lock.Lock(lpb.LockRequest(name=b"M", lease=waiter_lease)))
+        await asyncio.sleep(0.3)
+        await e.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=waiter_lease))
+        await e.lock.Unlock(lpb.UnlockRequest(key=holder.key))
+        await expect_error(waiter, grpc.StatusCode.FAILED_PRECONDITION, "session is expired")
+
+    run(body)
+
+
+def test_planted_bug_without_owner_check_grants_a_dead_lock() -> None:
+    """The check above can fail: without it, the waiter reports a lock it does not hold."""
+    async def main() -> bool:
+        backend = LocalBackend(clock=ManualClock())
+        c = Contention(backend, verify_owner_after_wait=False)
+        holder_lease = await c.ensure_lease(0)
+        await c.acquire(b"N/", holder_lease, b"", "expired")
+        waiter_lease = await c.ensure_lease(0)
+        waiter = asyncio.ensure_future(c.acquire(b"N/", waiter_lease, b"", "expired"))
+        await asyncio.sleep(0.1)
+        await backend.write(LeaseRevokeRequest(id=waiter_lease))
+        await c.delete(b"N/%x" % holder_lease)
+        key, _ = await asyncio.wait_for(waiter, STEP_S)
+        still_there = await c.backend.read(RangeRequest(key=key))
+        return not still_there.kvs  # reported acquired, yet its key is gone
+
+    assert asyncio.run(main()) is True
+
+
+def test_election_campaign_leader_observe_proclaim_resign() -> None:
+    async def body(e: Env) -> None:
+        name = b"E"
+        await expect_error(e.election.Leader(epb.LeaderRequest(name=name)),
+                           grpc.StatusCode.NOT_FOUND, "election: no leader")
+        alice = await e.election.Campaign(
+            epb.CampaignRequest(name=name, lease=await grant(e, 30), value=b"alice")
+        )
+        observe = e.election.Observe(epb.LeaderRequest(name=name))
+        seen = [(await asyncio.wait_for(observe.read(), STEP_S)).kv.value]
+        bob_task = asyncio.ensure_future(
+            e.election.Campaign(epb.CampaignRequest(name=name, lease=await grant(e, 30), value=b"bob"))
+        )
+        await asyncio.sleep(0.3)
+        assert not bob_task.done()
+        await e.election.Proclaim(epb.ProclaimRequest(leader=alice.leader, value=b"alice2"))
+        seen.append((await asyncio.wait_for(observe.read(), STEP_S)).kv.value)
+        leader = await e.election.Leader(epb.LeaderRequest(name=name))
+        assert leader.kv.value == b"alice2"
+        await e.election.Resign(epb.ResignRequest(leader=alice.leader))
+        bob = await asyncio.wait_for(bob_task, STEP_S)
+        seen.append((await asyncio.wait_for(observe.read(), STEP_S)).kv.value)
+        assert seen == [b"alice", b"alice2", b"bob"]
+        assert bob.leader.rev > alice.leader.rev  # leadership revisions work as fencing tokens
+        await expect_error(
+            e.election.Proclaim(epb.ProclaimRequest(leader=alice.leader, value=b"stale")),
+            grpc.StatusCode.FAILED_PRECONDITION, "election: not leader",
+        )
+        observe.cancel()
+
+    run(body)
+
+
+# --- maintenance ----------------------------------------------------------------------------
+
+
+def test_status_hash_snapshot_alarm() -> None:
+    async def body(e: Env) -> None:
+        await put(e, b"s/a", b"1")
+        await put(e, b"s/b", b"2")
+        st = await e.maint.Status(pb.StatusRequest())
+        assert (st.leader, st.raftTerm, st.version) == (1, 1, "3.4.0")
+        assert st.raftAppliedIndex == st.raftIndex == 2 and st.dbSize > 0
+        h1 = await e.maint.HashKV(pb.HashKVRequest(revision=0))
+        assert h1.header.revision == 2 and h1.compact_revision == 0
+        assert (await e.maint.HashKV(pb.HashKVRequest(revision=1))).hash != h1.hash
+        chunks = [c async for c in e.maint.Snapshot(pb.SnapshotRequest())]
+        assert chunks[-1].remaining_bytes == 0
+        assert all(a.remaining_bytes > b.remaining_bytes for a, b in itertools.pairwise(chunks))
+        data = b"".join(c.blob for c in chunks)
+        restored = StateMachine.from_snapshot([snapshot_file.unwrap(data)])
+        assert restored.state_hash() == e.backend.state_machine.state_hash()
+        act = await e.maint.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, alarm=pb.NOSPACE))
+        assert [(a.memberID, a.alarm) for a in act.alarms] == [(1, pb.NOSPACE)]
+        assert (await e.maint.Status(pb.StatusRequest())).errors == ["memberID:1 alarm:NOSPACE"]
+        off = await e.maint.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, alarm=pb.NOSPACE))
+        assert list(off.alarms) == []
+        members = await e.cluster.MemberList(pb.MemberListRequest())
+        assert [m.ID for m in members.members] == [1]
+
+    run(body)

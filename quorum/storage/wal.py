@@ -112,6 +112,8 @@ class Wal:
         self.segments = segments  # oldest first; the last one is open for appending
         self._handle: FileHandle | None = handle
         self._offset = offset  # end of valid data in the last segment: next write goes here
+        # Rotation is pointless for a segment holding only its initial records.
+        self._segment_used = offset > len(header_bytes(segments[-1]))
         self._hard_state = replayed.hard_state
         self._last_index = replayed.last_index
         self._failed: BaseException | None = None
@@ -188,7 +190,7 @@ class Wal:
     def _append(self, buf: bytearray) -> None:
         handle = self._writable()
         end = self._offset + len(buf)
-        if end > self.options.segment_bytes and self._offset > self._header_end():
+        if end > self.options.segment_bytes and self._segment_used:
             self._rotate()
             handle = self._writable()
         try:
@@ -196,6 +198,7 @@ class Wal:
         except OSError as exc:
             self._write_failed(handle, exc)
         self._offset += len(buf)
+        self._segment_used = True
         self.bytes_written += len(buf)
 
     def _write_failed(self, handle: FileHandle, exc: OSError) -> None:
@@ -249,9 +252,7 @@ class Wal:
         self._handle = new
         self.segments.append(name)
         self._offset = len(initial)
-
-    def _header_end(self) -> int:
-        return len(header_bytes(self.segments[-1]))
+        self._segment_used = False
 
     def release_through(self, index: int) -> list[str]:
         """Remove segments whose entries all lie at or below ``index`` (covered by a durable

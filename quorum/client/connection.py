@@ -14,7 +14,7 @@ import msgspec
 
 from quorum.api.native import messages as m
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
-from quorum.errors import ConnectionLost, FrameError
+from quorum.errors import ConnectionLost, FrameError, RequestTimeout
 
 # a stream callback gets each body under its id, and None once the connection is gone
 StreamCallback = Callable[[m.ResponseBody | None], None]
@@ -36,6 +36,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, endpoint: str, max_frame_bytes: int) -> None:
         self.endpoint = endpoint
         self.pending: dict[int, asyncio.Future[m.ResponseBody]] = {}
+        self.deadlines: dict[int, float] = {}  # request id -> loop time its caller gives up
         self.streams: dict[int, StreamCallback] = {}
         self.closed = False
         self._decoder = FrameDecoder(max_frame_bytes)
@@ -50,7 +51,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: accept any transport.
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -64,6 +65,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         pending, self.pending = self.pending, {}
+        self.deadlines = {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"connection to {self.endpoint} lost"))
@@ -74,6 +76,7 @@ class Connection(asyncio.Protocol):
     def _route(self, resp: m.Response) -> None:
         fut = self.pending.pop(resp.id, None)
         if fut is not None:
+            del self.deadlines[resp.id]
             if not fut.done():
                 fut.set_result(resp.body)
             return
@@ -83,19 +86,29 @@ class Connection(asyncio.Protocol):
 
     # --- sending ---------------------------------------------------------------------------
 
-    def request(self, req: m.Request) -> asyncio.Future[m.ResponseBody]:
-        """Send ``req``; the future gets its answer body or ConnectionLost."""
+    def request(
+        self, req: m.Request, deadline: float = float("inf")
+    ) -> asyncio.Future[m.ResponseBody]:
+        """Send ``req``; the future gets its answer body, ConnectionLost, or RequestTimeout
+        from :meth:`expire` once ``deadline`` (loop time) has passed."""
         fut: asyncio.Future[m.ResponseBody] = self._loop.create_future()
         if self.closed:
             fut.set_exception(ConnectionLost(f"connection to {self.endpoint} is closed"))
             return fut
         self.pending[req.id] = fut
+        self.deadlines[req.id] = deadline
         self.send(req)
         return fut
 
-    def forget(self, req_id: int) -> None:
-        """Stop waiting for ``req_id`` (timed out); a late answer is dropped."""
-        self.pending.pop(req_id, None)
+    def expire(self, now: float) -> None:
+        """Fail every request whose deadline passed (a late answer is then dropped). One sweep
+        over the pending requests replaces a timer per request on the hot path."""
+        late = [req_id for req_id, deadline in self.deadlines.items() if deadline <= now]
+        for req_id in late:
+            del self.deadlines[req_id]
+            fut = self.pending.pop(req_id)
+            if not fut.done():
+                fut.set_exception(RequestTimeout("no answer before the deadline"))
 
     def open_stream(self, req: m.Request, callback: StreamCallback) -> None:
         """Send ``req`` and route every frame under its id to ``callback``."""

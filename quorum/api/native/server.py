@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 import msgspec
@@ -131,8 +131,15 @@ class _Connection(asyncio.Protocol):
         else:
             self._track(self._serve(req))
 
-    def _track(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` eagerly up to its first suspension. A request the backend answers
+        without waiting (a local read, every LocalBackend call) then costs no task and no
+        loop turn; one that waits continues in a task from where it stopped."""
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        task: asyncio.Task[None] = asyncio.ensure_future(_resume(coro, waiting_on))
         self._inflight.add(task)
         task.add_done_callback(self._done)
 
@@ -249,6 +256,35 @@ class _Connection(asyncio.Protocol):
         if under and self._reading_paused and self._transport is not None and not self._closed:
             self._reading_paused = False
             self._transport.resume_reading()
+
+
+class _Continue:
+    """Awaitable that drives a coroutine already started by hand: it passes the future the
+    coroutine is waiting on up to the task, and the task's wake-ups (or a cancellation) back
+    down. Equivalent to ``yield from`` on the half-run coroutine."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                try:
+                    sent = yield value
+                except BaseException as exc:  # cancellation and the like: deliver inside
+                    value = coro.throw(exc)
+                else:
+                    value = coro.send(sent)
+            except StopIteration:
+                return
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _Continue(coro, waiting_on)
 
 
 class NativeServer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -99,6 +100,10 @@ class DurableStorage:
         self._entries = entries
         self._closed = False
         self._failed: BaseException | None = None
+        # Guards the memory log so that a runtime may run save() (disk I/O, then a short
+        # memory update under the lock) on a worker thread while the core reads on another.
+        # Writers must still be serialized by the caller: one write call at a time.
+        self._mu = threading.Lock()
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -148,32 +153,39 @@ class DurableStorage:
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries [lo, hi), at least one if any is in range. Raises Compacted/Unavailable."""
-        if lo <= self._base_index:
-            raise Compacted(f"index {lo} is compacted (first index {self.first_index()})")
-        if hi > self.last_index() + 1:
-            raise Unavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
-        if lo >= hi:
-            return []
-        start = lo - self._base_index - 1
-        chosen = self._entries[start : start + (hi - lo)]
+        with self._mu:
+            last = self._base_index + len(self._entries)
+            if lo <= self._base_index:
+                raise Compacted(f"index {lo} is compacted (first index {self._base_index + 1})")
+            if hi > last + 1:
+                raise Unavailable(f"index {hi - 1} is beyond the last index {last}")
+            start = lo - self._base_index - 1
+            chosen = self._entries[start : start + max(0, hi - lo)]
         if max_bytes is None:
             return chosen
         return _limit_bytes(chosen, max_bytes)
 
     def term(self, index: int) -> int:
+        with self._mu:
+            return self._term_locked(index)
+
+    def _term_locked(self, index: int) -> int:
         if index == self._base_index:
             return self._base_term
         if index < self._base_index:
-            raise Compacted(f"index {index} is compacted (first index {self.first_index()})")
-        if index > self.last_index():
-            raise Unavailable(f"index {index} is beyond the last index {self.last_index()}")
+            raise Compacted(f"index {index} is compacted (first index {self._base_index + 1})")
+        last = self._base_index + len(self._entries)
+        if index > last:
+            raise Unavailable(f"index {index} is beyond the last index {last}")
         return self._entries[index - self._base_index - 1].term
 
     def first_index(self) -> int:
-        return self._base_index + 1
+        with self._mu:
+            return self._base_index + 1
 
     def last_index(self) -> int:
-        return self._base_index + len(self._entries)
+        with self._mu:
+            return self._base_index + len(self._entries)
 
     def snapshot(self) -> Snapshot:
         """The newest durable snapshot with its data read from disk (empty if none).
@@ -208,11 +220,12 @@ class DurableStorage:
         if entries:
             self._check_append(entries)
         self._guard(lambda: self.wal.save(hard_state, entries, must_sync))
-        if entries:
-            del self._entries[entries[0].index - self._base_index - 1 :]
-            self._entries.extend(entries)
-        if hard_state is not None:
-            self._hard_state = hard_state
+        with self._mu:
+            if entries:
+                del self._entries[entries[0].index - self._base_index - 1 :]
+                self._entries.extend(entries)
+            if hard_state is not None:
+                self._hard_state = hard_state
 
     def _check_append(self, entries: Sequence[Entry]) -> None:
         first = entries[0].index
@@ -248,9 +261,10 @@ class DurableStorage:
         snap = self._write_snapshot(metadata, chunks)  # syncs the WAL first
         marker = SnapshotMarker(metadata.index, metadata.term, reset=True)
         self._guard(lambda: self.wal.append_marker(marker, sync=True))
-        self._snap = snap
-        self._entries = []
-        self._base_index, self._base_term = metadata.index, metadata.term
+        with self._mu:
+            self._snap = snap
+            self._entries = []
+            self._base_index, self._base_term = metadata.index, metadata.term
         self._after_snapshot()
 
     def create_snapshot(
@@ -282,9 +296,10 @@ class DurableStorage:
         snap_index = self._snap.metadata.index if self._snap else 0
         if index > snap_index:
             raise UsageError(f"cannot compact to {index}: the newest snapshot is at {snap_index}")
-        self._base_term = self.term(index)
-        del self._entries[: index - self._base_index]
-        self._base_index = index
+        with self._mu:
+            self._base_term = self._term_locked(index)
+            del self._entries[: index - self._base_index]
+            self._base_index = index
         self._release()
 
     def close(self) -> None:

@@ -285,12 +285,38 @@ class AsyncClient:
                 exc = error_from_body(answer)
                 if not isinstance(exc, RETRIABLE):
                     raise exc
+                await self._learn_leader(conn, exc, deadline)
                 self._fail_over(conn, exc)
             elif answer is not None:
                 return answer
             if loop.time() + self.retry_backoff_s >= deadline:
                 raise RequestTimeout("no answer before the deadline (retrying after failover)")
             await asyncio.sleep(self.retry_backoff_s)
+
+    async def _learn_leader(self, conn: Connection, exc: QuorumError, deadline: float) -> None:
+        """A NotLeader naming a leader id we cannot place: ask the member we are talking to
+        for the member list (client URLs), so the failover goes straight to the leader."""
+        leader_id = int(getattr(exc, "leader_id", 0) or 0)
+        hinted = bool(getattr(exc, "leader_endpoint", ""))
+        if not leader_id or hinted or conn.closed or leader_id in self._member_urls:
+            return
+        loop = asyncio.get_running_loop()
+        req = m.Request(next(self._ids), m.MemberListReq())
+        try:
+            resp = await conn.request(req, min(deadline, loop.time() + 1.0))
+        except QuorumError:
+            return  # best effort: the failover falls back to the next endpoint
+        if isinstance(resp, m.MemberListResp):
+            self._remember_members(resp.members)
+
+    def _remember_members(self, members: tuple[m.Member, ...]) -> None:
+        """Map member ids to client endpoints; new endpoints join the failover rotation."""
+        for mem in members:
+            if mem.client_urls:
+                url = _endpoint_of(mem.client_urls[0])
+                self._member_urls[mem.member_id] = url
+                if url not in self.endpoints:
+                    self.endpoints.append(url)
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None or self._watchdog.done():
@@ -439,9 +465,7 @@ class AsyncClient:
 
     async def member_list(self, linearizable: bool = False) -> tuple[m.Member, ...]:
         resp = _expect(await self.call(m.MemberListReq(linearizable)), m.MemberListResp)
-        self._member_urls = {
-            mem.member_id: mem.client_urls[0] for mem in resp.members if mem.client_urls
-        }
+        self._remember_members(resp.members)
         return resp.members
 
     async def member_add(self, peer_urls: Sequence[str], is_learner: bool = False) -> m.MemberChangeResp:
@@ -504,6 +528,11 @@ class LeaseKeeper:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _endpoint_of(url: str) -> str:
+    """``http://host:port`` or ``host:port`` -> ``host:port``."""
+    return url.split("://", 1)[-1].rstrip("/")
 
 
 def _expect(resp: m.ResponseBody, cls: type[T]) -> T:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from quorum.api.native import messages as m
 from quorum.api.native.dispatch import BackendDispatcher
 from quorum.api.native.server import serve_native
 from quorum.client import AsyncClient
@@ -68,6 +69,37 @@ def test_not_leader_hint_redirects_to_the_leader() -> None:
             assert Follower.refused >= 1
             assert c.endpoint == env.endpoint and c.failovers >= 1
             assert (await c.get(b"k")) is not None and put.revision > 0
+            await follower.close()
+
+    run(body())
+
+
+class SilentFollower(BackendDispatcher):
+    """NotLeader with only the leader's id; the member list tells where that leader is."""
+
+    leader_endpoint = ""
+
+    def handle(self, body: Any, session: int, seq: int, serializable: bool = False) -> Any:
+        if isinstance(body, m.MemberListReq):
+            return self._members()
+        raise NotLeader("not the leader", leader_id=7)
+
+    async def _members(self) -> m.MemberListResp:
+        leader = m.Member(7, "leader", client_urls=(f"http://{self.leader_endpoint}",))
+        return m.MemberListResp((m.Member(2, "me"), leader))
+
+
+def test_leader_id_hint_is_resolved_through_the_member_list() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            SilentFollower.leader_endpoint = env.endpoint
+            follower = await serve_native(
+                env.backend, "127.0.0.1", 0, dispatcher_factory=SilentFollower
+            )
+            c = AsyncClient([follower.endpoint, _dead_endpoint()], timeout_s=5)
+            env.clients.append(c)
+            await c.put(b"k", b"v")
+            assert c.endpoint == env.endpoint and env.endpoint in c.endpoints
             await follower.close()
 
     run(body())

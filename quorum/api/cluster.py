@@ -213,14 +213,14 @@ class ClusterBackend(LocalBackend):
     async def member_remove(self, member_id: int) -> MemberChange:
         current = self.core.members.get(member_id)
         if current is None:
-            raise MemberNotFound()
+            raise MemberNotFound("etcdserver: member not found")
         result = await self._change(ConfChangeType.REMOVE_NODE, member_id)
         return MemberChange(self._to_member(current), result.members)
 
     async def member_update(self, member_id: int, peer_urls: tuple[str, ...]) -> MemberChange:
         current = self.core.members.get(member_id)
         if current is None:
-            raise MemberNotFound()
+            raise MemberNotFound("etcdserver: member not found")
         peer = url_host_port(peer_urls[0]) if peer_urls else current.peer_url
         info = MemberInfo(current.id, current.name, peer, current.client_url, current.etcd_url,
                           current.is_learner)
@@ -236,7 +236,7 @@ class ClusterBackend(LocalBackend):
     async def member_promote(self, member_id: int) -> MemberChange:
         current = self.core.members.get(member_id)
         if current is None:
-            raise MemberNotFound()
+            raise MemberNotFound("etcdserver: member not found")
         self._check_learner_ready(member_id)
         return await self._change(ConfChangeType.ADD_NODE, member_id)
 
@@ -244,13 +244,15 @@ class ClusterBackend(LocalBackend):
         """A learner is promoted only once it holds at least 90% of the leader's log (as etcd
         does), so the promotion cannot stall commits while it catches up."""
         if not self.core.members[member_id].is_learner:
-            raise MemberNotLearner()
+            raise MemberNotLearner("etcdserver: can only promote a learner member")
         if not self.core.is_leader:
             return  # the leader's log is unknown here; the change is forwarded as proposed
         status = self.core.rn.status()
         progress = next((p for p in status.progress if p.id == member_id), None)
         if progress is None or progress.match < status.last_index * 0.9:
-            raise LearnerNotReady()
+            raise LearnerNotReady(
+                "etcdserver: can only promote a learner member which is in sync with leader"
+            )
 
     # --- maintenance ----------------------------------------------------------------------
 
@@ -269,7 +271,7 @@ class ClusterBackend(LocalBackend):
 
     async def move_leader(self, target_id: int) -> None:
         if target_id not in self.core.members or self.core.members[target_id].is_learner:
-            raise BadLeaderTransferee()
+            raise BadLeaderTransferee("etcdserver: bad leader transferee")
         if not self.core.is_leader:
             raise NotLeader("move-leader must be sent to the leader", self.core.leader_id)
         self.core.transfer_leader(target_id)

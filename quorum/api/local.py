@@ -70,10 +70,11 @@ class LocalWatch:
             await self.wakeup.wait()
             self.wakeup.clear()
             for resp in self._backend._drain(self._id):
-                yield resp
                 if resp.canceled:
-                    self._done = True
+                    self._done = True  # before yielding: the consumer may stop right here
+                    yield resp
                     return
+                yield resp
             if self._backend._has_more(self._id):
                 self.wakeup.set()  # a lagging watcher catches up in bounded steps
 

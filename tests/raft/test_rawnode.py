@@ -7,7 +7,16 @@ import random
 import pytest
 
 from quorum.errors import NoLeader, UsageError
-from quorum.raft import Config, MemoryStorage, RawNode, StateRole, bootstrap_snapshot
+from quorum.raft import (
+    Config,
+    MemoryStorage,
+    Message,
+    MessageType,
+    RawNode,
+    StateRole,
+    bootstrap_snapshot,
+)
+from quorum.raft.describe import describe_ready, describe_status
 
 from .net import Net
 
@@ -105,3 +114,49 @@ def test_follower_without_leader_raises_no_leader() -> None:
     with pytest.raises(NoLeader):
         net.node(2).propose(b"x")
     assert net.node(2).status().counters["proposals_dropped"] == 1
+
+
+def test_two_readies_then_advance_of_the_last_acknowledges_both() -> None:
+    node, storage = single()
+    node.campaign()
+    persist(node, storage)
+    persist(node, storage)
+    node.propose(b"a")
+    rd1 = node.ready()
+    node.propose(b"b")
+    rd2 = node.ready()
+    assert [e.data for e in rd1.entries] == [b"a"] and [e.data for e in rd2.entries] == [b"b"]
+    storage.append(rd1.entries)
+    storage.append(rd2.entries)
+    node.advance(rd2)
+    rd3 = node.ready()
+    assert [e.data for e in rd3.committed_entries] == [b"a", b"b"]
+
+
+def test_restarted_node_keeps_its_vote() -> None:
+    net = Net(pre_vote=False)
+    net.node(2).step(_vote(2, candidate=1, term=5))
+    net.process(2)
+    net.restart(2)
+    assert net.node(2).status().vote == 1 and net.node(2).status().term == 5
+    net.node(2).step(_vote(2, candidate=3, term=5))
+    rd = net.node(2).ready()
+    assert [m.reject for m in rd.messages] == [True]  # one vote per term survives restarts
+
+
+def _vote(to: int, candidate: int, term: int) -> Message:
+    return Message(type=MessageType.VOTE, to=to, from_=candidate, term=term, index=1,
+                   log_term=1)
+
+
+def test_describe_and_status_are_deterministic_texts() -> None:
+    net = Net()
+    net.elect(1)
+    net.node(1).propose(b"hi")
+    rd = net.node(1).ready()
+    text = describe_ready(rd)
+    assert 'Entries: [2/3 "hi"]' in text
+    assert 'early 1->2 APP term=2 log=2/2 commit=2 entries=[2/3 "hi"]' in text
+    status = describe_status(net.node(1).status())
+    assert status.splitlines()[0].startswith("id=1 role=LEADER term=2 vote=1 lead=1")
+    assert "2: REPLICATE match=2 next=4 inflight=1" in status

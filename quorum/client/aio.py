@@ -86,6 +86,7 @@ class _SessionPool:
         self._max = max_sessions
         self._free: list[_Session] = []
         self._count = 0
+        self._waiting = 0
         self._released = asyncio.Condition()
 
     async def acquire(self, deadline: float) -> _Session:
@@ -99,16 +100,21 @@ class _SessionPool:
                 except BaseException:
                     self._count -= 1
                     raise
-            async with self._released:
-                await self._released.wait()
+            self._waiting += 1
+            try:
+                async with self._released:
+                    await self._released.wait()
+            finally:
+                self._waiting -= 1
 
     async def release(self, session: _Session | None, discard: bool = False) -> None:
         if session is not None and not discard:
             self._free.append(session)
         elif session is not None:
             self._count -= 1
-        async with self._released:
-            self._released.notify()
+        if self._waiting:  # the common case (a free session was at hand) costs no lock
+            async with self._released:
+                self._released.notify()
 
 
 class AsyncClient:

@@ -39,3 +39,15 @@ def test_planted_bug_unfenced_storage_loses_the_update(monkeypatch: pytest.Monke
     monkeypatch.setattr(example.FencedStorage, "write", unchecked)
     storage = asyncio.run(asyncio.wait_for(example.main(), 20))
     assert storage.data[-1][1] == "A: stale write"  # B's update was overwritten
+
+
+def test_quickstart_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    path = EXAMPLE.with_name("quickstart.py")
+    spec = importlib.util.spec_from_file_location("quickstart_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    asyncio.run(asyncio.wait_for(module.main(), 20))
+    out = capsys.readouterr().out
+    assert "compare-and-swap succeeded: True" in out and "leader: b'node-a'" in out
+    assert out.count("watch: PUT") == 3 and "after revoke: None" in out

@@ -13,6 +13,7 @@ import cProfile
 import os
 import pstats
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -21,7 +22,7 @@ from quorum.raft.types import Entry, HardState
 from quorum.storage import DurableStorage, OsFileSystem, StorageOptions
 
 ENTRY_BYTES = 100
-BATCHES = {1: 3000, 16: 1500, 256: 400, 1000: 150}  # batch size -> number of batches
+BATCHES = {1: 1000, 16: 600, 256: 300, 1000: 150}  # batch size -> number of batches
 
 
 def make_batches(batch: int, count: int) -> list[list[Entry]]:
@@ -31,22 +32,24 @@ def make_batches(batch: int, count: int) -> list[list[Entry]]:
     ]
 
 
-def bench_wal(directory: str, batch: int, count: int, preallocate: bool) -> tuple[float, int]:
-    """Return (seconds, bytes written) for ``count`` saves of ``batch`` entries, each fsynced."""
+def bench_wal(
+    directory: str, batch: int, count: int, preallocate: bool
+) -> tuple[float, float, int]:
+    """(seconds, CPU seconds, bytes written) for ``count`` fsynced saves of ``batch`` entries."""
     batches = make_batches(batch, count)
     options = StorageOptions(preallocate=preallocate)
     storage = DurableStorage.open(OsFileSystem(), directory, options)
     hs = HardState(1, 1, 0)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for entries in batches:
         storage.save(hs, entries, must_sync=True)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     written = storage.wal.bytes_written
     storage.close()
-    return elapsed, written
+    return elapsed, cpu, written
 
 
-def bench_raw(directory: str, chunk: int, count: int, preallocate: bool) -> float:
+def bench_raw(directory: str, chunk: int, count: int, preallocate: bool) -> tuple[float, float]:
     """``count`` appends of ``chunk`` bytes, each followed by fdatasync."""
     path = os.path.join(directory, "raw.bin")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -54,15 +57,15 @@ def bench_raw(directory: str, chunk: int, count: int, preallocate: bool) -> floa
         os.posix_fallocate(fd, 0, chunk * count + 4096)
         os.fsync(fd)
     data = b"r" * chunk
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     offset = 0
     for _ in range(count):
         os.pwrite(fd, data, offset)
         offset += chunk
         os.fdatasync(fd)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     os.close(fd)
-    return elapsed
+    return elapsed, cpu
 
 
 def bench_recovery(directory: str, total_entries: int) -> tuple[float, float, int]:
@@ -90,33 +93,50 @@ def filesystem_of(directory: str) -> str:
     return lines[-1].split()[1] if len(lines) > 1 else "unknown"
 
 
-def run(base: str, profile: bool) -> None:
+def one_round(
+    base: str, batch: int, count: int, preallocate: bool
+) -> tuple[float, float, float, float]:
+    """One WAL run and one raw run of the same bytes: (wal s, wal CPU s, raw s, raw CPU s)."""
+    wal_dir, raw_dir = tempfile.mkdtemp(dir=base), tempfile.mkdtemp(dir=base)
+    try:
+        seconds, cpu, written = bench_wal(wal_dir, batch, count, preallocate)
+        raw_seconds, raw_cpu = bench_raw(raw_dir, written // count, count, preallocate)
+    finally:
+        shutil.rmtree(wal_dir)
+        shutil.rmtree(raw_dir)
+    return seconds, cpu, raw_seconds, raw_cpu
+
+
+def run(base: str, profile: bool, rounds: int) -> None:
     print(f"directory {base} (file system: {filesystem_of(base)}), {ENTRY_BYTES}-byte entries")
-    print("batch  prealloc  entries/s   fsyncs/s   raw fsyncs/s  raw-equiv entries/s  wal/raw")
+    print(f"WAL and raw runs interleaved, median of {rounds} rounds; CPU = process time per batch")
+    print(
+        "batch  prealloc  entries/s  fsyncs/s  raw fsyncs/s  raw entries/s  wal/raw  "
+        "CPU us/batch  raw CPU us/batch"
+    )
     for preallocate in (False, True):
         for batch, count in BATCHES.items():
-            wal_dir = tempfile.mkdtemp(dir=base)
-            raw_dir = tempfile.mkdtemp(dir=base)
-            try:
-                seconds, written = bench_wal(wal_dir, batch, count, preallocate)
-                raw_seconds = bench_raw(raw_dir, written // count, count, preallocate)
-            finally:
-                shutil.rmtree(wal_dir)
-                shutil.rmtree(raw_dir)
-            print(
-                f"{batch:5d}  {preallocate!s:8s}  {batch * count / seconds:9.0f}  "
-                f"{count / seconds:9.0f}  {count / raw_seconds:12.0f}  "
-                f"{batch * count / raw_seconds:19.0f}  {seconds / raw_seconds:6.2f}x"
+            results = [one_round(base, batch, count, preallocate) for _ in range(rounds)]
+            wal_s, wal_cpu, raw_s, raw_cpu = (
+                statistics.median(r[i] for r in results) for i in range(4)
             )
-    rec_dir = tempfile.mkdtemp(dir=base)
-    try:
-        seconds, cpu, log_bytes = bench_recovery(rec_dir, 1_000_000)
-    finally:
-        shutil.rmtree(rec_dir)
+            print(
+                f"{batch:5d}  {preallocate!s:8s}  {batch * count / wal_s:9.0f}  "
+                f"{count / wal_s:8.0f}  {count / raw_s:12.0f}  {batch * count / raw_s:13.0f}  "
+                f"{wal_s / raw_s:6.2f}x  {wal_cpu / count * 1e6:12.0f}  {raw_cpu / count * 1e6:16.0f}"
+            )
+    recoveries = []
+    for _ in range(rounds):
+        rec_dir = tempfile.mkdtemp(dir=base)
+        try:
+            recoveries.append(bench_recovery(rec_dir, 1_000_000))
+        finally:
+            shutil.rmtree(rec_dir)
+    seconds, cpu, log_bytes = min(recoveries)
     print(
-        f"recovery: {log_bytes / 1e6:.0f} MB of log, 1,000,000 entries: wall {seconds:.2f} s = "
-        f"{log_bytes / 1e6 / seconds:.0f} MB/s, CPU {cpu:.2f} s = {log_bytes / 1e6 / cpu:.0f} MB/s "
-        "(warm page cache)"
+        f"recovery (best of {rounds}): {log_bytes / 1e6:.0f} MB of log, 1,000,000 entries: "
+        f"wall {seconds:.2f} s = {log_bytes / 1e6 / seconds:.0f} MB/s, CPU {cpu:.2f} s = "
+        f"{log_bytes / 1e6 / cpu:.0f} MB/s (warm page cache)"
     )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if profile:
@@ -142,8 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write")
     parser.add_argument("--profile", action="store_true", help="also print cProfile summaries")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setting")
     args = parser.parse_args()
-    run(args.dir, args.profile)
+    run(args.dir, args.profile, args.rounds)
 
 
 if __name__ == "__main__":

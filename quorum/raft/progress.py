@@ -89,7 +89,8 @@ class Progress:
         self.state = ProgressState.PROBE
         self.pending_snapshot = 0  # index of the snapshot being sent (SNAPSHOT state)
         self.recent_active = False  # heard from within the last election timeout
-        self.msg_app_flow_paused = False  # PROBE: one append sent, waiting for an answer
+        # PROBE: one append sent, waiting for an answer. REPLICATE: the window is full.
+        self.msg_app_flow_paused = False
         self.inflights = inflights
         self.is_learner = is_learner
 
@@ -134,6 +135,10 @@ class Progress:
             if entries_count > 0:
                 self.next = last_index + 1
                 self.inflights.add(last_index, size)
+            # A full window pauses the flow until an acknowledgement, or a heartbeat
+            # response, unpauses it (the latter lets one empty append through, which
+            # recovers from appends lost while they filled the window).
+            self.msg_app_flow_paused = self.inflights.full()
         elif self.state == ProgressState.PROBE:
             # One message per probe round: pause until the follower answers.
             self.msg_app_flow_paused = True
@@ -175,10 +180,8 @@ class Progress:
 
     def is_paused(self) -> bool:
         """True if the leader must not send another append right now."""
-        if self.state == ProgressState.PROBE:
+        if self.state in (ProgressState.PROBE, ProgressState.REPLICATE):
             return self.msg_app_flow_paused
-        if self.state == ProgressState.REPLICATE:
-            return self.inflights.full()
         return True  # SNAPSHOT
 
     def describe(self) -> str:

@@ -128,3 +128,20 @@ def test_heartbeat_commit_is_min_of_match_and_commit() -> None:
     node.tick()
     beats = {m.to: m.commit for m in sent(drain(node)) if m.type == MT.HEARTBEAT}
     assert beats == {2: 2, 3: 1}  # 3 only acknowledged index 1
+
+
+def test_follower_recovers_when_lost_appends_filled_the_window() -> None:
+    """Regression: a REPLICATE window full of lost appends must not stall the follower.
+    A heartbeat response lets one empty append through; its rejection resets to PROBE."""
+    net = Net(max_inflight_msgs=2)
+    net.elect(1)
+    net.isolate(2)
+    for i in range(6):
+        net.node(1).propose(b"lost%d" % i)
+        net.stabilize()
+    status = {p.id: p for p in net.node(1).status().progress}
+    assert status[2].paused and status[2].inflight == 2
+    net.heal()
+    net.tick(1, net.node(1).raft.config.heartbeat_ticks)
+    net.stabilize()
+    assert net.data_applied(2) == [b"lost%d" % i for i in range(6)]

@@ -24,6 +24,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--lease-check-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--progress-notify-interval", type=float, default=600.0, help="seconds")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
     return p.parse_args(argv)
 
 
@@ -51,8 +52,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = _parse(argv)
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(_parse(argv)))
+        asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

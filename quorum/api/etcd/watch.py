@@ -177,6 +177,15 @@ class _WatchStream:
         self._watches.clear()
 
 
+def _reader_done(task: asyncio.Task[None]) -> None:
+    # The request side ends when the client half-closes or the RPC is cancelled; anything
+    # else is a bug worth a log line (the outbound side keeps running until the RPC ends).
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, (grpc.aio.AioRpcError, asyncio.CancelledError)):
+            log.error("watch stream: request reader failed", exc_info=exc)
+
+
 class WatchServicer(rpc.WatchServicer):
     def __init__(self, backend: Backend, config: EtcdApiConfig) -> None:
         self._backend = backend
@@ -189,6 +198,7 @@ class WatchServicer(rpc.WatchServicer):
         # The client half-closing its side does not end the stream (etcd keeps delivering
         # events until the RPC is cancelled); only the RPC's end does.
         reader = asyncio.create_task(stream.read_requests(request_iterator))
+        reader.add_done_callback(_reader_done)
         try:
             while True:
                 yield await stream.out.get()

@@ -115,6 +115,8 @@ class SimNode:
     commit: int = 0
     leader_term_seen: int = 0  # the last term this node was reported leader in
     crash_at: str = ""  # an armed crash point inside the next handle_ready
+    pending: Ready | None = None  # a Ready whose persistence is still in progress (slow disk)
+    pending_until: int = 0  # the tick at which it completes
     restarts: int = 0
 
     @property
@@ -148,6 +150,17 @@ class ClusterOptions:
     # False: the application is volatile; a restarted node rebuilds it from its storage's
     # snapshot and re-applies the committed log above it (exercises log durability harder).
     durable_app: bool = True
+    # Slow disk: with this probability a Ready's persistence completes up to
+    # ``disk_delay_ticks`` ticks later. Early messages go out at once; the node keeps receiving
+    # messages meanwhile (the Ready is outstanding, as in an asynchronous-fsync runtime).
+    # Report a peer unreachable to a leader whose message was lost to a partition or a crash,
+    # as a transport whose connection failed would (random loss is not reported).
+    report_unreachable: bool = True
+    disk_delay_rate: float = 0.0
+    disk_delay_ticks: int = 0
+    # With this probability a node that just sent a vote grant crashes and restarts at once
+    # (Raft §5.2: the vote must have been persisted before the grant went out).
+    bounce_after_vote_rate: float = 0.0
     max_settle_rounds: int = 100_000
 
 
@@ -161,6 +174,7 @@ class Cluster:
         self.seed = seed
         self.rng = random.Random(seed)
         self.net = Network(random.Random(self.rng.getrandbits(64)), opts.faults)
+        self._disk_rng = random.Random(self.rng.getrandbits(64))
         self.checker = InvariantChecker()
         self.now_ticks = 0
         voter_ids = tuple(range(1, opts.voters + 1))
@@ -176,7 +190,7 @@ class Cluster:
         self._next_cid = 1
         self._next_read = 1
         self.read_results: list[tuple[int, bytes, int]] = []  # (node, context, index)
-        self._snapshot_reports: list[tuple[int, int, bool]] = []  # (leader, peer, ok)
+        self._feedback: list[tuple[Message, bool]] = []  # (message, delivered) for the sender
         self.on_apply: Callable[[int, Entry], None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -208,7 +222,7 @@ class Cluster:
         node = self.nodes[node_id]
         node.raw = None
         node.role, node.leader_id = StateRole.FOLLOWER, 0
-        node.crash_at = ""
+        node.crash_at, node.pending = "", None  # an unfinished fsync is lost
         self.net.drop_to(node_id)
         self.checker.forget_reads(node_id)
 
@@ -251,11 +265,23 @@ class Cluster:
         self._send_all(rd.early_messages)  # may precede persistence (thesis §10.2.1)
         if self._crash_here(node, "before_persist"):
             return
+        opts = self.options
+        if opts.disk_delay_rate and self._disk_rng.random() < opts.disk_delay_rate:
+            node.pending = rd
+            node.pending_until = self.now_ticks + self._disk_rng.randint(1, opts.disk_delay_ticks)
+            return
+        self.finish_ready(node, rd)
+
+    def finish_ready(self, node: SimNode, rd: Ready) -> None:
+        """The part of the Ready rule after the early messages: persist, send, apply, advance."""
+        raw = node.raw
+        assert raw is not None
+        node.pending = None
         self._persist(node, rd)
         if self._crash_here(node, "after_persist"):
             return
         self._send_all(rd.messages)
-        if self._crash_here(node, "after_send"):
+        if self._crash_here(node, "after_send") or self._maybe_bounce_after_vote(node, rd):
             return
         self._apply(node, rd.committed_entries)
         for state in rd.read_states:
@@ -268,6 +294,17 @@ class Cluster:
         if node.crash_at != point:
             return False
         self.crash(node.id)
+        return True
+
+    def _maybe_bounce_after_vote(self, node: SimNode, rd: Ready) -> bool:
+        rate = self.options.bounce_after_vote_rate
+        if not rate or not any(
+            m.type == MessageType.VOTE_RESP and not m.reject for m in rd.messages
+        ):
+            return False
+        if self._disk_rng.random() >= rate:
+            return False
+        self.restart(node.id)
         return True
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
@@ -338,28 +375,32 @@ class Cluster:
         for msg in messages:
             if check and msg.type in LEADER_MESSAGES:
                 self.checker.leader_acted(msg.from_, msg.term)
-            if not net.send(msg) and msg.type == MessageType.SNAP:
-                self._snapshot_reports.append((msg.from_, msg.to, False))
+            reachable = net.connected(msg.from_, msg.to)
+            if not net.send(msg) and (not reachable or msg.type == MessageType.SNAP):
+                self._feedback.append((msg, False))
 
     def _deliver(self, msg: Message) -> None:
         target = self.nodes.get(msg.to)
         if target is None or target.raw is None:
-            if msg.type == MessageType.SNAP:
-                self._snapshot_reports.append((msg.from_, msg.to, False))
+            self._feedback.append((msg, False))  # connection refused
             return
         target.raw.step(msg)
         if msg.type == MessageType.SNAP:
-            self._snapshot_reports.append((msg.from_, msg.to, True))
+            self._feedback.append((msg, True))
 
-    def _report_snapshots(self) -> None:
-        for msg in self.net.take_lost():
+    def _report_feedback(self) -> None:
+        """Tell senders what a transport would: snapshot sent or failed (report_snapshot), peer
+        unreachable because of a partition or a crash (report_unreachable, if enabled)."""
+        self._feedback += [(msg, False) for msg in self.net.take_lost()]
+        feedback, self._feedback = self._feedback, []
+        for msg, ok in feedback:
+            raw = self.nodes[msg.from_].raw if msg.from_ in self.nodes else None
+            if raw is None:
+                continue
             if msg.type == MessageType.SNAP:
-                self._snapshot_reports.append((msg.from_, msg.to, False))
-        reports, self._snapshot_reports = self._snapshot_reports, []
-        for leader, peer, ok in reports:
-            raw = self.nodes[leader].raw
-            if raw is not None:
-                raw.report_snapshot(peer, ok)
+                raw.report_snapshot(msg.to, ok)
+            elif not ok and self.options.report_unreachable and msg.type in LEADER_MESSAGES:
+                raw.report_unreachable(msg.to)
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -369,14 +410,17 @@ class Cluster:
             progressed = False
             for node_id in self.ids:
                 node = self.nodes[node_id]
-                while node.raw is not None and node.raw.has_ready():
+                if node.pending is not None and node.pending_until <= self.now_ticks:
+                    self.finish_ready(node, node.pending)
+                    progressed = True
+                while node.raw is not None and node.pending is None and node.raw.has_ready():
                     self.handle_ready(node)
                     progressed = True
             due = self.net.due()
             for msg in due:
                 self._deliver(msg)
-            if self._snapshot_reports or self.net.has_lost():
-                self._report_snapshots()
+            if self._feedback or self.net.has_lost():
+                self._report_feedback()
                 progressed = True
             if not due and not progressed:
                 return

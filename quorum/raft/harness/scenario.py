@@ -39,6 +39,7 @@ class Profile:
     faults: Faults = DEFAULT_FAULTS
     partition_rate: float = 0.01
     heal_rate: float = 0.05
+    isolate_leader_rate: float = 0.0
     crash_rate: float = 0.01
     crash_leader_rate: float = 0.0
     restart_rate: float = 0.1
@@ -47,6 +48,9 @@ class Profile:
     conf_change_rate: float = 0.0
     transfer_rate: float = 0.005
     snapshot_every: int = 0
+    disk_delay_rate: float = 0.0  # see ClusterOptions: asynchronous persistence
+    disk_delay_ticks: int = 0
+    bounce_after_vote_rate: float = 0.0
     config: dict[str, object] = field(default_factory=dict)
 
 
@@ -55,9 +59,28 @@ PROFILES: dict[str, Profile] = {
     for p in (
         # everything at once, moderate rates
         Profile("mixed", learners=1, conf_change_rate=0.01, snapshot_every=40),
-        # Figure-8 churn (MIT TestFigure8*): the leader crashes often, short bursts of appends
+        # Figure 8 (Raft §5.4.2): leaders are cut off right after they win or commit, so
+        # entries of old terms sit on minorities while newer terms come and go. One entry per
+        # append and a one-tick network make "old entry replicated, own no-op not yet" common.
         Profile(
             "figure8",
+            voters=(3,),
+            safety_ticks=1000,
+            faults=Faults(min_delay_ticks=1, max_delay_ticks=1),
+            partition_rate=0.0,
+            heal_rate=0.5,
+            isolate_leader_rate=0.5,
+            crash_rate=0.0,
+            crash_leader_rate=0.01,
+            restart_rate=0.5,
+            proposals_per_tick=1.0,
+            transfer_rate=0.0,
+            read_rate=0.0,
+            config={"max_entries_per_msg": 1},
+        ),
+        # crash churn (MIT TestFigure8Unreliable-like): leaders crash often, lossy and slow net
+        Profile(
+            "churn",
             voters=(5,),
             faults=Faults(drop_rate=0.02, max_delay_ticks=3),
             partition_rate=0.03,
@@ -68,19 +91,25 @@ PROFILES: dict[str, Profile] = {
             proposals_per_tick=1.0,
             transfer_rate=0.0,
             read_rate=0.0,
+            disk_delay_rate=0.2,
+            disk_delay_ticks=3,
         ),
-        # crash right after answering (votes included) and restart at once; many elections
+        # vote persistence (§5.2, TEST_SCENARIOS A6): every voter crashes and restarts right
+        # after granting; short timeouts and slow links make two candidates per term common
         Profile(
             "vote_crash",
             voters=(3, 5),
-            faults=Faults(drop_rate=0.2, dup_rate=0.05, max_delay_ticks=2),
+            safety_ticks=1000,
+            faults=Faults(min_delay_ticks=1, max_delay_ticks=2),
             partition_rate=0.02,
             heal_rate=0.1,
-            crash_rate=0.06,
+            isolate_leader_rate=0.2,
+            crash_rate=0.0,
             restart_rate=0.5,
             proposals_per_tick=0.3,
             read_rate=0.0,
-            config={"pre_vote": False, "check_quorum": False},
+            bounce_after_vote_rate=1.0,
+            config={"pre_vote": False, "check_quorum": False, "election_ticks": 5},
         ),
         # partitions that let minorities pile up divergent uncommitted entries, then elections
         Profile(
@@ -163,6 +192,9 @@ class _Run:
             config=dict(profile.config),
             bugs=bugs,
             snapshot_every=profile.snapshot_every,
+            disk_delay_rate=profile.disk_delay_rate,
+            disk_delay_ticks=profile.disk_delay_ticks,
+            bounce_after_vote_rate=profile.bounce_after_vote_rate,
             record_applied=False,
         )
         self.cluster = Cluster(seed, options)
@@ -190,6 +222,9 @@ class _Run:
             c.net.partition(ids[:cut], ids[cut:])
         if c.net.is_partitioned() and self._chance(p.heal_rate):
             c.net.heal()
+        leader = c.leader()
+        if leader is not None and self._chance(p.isolate_leader_rate):
+            c.net.isolate(leader)
         alive = c.alive_ids()
         if alive and self._chance(p.crash_rate):
             self._crash(rng.choice(alive))

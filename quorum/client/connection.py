@@ -59,7 +59,7 @@ class Connection(asyncio.Protocol):
             decode = self._response_decoder.decode
             for body in frames:
                 self._route(decode(body))
-        except (FrameError, msgspec.DecodeError):
+        except (FrameError, msgspec.DecodeError, ValueError):  # ValueError: bad UTF-8 too
             self.close()  # the stream can no longer be trusted; callers retry elsewhere
 
     def connection_lost(self, exc: Exception | None) -> None:

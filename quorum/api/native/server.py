@@ -68,6 +68,8 @@ class _Connection(asyncio.Protocol):
         self._watchers: dict[int, Watch] = {}  # watch id -> backend watcher, once created
         self._reading_paused = False
         self._writing_paused = False
+        self._can_write = asyncio.Event()  # cleared while the transport's buffer is full
+        self._can_write.set()
         self._closed = False
         self._peer = "?"
 
@@ -91,8 +93,8 @@ class _Connection(asyncio.Protocol):
         for body in frames:
             try:
                 req = decode(body)
-            except msgspec.DecodeError as exc:
-                self.abort(f"undecodable request: {exc}")
+            except Exception as exc:  # DecodeError, and e.g. UnicodeDecodeError on bad tags
+                self.abort(f"undecodable request: {type(exc).__name__}: {exc}")
                 return
             self._start(req)
         self._maybe_pause_reading()
@@ -112,10 +114,12 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._can_write.clear()
         self._maybe_pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._can_write.set()
         self._maybe_resume_reading()
 
     # --- requests --------------------------------------------------------------------------
@@ -186,6 +190,9 @@ class _Connection(asyncio.Protocol):
         self.send(m.Response(watch_id, m.WatchCreated(self._dispatcher.revision())))
         try:
             async for resp in watcher:
+                # a client that does not read must not grow our buffer without bound: stop
+                # pulling events (the watch hub keeps or evicts them by its own policy)
+                await self._can_write.wait()
                 self.send(m.Response(watch_id, watch_body(resp)))
                 if resp.canceled:
                     break

@@ -197,3 +197,37 @@ def test_watch_stream_under_the_create_id() -> None:
         await server.close()
 
     run(body())
+
+
+async def _unread_watch_buffer(value_bytes: int, puts: int) -> int:
+    """Bytes the server holds for a watcher that never reads, after ``puts`` big writes."""
+    backend = LocalBackend()
+    server = await serve_native(backend, "127.0.0.1", 0)
+    conn = await RawConn.open(server)
+    conn.send(m.Request(1, m.WatchCreateReq(b"big")))
+    await conn.answers(1)  # created; from now on the client reads nothing
+    value = b"v" * value_bytes
+    for _ in range(puts):
+        await backend.write(PutRequest(b"big", value))
+        await asyncio.sleep(0)  # let the watch pump run
+    for _ in range(50):
+        await asyncio.sleep(0.001)
+    (served,) = server.connections
+    held = served._transport.get_write_buffer_size() + len(served._out)  # type: ignore[union-attr]
+    await server.close()
+    return held
+
+
+def test_watch_pump_stops_while_the_client_does_not_read() -> None:
+    held = run(_unread_watch_buffer(64 * 1024, 400))  # 25 MiB of events produced
+    assert held < 4 * 1024 * 1024
+
+
+def test_planted_bug_without_write_back_pressure_the_buffer_grows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quorum.api.native import server as server_mod
+
+    monkeypatch.setattr(server_mod._Connection, "pause_writing", lambda self: None)
+    held = run(_unread_watch_buffer(64 * 1024, 400))
+    assert held > 8 * 1024 * 1024

@@ -127,7 +127,7 @@ class DurableStorage:
         try:
             snap = _choose_snapshot(fs, snaps, replayed)
             entries = _entries_after_snapshot(replayed, snap)
-            hard_state = _check_hard_state(replayed, snap, entries or [], wal)
+            hard_state = _check_hard_state(replayed, snap, entries or [])
             if entries is None:
                 assert snap is not None  # with no snapshot (index 0) the log always continues
                 _finish_install(wal, replayed, snap)
@@ -401,7 +401,8 @@ def _entries_after_snapshot(replayed: Replayed, snap: SnapshotFile | None) -> li
     if replayed.log_start > index + 1:
         raise CorruptionError(
             f"log starts at {replayed.log_start} but the snapshot ends at {index}: entries missing",
-            snap.path if snap else "",
+            replayed.first_segment,
+            0,
         )
     if index == replayed.log_start - 1:
         return replayed.entries
@@ -427,19 +428,22 @@ def _finish_install(wal: Wal, replayed: Replayed, snap: SnapshotFile) -> None:
 
 
 def _check_hard_state(
-    replayed: Replayed, snap: SnapshotFile | None, entries: list[Entry], wal: Wal
+    replayed: Replayed, snap: SnapshotFile | None, entries: list[Entry]
 ) -> HardState:
     """Cross-check the hard state with the log: a violation means lost or damaged records."""
     hs = replayed.hard_state
     snap_index = snap.metadata.index if snap else 0
     last = entries[-1].index if entries else snap_index
-    where = os.path.join(wal.dir, wal.segments[-1].filename)
+    path, offset = replayed.hard_state_at
     if hs.commit > last:
-        raise CorruptionError(f"hard state commit {hs.commit} is beyond the last entry {last}", where)
+        raise CorruptionError(
+            f"hard state commit {hs.commit} is beyond the last entry {last}", path, offset
+        )
     if entries and entries[-1].term > hs.term:
         raise CorruptionError(
             f"log holds an entry of term {entries[-1].term} but the hard state term is {hs.term}",
-            where,
+            path,
+            offset,
         )
     return hs
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import posixpath
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ class SimFileSystem(FileSystem):
         self._pending_dir_ops: dict[str, list[_DirOp]] = {}
         # counters and switches
         self.events = 0
+        self.event_kinds: Counter[str] = Counter()
         self.write_count = 0
         self.sync_count = 0
         self.dir_sync_count = 0
@@ -177,10 +179,11 @@ class SimFileSystem(FileSystem):
 
     # --- event accounting ---------------------------------------------------------------------
 
-    def _event(self) -> None:
+    def _event(self, kind: str) -> None:
         """Count one persistence event; raise SimulatedCrash before it if so configured."""
         self._check_alive()
         self.events += 1
+        self.event_kinds[kind] += 1
         if self.crash_at_event == self.events and not self.crash_after:
             self._crashed = True
             raise SimulatedCrash(f"crash before event {self.events}")
@@ -197,7 +200,7 @@ class SimFileSystem(FileSystem):
     # --- file data ----------------------------------------------------------------------------
 
     def _write(self, path: str, inode: _Inode, data: bytes, offset: int) -> None:
-        self._event()
+        self._event("write")
         self.write_count += 1
         if self._fail_write_at == self.write_count:
             raise OSError(errno.EIO, "injected write error", path)
@@ -216,7 +219,7 @@ class SimFileSystem(FileSystem):
         inode.pending.append(("w", offset, data))
 
     def _sync(self, path: str, inode: _Inode) -> None:
-        self._event()
+        self._event("sync")
         self.sync_count += 1
         if self.on_sync is not None:
             self.on_sync(path)
@@ -227,7 +230,7 @@ class SimFileSystem(FileSystem):
         self._after_event()
 
     def _truncate(self, path: str, inode: _Inode, size: int) -> None:
-        self._event()
+        self._event("truncate")
         _apply_op(inode.data, "t", size, b"")
         inode.pending.append(("t", size, b""))
         self._after_event()
@@ -256,7 +259,7 @@ class SimFileSystem(FileSystem):
             if not create:
                 raise OSError(errno.ENOENT, "no such file", path)
             self._dir_of(path)
-            self._event()
+            self._event("create")
             inode = _Inode()
             self._dir_op(path, _DirOp("link", path, inode))
             self._after_event()
@@ -291,7 +294,7 @@ class SimFileSystem(FileSystem):
         inode = self._files.get(src)
         if inode is None:
             raise OSError(errno.ENOENT, "no such file", src)
-        self._event()
+        self._event("rename")
         self._dir_op(dst, _DirOp("link", dst, inode))
         self._dir_op(src, _DirOp("unlink", src, None))
         self._after_event()
@@ -300,13 +303,13 @@ class SimFileSystem(FileSystem):
         path = self._norm(path)
         if path not in self._files:
             raise OSError(errno.ENOENT, "no such file", path)
-        self._event()
+        self._event("remove")
         self._dir_op(path, _DirOp("unlink", path, None))
         self._after_event()
 
     def fsync_dir(self, path: str) -> None:
         path = self._norm(path)
-        self._event()
+        self._event("fsync_dir")
         self.dir_sync_count += 1
         for op in self._pending_dir_ops.pop(path, []):
             _apply_dir_op(self._durable_files, op)

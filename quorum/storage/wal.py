@@ -66,6 +66,8 @@ class Replayed:
     entries: list[Entry] = field(default_factory=list)
     last_marker: SnapshotMarker | None = None  # newest snapshot marker seen
     torn_bytes: int = 0  # bytes cut off the tail of the last segment
+    first_segment: str = ""  # path of the oldest segment (where the log starts)
+    hard_state_at: tuple[str, int] = ("", -1)  # file and offset of the hard state's record
 
     @property
     def last_index(self) -> int:
@@ -321,6 +323,7 @@ def _gc_paused() -> Iterator[None]:
 def _replay_all(fs: FileSystem, wal_dir: str, names: list[SegmentName]) -> tuple[Replayed, int]:
     """Replay every segment in order; return the log and the end offset of the last one."""
     replayed = Replayed(log_start=names[0].first_index)
+    replayed.first_segment = os.path.join(wal_dir, names[0].filename)
     offset = 0
     for position, name in enumerate(names):
         if position and name.seq != names[position - 1].seq + 1:
@@ -386,8 +389,10 @@ def _replay_record(rec: record.Record, replayed: Replayed, path: str) -> None:
             replayed.append(batch.entries, path, rec.offset)
         if batch.hard_state is not None:
             replayed.hard_state = batch.hard_state
+            replayed.hard_state_at = (path, rec.offset)
     elif rec.type == RecordType.HARD_STATE:
         replayed.hard_state = record.decode_hard_state(rec.payload)
+        replayed.hard_state_at = (path, rec.offset)
     elif rec.type == RecordType.SNAPSHOT_MARKER:
         marker = record.decode_marker(rec.payload)
         replayed.last_marker = marker

@@ -9,6 +9,7 @@ compaction with segment release, and a snapshot installed from a leader.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,11 +105,36 @@ def crash_and_check(event: int, after: bool, torn: bool, seed: int, options: Sto
     fs.crash_at_event, fs.crash_after = fs.events + event, after
     durable, attempted = run_until_crash(fs, options)
     fs.crash(torn=torn)
+    where = f"event={event} after={after} torn={torn} seed={seed}"
+    failure = check_recovery(copy.deepcopy(fs), options, durable, attempted, where)
+    # Recovery itself may write (cut a torn tail, finish an install): crash inside it too.
+    for nested in range(1, recovery_events(fs, options) + 1):
+        crashed = copy.deepcopy(fs)
+        crashed.crash_at_event = crashed.events + nested
+        try:
+            DurableStorage.open(crashed, DATA_DIR, options)
+        except SimulatedCrash:
+            crashed.crash(torn=torn)
+        nested_where = f"{where} then crash at recovery event {nested}"
+        failure = failure or check_recovery(crashed, options, durable, attempted, nested_where)
+    return failure
+
+
+def recovery_events(fs: SimFileSystem, options: StorageOptions) -> int:
+    probe = copy.deepcopy(fs)
+    before = probe.events
+    DurableStorage.open(probe, DATA_DIR, options)
+    return probe.events - before
+
+
+def check_recovery(
+    fs: SimFileSystem, options: StorageOptions, durable: int, attempted: int, where: str
+) -> str:
     recovered = DurableStorage.open(fs, DATA_DIR, options)
     if first_match(recovered, history_of(WORKLOAD), durable, attempted) is None:
         return (
-            f"event={event} after={after} torn={torn} seed={seed}: durable step {durable}, "
-            f"crashed in step {attempted}, recovered {describe(recovered)}"
+            f"{where}: durable step {durable}, crashed in step {attempted}, "
+            f"recovered {describe(recovered)}"
         )
     return ""
 
@@ -128,9 +154,11 @@ def campaign(options: StorageOptions, seeds: range) -> list[str]:
 def test_workload_touches_every_kind_of_persistence_point() -> None:
     fs = SimFileSystem(random.Random(0))
     run_until_crash(fs, OPTIONS)
-    assert fs.sync_count > 10 and fs.dir_sync_count > 5
+    kinds = {"write", "sync", "truncate", "create", "rename", "remove", "fsync_dir"}
+    assert kinds <= {kind for kind, count in fs.event_kinds.items() if count}
     storage = DurableStorage.open(fs, DATA_DIR, OPTIONS)
     assert storage.wal.segments[0].seq > 1, "the workload must release segments"
+    assert len(fs.listdir(f"{DATA_DIR}/snap")) == 2, "the workload must prune snapshots"
 
 
 def test_crash_at_every_persistence_point_recovers_an_acknowledged_prefix() -> None:

@@ -92,8 +92,9 @@ def test_missing_segment_is_refused() -> None:
 def test_missing_first_segment_without_snapshot_is_refused() -> None:
     fs, paths = filled()
     fs.remove(paths[0])
-    with pytest.raises(CorruptionError, match="entries missing"):
+    with pytest.raises(CorruptionError, match="entries missing") as info:
         DurableStorage.open(fs, "/d", OPTIONS)
+    assert (info.value.path, info.value.offset) == (paths[1], 0)
 
 
 def test_damaged_segment_header_is_refused() -> None:
@@ -110,8 +111,9 @@ def test_hard_state_commit_beyond_log_is_refused() -> None:
     storage = DurableStorage.open(fs, "/d", OPTIONS)
     storage.wal.save(HardState(1, 1, 999), [], must_sync=True)  # bypasses DurableStorage checks
     storage.close()
-    with pytest.raises(CorruptionError, match="commit 999 is beyond"):
+    with pytest.raises(CorruptionError, match="commit 999 is beyond") as info:
         DurableStorage.open(fs, "/d", OPTIONS)
+    assert info.value.path.endswith(".wal") and info.value.offset > 0
 
 
 def test_term_regression_is_refused() -> None:

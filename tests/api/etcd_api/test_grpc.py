@@ -309,6 +309,9 @@ def test_watch_negative_and_compacted_start() -> None:
         bad = await s.next()
         assert bad.created and bad.canceled and bad.watch_id == -1
         assert "negative" in bad.cancel_reason
+        await s.create(b"z", range_end=b"a")
+        backwards = await s.next()
+        assert backwards.created and backwards.canceled and "range end" in backwards.cancel_reason
         await s.create(b"k", start_revision=2)
         created = await s.next()
         assert created.created and not created.canceled

@@ -219,7 +219,11 @@ class AsyncClient:
             await asyncio.sleep(self.retry_backoff_s)
 
     def _fail_over(self, conn: Connection, exc: QuorumError | None) -> None:
-        """Leave ``conn``: prefer the leader the error hinted, else the next endpoint."""
+        """Leave ``conn``: prefer the leader the error hinted, else the next endpoint. Every
+        request in flight on ``conn`` comes here; only the first one moves the rotation."""
+        if conn.retired:
+            return
+        conn.retired = True
         hint = getattr(exc, "leader_endpoint", "") or self._member_urls.get(
             int(getattr(exc, "leader_id", 0) or 0), ""
         )

@@ -39,6 +39,7 @@ class Connection(asyncio.Protocol):
         self.deadlines: dict[int, float] = {}  # request id -> loop time its caller gives up
         self.streams: dict[int, StreamCallback] = {}
         self.closed = False
+        self.retired = False  # the client has failed over away from this connection
         self._decoder = FrameDecoder(max_frame_bytes)
         self._response_decoder = msgspec.msgpack.Decoder(m.Response)
         self._encoder = msgspec.msgpack.Encoder()

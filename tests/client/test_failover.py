@@ -204,3 +204,27 @@ def test_pipelining_many_concurrent_requests() -> None:
             assert counted.count == n
 
     run(body())
+
+
+def test_many_requests_in_flight_during_a_connection_loss_all_complete() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            c = AsyncClient([_dead_endpoint(), env.endpoint, _dead_endpoint()], timeout_s=10)
+            env.clients.append(c)
+            await c.put(b"w", b"0")
+
+            async def restart() -> None:
+                await env.server.close()
+                env.server = await serve_native(env.backend, "127.0.0.1", port)
+
+            puts = [c.put(b"many/%d" % i, b"x") for i in range(300)]
+            results = await asyncio.gather(restart(), *puts)
+            assert all(r is not None for r in results[1:])
+            counted = await c.range(b"many/", prefix=True, count_only=True)
+            assert counted.count == 300
+            kvs = (await c.range(b"many/", prefix=True)).kvs
+            assert all(kv.version == 1 for kv in kvs)  # each put applied exactly once
+            assert 1 <= c.failovers <= 3  # one failover per lost connection, not per request
+
+    run(body())

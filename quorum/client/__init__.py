@@ -8,8 +8,8 @@
   DoubleBarrier, ServiceRegistry, ConfigWatcher.
 """
 
-from quorum.client.aio import AsyncClient, LeaseKeeper
+from quorum.client.aio import AsyncClient, LeaseKeeper, TxnBuilder
 from quorum.client.sync import Client, SyncWatcher
 from quorum.client.watch import Watcher
 
-__all__ = ["AsyncClient", "Client", "LeaseKeeper", "SyncWatcher", "Watcher"]
+__all__ = ["AsyncClient", "Client", "LeaseKeeper", "SyncWatcher", "TxnBuilder", "Watcher"]

@@ -415,6 +415,11 @@ class AsyncClient:
         resp = await self.call(req, timeout_s=timeout_s, serializable=serializable)
         return _expect(resp, TxnResponse)
 
+    def transaction(self) -> TxnBuilder:
+        """A fluent transaction: ``await c.transaction().compare(...).then(...).else_(...)
+        .commit()``."""
+        return TxnBuilder(self)
+
     async def compact(self, revision: int, *, physical: bool = False) -> int:
         """Discard history before ``revision``; returns the store revision."""
         resp = await self.call(CompactionRequest(revision, physical))
@@ -505,6 +510,34 @@ class AsyncClient:
 
     async def hash(self) -> int:
         return _expect(await self.call(m.HashReq()), m.HashResp).hash
+
+
+class TxnBuilder:
+    """Collects compares and the two branches, then commits them as one transaction. Each
+    method may be called several times (its arguments are appended)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._compare: list[Compare] = []
+        self._success: list[RequestOp] = []
+        self._failure: list[RequestOp] = []
+
+    def compare(self, *compares: Compare) -> TxnBuilder:
+        self._compare += compares
+        return self
+
+    def then(self, *ops: RequestOp) -> TxnBuilder:
+        self._success += ops
+        return self
+
+    def else_(self, *ops: RequestOp) -> TxnBuilder:
+        self._failure += ops
+        return self
+
+    async def commit(self, *, timeout_s: float | None = None) -> TxnResponse:
+        return await self._client.txn(
+            self._compare, self._success, self._failure, timeout_s=timeout_s
+        )
 
 
 class LeaseKeeper:

@@ -98,6 +98,25 @@ def test_txn_compare_then_else() -> None:
     run(body())
 
 
+def test_fluent_txn_builder() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            await c.put(b"n", b"1")
+            ok = await c.transaction().compare(t.value(b"n") == b"1").then(
+                t.put(b"n", b"2")
+            ).else_(t.get(b"n")).commit()
+            assert ok.succeeded
+            miss = await c.transaction().compare(t.value(b"n") == b"1").then(
+                t.put(b"n", b"3")
+            ).else_(t.get(b"n")).commit()
+            assert not miss.succeeded
+            got = miss.responses[0]
+            assert isinstance(got, RangeResponse) and got.kvs[0].value == b"2"
+
+    run(body())
+
+
 def test_compact_and_revision_errors() -> None:
     async def body() -> None:
         async with serving() as env:

@@ -34,7 +34,7 @@ from quorum.storage import snapshot as snapfile
 from quorum.storage.fs import FileSystem
 from quorum.storage.record import SnapshotMarker
 from quorum.storage.snapshot import SnapshotFile, SnapshotStore
-from quorum.storage.wal import DEFAULT_SEGMENT_BYTES, Replayed, Wal, WalOptions
+from quorum.storage.wal import DEFAULT_SEGMENT_BYTES, PLANTED_BUGS, Replayed, Wal, WalOptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,8 +50,9 @@ class StorageOptions:
     preallocate: bool = False
     snapshots_kept: int = 2
     snapshot_chunk_bytes: int = snapfile.DEFAULT_CHUNK_BYTES
-    # Test-only planted bug: acknowledge saves before fsync (see tests/storage/test_crash.py).
-    planted_skip_fsync: bool = False
+    # Test-only switches that break a durability rule on purpose (names in PLANTED_BUGS);
+    # tests/storage/test_crash.py shows the crash campaign catches each one.
+    planted_bugs: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first broken rule."""
@@ -61,9 +62,11 @@ class StorageOptions:
             raise ConfigError("snapshots_kept must be at least 1")
         if self.snapshot_chunk_bytes < 1:
             raise ConfigError("snapshot_chunk_bytes must be positive")
+        if unknown := self.planted_bugs - PLANTED_BUGS:
+            raise ConfigError(f"unknown planted bugs: {sorted(unknown)}")
 
     def wal_options(self) -> WalOptions:
-        return WalOptions(self.segment_bytes, self.preallocate, self.planted_skip_fsync)
+        return WalOptions(self.segment_bytes, self.preallocate, self.planted_bugs)
 
 
 class DurableStorage:

@@ -55,7 +55,12 @@ def header_bytes(name: SegmentName, extra: bytes = b"") -> bytearray:
 
 
 def create_segment(
-    fs: FileSystem, wal_dir: str, name: SegmentName, initial: bytes, preallocate_bytes: int
+    fs: FileSystem,
+    wal_dir: str,
+    name: SegmentName,
+    initial: bytes,
+    preallocate_bytes: int,
+    _planted_skip_dir_fsync: bool = False,
 ) -> FileHandle:
     """Create a segment holding ``initial`` (header and carried-over state), crash-safely.
 
@@ -73,7 +78,8 @@ def create_segment(
         handle.pwrite(initial, 0)
         handle.sync()
         fs.rename(tmp, final)
-        fs.fsync_dir(wal_dir)
+        if not _planted_skip_dir_fsync:
+            fs.fsync_dir(wal_dir)
     except Exception:
         handle.close()
         if fs.exists(tmp):

@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIB = 1024 * 1024
+
+# Test-only switches, each breaking one durability rule; the crash tests must catch every one.
+PLANTED_BUGS = frozenset(
+    {
+        "skip_fsync",  # acknowledge a must_sync save without fsync
+        "skip_rotation_fsync",  # start a new segment without fsyncing the old one
+        "skip_dir_fsync",  # create a segment without fsyncing the directory
+    }
+)
 DEFAULT_SEGMENT_BYTES = 64 * MIB
 
 
@@ -53,8 +62,7 @@ DEFAULT_SEGMENT_BYTES = 64 * MIB
 class WalOptions:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES  # rotate once a segment would grow past this
     preallocate: bool = False  # reserve segment_bytes when a segment is created
-    # Test-only planted bug: acknowledge a must_sync save without fsync. Crash tests must fail.
-    planted_skip_fsync: bool = False
+    planted_bugs: frozenset[str] = frozenset()  # test-only, see PLANTED_BUGS
 
 
 @dataclass
@@ -173,7 +181,7 @@ class Wal:
             self._hard_state = hard_state
         if entries:
             self._last_index = entries[-1].index
-        if must_sync and not self.options.planted_skip_fsync:
+        if must_sync and "skip_fsync" not in self.options.planted_bugs:
             self._sync()
 
     def append_marker(self, marker: SnapshotMarker, sync: bool) -> None:
@@ -234,7 +242,8 @@ class Wal:
         try:
             if self.options.preallocate:
                 handle.truncate(self._offset)
-            handle.sync()
+            if "skip_rotation_fsync" not in self.options.planted_bugs:
+                handle.sync()
         except OSError as exc:
             self._fail(exc, "fsync before rotation")
         name = SegmentName(self.segments[-1].seq + 1, self._last_index + 1)
@@ -245,7 +254,8 @@ class Wal:
         initial = header_bytes(name, bytes(extra))
         prealloc = self.options.segment_bytes if self.options.preallocate else 0
         try:
-            new = create_segment(self.fs, self.dir, name, bytes(initial), prealloc)
+            skip_dir = "skip_dir_fsync" in self.options.planted_bugs
+            new = create_segment(self.fs, self.dir, name, bytes(initial), prealloc, skip_dir)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskFullError(f"disk full creating segment {name.filename}") from exc

@@ -11,7 +11,7 @@ from quorum.errors import CorruptionError, UsageError
 from quorum.raft.types import HardState
 from quorum.storage import DurableStorage, SimFileSystem, StorageOptions
 from quorum.storage.record import HEADER_BYTES
-from quorum.storage.segment import list_segments
+from quorum.storage.segment import SegmentName, list_segments
 
 from .model import VOTERS, entries
 
@@ -159,3 +159,35 @@ def test_hard_state_survives_release_of_the_segment_that_held_it() -> None:
     recovered = DurableStorage.open(fs, "/d", OPTIONS)
     assert recovered.initial_state()[0] == HardState(1, 1, 145)
     assert (recovered.first_index(), recovered.last_index()) == (146, 225)
+
+
+def test_index_gap_inside_the_log_is_refused() -> None:
+    """Planted: a batch that skips an index (as if a record had vanished)."""
+    fs, _ = filled()
+    storage = DurableStorage.open(fs, "/d", OPTIONS)
+    storage.wal.save(None, entries(1, 152, 1), must_sync=True)  # 151 is missing
+    storage.wal.save(None, entries(1, 153, 1), must_sync=True)
+    storage.close()
+    with pytest.raises(CorruptionError, match="index gap") as info:
+        DurableStorage.open(fs, "/d", OPTIONS)
+    assert info.value.offset > 0
+
+
+def test_segment_not_continuing_the_log_is_refused() -> None:
+    """Planted: a segment named as if the log had reached further than it did."""
+    fs, _ = filled()
+    storage = DurableStorage.open(fs, "/d", OPTIONS)
+    storage.wal._last_index += 7  # the next rotation names the segment wrongly
+    storage.wal._rotate()
+    storage.close()
+    with pytest.raises(CorruptionError, match="segment starts at index 158"):
+        DurableStorage.open(fs, "/d", OPTIONS)
+
+
+def test_segment_renamed_to_another_index_is_refused() -> None:
+    fs, paths = filled()
+    name = SegmentName.parse(paths[-1].rsplit("/", 1)[1])
+    assert name is not None
+    fs.rename(paths[-1], f"/d/wal/{SegmentName(name.seq, name.first_index + 1).filename}")
+    with pytest.raises(CorruptionError, match="does not match its file name"):
+        DurableStorage.open(fs, "/d", OPTIONS)

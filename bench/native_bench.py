@@ -8,6 +8,10 @@ Modes: ``client`` goes through AsyncClient (sessions, retries, deadlines); ``raw
 protocol frames on one Connection with no client logic (the protocol's ceiling). Writes
 through the client run in sessions (exactly-once), ``raw`` puts run without one.
 Numbers are requests per second completed; see docs/benchmarks.md.
+
+``--cpu`` instead measures CPU time per request on the server side with no network: frames
+are fed to one server connection whose transport is a stub, next to the same requests
+called on the backend directly, so the difference is the protocol layer's own cost.
 """
 
 from __future__ import annotations
@@ -83,12 +87,69 @@ async def bench(endpoint: str, seconds: float, inflight: int) -> dict[str, float
     return results
 
 
+class _StubTransport(asyncio.Transport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("stub", 0)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def cpu_per_request(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request: through the server connection, and on the backend alone."""
+    import msgspec
+
+    from quorum.api.local import LocalBackend
+    from quorum.api.native.dispatch import BackendDispatcher
+    from quorum.api.native.framing import frame
+    from quorum.api.native.server import NativeServer, _Connection
+
+    out: dict[str, float] = {}
+    value = b"x" * 32
+    makers = {
+        "put": lambda i: PutRequest(b"k%d" % (i % 1000), value),
+        "get": lambda i: RangeRequest(b"k%d" % (i % 1000)),
+    }
+    backend = LocalBackend()
+    conn = _Connection(NativeServer(BackendDispatcher(backend), 1 << 22, 1 << 30))
+    conn.connection_made(_StubTransport())
+    enc = msgspec.msgpack.Encoder()
+    for name, make in makers.items():
+        data = b"".join(frame(enc.encode(m.Request(i + 1, make(i)))) for i in range(n))
+        start = time.perf_counter()
+        for at in range(0, len(data), 65536):
+            conn.data_received(data[at : at + 65536])
+            await asyncio.sleep(0)  # let the batched flush run, as the loop would
+        out[f"server {name}"] = (time.perf_counter() - start) / n * 1e6
+    direct = LocalBackend()
+    start = time.perf_counter()
+    for i in range(n):
+        await direct.write(makers["put"](i))
+    out["backend put"] = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for i in range(n):
+        await direct.read(makers["get"](i))
+    out["backend get"] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--uvloop", action="store_true", help="uvloop in client and server")
+    parser.add_argument("--cpu", action="store_true", help="CPU per request, no network")
     args = parser.parse_args()
+    if args.cpu:
+        for name, micros in asyncio.run(cpu_per_request()).items():
+            print(f"{name:12s} {micros:6.1f} us/request  ({1e6 / micros:8.0f} /s of one core)")
+        return
     env = dict(os.environ)
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, "1" if args.uvloop else "0"],

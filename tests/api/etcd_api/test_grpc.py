@@ -507,3 +507,21 @@ def test_status_hash_snapshot_alarm() -> None:
         assert [m.ID for m in members.members] == [1]
 
     run(body)
+
+
+def test_progress_notify_watchers_get_periodic_marks_when_idle() -> None:
+    async def body(e: Env) -> None:
+        s = Stream(e)
+        await s.create(b"pn", progress_notify=True)
+        await s.create(b"quiet")  # did not ask for notifications
+        await s.next(), await s.next()
+        await put(e, b"other", b"x")
+        e.backend.progress_tick()  # what the backend's timer does every interval
+        mark = await s.next()
+        assert mark.watch_id == 0 and not mark.events and mark.header.revision == 1
+        await put(e, b"pn", b"1")
+        event = await s.next()
+        assert event.watch_id == 0 and event.events[0].kv.value == b"1"
+        s.close()
+
+    run(body)

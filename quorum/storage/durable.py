@@ -53,6 +53,7 @@ class StorageOptions:
     # Test-only switches that break a durability rule on purpose (names in PLANTED_BUGS);
     # tests/storage/test_crash.py shows the crash campaign catches each one.
     planted_bugs: frozenset[str] = frozenset()
+    planted_skip_fsync: bool = False  # same as "skip_fsync" in planted_bugs (kept for callers)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first broken rule."""
@@ -66,7 +67,8 @@ class StorageOptions:
             raise ConfigError(f"unknown planted bugs: {sorted(unknown)}")
 
     def wal_options(self) -> WalOptions:
-        return WalOptions(self.segment_bytes, self.preallocate, self.planted_bugs)
+        bugs = self.planted_bugs | ({"skip_fsync"} if self.planted_skip_fsync else set())
+        return WalOptions(self.segment_bytes, self.preallocate, frozenset(bugs))
 
 
 class DurableStorage:

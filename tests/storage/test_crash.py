@@ -187,3 +187,7 @@ def test_every_planted_durability_bug_is_caught_by_the_crash_campaign(bug: str) 
     planted = StorageOptions(segment_bytes=4096, planted_bugs=frozenset({bug}))
     failures = campaign(planted, range(2))
     assert failures, f"planted bug {bug!r} went unnoticed"
+
+
+def test_planted_skip_fsync_flag_is_the_same_bug() -> None:
+    assert "skip_fsync" in StorageOptions(planted_skip_fsync=True).wal_options().planted_bugs

@@ -65,7 +65,38 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
+async def cpu(n: int) -> None:
+    """Server-side CPU per request without gRPC: the KV servicer called directly (translation
+    + LocalBackend), against the backend called directly (state machine only)."""
+    from quorum.api.etcd.config import EtcdApiConfig
+    from quorum.api.etcd.kv import KVServicer
+    from quorum.api.local import LocalBackend
+    from quorum.state import PutRequest, RangeRequest
+
+    backend = LocalBackend()
+    servicer = KVServicer(backend, EtcdApiConfig())
+    value = b"v" * 100
+    puts = [pb.PutRequest(key=b"bench/%d" % (i % 1000), value=value) for i in range(n)]
+    gets = [pb.RangeRequest(key=b"bench/%d" % (i % 1000)) for i in range(n)]
+    rows = []
+    for name, calls in (
+        ("put via servicer", [servicer.Put(r, None) for r in puts]),  # type: ignore[arg-type]
+        ("put via backend", [backend.write(PutRequest(r.key, r.value)) for r in puts]),
+        ("range via servicer", [servicer.Range(r, None) for r in gets]),  # type: ignore[arg-type]
+        ("range via backend", [backend.read(RangeRequest(r.key)) for r in gets]),
+    ):
+        t0 = time.perf_counter()
+        for call in calls:
+            await call
+        rows.append((name, (time.perf_counter() - t0) / n * 1e6))
+    for name, us in rows:
+        print(f"{name:20s} {us:6.1f} us/request")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.cpu:
+        await cpu(args.cpu)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_server(Path(tmp), args.uvloop)
         try:
@@ -89,4 +120,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--uvloop", action="store_true", help="server on uvloop")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="instead: server CPU per request over N direct calls (no gRPC)")
     asyncio.run(main(parser.parse_args()))

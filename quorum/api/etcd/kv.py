@@ -66,6 +66,7 @@ class KVServicer(rpc.KVServicer):
             txn = convert.txn_from_pb(request)
             # A txn whose operations only read needs no log entry: serve it like a range,
             # after the linearizable read barrier (etcd does the same).
+            res: sc.Response
             if convert.txn_is_read_only(txn):
                 res = await self._backend.read(txn)
             else:

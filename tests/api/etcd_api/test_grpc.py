@@ -40,6 +40,7 @@ class ManualClock:
 
 @dataclass
 class Env:
+    port: int
     backend: LocalBackend
     clock: ManualClock
     channel: grpc.aio.Channel
@@ -63,7 +64,7 @@ async def env(config: EtcdApiConfig | None = None) -> AsyncIterator[Env]:
     )
     try:
         yield Env(
-            backend, clock, channel, rpc.KVStub(channel), rpc.WatchStub(channel),
+            port, backend, clock, channel, rpc.KVStub(channel), rpc.WatchStub(channel),
             rpc.LeaseStub(channel), rpc.ClusterStub(channel), rpc.MaintenanceStub(channel),
             rpc.AuthStub(channel), lrpc.LockStub(channel), erpc.ElectionStub(channel),
         )
@@ -523,5 +524,21 @@ def test_progress_notify_watchers_get_periodic_marks_when_idle() -> None:
         event = await s.next()
         assert event.watch_id == 0 and event.events[0].kv.value == b"1"
         s.close()
+
+    run(body)
+
+
+def test_garbage_on_the_port_does_not_disturb_the_server() -> None:
+    async def body(e: Env) -> None:
+        for junk in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", bytes(range(256)) * 8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", e.port)
+            writer.write(junk)
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.read(1024), STEP_S)  # the server answers or closes
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await still_serving(e)
 
     run(body)

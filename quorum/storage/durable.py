@@ -29,7 +29,16 @@ from quorum.errors import (
     Unavailable,
     UsageError,
 )
-from quorum.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from quorum.raft.storage import LogStorage
+from quorum.raft.types import (
+    ENTRY_OVERHEAD_BYTES,
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+    entry_size,
+)
 from quorum.storage import snapshot as snapfile
 from quorum.storage.fs import FileSystem
 from quorum.storage.record import SnapshotMarker
@@ -39,8 +48,6 @@ from quorum.storage.wal import DEFAULT_SEGMENT_BYTES, PLANTED_BUGS, Replayed, Wa
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Size accounting for entries(max_bytes): len(data) plus this fixed per-entry overhead.
-ENTRY_OVERHEAD_BYTES = 16
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -454,9 +461,10 @@ def _check_hard_state(
 
 
 def _limit_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The longest prefix within ``max_bytes`` (sizes as the core counts them), at least one."""
     total = 0
     for count, entry in enumerate(entries):
-        total += len(entry.data) + ENTRY_OVERHEAD_BYTES
+        total += entry_size(entry)
         if total > max_bytes:
             return entries[: max(count, 1)]
     return entries
@@ -469,3 +477,11 @@ def _io(action: Callable[[], T]) -> T:
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(f"disk full: {exc}") from exc
         raise FatalIOError(f"I/O error: {exc}") from exc
+
+
+def _implements_log_storage(storage: DurableStorage) -> LogStorage:
+    """Checked by mypy: DurableStorage satisfies the protocol the core reads."""
+    return storage
+
+
+__all__ = ["ENTRY_OVERHEAD_BYTES", "DurableStorage", "StorageOptions"]

@@ -54,7 +54,7 @@ def workload(seed: int, n: int, keys: int = 30) -> list[tuple[Request, int, int]
         elif roll < 0.89:
             req = LeaseExpireRequest(tuple(rng.sample([1, 2, 3, 4], 2)))
         elif roll < 0.92:
-            req = CompactionRequest(max(1, rev_guess - rng.randint(0, 10)))
+            req = CompactionRequest(max(1, rev_guess // 2 - rng.randint(0, 10)))
         elif roll < 0.95:
             req = SessionOpenRequest()
         else:

@@ -18,6 +18,7 @@ Errors: typed ``quorum.errors`` exceptions the server reported (StateError subcl
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from quorum.state.commands import (
     LeaseRevokeRequest,
     PutRequest,
     PutResponse,
+    RangeRequest,
     RangeResponse,
     RequestOp,
     SessionOpenRequest,
@@ -78,16 +80,16 @@ class _Session:
 
 
 class _SessionPool:
-    """Sessions with no write in flight. Invariant: a session is either in ``free`` or held by
-    exactly one running write, so its sequence numbers are used one at a time, in order."""
+    """Sessions with no write in flight. Invariant: a session is either in ``_free``, handed
+    to exactly one waiter, or held by exactly one running write, so its sequence numbers are
+    used one at a time, in order. Releasing hands a session straight to the oldest waiter."""
 
     def __init__(self, client: AsyncClient, max_sessions: int) -> None:
         self._client = client
         self._max = max_sessions
         self._free: list[_Session] = []
-        self._count = 0
-        self._waiting = 0
-        self._released = asyncio.Condition()
+        self._count = 0  # sessions opened (or being opened) and not discarded
+        self._waiters: collections.deque[asyncio.Future[_Session | None]] = collections.deque()
 
     async def acquire(self, deadline: float) -> _Session:
         while True:
@@ -99,22 +101,46 @@ class _SessionPool:
                     return _Session(await self._client._open_session(deadline))
                 except BaseException:
                     self._count -= 1
+                    self._wake(None)  # let a waiter try to open one instead
                     raise
-            self._waiting += 1
-            try:
-                async with self._released:
-                    await self._released.wait()
-            finally:
-                self._waiting -= 1
+            got = await self._wait(deadline)
+            if got is not None:
+                return got
 
-    async def release(self, session: _Session | None, discard: bool = False) -> None:
-        if session is not None and not discard:
-            self._free.append(session)
-        elif session is not None:
+    async def _wait(self, deadline: float) -> _Session | None:
+        fut: asyncio.Future[_Session | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await fut
+        except TimeoutError:
+            self._pass_on(fut)
+            raise RequestTimeout("no client session became free before the deadline") from None
+        except asyncio.CancelledError:
+            self._pass_on(fut)
+            raise
+
+    def _pass_on(self, fut: asyncio.Future[_Session | None]) -> None:
+        """A session handed to a waiter that gave up at the same moment goes to the next."""
+        if fut.done() and not fut.cancelled():
+            session = fut.result()
+            if session is not None:
+                self.release(session)
+
+    def _wake(self, session: _Session | None) -> bool:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(session)
+                return True
+        return False
+
+    def release(self, session: _Session, discard: bool = False) -> None:
+        if discard:
             self._count -= 1
-        if self._waiting:  # the common case (a free session was at hand) costs no lock
-            async with self._released:
-                self._released.notify()
+            self._wake(None)
+        elif not self._wake(session):
+            self._free.append(session)
 
 
 class AsyncClient:
@@ -264,17 +290,18 @@ class AsyncClient:
             session.last_seq += 1  # a fresh seq per write; its retries reuse it
             try:
                 resp = await self._attempts(body, session.id, session.last_seq, False, deadline)
-            except SessionNotFound:
-                # evicted or unknown: the state machine applied nothing for this seq. On the
-                # first attempt it is safe to run the write in a new session.
-                await self._sessions.release(session, discard=True)
-                if first:
+            except SessionNotFound as exc:
+                # evicted or unknown. If this write was sent once, the state machine applied
+                # nothing for it and it may run in a new session; if it was sent again after
+                # a lost answer, its first copy may have been applied: the outcome is unknown.
+                self._sessions.release(session, discard=True)
+                if first and getattr(exc, "sends", 1) == 1:
                     continue
                 raise
             except BaseException:
-                await self._sessions.release(session)
+                self._sessions.release(session)
                 raise
-            await self._sessions.release(session)
+            self._sessions.release(session)
             return resp
         raise AssertionError("unreachable")
 
@@ -282,10 +309,12 @@ class AsyncClient:
         self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float
     ) -> m.ResponseBody:
         loop = asyncio.get_running_loop()
+        sends = 0
         while True:
             conn = await self._connection(deadline)
             req = m.Request(next(self._ids), body, session, seq, serializable)
             self._ensure_watchdog()
+            sends += 1
             try:
                 answer = await conn.request(req, deadline)
             except ConnectionLost:
@@ -294,6 +323,7 @@ class AsyncClient:
             if isinstance(answer, m.ErrorResp):
                 exc = error_from_body(answer)
                 if not isinstance(exc, RETRIABLE):
+                    exc.sends = sends  # type: ignore[attr-defined]
                     raise exc
                 await self._learn_leader(conn, exc, deadline)
                 self._fail_over(conn, exc)
@@ -371,14 +401,18 @@ class AsyncClient:
             sort_order=sort_order, sort_target=sort_target, keys_only=keys_only,
             count_only=count_only,
         )
-        resp = await self.call(req, timeout_s=timeout_s, serializable=serializable)
+        resp = await self._attempts(req, 0, 0, serializable, self._deadline(timeout_s))
         return _expect(resp, RangeResponse)
 
     async def get(
-        self, key: bytes, *, revision: int = 0, serializable: bool = False
+        self, key: bytes, *, revision: int = 0, serializable: bool = False,
+        timeout_s: float | None = None,
     ) -> KeyValue | None:
         """The key's current (or ``revision``'s) version, None if absent."""
-        resp = await self.range(key, revision=revision, serializable=serializable)
+        req = RangeRequest(key, b"", 0, revision)
+        resp = await self._attempts(req, 0, 0, serializable, self._deadline(timeout_s))
+        if type(resp) is not RangeResponse:
+            resp = _expect(resp, RangeResponse)
         return resp.kvs[0] if resp.kvs else None
 
     async def get_prefix(self, prefix: bytes, **kwargs: Any) -> RangeResponse:
@@ -389,7 +423,8 @@ class AsyncClient:
         ignore_value: bool = False, ignore_lease: bool = False, timeout_s: float | None = None,
     ) -> PutResponse:
         req = PutRequest(key, value, lease, prev_kv, ignore_value, ignore_lease)
-        return _expect(await self.call(req, timeout_s=timeout_s), PutResponse)
+        resp = await self._session_write(req, self._deadline(timeout_s))
+        return _expect(resp, PutResponse)
 
     async def delete(
         self, key: bytes, range_end: bytes = b"", *, prefix: bool = False,
@@ -398,7 +433,8 @@ class AsyncClient:
         if prefix:
             range_end = prefix_end(key)
         req = DeleteRangeRequest(key, range_end, prev_kv)
-        return _expect(await self.call(req, timeout_s=timeout_s), DeleteRangeResponse)
+        resp = await self._session_write(req, self._deadline(timeout_s))
+        return _expect(resp, DeleteRangeResponse)
 
     async def txn(
         self,

@@ -74,9 +74,10 @@ def make_etcdctl(endpoint: str) -> Etcdctl:
     env = {**os.environ, "ETCDCTL_API": "3"}
 
     def run(
-        *args: str, input: str | None = None, check: bool = True, timeout: float = 20.0
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [ETCDCTL, f"--endpoints={endpoint}", *args]
+        # generous timeouts: the suite shares 2 cores with everything else
+        cmd = [ETCDCTL, f"--endpoints={endpoint}", "--dial-timeout=10s", "--command-timeout=20s", *args]
         res = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env
         )

@@ -38,7 +38,7 @@ class Background:
         self._out = self.out_path.open("w")
         env = {**os.environ, "ETCDCTL_API": "3"}
         self.proc = subprocess.Popen(
-            [ETCDCTL, f"--endpoints={server.endpoint}", *args],
+            [ETCDCTL, f"--endpoints={server.endpoint}", "--dial-timeout=10s", *args],
             stdout=self._out, stderr=subprocess.STDOUT, env=env,
         )
 

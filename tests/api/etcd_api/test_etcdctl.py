@@ -349,3 +349,24 @@ def test_compaction_errors(etcdctl: Etcdctl) -> None:
     far = etcdctl("compaction", str(revision(etcdctl) + 1000), check=False)
     assert far.returncode != 0
     assert "etcdserver: mvcc: required revision is a future revision" in far.stderr
+
+
+def test_make_mirror_copies_a_prefix_to_another_server(
+    etcdctl: Etcdctl, etcd_server: EtcdServer, tmp_path: Path, background: list[Background]
+) -> None:
+    """make-mirror syncs the existing keys, then follows a watch (both servers are quorum)."""
+    target_dir = tmp_path / "target"
+    target_dir.mkdir()
+    target = start_server(target_dir)
+    try:
+        etcdctl("put", "mm/a", "1")
+        mirror = bg(background, etcd_server, tmp_path, "make-mirror", "--prefix", "mm/", target.endpoint)
+        dest = make_etcdctl(target.endpoint)
+        etcdctl("put", "mm/b", "2")
+        etcdctl("del", "mm/a")
+        deadline = time.monotonic() + WAIT_S
+        while dest("get", "--prefix", "mm/").stdout != "mm/b\n2\n":
+            assert time.monotonic() < deadline, dest("get", "--prefix", "mm/").stdout + mirror.output()
+            time.sleep(0.1)
+    finally:
+        stop_server(target)

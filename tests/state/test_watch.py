@@ -80,7 +80,7 @@ class Stream:
     responses: list[WatchResponse] = field(default_factory=list)
 
 
-def check_stream(stream: Stream, oracle: Oracle, upto: int) -> int:
+def check_stream(stream: Stream, oracle: Oracle, upto: int, compact: int = 0) -> int:
     """Assert the six guarantees for one watcher's responses; returns the revision to resume
     from (the first one not delivered). ``upto``: the revision everything must have reached
     unless the watcher was canceled."""
@@ -118,7 +118,9 @@ def check_stream(stream: Stream, oracle: Oracle, upto: int) -> int:
         for g, w in zip(got, want):
             if g[3] is not None:
                 assert g[3] == w[3], "prev_kv"
-            # (an absent prev_kv is allowed: in replay, the previous version may be compacted)
+            elif stream.req.prev_kv and w[3] is not None:
+                # only the event AT a compact revision may have lost its previous version
+                assert rev <= compact, f"prev_kv missing at {rev}"
         # reliable: nothing between the previous delivered revision and this one
         gap = oracle.events(stream.req, last + 1, rev - 1)
         assert not gap, f"reliable: events at {sorted(gap)} were skipped"
@@ -198,7 +200,7 @@ def test_watch_guarantees_hold(seed: int, config: StateConfig) -> None:
     delivered = sum(len(r.events) for s in streams for r in s.responses)
     assert delivered > 50
     for stream in streams:
-        check_stream(stream, oracle, sm.revision)
+        check_stream(stream, oracle, sm.revision, sm.compact_revision)
 
 
 def test_the_campaign_covers_compaction_overflow_and_progress() -> None:
@@ -219,7 +221,7 @@ def test_the_campaign_covers_compaction_overflow_and_progress() -> None:
 def test_watch_guarantees_hold_across_snapshot_restores() -> None:
     oracle, streams, sm = drive(11, StateConfig(watch_replay_events=5), restore_every=40)
     for stream in streams:
-        check_stream(stream, oracle, sm.revision)
+        check_stream(stream, oracle, sm.revision, sm.compact_revision)
 
 
 def test_planted_split_txn_bug_is_caught_by_the_atomicity_check() -> None:
@@ -228,7 +230,7 @@ def test_planted_split_txn_bug_is_caught_by_the_atomicity_check() -> None:
         oracle, streams, sm = drive(seed, split_bug=True)
         for stream in streams:
             try:
-                check_stream(stream, oracle, sm.revision)
+                check_stream(stream, oracle, sm.revision, sm.compact_revision)
             except AssertionError as exc:
                 assert "atomic" in str(exc) or "ordered" in str(exc)
                 failures += 1
@@ -317,3 +319,36 @@ def test_client_cancel_delivers_buffered_events_then_the_cancel() -> None:
     got = sm.drain_watch(wid)
     assert [(r.revision, r.canceled) for r in got] == [(1, False), (1, True)]
     assert got[1].events == ()
+
+
+def test_restore_from_a_later_snapshot_replays_the_missed_revisions() -> None:
+    lagging, ahead = StateMachine(), StateMachine()
+    for i in range(1, 4):
+        for sm in (lagging, ahead):
+            sm.apply(i, encode_command(PutRequest(b"k", b"%d" % i)))
+    wid = lagging.watch(WatchRequest(b"k", prev_kv=True))
+    for i in range(4, 9):  # the lagging replica misses these, then gets a snapshot
+        ahead.apply(i, encode_command(PutRequest(b"k", b"%d" % i)))
+    lagging.restore(ahead.snapshot())
+    got = lagging.drain_watch(wid)
+    assert [r.revision for r in got] == [4, 5, 6, 7, 8]
+    assert got[0].events[0].prev_kv is not None and got[0].events[0].prev_kv.value == b"3"
+    ahead.apply(9, encode_command(CompactionRequest(8)))
+    gone = lagging.watch(WatchRequest(b"k", start_revision=lagging.revision + 1))
+    lagging.restore(ahead.snapshot())
+    assert lagging.drain_watch(gone) == []  # nothing new: still owed revision 9, not lost
+    lagging.apply(10, encode_command(PutRequest(b"k", b"x")))
+    assert [r.revision for r in lagging.drain_watch(gone)] == [9]
+
+
+def test_restore_past_a_watchers_history_cancels_it_as_compacted() -> None:
+    lagging, ahead = StateMachine(), StateMachine()
+    lagging.apply(1, encode_command(PutRequest(b"k", b"1")))
+    ahead.apply(1, encode_command(PutRequest(b"k", b"1")))
+    wid = lagging.watch(WatchRequest(b"k"))
+    for i in range(2, 7):
+        ahead.apply(i, encode_command(PutRequest(b"k", b"%d" % i)))
+    ahead.apply(7, encode_command(CompactionRequest(5)))
+    lagging.restore(ahead.snapshot())
+    [resp] = lagging.drain_watch(wid)
+    assert resp.canceled and resp.compact_revision == 5

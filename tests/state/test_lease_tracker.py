@@ -1,0 +1,93 @@
+"""LeaseTracker: clock-free leader-side expiry bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from quorum.errors import LeaseNotFound
+from quorum.state import (
+    LeaseCheckpoint,
+    LeaseCheckpointRequest,
+    LeaseExpireRequest,
+    LeaseGrantRequest,
+    LeaseTracker,
+    PutRequest,
+    RangeRequest,
+    StateMachine,
+    encode_command,
+)
+from quorum.state.lease import LeaseInfo
+
+
+def test_expiry_follows_deadlines_and_keepalive_restarts_them() -> None:
+    t = LeaseTracker()
+    t.promote(0.0, [])
+    t.granted(1, 10, now=0.0)
+    t.granted(2, 5, now=0.0)
+    assert t.expired(4.9) == []
+    assert t.keepalive(2, now=4.0) == 5
+    assert t.expired(8.9) == []
+    assert t.expired(9.0) == [2]
+    assert t.expired(10.0) == [1]
+    assert t.remaining(1, 10.0) == 3  # held back for retry_s (3 s) while the expire is proposed
+    t.revoked(2)
+    assert t.expired(100.0) == [1] and t.remaining(2, 100.0) is None
+
+
+def test_failover_never_expires_a_lease_early() -> None:
+    # The old leader granted a 10 s lease at t=0 and the client kept it alive until t=8.
+    # The new leader takes over at t=20 (its own clock): the lease restarts in full.
+    t = LeaseTracker(extend_s=1.0)
+    t.promote(20.0, [LeaseInfo(1, granted_ttl=10, remaining_ttl=0)])
+    assert t.expired(30.9) == []
+    assert t.expired(31.0) == [1]
+
+
+def test_promote_uses_the_checkpointed_remaining_ttl() -> None:
+    t = LeaseTracker()
+    t.promote(0.0, [LeaseInfo(1, granted_ttl=3600, remaining_ttl=600)])
+    assert t.remaining(1, 0.0) == 600
+    assert t.expired(599.0) == [] and t.expired(600.0) == [1]
+
+
+def test_followers_track_nothing_and_reject_keepalives() -> None:
+    t = LeaseTracker()
+    t.granted(1, 10, now=0.0)
+    assert t.expired(1e9) == []
+    with pytest.raises(LeaseNotFound):
+        t.keepalive(1, 0.0)
+    t.promote(0.0, [LeaseInfo(1, 10, 0)])
+    t.demote()
+    assert t.expired(1e9) == [] and t.checkpoints(1e9) == []
+
+
+def test_checkpoints_for_long_leases_and_clearing_after_keepalive() -> None:
+    t = LeaseTracker(checkpoint_interval_s=60.0, checkpoint_min_ttl_s=100)
+    t.promote(0.0, [LeaseInfo(1, 3600, 0), LeaseInfo(2, 30, 0)])
+    assert t.checkpoints(10.0) == []
+    assert t.checkpoints(60.0) == [LeaseCheckpoint(1, 3540)]
+    t.checkpoint_applied(LeaseCheckpoint(1, 3540))
+    t.keepalive(1, 70.0)
+    assert t.checkpoints(71.0) == [LeaseCheckpoint(1, 0)]  # clear the stale checkpoint
+
+
+def test_runtime_loop_with_the_state_machine() -> None:
+    """How the runtime wires it: grant through the log, expire through the log."""
+    sm = StateMachine()
+    t = LeaseTracker()
+    t.promote(0.0, [])
+    resp = sm.apply(1, encode_command(LeaseGrantRequest(5)))
+    t.granted(resp.id, resp.ttl, now=0.0)  # type: ignore[union-attr]
+    sm.apply(2, encode_command(PutRequest(b"a", b"", lease=1)))
+    sm.apply(3, encode_command(PutRequest(b"b", b"", lease=1)))
+    sm.apply(4, encode_command(LeaseCheckpointRequest((LeaseCheckpoint(1, 2),))))
+    expired = t.expired(6.0)
+    assert expired == [1]
+    out = sm.apply(5, encode_command(LeaseExpireRequest(tuple(expired))))
+    assert out.expired == (1,)  # type: ignore[union-attr]
+    for lease_id in out.expired:  # type: ignore[union-attr]
+        t.revoked(lease_id)
+    assert sm.range(RangeRequest(b"\0", b"\0")).kvs == ()
+    assert sm.revision == 3  # both keys vanished at one revision
+    again = sm.apply(6, encode_command(LeaseExpireRequest((1,))))  # a duplicate proposal
+    assert again.expired == () and sm.revision == 3  # type: ignore[union-attr]

@@ -144,6 +144,15 @@ def test_nested_txn_and_range_compare() -> None:
         assert res.succeeded
         assert res.responses[0].response_txn.succeeded
         assert res.responses[1].response_range.kvs[0].value == b"nested"
+        counted = await e.kv.Range(
+            pb.RangeRequest(key=b"r/", range_end=b"r0", count_only=True, limit=1)
+        )
+        assert counted.count == 3 and not counted.kvs  # count ignores the limit
+        keys = await e.kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", keys_only=True,
+                                                sort_order=pb.RangeRequest.DESCEND))
+        assert [(kv.key, kv.value) for kv in keys.kvs] == [(b"r/c", b""), (b"r/b", b""), (b"r/a", b"")]
+        newer = await e.kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", min_mod_revision=3))
+        assert [kv.key for kv in newer.kvs] == [b"r/c"]
         read_only = await e.kv.Txn(
             pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"r/a"))])
         )

@@ -551,3 +551,28 @@ def test_garbage_on_the_port_does_not_disturb_the_server() -> None:
         await still_serving(e)
 
     run(body)
+
+
+def test_a_lock_caller_that_gives_up_leaves_no_key_behind() -> None:
+    """A waiter whose call is cancelled (deadline) withdraws its key; otherwise everyone queued
+    behind it would wait for a lease that may live on."""
+
+    async def body(e: Env) -> None:
+        holder = await e.lock.Lock(lpb.LockRequest(name=b"G", lease=await grant(e, 30)))
+        quitter_lease = await grant(e, 30)
+        await expect_error(
+            e.lock.Lock(lpb.LockRequest(name=b"G", lease=quitter_lease), timeout=0.5),
+            grpc.StatusCode.DEADLINE_EXCEEDED, "",
+        )
+        quitter_key = b"G/%x" % quitter_lease
+        for _ in range(100):  # the server notices the cancellation asynchronously
+            if not (await e.kv.Range(pb.RangeRequest(key=quitter_key))).kvs:
+                break
+            await asyncio.sleep(0.05)
+        assert not (await e.kv.Range(pb.RangeRequest(key=quitter_key))).kvs
+        last_lease = await grant(e, 30)
+        waiter = asyncio.ensure_future(e.lock.Lock(lpb.LockRequest(name=b"G", lease=last_lease)))
+        await e.lock.Unlock(lpb.UnlockRequest(key=holder.key))
+        assert (await asyncio.wait_for(waiter, STEP_S)).key == b"G/%x" % last_lease
+
+    run(body)

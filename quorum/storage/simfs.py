@@ -93,6 +93,14 @@ class _SimFile(FileHandle):
         self._check()
         return len(self._inode.data)
 
+    def preallocate(self, size: int) -> None:
+        """Like posix_fallocate: the file grows to ``size`` reading as zeros; the new size is
+        durable only after a sync (a zero write, subject to capacity and crashes)."""
+        self._check()
+        if size > len(self._inode.data):
+            current = len(self._inode.data)
+            self._fs._write(self._path, self._inode, bytes(size - current), current)
+
     def close(self) -> None:
         self._generation = -1
 

@@ -150,7 +150,6 @@ class Wal:
             _io(lambda: _cut_tail(handle, offset))
         return cls(fs, wal_dir, options, names, handle, offset, replayed), replayed
 
-
     @classmethod
     def _create_empty(
         cls, fs: FileSystem, wal_dir: str, options: WalOptions

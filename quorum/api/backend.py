@@ -84,6 +84,10 @@ class Member(msgspec.Struct, frozen=True):
     peer_urls: tuple[str, ...] = ()
     client_urls: tuple[str, ...] = ()
     is_learner: bool = False
+    # URLs of the member's etcd gRPC API. The etcd surface reports these as clientURLs when
+    # given (etcd clients that sync endpoints from MemberList must see only gRPC endpoints),
+    # else client_urls.
+    etcd_urls: tuple[str, ...] = ()
 
 
 class MemberChange(msgspec.Struct, frozen=True):

@@ -20,8 +20,9 @@ SNAPSHOT_CHUNK_BYTES = 32 * 1024
 
 
 def member_pb(m: Member) -> pb.Member:
+    clients = m.etcd_urls or m.client_urls
     return pb.Member(
-        ID=m.id, name=m.name, peerURLs=list(m.peer_urls), clientURLs=list(m.client_urls),
+        ID=m.id, name=m.name, peerURLs=list(m.peer_urls), clientURLs=list(clients),
         isLearner=m.is_learner,
     )
 

@@ -120,3 +120,13 @@ def test_an_event_larger_than_the_limit_travels_alone() -> None:
 def test_small_responses_are_not_split() -> None:
     parts = fragments(1, WatchResponse(1, 5, _events(3, 10)), pb.ResponseHeader(), 10_000)
     assert len(parts) == 1 and not parts[0].fragment
+
+
+def test_member_client_urls_prefer_the_etcd_endpoints() -> None:
+    from quorum.api.backend import Member
+    from quorum.api.etcd.maintenance import member_pb
+
+    both = Member(1, "n1", ("http://p:1",), ("http://native:2", "http://etcd:3"), False, ("http://etcd:3",))
+    assert list(member_pb(both).clientURLs) == ["http://etcd:3"]
+    plain = Member(2, "n2", ("http://p:1",), ("http://c:2",))
+    assert list(member_pb(plain).clientURLs) == ["http://c:2"]

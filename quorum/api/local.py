@@ -91,6 +91,11 @@ class LocalBackend:
     """An in-process Backend (see the module docstring). Single event loop; not thread-safe.
 
     ``clock`` returns monotonic seconds (injectable so tests control lease expiry).
+
+    ``quorum.api.cluster.ClusterBackend`` subclasses this class to reuse its watch, lease and
+    maintenance machinery over the replicated state machine; it relies on ``_sm``,
+    ``_tracker``, ``_clock``, ``_cluster_id``, ``_alarms``, ``_after_apply`` and
+    ``_db_size_bytes``, so those names and meanings are part of this class's contract.
     """
 
     def __init__(

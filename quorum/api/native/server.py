@@ -1,10 +1,11 @@
 """The native protocol server: asyncio, one Protocol object per connection.
 
 Throughput choices (docs/client.md): frames are parsed straight from ``data_received``
-without stream readers; each request runs as its own task so a slow write never blocks the
-reads queued behind it (responses go out in completion order, matched by id); answers are
-encoded once, straight into one output buffer, and flushed with a single ``write`` per loop
-turn. No per-request logging: only connection-level events are logged.
+without stream readers; each request is run eagerly and, only if it has to wait, continues
+as its own task, so a slow write never blocks the reads queued behind it (answers go out in
+completion order, matched by id); answers are encoded once, straight into one output
+buffer, and flushed with a single ``write`` per loop turn. No per-request logging: only
+connection-level events are logged.
 
 Bad input (a frame that is too large, does not decode, or is cut off at EOF) closes that one
 connection with a logged reason; every other connection keeps being served.

@@ -83,12 +83,12 @@ class SlowWrites(BackendDispatcher):
 
     def handle(self, body: Any, session: int, seq: int, serializable: bool = False) -> Any:
         if isinstance(body, PutRequest):
-            return self._gated(super().handle(body, session, seq, serializable))
+            return self._gated(body, session, seq, serializable)
         return super().handle(body, session, seq, serializable)
 
-    async def _gated(self, inner: Awaitable[Any]) -> Any:
+    async def _gated(self, body: Any, session: int, seq: int, serializable: bool) -> Any:
         await self.gate.wait()
-        return await inner
+        return await super().handle(body, session, seq, serializable)
 
 
 def test_answers_come_back_out_of_order() -> None:
@@ -231,3 +231,33 @@ def test_planted_bug_without_write_back_pressure_the_buffer_grows(
     monkeypatch.setattr(server_mod._Connection, "pause_writing", lambda self: None)
     held = run(_unread_watch_buffer(64 * 1024, 400))
     assert held > 8 * 1024 * 1024
+
+
+def test_client_gone_while_a_request_waits_cancels_it_cleanly() -> None:
+    async def body() -> None:
+        gate = asyncio.Event()
+
+        def factory(backend: Any) -> SlowWrites:
+            d = SlowWrites(backend)
+            d.gate = gate
+            return d
+
+        backend = LocalBackend()
+        server = await serve_native(backend, "127.0.0.1", 0, dispatcher_factory=factory)
+        conn = await RawConn.open(server)
+        conn.send(m.Request(1, PutRequest(b"never", b"applied")))
+        while not server.connections or not next(iter(server.connections))._inflight:
+            await asyncio.sleep(0.001)  # the put is parked at the gate, inside a task
+        (served,) = server.connections
+        task = next(iter(served._inflight))
+        conn.writer.transport.abort()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+        assert task.cancelled()
+        gate.set()
+        other = await RawConn.open(server)
+        other.send(m.Request(2, RangeRequest(b"never")))
+        (answer,) = await other.answers(1)
+        assert isinstance(answer.body, RangeResponse) and not answer.body.kvs
+        await server.close()
+
+    run(body())

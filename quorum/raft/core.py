@@ -73,6 +73,7 @@ class Raft:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.uncommitted_size = 0
+        self.bcast_pending = False  # leader: appends deferred until the next Ready
         self.counters: Counter[str] = Counter()
         self._load(storage, config)
 

@@ -152,7 +152,7 @@ def handle_proposal(r: Raft, m: Message) -> None:
             f"uncommitted log holds {r.uncommitted_size} bytes "
             f"(cap {r.config.max_uncommitted_entries_size})"
         )
-    bcast_append(r)
+    r.bcast_pending = True  # one append per follower for all proposals of this Ready
 
 
 def _check_conf_change(r: Raft, entry: Entry) -> None:
@@ -226,10 +226,25 @@ def propose_auto_leave(r: Raft) -> None:
 # --- replication ------------------------------------------------------------------------------
 
 
+def flush_bcast(r: Raft) -> None:
+    """Send the appends deferred since the last Ready (new entries or a new commit index):
+    coalescing them is what turns many proposals per loop turn into one append each."""
+    if r.bcast_pending:
+        r.bcast_pending = False
+        if r.role == StateRole.LEADER:
+            bcast_append(r)
+
+
 def bcast_append(r: Raft) -> None:
-    for node_id, _ in r.trk.visit():
-        if node_id != r.id:
-            send_append(r, node_id)
+    """One append to every follower; a replicating follower gets as many batches as its
+    in-flight window takes (pipelining, thesis §10.2.1)."""
+    for node_id, pr in r.trk.visit():
+        if node_id == r.id or not maybe_send_append(r, node_id, send_if_empty=True):
+            continue
+        while pr.state == ProgressState.REPLICATE and maybe_send_append(
+            r, node_id, send_if_empty=False
+        ):
+            pass
 
 
 def send_append(r: Raft, to: int) -> None:
@@ -317,8 +332,8 @@ def handle_append_response(r: Raft, m: Message, pr: Progress) -> None:
     elif pr.state == ProgressState.REPLICATE:
         pr.inflights.free_le(m.index)
     if maybe_commit(r):
-        bcast_append(r)
-    elif was_paused:
+        r.bcast_pending = True  # tell everyone the new commit index, once per Ready
+    elif was_paused and not r.bcast_pending:  # else the deferred broadcast covers it
         send_append(r, m.from_)
     # The window may have room for several batches now.
     while maybe_send_append(r, m.from_, send_if_empty=False):
@@ -359,7 +374,12 @@ def maybe_commit(r: Raft) -> bool:
 def handle_heartbeat_response(r: Raft, m: Message, pr: Progress) -> None:
     pr.recent_active = True
     pr.msg_app_flow_paused = False
-    if pr.match < r.raft_log.last_index() or pr.state == ProgressState.PROBE:
+    # A periodic heartbeat answer from a lagging follower triggers an append: it probes a
+    # PROBE follower and recovers appends lost in REPLICATE (a gap makes the follower
+    # reject, which resets to PROBE). ReadIndex rounds (with a context) skip this: they
+    # come in bursts and the periodic heartbeat covers recovery.
+    lagging = pr.match < r.raft_log.last_index() or pr.state == ProgressState.PROBE
+    if lagging and not m.context and not r.bcast_pending:
         send_append(r, m.from_)
     if r.config.read_only_option != ReadOnlyOption.SAFE or not m.context:
         return

@@ -14,7 +14,7 @@ import msgspec
 from quorum.errors import InvalidConfChange, ProposalDropped, UsageError
 from quorum.raft.config import Config
 from quorum.raft.core import Raft
-from quorum.raft.leader import bcast_append, maybe_commit, reduce_uncommitted_size
+from quorum.raft.leader import flush_bcast, maybe_commit, reduce_uncommitted_size
 from quorum.raft.status import Status, status_of
 from quorum.raft.storage import LogStorage
 from quorum.raft.types import (
@@ -147,7 +147,8 @@ class RawNode:
         r = self.raft
         log = r.raft_log
         return bool(
-            r.msgs
+            r.bcast_pending
+            or r.msgs
             or r.early_msgs
             or r.read_states
             or r.soft_state() != self._prev_soft
@@ -161,6 +162,7 @@ class RawNode:
         """The next batch of work; call ``advance`` with it when done."""
         r = self.raft
         log = r.raft_log
+        flush_bcast(r)
         self._number += 1
         rd = Ready(number=self._number)
         soft, hard = r.soft_state(), r.hard_state()
@@ -226,7 +228,7 @@ class RawNode:
         own = r.trk.progress.get(r.id)
         persisted = r.raft_log.stable_last_index()
         if own is not None and own.maybe_update(persisted) and maybe_commit(r):
-            bcast_append(r)
+            r.bcast_pending = True
 
     # --- observation -------------------------------------------------------------------------
 

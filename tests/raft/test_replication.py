@@ -53,20 +53,21 @@ def test_batches_respect_entry_and_byte_limits() -> None:
 
 
 def test_window_stops_sending_until_acknowledged() -> None:
-    node = replicating_leader(max_inflight_msgs=2)
+    node = replicating_leader(max_inflight_msgs=2, max_entries_per_msg=1)
     for i in range(5):
         node.propose(b"p%d" % i)
     rd = drain(node)
     to2 = [m for m in sent(rd) if m.type == MT.APP and m.to == 2]
-    assert [m.entries[-1].index for m in to2] == [2, 3]  # window of 2 full
+    assert [[e.index for e in m.entries] for m in to2] == [[2], [3]]  # window of 2 full
     node.step(Message(type=MT.APP_RESP, to=1, from_=2, term=1, index=3))
     rd = drain(node)
     to2 = [m for m in sent(rd) if m.type == MT.APP and m.to == 2]
-    # The window has room again: everything not yet sent goes in one batch.
-    assert [[e.index for e in m.entries] for m in to2] == [[4, 5, 6]]
+    assert [[e.index for e in m.entries] for m in to2] == [[4], [5]]  # two slots freed
     status = {p.id: p for p in node.status().progress}
-    assert status[2].inflight == 1 and not status[2].paused
-    assert status[3].inflight == 2 and status[3].paused
+    assert status[2].inflight == 2 and status[2].paused
+    node.step(Message(type=MT.APP_RESP, to=1, from_=2, term=1, index=4))
+    to2 = [m for m in sent(drain(node)) if m.type == MT.APP and m.to == 2]
+    assert [[e.index for e in m.entries] for m in to2] == [[6]]
 
 
 def test_byte_limit_per_message() -> None:

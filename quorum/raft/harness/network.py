@@ -151,8 +151,16 @@ class Network:
         self.now_ticks += ticks
 
     def drop_to(self, node: int) -> None:
-        """Discard every queued message addressed to ``node`` (it crashed)."""
-        self._queue = [item for item in self._queue if item[2].to != node]
+        """Discard every queued message addressed to ``node`` (it crashed); they count as lost
+        in flight, so senders hear about them through :meth:`take_lost`."""
+        kept = []
+        for item in self._queue:
+            if item[2].to == node:
+                self.dropped += 1
+                self._lost.append(item[2])
+            else:
+                kept.append(item)
+        self._queue = kept
         heapq.heapify(self._queue)
 
     def clear(self) -> None:

@@ -124,6 +124,15 @@ PROFILES: dict[str, Profile] = {
             proposals_per_tick=2.0,
             read_rate=0.0,
         ),
+        # linearizable reads (thesis §6.4, TEST_SCENARIOS F34): many ReadIndex requests at
+        # every node, leaders cut off now and then, so deposed leaders get asked too
+        Profile(
+            "reads",
+            voters=(3, 5),
+            isolate_leader_rate=0.05,
+            heal_rate=0.05,
+            read_rate=0.8,
+        ),
         # a calm network: proposals, compaction and snapshots, occasional crashes
         Profile(
             "snapshots",
@@ -153,6 +162,7 @@ class Result:
     committed: int = 0
     crashes: int = 0
     messages: int = 0
+    reads: int = 0  # ReadIndex answers checked against acknowledged writes
 
     @property
     def ok(self) -> bool:
@@ -174,7 +184,7 @@ class Result:
         return (
             f"seed {self.seed} [{self.profile}] {head}; ticks={self.ticks} "
             f"leaders={self.leaders} proposed={self.proposed} committed={self.committed} "
-            f"crashes={self.crashes} messages={self.messages}"
+            f"crashes={self.crashes} messages={self.messages} reads={self.reads}"
         )
 
 
@@ -355,6 +365,7 @@ class _Run:
         r.leaders = len(c.checker.leader_of_term)
         r.committed = c.checker.max_applied_index()
         r.messages = sum(c.net.sent.values())
+        r.reads = c.checker.reads_checked
         return r
 
 

@@ -261,3 +261,60 @@ def test_config_watcher_keeps_a_local_dict_current() -> None:
                 assert cfg.get("timeout") == b"7" and put.revision < cfg.revision + 1
 
     run(body())
+
+
+async def _config_across_compaction(env: Env) -> tuple[dict[bytes, bytes], int]:
+    """Follow /cfg2/ while the server is down, history changes and is compacted."""
+    from quorum.api.native.server import serve_native
+    from quorum.client import AsyncClient
+    from quorum.state.commands import CompactionRequest, DeleteRangeRequest, PutRequest
+
+    port = env.server.port
+    follower = AsyncClient([env.endpoint], timeout_s=10, retry_backoff_s=0.02)
+    env.clients.append(follower)
+    await env.client().put(b"/cfg2/a", b"1")
+    cfg = ConfigWatcher(follower, "/cfg2/")
+    await cfg.start()
+    await env.server.close()
+    await env.backend.write(PutRequest(b"/cfg2/b", b"2"))
+    await env.backend.write(DeleteRangeRequest(b"/cfg2/a"))
+    last = await env.backend.write(PutRequest(b"/cfg2/c", b"3"))
+    await env.backend.write(CompactionRequest(last.revision))
+    env.server = await serve_native(env.backend, "127.0.0.1", port)
+    try:
+        await cfg.wait_for(lambda items: items == {b"b": b"2", b"c": b"3"}, timeout_s=5)
+        return cfg.snapshot(), cfg.resyncs
+    finally:
+        await cfg.stop()
+
+
+def test_config_watcher_resyncs_after_its_history_was_compacted() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            items, resyncs = await _config_across_compaction(env)
+            assert items == {b"b": b"2", b"c": b"3"} and resyncs == 1
+
+    run(body())
+
+
+def test_planted_bug_mirror_without_resync_never_converges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quorum.client.recipes._common import PrefixMirror
+    from quorum.errors import QuorumError, RevisionCompacted
+
+    async def no_resync(self: PrefixMirror, watcher: object) -> None:
+        try:
+            await self._apply_stream(watcher)  # type: ignore[arg-type]
+        except QuorumError as exc:
+            self.error = exc
+            await self._notify()
+
+    monkeypatch.setattr(PrefixMirror, "_follow", no_resync)
+
+    async def body() -> None:
+        async with serving() as env:
+            with pytest.raises(RevisionCompacted):
+                await _config_across_compaction(env)
+
+    run(body())

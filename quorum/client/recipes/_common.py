@@ -7,7 +7,8 @@ import contextlib
 
 from quorum.client.aio import AsyncClient, LeaseKeeper
 from quorum.client.txn import create_revision, get, put
-from quorum.errors import LockLost, QuorumError
+from quorum.client.watch import Watcher
+from quorum.errors import LockLost, QuorumError, RevisionCompacted
 from quorum.state.commands import (
     EventType,
     KeyValue,
@@ -126,8 +127,10 @@ class PrefixMirror:
 
     ``start()`` reads the prefix at some revision R and then watches from R + 1, so every
     change after the snapshot is applied exactly once, in order; the watch resumes after a
-    reconnect. ``revision`` is the store revision the dict reflects. Waiters use
-    :meth:`wait_changed` / :meth:`wait_for`.
+    reconnect. If the history it must resume from was compacted meanwhile, the mirror reloads
+    the prefix and watches on from the new read (``resyncs`` counts these): the dict then
+    skips intermediate states but ends equal to the store. ``revision`` is the store revision
+    the dict reflects. Waiters use :meth:`wait_for`.
     """
 
     def __init__(self, client: AsyncClient, prefix: bytes) -> None:
@@ -135,11 +138,17 @@ class PrefixMirror:
         self.prefix = prefix
         self.items: dict[bytes, bytes] = {}
         self.revision = 0
+        self.resyncs = 0
         self.error: BaseException | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Load the prefix and start following it. Raises the client's typed errors."""
+        watcher = await self._load()
+        self._task = asyncio.ensure_future(self._follow(watcher))
+
+    async def _load(self) -> Watcher:
         resp = await self.client.get_prefix(self.prefix)
         cut = len(self.prefix)
         self.items = {kv.key[cut:]: kv.value for kv in resp.kvs}
@@ -148,30 +157,40 @@ class PrefixMirror:
             self.prefix, prefix_end(self.prefix), start_revision=resp.revision + 1
         )
         await watcher.start()
-        self._task = asyncio.ensure_future(self._follow(watcher))
+        return watcher
 
-    async def _follow(self, watcher: object) -> None:
-        from quorum.client.watch import Watcher
-
-        assert isinstance(watcher, Watcher)
-        cut = len(self.prefix)
+    async def _follow(self, watcher: Watcher) -> None:
         try:
-            async for batch in watcher:
-                for event in batch.events:
-                    name = event.kv.key[cut:]
-                    if event.type is EventType.PUT:
-                        self.items[name] = event.kv.value
-                    else:
-                        self.items.pop(name, None)
-                self.revision = max(self.revision, batch.revision)
-                async with self._changed:
-                    self._changed.notify_all()
+            while True:
+                try:
+                    await self._apply_stream(watcher)
+                    return  # the server ended the watch
+                except RevisionCompacted:
+                    await watcher.cancel()
+                    self.resyncs += 1
+                    watcher = await self._load()
+                    await self._notify()
         except QuorumError as exc:
             self.error = exc
-            async with self._changed:
-                self._changed.notify_all()
+            await self._notify()
         finally:
             await watcher.cancel()
+
+    async def _apply_stream(self, watcher: Watcher) -> None:
+        cut = len(self.prefix)
+        async for batch in watcher:
+            for event in batch.events:
+                name = event.kv.key[cut:]
+                if event.type is EventType.PUT:
+                    self.items[name] = event.kv.value
+                else:
+                    self.items.pop(name, None)
+            self.revision = max(self.revision, batch.revision)
+            await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def wait_for(self, predicate: object, timeout_s: float | None = None) -> None:
         """Wait until ``predicate(items)`` is true. Raises TimeoutError, or the watch's error."""

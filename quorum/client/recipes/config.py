@@ -2,7 +2,8 @@
 
 The first read and the watch that follows it are joined at one revision, so the dict goes
 through exactly the states the store went through (no missed or doubled change), also across
-reconnects (the watch resumes from the last revision seen + 1).
+reconnects (the watch resumes from the last revision seen + 1). If that revision was compacted
+while disconnected, the dict is reloaded (see ``PrefixMirror``).
 """
 
 from __future__ import annotations

@@ -107,4 +107,5 @@ class MemoryStorage:
             raise UsageError(
                 f"missing log entries: last {self.last_index()}, appending at {entries[0].index}"
             )
-        self._entries = self._entries[:offset] + list(entries)
+        del self._entries[offset:]  # in place: appends at the end copy nothing
+        self._entries.extend(entries)

@@ -166,3 +166,20 @@ def test_move_leader(cluster: Cluster) -> None:
         assert time.monotonic() < deadline, "leadership did not move"
         time.sleep(0.1)
     assert cluster.ctl(target)("put", "after-move", "ok").stdout == "OK\n"
+
+
+def test_member_add_learner_promote_refused_then_remove(cluster: Cluster) -> None:
+    peer = f"http://127.0.0.1:{free_ports(1)[0]}"  # nobody runs there: the learner never syncs
+    added = cluster.ctl()("member", "add", "extra", f"--peer-urls={peer}", "--learner").stdout
+    assert added.startswith("Member ") and "added to cluster" in added
+    new_id = added.split()[1]
+    members = json.loads(cluster.ctl()("member", "list", "-w", "json").stdout)["members"]
+    learner = next(m for m in members if f"{m['ID']:x}" == new_id)
+    assert learner.get("isLearner") is True and learner["peerURLs"] == [peer]
+    refused = cluster.ctl()("member", "promote", new_id, check=False)
+    assert refused.returncode != 0
+    assert "can only promote a learner member which is in sync with leader" in refused.stderr
+    removed = cluster.ctl()("member", "remove", new_id).stdout
+    assert f"Member {new_id} removed from cluster" in removed
+    members = json.loads(cluster.ctl()("member", "list", "-w", "json").stdout)["members"]
+    assert sorted(m["ID"] for m in members) == [1, 2, 3]

@@ -266,10 +266,11 @@ class DurableStorage:
         and the old log; recovery then keeps only log entries that match the snapshot.
         """
         self._check_writable()
-        if metadata.index <= self._base_index:
-            raise SnapshotOutOfDate(
-                f"snapshot at {metadata.index} is not newer than index {self._base_index}"
-            )
+        # Newer than both the compaction point and the newest snapshot file: an older one
+        # would leave a newer file on disk that recovery prefers over the reset log.
+        newest = max(self._base_index, self.snapshot_metadata().index)
+        if metadata.index <= newest:
+            raise SnapshotOutOfDate(f"snapshot at {metadata.index} is not newer than {newest}")
         snap = self._write_snapshot(metadata, chunks)  # syncs the WAL first
         marker = SnapshotMarker(metadata.index, metadata.term, reset=True)
         self._guard(lambda: self.wal.append_marker(marker, sync=True))

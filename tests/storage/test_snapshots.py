@@ -170,3 +170,12 @@ def test_crash_between_install_file_and_wal_marker_keeps_a_matching_suffix() -> 
     recovered = DurableStorage.open(fs, "/d", OPTIONS)
     assert (recovered.first_index(), recovered.last_index()) == (81, 100)
     assert recovered.entries(81, 101) == entries(1, 81, 20, size=200)
+
+
+def test_install_older_than_the_newest_snapshot_file_is_refused() -> None:
+    _, storage = with_log()
+    storage.create_snapshot(60, VOTERS, [b"s"])
+    storage.compact(30)  # compaction may stay behind the snapshot
+    with pytest.raises(SnapshotOutOfDate):
+        storage.apply_snapshot(Snapshot(SnapshotMetadata(45, 2, VOTERS), b"old"))
+    assert (storage.first_index(), storage.last_index()) == (31, 100)

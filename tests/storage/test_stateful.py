@@ -7,8 +7,9 @@ import random
 from collections.abc import Callable
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from quorum.raft.types import HardState, Snapshot, SnapshotMetadata
 from quorum.storage import DurableStorage, SimFileSystem, SimulatedCrash, StorageOptions
@@ -89,6 +90,15 @@ class StorageMachine(RuleBasedStateMachine):
 
         self.attempt(run, self.state, durable=True)
 
+    @rule(fraction=st.floats(0, 1))
+    def compact_partly(self, fraction: float) -> None:
+        """Compact to some index between the compaction point and the snapshot."""
+        base, snap = self.storage.first_index() - 1, self.storage.snapshot_metadata().index
+        if snap <= base:
+            return
+        index = base + 1 + int(fraction * (snap - base - 1))
+        self.attempt(lambda: self.storage.compact(index), self.state, durable=False)
+
     @rule(ahead=st.integers(1, 30))
     def install(self, ahead: int) -> None:
         index = self.storage.last_index() + ahead
@@ -131,3 +141,10 @@ class StorageMachine(RuleBasedStateMachine):
 
 StorageMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_storage_against_model = StorageMachine.TestCase
+
+
+@pytest.mark.torture
+def test_storage_against_model_long() -> None:
+    run_state_machine_as_test(
+        StorageMachine, settings=settings(max_examples=3000, stateful_step_count=80, deadline=None)
+    )

@@ -77,8 +77,16 @@ class Watcher:
             self.resumes += 1
             return None
         if isinstance(body, m.WatchEvents):
-            if body.events:
-                self.next_revision = body.events[-1].kv.mod_revision + 1
+            events = body.events
+            if events and events[0].kv.mod_revision < self.next_revision:
+                # Invariant: the reader never sees a revision twice, even if a server
+                # replays from before the resume point.
+                events = tuple(e for e in events if e.kv.mod_revision >= self.next_revision)
+                if not events:
+                    return None
+                body = m.WatchEvents(body.revision, events)
+            if events:
+                self.next_revision = events[-1].kv.mod_revision + 1
             else:
                 self.next_revision = max(self.next_revision, body.revision + 1)
             return body

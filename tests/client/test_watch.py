@@ -4,9 +4,12 @@ connection is dropped (server restarted on the same port), compaction."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import msgspec
 import pytest
 
+from quorum.api.native.dispatch import BackendDispatcher
 from quorum.api.native.server import serve_native
 from quorum.client import AsyncClient
 from quorum.errors import RevisionCompacted
@@ -142,5 +145,58 @@ def test_many_watchers_one_connection() -> None:
             assert [r[0].kv.value for r in results] == [b"%d" % i for i in range(50)]
             for w in watchers:
                 await w.cancel()
+
+    run(body())
+
+
+def test_watch_from_now_resumes_exactly_where_it_started() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            before = await env.client().put(b"n", b"before the watch")
+            c = AsyncClient([env.endpoint], timeout_s=10, retry_backoff_s=0.02)
+            env.clients.append(c)
+            w = c.watch(b"n")
+            await w.start()
+            assert w.next_revision == before.revision + 1
+            await env.server.close()  # lost before any event was delivered
+            await env.backend.write(PutRequest(b"n", b"while down"))
+            env.server = await serve_native(env.backend, "127.0.0.1", port)
+            await env.client().put(b"n", b"after")
+            values = [e.kv.value for e in await take(w, 2)]
+            assert values == [b"while down", b"after"]
+            await w.cancel()
+
+    run(body())
+
+
+class Replaying(BackendDispatcher):
+    """A faulty server: every watch it creates starts 3 revisions too early."""
+
+    async def open_watch(self, req: Any) -> Any:
+        if req.start_revision > 3:
+            req = msgspec.structs.replace(req, start_revision=req.start_revision - 3)
+        return await super().open_watch(req)
+
+
+def test_reader_never_sees_a_revision_twice_even_if_a_server_replays() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            port = env.server.port
+            c = AsyncClient([env.endpoint], timeout_s=10, retry_backoff_s=0.02)
+            env.clients.append(c)
+            w = c.watch(b"d")
+            await w.start()
+            for i in range(5):
+                await env.client().put(b"d", b"%d" % i)
+            seen = await take(w, 5)
+            await env.server.close()
+            env.server = await serve_native(
+                env.backend, "127.0.0.1", port, dispatcher_factory=Replaying
+            )
+            await env.client().put(b"d", b"new")
+            seen += await take(w, 1)
+            assert [e.kv.value for e in seen] == [b"0", b"1", b"2", b"3", b"4", b"new"]
+            await w.cancel()
 
     run(body())

@@ -153,15 +153,18 @@ class BackendDispatcher:
     def revision(self) -> int:
         return self._revision()
 
-    async def open_watch(self, req: m.WatchCreateReq) -> Watch:
+    async def open_watch(self, req: m.WatchCreateReq) -> tuple[Watch, int]:
+        """Create the backend watcher; return it and its first revision. A request "from
+        now" (start 0) is pinned to this node's next revision *before* the watcher exists,
+        so the client learns exactly where the stream starts and can resume there."""
+        # (a negative start goes to the backend as is: it rejects it with its typed error)
+        start = req.start_revision if req.start_revision != 0 else self._revision() + 1
         filters = (WatchFilter.NOPUT,) * req.filter_put
         filters += (WatchFilter.NODELETE,) * req.filter_delete
-        return await self.backend.watch(
-            WatchCreate(
-                req.key, req.range_end, req.start_revision, req.prev_kv, filters,
-                req.progress_notify,
-            )
+        watcher = await self.backend.watch(
+            WatchCreate(req.key, req.range_end, start, req.prev_kv, filters, req.progress_notify)
         )
+        return watcher, start
 
 
 def watch_body(resp: WatchResponse) -> m.ResponseBody:

@@ -271,6 +271,8 @@ class HashResp(_Msg, frozen=True, tag="n.hash"):
 
 
 class WatchCreated(_Msg, frozen=True, tag="n.watch"):
+    """``revision`` + 1 is the first revision the watch delivers (its resume point)."""
+
     revision: int = 0
 
 

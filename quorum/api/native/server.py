@@ -42,8 +42,9 @@ class Dispatcher(Protocol):
         """Serve a unary request; raises a :class:`QuorumError` subclass on typed failures."""
         ...
 
-    async def open_watch(self, req: m.WatchCreateReq) -> Watch:
-        """Create a backend watcher; raises a StateError for an invalid request."""
+    async def open_watch(self, req: m.WatchCreateReq) -> tuple[Watch, int]:
+        """Create a backend watcher; return it and the first revision it delivers. Raises a
+        StateError for an invalid request."""
         ...
 
     def revision(self) -> int:
@@ -182,13 +183,13 @@ class _Connection(asyncio.Protocol):
 
     async def _run_watch(self, watch_id: int, req: m.WatchCreateReq) -> None:
         try:
-            watcher = await self._dispatcher.open_watch(req)
+            watcher, start = await self._dispatcher.open_watch(req)
         except Exception as exc:
             self._watches.pop(watch_id, None)
             self.send(m.Response(watch_id, error_body(exc)))
             return
         self._watchers[watch_id] = watcher
-        self.send(m.Response(watch_id, m.WatchCreated(self._dispatcher.revision())))
+        self.send(m.Response(watch_id, m.WatchCreated(start - 1)))
         try:
             async for resp in watcher:
                 # a client that does not read must not grow our buffer without bound: stop

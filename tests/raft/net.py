@@ -20,6 +20,7 @@ from quorum.raft import (
     Message,
     RawNode,
     ReadState,
+    Ready,
     bootstrap_snapshot,
 )
 
@@ -82,6 +83,26 @@ class Net:
         if not m.node.has_ready():
             return False
         rd = m.node.ready()
+        self._handle(m, rd)
+        m.node.advance(rd)
+        return True
+
+    def process_pipelined(self, node_id: int, between: Callable[[], None]) -> bool:
+        """Take a Ready, let ``between`` feed the node more input, take a second Ready, then
+        handle both in order and advance only the last (a runtime that overlaps work)."""
+        m = self.members[node_id]
+        if not m.node.has_ready():
+            return False
+        first = m.node.ready()
+        between()
+        second = m.node.ready() if m.node.has_ready() else None
+        self._handle(m, first)
+        if second is not None:
+            self._handle(m, second)
+        m.node.advance(second if second is not None else first)
+        return True
+
+    def _handle(self, m: Member, rd: Ready) -> None:
         if rd.snapshot is not None:
             m.storage.apply_snapshot(rd.snapshot)
         m.storage.append(rd.entries)
@@ -93,8 +114,13 @@ class Net:
                 m.node.apply_conf_change(ConfChange.decode(entry.data))
             m.applied.append(entry)
         m.read_states.extend(rd.read_states)
-        m.node.advance(rd)
-        return True
+
+    def deliver_to(self, node_id: int) -> None:
+        """Deliver the queued messages addressed to ``node_id`` only."""
+        mine = [q for q in self.queue if q.to == node_id]
+        self.queue = [q for q in self.queue if q.to != node_id]
+        for msg in mine:
+            self.members[node_id].node.step(msg)
 
     def _send(self, msgs: list[Message]) -> None:
         for msg in msgs:

@@ -318,3 +318,21 @@ def test_planted_bug_mirror_without_resync_never_converges(
                 await _config_across_compaction(env)
 
     run(body())
+
+
+def test_lock_acquire_timeout_gives_up_its_place() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            a, b = env.client(), env.client()
+            holder = Lock(a, "to", ttl_s=60)
+            first = await holder.acquire()
+            impatient = Lock(b, "to", ttl_s=60)
+            with pytest.raises(TimeoutError):
+                await impatient.acquire(timeout_s=0.2)
+            queued = await a.range(b"/quorum/locks/to/", prefix=True, count_only=True)
+            assert queued.count == 1  # the waiter's key (and lease) are gone
+            assert impatient.token == 0
+            await holder.release()
+            assert await Lock(b, "to", ttl_s=60).acquire() > first
+
+    run(body())

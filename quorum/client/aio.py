@@ -603,7 +603,14 @@ class LeaseKeeper:
             self.error = exc
             self.lost.set()
 
+    async def __aenter__(self) -> LeaseKeeper:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
+        """Stop renewing (the lease then expires after its TTL unless revoked)."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

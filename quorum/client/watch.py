@@ -145,6 +145,13 @@ class Watcher:
         if conn is not None and not conn.closed:
             conn.send(m.Request(self._client.next_id(), m.WatchCancelReq(watch_id)))
 
+    async def __aenter__(self) -> Watcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cancel()
+
     async def events(self) -> AsyncIterator[Event]:
         """The events one by one (progress notices are skipped)."""
         async for batch in self:

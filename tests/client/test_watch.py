@@ -134,6 +134,23 @@ def test_resume_point_compacted_raises() -> None:
     run(body())
 
 
+def test_watcher_as_context_manager_cancels_on_exit() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            async with c.watch(b"cm") as w:
+                await c.put(b"cm", b"1")
+                (event,) = await take(w, 1)
+                assert event.kv.value == b"1"
+            assert [b async for b in w] == []
+            await c.put(b"cm", b"2")  # no watch left on the server for this connection
+            (served,) = env.server.connections
+            await asyncio.sleep(0.01)
+            assert not served._watches and not served._watchers
+
+    run(body())
+
+
 def test_many_watchers_one_connection() -> None:
     async def body() -> None:
         async with serving() as env:

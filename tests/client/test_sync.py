@@ -79,3 +79,14 @@ def test_sync_calls_from_several_threads(server: BackgroundServer) -> None:
         for th in threads:
             th.join()
         assert c.range(b"t/", prefix=True, count_only=True).count == 80
+
+
+def test_recipes_run_through_the_sync_client(server: BackgroundServer) -> None:
+    from quorum.client.recipes import Lock
+
+    with Client([server.server.endpoint], timeout_s=5) as c:
+        lock = Lock(c.aio, "sync")
+        token = c.run(lock.acquire())
+        assert token > 0 and c.run(lock.is_held())
+        c.run(lock.release())
+        assert not c.run(lock.is_held())

@@ -180,10 +180,11 @@ class RawNode:
         rd.early_messages, r.early_msgs = r.early_msgs, []
         term_or_vote = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
         rd.must_sync = bool(rd.entries) or rd.snapshot is not None or term_or_vote
-        self._accept(rd, soft, hard)
+        self._accept(rd, hard)
         return rd
 
-    def _accept(self, rd: Ready, soft: object, hard: HardState) -> None:
+    def _accept(self, rd: Ready, hard: HardState) -> None:
+        """Everything in ``rd`` is now in progress: not handed out again."""
         log = self.raft.raft_log
         log.unstable.accept_in_progress()
         if rd.entries:

@@ -112,3 +112,12 @@ def test_random_runs_catch_the_skip_vote_log_check_bug() -> None:
         except AssertionError as exc:
             caught.append(str(exc))
     assert caught, "the planted bug went unnoticed in every seed"
+
+
+@pytest.mark.torture
+def test_figure3_properties_hold_long_campaign() -> None:
+    import os
+
+    seeds = int(os.environ.get("QUORUM_SEEDS", "200"))
+    for seed in range(1000, 1000 + seeds):
+        run(seed, steps=1000)

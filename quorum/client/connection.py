@@ -14,7 +14,7 @@ import msgspec
 
 from quorum.api.native import messages as m
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
-from quorum.errors import ConnectionLost, FrameError, RequestTimeout
+from quorum.errors import ConnectionLost, FrameError, RequestTimeout, RequestTooLarge
 
 # a stream callback gets each body under its id, and None once the connection is gone
 StreamCallback = Callable[[m.ResponseBody | None], None]
@@ -41,6 +41,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.retired = False  # the client has failed over away from this connection
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._max_frame_bytes = max_frame_bytes
         self._response_decoder = msgspec.msgpack.Decoder(m.Response)
         self._encoder = msgspec.msgpack.Encoder()
         self._transport: asyncio.Transport | None = None
@@ -96,9 +97,13 @@ class Connection(asyncio.Protocol):
         if self.closed:
             fut.set_exception(ConnectionLost(f"connection to {self.endpoint} is closed"))
             return fut
+        try:
+            self.send(req)
+        except RequestTooLarge as exc:
+            fut.set_exception(exc)
+            return fut
         self.pending[req.id] = fut
         self.deadlines[req.id] = deadline
-        self.send(req)
         return fut
 
     def expire(self, now: float) -> None:
@@ -123,11 +128,17 @@ class Connection(asyncio.Protocol):
         self.streams.pop(stream_id, None)
 
     def send(self, req: m.Request) -> None:
+        """Queue ``req`` for the next flush. Raises RequestTooLarge (nothing queued) for a
+        frame the server would refuse: sending it would only get the connection closed."""
         out = self._out
         start = len(out)
         out += b"\0\0\0\0"
         self._encoder.encode_into(req, out, start + HEADER_BYTES)
-        out[start : start + HEADER_BYTES] = (len(out) - start - HEADER_BYTES).to_bytes(4, "big")
+        size = len(out) - start - HEADER_BYTES
+        if size > self._max_frame_bytes:
+            del out[start:]
+            raise RequestTooLarge(f"request of {size} bytes exceeds the {self._max_frame_bytes} frame limit")
+        out[start : start + HEADER_BYTES] = size.to_bytes(4, "big")
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

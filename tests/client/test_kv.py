@@ -10,6 +10,7 @@ from quorum.errors import (
     KeyNotFound,
     LeaseNotFound,
     NotSupported,
+    RequestTooLarge,
     RevisionCompacted,
 )
 from quorum.state.commands import (
@@ -227,5 +228,19 @@ def test_cluster_and_maintenance_calls() -> None:
                 with pytest.raises(Exception) as info:
                     await call
                 assert type(info.value).__module__ == "quorum.errors"
+
+    run(body())
+
+
+def test_oversized_request_fails_fast_and_keeps_the_connection() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client(timeout_s=5)
+            await c.put(b"small", b"1")
+            with pytest.raises(RequestTooLarge):
+                await c.put(b"huge", b"x" * (5 * 1024 * 1024))  # above the 4 MiB frame limit
+            with pytest.raises(RequestTooLarge):
+                await c.put(b"big", b"x" * (2 * 1024 * 1024))  # above the state's 1.5 MiB
+            assert c.failovers == 0 and (await c.get(b"small")) is not None
 
     run(body())

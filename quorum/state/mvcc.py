@@ -23,7 +23,7 @@ from __future__ import annotations
 import zlib
 from bisect import bisect_right
 from collections.abc import Iterator
-from operator import itemgetter
+from operator import itemgetter, xor
 from typing import Final
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
@@ -37,15 +37,34 @@ VERSION: Final = 2
 VALUE: Final = 3
 LEASE: Final = 4
 _MASK = (1 << 64) - 1
-_mod_of = itemgetter(0)
+mod_of = itemgetter(0)
+
+
+_K_CRC, _K_MOD, _K_CREATE, _K_VERSION, _K_LEASE = (
+    0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
 
 
 def record_digest(key: bytes, rec: Record) -> int:
     """A 64-bit digest of one record; the store's running digest is their sum mod 2**64, so it
-    depends on the set of records only (not on the order they were written or compacted)."""
+    depends on the set of records only (not on the order they were written or compacted).
+    Revisions are mixed with the key/value crc by xor, so moving a revision between records
+    changes the sum. :func:`digest_columns` computes the same sum over many records."""
     crc = zlib.crc32(rec[VALUE], zlib.crc32(key))
-    mix = rec[MOD] * 0x9E3779B1 + rec[CREATE] * 0x85EBCA77 + rec[VERSION] * 0xC2B2AE3D
-    return (crc * 0x9E3779B97F4A7C15 + mix + rec[LEASE] * 0x27D4EB2F) & _MASK
+    return (crc * _K_CRC + (crc ^ rec[MOD]) * _K_MOD + (crc ^ rec[CREATE]) * _K_CREATE
+            + rec[VERSION] * _K_VERSION + rec[LEASE] * _K_LEASE) & _MASK
+
+
+def digest_columns(keys: list[bytes], mods: list[int], creates: list[int], versions: list[int],
+                   values: list[bytes], leases: list[int]) -> int:
+    """Sum of :func:`record_digest` over records given column-wise (``keys[i]`` is the key of
+    record i), computed with C-level loops (snapshot restore)."""
+    crcs: list[int] = list(map(zlib.crc32, values, map(zlib.crc32, keys)))
+    mixed_mods: int = sum(map(xor, crcs, mods))
+    mixed_creates: int = sum(map(xor, crcs, creates))
+    total = (sum(crcs) * _K_CRC + mixed_mods * _K_MOD
+             + mixed_creates * _K_CREATE + sum(versions) * _K_VERSION
+             + sum(leases) * _K_LEASE)
+    return total & _MASK
 
 
 def record_at(hist: list[Record], revision: int) -> Record | None:
@@ -53,7 +72,7 @@ def record_at(hist: list[Record], revision: int) -> Record | None:
     last = hist[-1]
     if last[MOD] <= revision:
         return last
-    i = bisect_right(hist, revision, key=_mod_of)
+    i = bisect_right(hist, revision, key=mod_of)
     return hist[i - 1] if i else None
 
 
@@ -183,7 +202,7 @@ class MVCCStore:
 
     def _compact_key(self, key: bytes, revision: int) -> int:
         hist = self._hist[key]
-        i = bisect_right(hist, revision, key=_mod_of)  # hist[:i] are <= revision
+        i = bisect_right(hist, revision, key=mod_of)  # hist[:i] are <= revision
         # A tombstone exactly AT the compact revision is kept too (until the next compaction):
         # history at and above the compact revision then stays complete for watch replay.
         keep_from = i - 1 if i and (hist[i - 1][VERSION] or hist[i - 1][MOD] == revision) else i
@@ -229,17 +248,14 @@ class MVCCStore:
         self._flush_new_keys()
         return list(self._keys), self._hist.copy()
 
-    def load(self, items: list[tuple[bytes, list[Record]]], revision: int, compact: int) -> None:
-        """Bulk-load a restored image into an empty store (keys ascending, unique)."""
-        hist = self._hist
-        digest = 0
-        for key, records in items:
-            hist[key] = records
-            if len(records) > 1 or not records[-1][VERSION]:
-                self._multi.add(key)
-            for rec in records:
-                digest += record_digest(key, rec)
-        self._keys = SortedList(hist)
+    def load(self, keys: list[bytes], lists: list[list[Record]], multi: set[bytes],
+             digest: int, revision: int, compact: int) -> None:
+        """Bulk-load a restored image into an empty store: ``keys`` ascending and unique,
+        ``lists[i]`` the records of ``keys[i]``, ``multi`` the keys with more than one record
+        or a tombstone, ``digest`` the sum of their record digests."""
+        self._hist = dict(zip(keys, lists))
+        self._keys = SortedList(keys)
+        self._multi = multi
         self._digest = digest & _MASK
         self.revision = revision
         self.compact_revision = compact

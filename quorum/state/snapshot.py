@@ -11,8 +11,10 @@ Frames, in order:
 
 1. header: :class:`SnapshotHeader` (format version, applied index, revision, compact
    revision, key count, leases, sessions);
-2. zero or more key frames: a msgpack array of ``[key, [record, ...]]`` in ascending key
-   order, records as ``[mod, create, version, value, lease]`` oldest first (retained history);
+2. zero or more key frames, column-wise: ``[keys, counts, mods, creates, versions, values,
+   leases]`` -- keys ascending, ``counts[i]`` records for ``keys[i]`` (an empty ``counts`` means
+   one each), then the five record fields of all records (oldest first per key) as parallel
+   arrays;
 3. trailer: :class:`SnapshotTrailer` (key count and the store's record digest again), so a
    truncated or reordered stream is detected.
 
@@ -35,7 +37,7 @@ from quorum.errors import CorruptionError
 from quorum.state.commands import ErrorResponse, Response
 from quorum.state.config import StateConfig
 from quorum.state.lease import Lease, LeaseTable
-from quorum.state.mvcc import LEASE, MOD, VERSION, MVCCStore, Record
+from quorum.state.mvcc import LEASE, MOD, VERSION, MVCCStore, Record, digest_columns, mod_of
 from quorum.state.sessions import Session, SessionTable
 
 SNAPSHOT_VERSION = 1
@@ -108,18 +110,31 @@ def capture(machine: _Machine) -> Capture:
 def stream(cap: Capture) -> Iterator[bytes]:
     """Yield the frames of a captured view."""
     yield _frame(_HEADER_KIND, _ENCODER.encode(cap.header))
-    rev = cap.header.revision
-    hist = cap.hist
     keys = cap.keys
     for start in range(0, len(keys), cap.chunk_keys):
-        batch = []
-        for key in keys[start:start + cap.chunk_keys]:
-            records = hist[key]
+        batch = keys[start:start + cap.chunk_keys]
+        yield _frame(_KEYS_KIND, _ENCODER.encode(_columns(batch, cap)))
+    yield _frame(_TRAILER_KIND, _ENCODER.encode(SnapshotTrailer(len(keys), cap.digest)))
+
+
+def _columns(batch: list[bytes], cap: Capture) -> tuple[object, ...]:
+    """One key frame, column-wise: keys, records per key (empty when all are 1), then the
+    five record fields as parallel arrays (fast to encode and decode, no per-record maps)."""
+    rev = cap.header.revision
+    lists = [cap.hist[key] for key in batch]
+    lasts = [records[-1] for records in lists]
+    counts: list[int] = []
+    if max(map(len, lists)) == 1 and max(map(mod_of, lasts)) <= rev:
+        recs = lasts  # the common case: one record per key, none newer than the view
+    else:
+        recs = []
+        for records in lists:
             if records[-1][MOD] > rev:  # appended after the capture: not part of this image
                 records = [r for r in records if r[MOD] <= rev]
-            batch.append((key, records))
-        yield _frame(_KEYS_KIND, _ENCODER.encode(batch))
-    yield _frame(_TRAILER_KIND, _ENCODER.encode(SnapshotTrailer(len(keys), cap.digest)))
+            counts.append(len(records))
+            recs.extend(records)
+    mods, creates, versions, values, leases = zip(*recs)
+    return batch, counts, mods, creates, versions, values, leases
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:
@@ -150,7 +165,51 @@ def _frames(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 _HEADER = msgspec.msgpack.Decoder(SnapshotHeader)
 _TRAILER = msgspec.msgpack.Decoder(SnapshotTrailer)
-_KEYS = msgspec.msgpack.Decoder(list[tuple[bytes, list[tuple[int, int, int, bytes, int]]]])
+_KEYS = msgspec.msgpack.Decoder(tuple[list[bytes], list[int], list[int], list[int], list[int],
+                                      list[bytes], list[int]])
+
+
+class _Image:
+    """What the key frames add up to while a stream is read."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.lists: list[list[Record]] = []
+        self.multi: set[bytes] = set()
+        self.digest = 0
+        self.attached: list[tuple[int, bytes]] = []  # (lease, key) of live leased keys
+
+    def add(self, columns: tuple[list[bytes], list[int], list[int], list[int], list[int],
+                                 list[bytes], list[int]]) -> None:
+        keys, counts, mods, creates, versions, values, leases = columns
+        n = len(mods)
+        if not n or any(len(col) != n for col in (creates, versions, values, leases)):
+            raise CorruptionError("snapshot key frame has uneven columns")
+        if len(counts if counts else mods) != len(keys) or (counts and sum(counts) != n):
+            raise CorruptionError("snapshot key frame has inconsistent record counts")
+        # share the int object when create == mod (a key's first version): memory, not meaning
+        creates = [m if c == m else c for m, c in zip(mods, creates)]
+        recs: list[Record] = list(zip(mods, creates, versions, values, leases))
+        if counts:
+            rec_keys = [k for k, c in zip(keys, counts) for _ in range(c)]
+            lists, at = [], 0
+            for key, count in zip(keys, counts):
+                records = recs[at:at + count]
+                at += count
+                lists.append(records)
+                if count > 1 or not records[-1][VERSION]:
+                    self.multi.add(key)
+        else:
+            rec_keys = keys
+            lists = list(map(list, zip(recs)))  # [[rec], ...] built in C
+            if 0 in versions:
+                self.multi.update(k for k, v in zip(keys, versions) if not v)
+        self.digest += digest_columns(rec_keys, mods, creates, versions, values, leases)
+        if any(leases):
+            self.attached += [(records[-1][LEASE], key) for key, records in zip(keys, lists)
+                              if records[-1][LEASE] and records[-1][VERSION]]
+        self.keys += keys
+        self.lists += lists
 
 
 def load(chunks: Iterable[bytes],
@@ -159,7 +218,7 @@ def load(chunks: Iterable[bytes],
     CorruptionError if the stream is damaged, truncated or of an unknown version."""
     header: SnapshotHeader | None = None
     trailer: SnapshotTrailer | None = None
-    items: list[tuple[bytes, list[Record]]] = []
+    image = _Image()
     for payload in _frames(chunks):
         kind, body = payload[:1], memoryview(payload)[1:]
         if trailer is not None or (header is None) != (kind == _HEADER_KIND):
@@ -170,7 +229,7 @@ def load(chunks: Iterable[bytes],
                 if header.version != SNAPSHOT_VERSION:
                     raise CorruptionError(f"unknown snapshot version {header.version}")
             elif kind == _KEYS_KIND:
-                items.extend(_KEYS.decode(body))
+                image.add(_KEYS.decode(body))
             elif kind == _TRAILER_KIND:
                 trailer = _TRAILER.decode(body)
             else:
@@ -179,30 +238,31 @@ def load(chunks: Iterable[bytes],
             raise CorruptionError(f"snapshot frame unreadable: {exc}") from None
     if header is None:
         raise CorruptionError("snapshot has no header", "<snapshot>", 0)
-    return _build(header, items, trailer, config)
+    return _build(header, image, trailer, config)
 
 
-def _build(header: SnapshotHeader, items: list[tuple[bytes, list[Record]]],
-           trailer: SnapshotTrailer | None,
+def _build(header: SnapshotHeader, image: _Image, trailer: SnapshotTrailer | None,
            config: StateConfig) -> tuple[MVCCStore, LeaseTable, SessionTable, int]:
-    if trailer is None or trailer.key_count != header.key_count or len(items) != header.key_count:
+    count = len(image.keys)
+    if trailer is None or trailer.key_count != header.key_count or count != header.key_count:
         raise CorruptionError("snapshot is incomplete (trailer or keys missing)", "<snapshot>", -1)
     store = MVCCStore()
-    store.load(items, header.revision, header.compact_revision)
+    store.load(image.keys, image.lists, image.multi, image.digest, header.revision,
+               header.compact_revision)
+    if store.key_count() != count:
+        raise CorruptionError("snapshot repeats a key", "<snapshot>", -1)
     if store.digest != trailer.digest:
         raise CorruptionError("snapshot record digest mismatch", "<snapshot>", -1)
     leases = LeaseTable()
     leases.next_id = header.next_lease_id
     for sl in header.leases:
         leases.leases[sl.id] = Lease(sl.id, sl.ttl, sl.remaining_ttl)
-    for key, records in items:  # Invariant: a lease's keys are the live keys naming it
-        rec = records[-1]
-        if rec[VERSION] and rec[LEASE]:
-            lease = leases.leases.get(rec[LEASE])
-            if lease is None:
-                raise CorruptionError("snapshot key names a missing lease", "<snapshot>", -1)
-            lease.keys.add(key)
-    sessions = SessionTable(max(config.max_sessions, 1))
+    for lease_id, key in image.attached:  # Invariant: a lease's keys = live keys naming it
+        lease = leases.leases.get(lease_id)
+        if lease is None:
+            raise CorruptionError("snapshot key names a missing lease", "<snapshot>", -1)
+        lease.keys.add(key)
+    sessions = SessionTable(config.max_sessions)
     sessions.next_id = header.next_session_id
     for ss in header.sessions:
         session = Session(ss.id, ss.last_index)

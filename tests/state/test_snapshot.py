@@ -134,3 +134,20 @@ def test_unknown_snapshot_version_is_refused() -> None:
     frame = struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
     with pytest.raises(CorruptionError):
         StateMachine.from_snapshot([frame])
+
+
+def test_column_digest_equals_the_sum_of_record_digests() -> None:
+    import random
+
+    from quorum.state.mvcc import _MASK, digest_columns, record_digest
+
+    rng = random.Random(5)
+    recs = [(rng.randint(1, 10**6), rng.randint(1, 10**6), rng.randint(0, 5),
+             rng.randbytes(rng.randint(0, 20)), rng.randint(0, 9)) for _ in range(500)]
+    keys = [rng.randbytes(5) for _ in recs]
+    columns = [list(col) for col in zip(*recs)]
+    expected = sum(record_digest(k, r) for k, r in zip(keys, recs)) & _MASK
+    mods, creates, versions, values, leases = columns
+    assert digest_columns(keys, mods, creates, versions, values, leases) == expected
+    moved = [(recs[1][0], *recs[0][1:]), (recs[0][0], *recs[1][1:]), *recs[2:]]
+    assert sum(record_digest(k, r) for k, r in zip(keys, moved)) & _MASK != expected

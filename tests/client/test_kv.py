@@ -6,6 +6,7 @@ import pytest
 
 from quorum.client import txn as t
 from quorum.errors import (
+    FrameTooLarge,
     FutureRevision,
     KeyNotFound,
     LeaseNotFound,
@@ -242,5 +243,19 @@ def test_oversized_request_fails_fast_and_keeps_the_connection() -> None:
             with pytest.raises(RequestTooLarge):
                 await c.put(b"big", b"x" * (2 * 1024 * 1024))  # above the state's 1.5 MiB
             assert c.failovers == 0 and (await c.get(b"small")) is not None
+
+    run(body())
+
+
+def test_oversized_answer_is_a_typed_error_not_a_dropped_connection() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client(timeout_s=5)
+            for i in range(3):
+                await c.put(b"big/%d" % i, b"x" * (1400 * 1024))  # 4.1 MiB in all
+            with pytest.raises(FrameTooLarge):
+                await c.range(b"big/", prefix=True)
+            page = await c.range(b"big/", prefix=True, limit=2)
+            assert len(page.kvs) == 2 and page.more and c.failovers == 0
 
     run(body())

@@ -26,7 +26,7 @@ from quorum.api.native import messages as m
 from quorum.api.native.dispatch import BackendDispatcher, watch_body
 from quorum.api.native.errors import error_body
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
-from quorum.errors import FrameError, WatchNotFound
+from quorum.errors import FrameError, FrameTooLarge, WatchNotFound
 
 log = logging.getLogger("quorum.api.native")
 
@@ -228,7 +228,18 @@ class _Connection(asyncio.Protocol):
         start = len(out)
         out += b"\0\0\0\0"
         self._encoder.encode_into(resp, out, start + HEADER_BYTES)
-        out[start : start + HEADER_BYTES] = (len(out) - start - HEADER_BYTES).to_bytes(4, "big")
+        size = len(out) - start - HEADER_BYTES
+        if size > self._server.max_frame_bytes:
+            # the client would refuse the frame and drop the connection: answer typed instead
+            del out[start:]
+            limit = self._server.max_frame_bytes
+            too_big = FrameTooLarge(
+                f"answer of {size} bytes exceeds the {limit} frame limit; use limit or a "
+                "narrower range", size, limit,
+            )
+            self.send(m.Response(resp.id, error_body(too_big)))
+            return
+        out[start : start + HEADER_BYTES] = size.to_bytes(4, "big")
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

@@ -308,12 +308,14 @@ class AsyncClient:
     async def _attempts(
         self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float
     ) -> m.ResponseBody:
-        loop = asyncio.get_running_loop()
         sends = 0
         while True:
-            conn = await self._connection(deadline)
+            conn = self._conn  # the hot path: connected, no coroutine needed to find out
+            if conn is None or conn.closed:
+                conn = await self._connection(deadline)
+            if self._watchdog is None:
+                self._ensure_watchdog()
             req = m.Request(next(self._ids), body, session, seq, serializable)
-            self._ensure_watchdog()
             sends += 1
             try:
                 answer = await conn.request(req, deadline)
@@ -329,7 +331,7 @@ class AsyncClient:
                 self._fail_over(conn, exc)
             elif answer is not None:
                 return answer
-            if loop.time() + self.retry_backoff_s >= deadline:
+            if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
                 raise RequestTimeout("no answer before the deadline (retrying after failover)")
             await asyncio.sleep(self.retry_backoff_s)
 
@@ -361,6 +363,11 @@ class AsyncClient:
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.ensure_future(self._expire_loop())
+            self._watchdog.add_done_callback(self._watchdog_done)
+
+    def _watchdog_done(self, task: asyncio.Task[None]) -> None:
+        if self._watchdog is task and not self._closed:
+            self._watchdog = None  # restarted by the next request
 
     async def _expire_loop(self) -> None:
         """Time requests out: a sweep every ``tick`` instead of one timer per request. A

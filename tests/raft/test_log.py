@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quorum.errors import Compacted
 from quorum.raft.log import LogInvariantError, RaftLog, Unstable, limit_size
@@ -111,3 +113,40 @@ def test_compacted_ranges_raise() -> None:
     assert log.first_index() == 3 and log.term(2) == 1 and log.term(1) is None
     with pytest.raises(Compacted):
         log.slice(2, 4)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 12), st.integers(1, 3), st.integers(1, 5)),
+        st.tuples(st.just("accept"), st.just(0), st.just(0), st.just(0)),
+        st.tuples(st.just("stable"), st.integers(0, 14), st.integers(0, 5), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+@given(ops)
+def test_unstable_matches_a_list_model(steps: list[tuple[str, int, int, int]]) -> None:
+    """Unstable against a plain list: ``log`` is every entry (index i at log[i-1]); the first
+    ``stable`` are persisted; the first ``handed`` were handed out in a Ready."""
+    u = Unstable(1)
+    log: list[int] = []
+    stable = handed = 0
+    for op, a, b, c in steps:
+        if op == "append":
+            first = min(a, len(log)) + 1  # no gaps
+            u.truncate_and_append([Entry(term=c, index=first + k) for k in range(b)])
+            log = log[: first - 1] + [c] * b
+            stable, handed = min(stable, first - 1), min(handed, first - 1)
+        elif op == "accept":
+            u.accept_in_progress()
+            handed = len(log)
+        else:
+            term = log[a - 1] if 1 <= a <= len(log) and b == 0 else b
+            u.stable_to(a, term)
+            if stable < a <= len(log) and log[a - 1] == term:
+                stable = a
+                handed = max(handed, stable)
+        assert u.offset == stable + 1
+        assert [e.term for e in u.entries] == log[stable:]
+        assert [e.index for e in u.next_entries()] == list(range(handed + 1, len(log) + 1))

@@ -55,6 +55,7 @@ from quorum.state.commands import (
     RangeRequest,
     RangeResponse,
     RequestOp,
+    SessionCloseRequest,
     SessionOpenRequest,
     SessionOpenResponse,
     SortOrder,
@@ -135,6 +136,12 @@ class _SessionPool:
                 return True
         return False
 
+    def drain(self) -> list[_Session]:
+        """Take every idle session out of the pool (the client is closing)."""
+        idle, self._free = self._free, []
+        self._count -= len(idle)
+        return idle
+
     def release(self, session: _Session, discard: bool = False) -> None:
         if discard:
             self._count -= 1
@@ -181,12 +188,29 @@ class AsyncClient:
         await self._connection(self._deadline(None))
 
     async def close(self) -> None:
+        """Close the client's sessions (best effort, within about a second: a session not
+        closed is evicted by the state machine later) and the connection."""
+        if self._closed:
+            return
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            await self._close_sessions(conn)
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    async def _close_sessions(self, conn: Connection) -> None:
+        deadline = asyncio.get_running_loop().time() + 1.0
+        futures = [
+            conn.request(m.Request(next(self._ids), SessionCloseRequest(session.id)), deadline)
+            for session in self._sessions.drain()
+        ]
+        if futures:
+            self._ensure_watchdog()
+            await asyncio.gather(*futures, return_exceptions=True)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -223,6 +247,9 @@ class AsyncClient:
         self._connecting = None
         if not fut.cancelled() and fut.exception() is None:
             self._conn = fut.result()
+            if self._closed:  # closed while connecting: do not leak the connection
+                self._conn.close()
+                self._conn = None
 
     async def _connect_any(self, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
@@ -278,7 +305,9 @@ class AsyncClient:
         """Send one request until it gets an answer or the deadline passes. Writes run in a
         session (exactly-once retries). Raises the typed error the server reported."""
         deadline = self._deadline(timeout_s)
-        if not isinstance(body, m.WRITE_BODIES) or isinstance(body, SessionOpenRequest):
+        if not isinstance(body, m.WRITE_BODIES) or isinstance(
+            body, SessionOpenRequest | SessionCloseRequest
+        ):
             return await self._attempts(body, 0, 0, serializable, deadline)
         if isinstance(body, TxnRequest) and m.txn_is_read_only(body):
             return await self._attempts(body, 0, 0, serializable, deadline)
@@ -312,7 +341,14 @@ class AsyncClient:
         while True:
             conn = self._conn  # the hot path: connected, no coroutine needed to find out
             if conn is None or conn.closed:
-                conn = await self._connection(deadline)
+                try:
+                    conn = await self._connection(deadline)
+                except NoEndpointAvailable:
+                    # another caller's (shorter) connect attempt gave up; ours may go on
+                    if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
+                        raise
+                    await asyncio.sleep(self.retry_backoff_s)
+                    continue
             if self._watchdog is None:
                 self._ensure_watchdog()
             req = m.Request(next(self._ids), body, session, seq, serializable)

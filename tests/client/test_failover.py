@@ -228,3 +228,30 @@ def test_many_requests_in_flight_during_a_connection_loss_all_complete() -> None
             assert 1 <= c.failovers <= 3  # one failover per lost connection, not per request
 
     run(body())
+
+
+def test_close_ends_the_clients_sessions_on_the_server() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = AsyncClient([env.endpoint], timeout_s=5)
+            await asyncio.gather(*(c.put(b"s/%d" % i, b"") for i in range(20)))
+            table = env.backend.state_machine.sessions.sessions
+            opened = len(table)
+            assert 1 <= opened <= 20
+            await c.close()
+            assert len(table) == 0  # no session left behind for eviction to clean up
+
+    run(body())
+
+
+def test_session_evicted_between_writes_is_replaced_transparently() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            await c.put(b"e", b"1")
+            env.backend.state_machine.sessions.sessions.clear()  # as if evicted (LRU)
+            await c.put(b"e", b"2")  # first attempt: SessionNotFound -> new session
+            kv = await c.get(b"e")
+            assert kv is not None and kv.value == b"2" and kv.version == 2
+
+    run(body())

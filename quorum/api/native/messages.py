@@ -39,6 +39,8 @@ from quorum.state.commands import (
     PutResponse,
     RangeRequest,
     RangeResponse,
+    SessionCloseRequest,
+    SessionCloseResponse,
     SessionOpenRequest,
     SessionOpenResponse,
     TxnRequest,
@@ -51,7 +53,8 @@ __all__ = [
     "CompactionRequest", "CompactionResponse", "DeleteRangeRequest", "DeleteRangeResponse",
     "Event", "KeyValue", "LeaseGrantRequest", "LeaseGrantResponse", "LeaseRevokeRequest",
     "LeaseRevokeResponse", "PutRequest", "PutResponse", "RangeRequest", "RangeResponse",
-    "SessionOpenRequest", "SessionOpenResponse", "TxnRequest", "TxnResponse",
+    "SessionCloseRequest", "SessionCloseResponse", "SessionOpenRequest", "SessionOpenResponse",
+    "TxnRequest", "TxnResponse",
 ]
 
 
@@ -144,6 +147,7 @@ RequestBody: TypeAlias = (
     | LeaseGrantRequest
     | LeaseRevokeRequest
     | SessionOpenRequest
+    | SessionCloseRequest
     | LeaseKeepAliveReq
     | LeaseTimeToLiveReq
     | LeaseListReq
@@ -170,6 +174,7 @@ WRITE_BODIES = (
     LeaseGrantRequest,
     LeaseRevokeRequest,
     SessionOpenRequest,
+    SessionCloseRequest,
 )
 
 
@@ -315,6 +320,7 @@ ResponseBody: TypeAlias = (
     | LeaseGrantResponse
     | LeaseRevokeResponse
     | SessionOpenResponse
+    | SessionCloseResponse
     | LeaseKeepAliveResp
     | LeaseTimeToLiveResp
     | LeaseListResp

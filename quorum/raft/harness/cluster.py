@@ -76,10 +76,10 @@ class AppState:
     record: bool = True
     applied: list[tuple[int, int, bytes]] = field(default_factory=list)  # (index, term, data)
 
-    def apply(self, entry: Entry) -> bool:
-        """Apply one normal entry; False when it is a no-op or a duplicate command id."""
+    def apply(self, entry: Entry, cid: int) -> bool:
+        """Apply one normal entry carrying command ``cid`` (``command_id(entry.data)``);
+        False when it is a no-op or a duplicate command id."""
         self.applied_index = entry.index
-        cid = command_id(entry.data)
         if self.record:
             self.applied.append((entry.index, entry.term, entry.data))
         if cid == 0 or cid in self.applied_ids:
@@ -338,23 +338,27 @@ class Cluster:
         check = self.checker if self.options.check else None
         raw = node.raw
         assert raw is not None
-        for entry in entries:
+        app, cid_index, proposals, on_apply = node.app, self.cid_index, self.proposals, self.on_apply
+        for entry in entries:  # the hot path of the benchmark: keep it lean
             if check:
                 check.entry_applied(node.id, entry)
             if entry.type == EntryType.CONF_CHANGE:
-                node.app.conf_state = raw.apply_conf_change(ConfChange.decode(entry.data))
-                node.app.applied_index = entry.index
-            elif node.app.apply(entry):
-                self.cid_index.setdefault(command_id(entry.data), entry.index)
-                self._maybe_ack(node, entry)
-            if self.on_apply is not None:
-                self.on_apply(node.id, entry)
+                app.conf_state = raw.apply_conf_change(ConfChange.decode(entry.data))
+                app.applied_index = entry.index
+            else:
+                cid = command_id(entry.data)
+                if app.apply(entry, cid):
+                    if cid not in cid_index:
+                        cid_index[cid] = entry.index
+                    if cid in proposals:
+                        self._maybe_ack(node, proposals[cid], entry.index)
+            if on_apply is not None:
+                on_apply(node.id, entry)
 
-    def _maybe_ack(self, node: SimNode, entry: Entry) -> None:
-        proposal = self.proposals.get(command_id(entry.data))
-        if proposal is not None and proposal.node == node.id and not proposal.acked_index:
-            proposal.acked_index = entry.index  # the client hears back from its node
-            self.checker.write_acked(entry.index)
+    def _maybe_ack(self, node: SimNode, proposal: Proposal, index: int) -> None:
+        if proposal.node == node.id and not proposal.acked_index:
+            proposal.acked_index = index  # the client hears back from its node
+            self.checker.write_acked(index)
 
     def _maybe_compact(self, node: SimNode) -> None:
         every = self.options.snapshot_every

@@ -336,3 +336,27 @@ def test_lock_acquire_timeout_gives_up_its_place() -> None:
             assert await Lock(b, "to", ttl_s=60).acquire() > first
 
     run(body())
+
+
+def test_election_leader_whose_lease_expires_is_replaced_and_cannot_proclaim() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            old = Election(env.client(), "exp", ttl_s=5)
+            new = Election(env.client(), "exp", ttl_s=600)
+            await old.campaign(b"old")
+            keeper = old._lease._keeper
+            assert keeper is not None
+            await keeper.stop()  # the old leader pauses: no more renewals
+            waiting = asyncio.ensure_future(new.campaign(b"new"))
+            await settle()
+            assert not waiting.done()
+            await env.expire(6)  # only the old leader's 5 s lease runs out
+            token = await asyncio.wait_for(waiting, 5)
+            assert token > old.leadership_token
+            leader = await new.leader()
+            assert leader is not None and leader.value == b"new"
+            with pytest.raises(LockLost):
+                await old.proclaim(b"still me?")  # its key is gone: refused
+            await new.resign()
+
+    run(body())

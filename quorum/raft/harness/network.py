@@ -49,6 +49,7 @@ class Network:
         self._group_of: dict[int, int] = {}  # node -> partition group; absent = group 0
         self._cut: set[tuple[int, int]] = set()  # one-way (from, to) links that drop all
         self.sent: Counter[MessageType] = Counter()
+        self.sent_from: Counter[tuple[MessageType, int]] = Counter()  # (type, from)
         self.delivered: Counter[tuple[MessageType, int]] = Counter()  # (type, to)
         self.dropped = 0
         self.duplicated = 0
@@ -93,6 +94,7 @@ class Network:
     def send(self, msg: Message) -> bool:
         """Queue ``msg``; return False if it was dropped at once (unreachable or random loss)."""
         self.sent[msg.type] += 1
+        self.sent_from[(msg.type, msg.from_)] += 1
         if msg.entries:
             self.sent_entries += len(msg.entries)
             self.sent_entry_bytes += sum(len(e.data) for e in msg.entries)

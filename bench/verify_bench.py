@@ -22,7 +22,8 @@ from quorum.verify.linearizability import check
 from quorum.verify.models import RegisterModel
 
 
-def register_history(n_ops: int, n_clients: int, n_keys: int, seed: int) -> list[Operation]:
+def register_history(n_ops: int, n_clients: int, n_keys: int, seed: int,
+                     info_rate: float = 0.02) -> list[Operation]:
     rng = random.Random(seed)
     clock = [0.0] * n_clients
     planned: list[tuple[float, int, int, str, str, float, float, bool]] = []
@@ -32,7 +33,7 @@ def register_history(n_ops: int, n_clients: int, n_keys: int, seed: int) -> list
         ret = call + rng.expovariate(1.0)
         clock[c] = ret
         kind = rng.choice(["read", "read", "write", "cas"])
-        timed_out = kind != "read" and rng.random() < 0.02
+        timed_out = kind != "read" and rng.random() < info_rate
         effect = rng.uniform(call, ret)
         if timed_out and rng.random() < 0.5:
             effect = INFINITY

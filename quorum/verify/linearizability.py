@@ -120,14 +120,47 @@ class _EventList:
             prv[nxt[node]] = node
 
 
+_Chain = tuple[int, "_Chain"] | None
+
+
+class _Memo:
+    """Configurations already explored, with dominance over indeterminate operations.
+
+    A configuration is (completed ops linearized, INFO ops linearized, state). One that has
+    linearized a *superset* of the INFO ops of an explored configuration with the same
+    completed set and state can do nothing that one could not (an INFO op may always be
+    left unlinearized, and it never constrains anyone's real-time order), so it is pruned.
+    Explored configurations either failed or are ancestors of the current one; pruning
+    against an ancestor is safe because the ancestor can follow the same continuation.
+    """
+
+    def __init__(self) -> None:
+        self._info_sets: dict[tuple[int, State], list[int]] = {}
+
+    def visit(self, done_bits: int, info_bits: int, state: State) -> bool:
+        """Record the configuration; False if it (or one dominating it) was seen."""
+        key = (done_bits, state)
+        sets = self._info_sets.get(key)
+        if sets is None:
+            self._info_sets[key] = [info_bits]
+            return True
+        for seen in sets:
+            if seen & ~info_bits == 0:  # seen is a subset of info_bits
+                return False
+        sets.append(info_bits)
+        return True
+
+
 class _Search:
     def __init__(self, model: Model, ops: Sequence[Operation], budget: int) -> None:
         self.model = model
         self.ops = ops
         self.budget = budget
         self.steps = 0
-        self.best: list[int] = []  # op indices of the longest linearizable prefix
-        self.best_set = False
+        # The longest linearizable prefix seen at a failure, as a cons list (op index, rest)
+        # shared with the search stack, so recording it costs O(1) instead of a copy.
+        self.best_depth = -1
+        self.best_chain: _Chain = None
         self.unplaced = -1
         self.candidates: list[int] = []
 
@@ -135,10 +168,14 @@ class _Search:
         events = _EventList(self.ops)
         nxt, is_call, op_of = events.nxt, events.is_call, events.op_of
         step, ops = self.model.step, self.ops
+        read_only = [self.model.is_read_only(op) for op in ops]
+        is_info = [op.indeterminate for op in ops]
         state: State = self.model.init()
-        bits = 0
-        calls: list[tuple[int, State]] = []
-        seen: set[tuple[int, State]] = set()
+        done_bits = 0  # completed ops linearized so far
+        info_bits = 0  # INFO ops linearized so far
+        # the linearization so far: (call entry, state before it, forced?, chain up to it)
+        calls: list[tuple[int, State, bool, _Chain]] = []
+        memo = _Memo()
         entry = nxt[_HEAD]
         while True:
             self.steps += 1
@@ -146,35 +183,61 @@ class _Search:
                 return Verdict.UNKNOWN, []
             if entry == _TAIL or events.infinite[entry]:
                 # Every completed op is linearized; leftover INFO ops never took effect.
-                return Verdict.OK, [op_of[c] for c, _ in calls]
+                return Verdict.OK, [op_of[c] for c, _, _, _ in calls]
             if is_call[entry]:
                 i = op_of[entry]
                 legal, new_state = step(state, ops[i])
-                if legal:
-                    key = (bits | (1 << i), new_state)
-                    if key not in seen:
-                        seen.add(key)
-                        calls.append((entry, state))
-                        state, bits = new_state, key[0]
-                        events.lift(entry)
-                        entry = nxt[_HEAD]
-                        continue
-                entry = nxt[entry]
-                continue
-            # A return entry: its operation's deadline passed without it being linearized.
-            self._note_failure(events, calls, entry)
+                if not legal:
+                    entry = nxt[entry]
+                    continue
+                # An op that is legal here and leaves the state as it is can be linearized at
+                # once: any linearization placing it later stays valid with it moved here (it
+                # is already invoked, and no pending op must precede it). So "not now" is
+                # never tried for it: it is forced.
+                forced = read_only[i] and new_state == state
+                bit = 1 << i
+                new_done = done_bits | bit if not is_info[i] else done_bits
+                new_info = info_bits | bit if is_info[i] else info_bits
+                if memo.visit(new_done, new_info, new_state):
+                    calls.append((entry, state, forced, (i, calls[-1][3] if calls else None)))
+                    state, done_bits, info_bits = new_state, new_done, new_info
+                    events.lift(entry)
+                    entry = nxt[_HEAD]
+                    continue
+                if not forced:
+                    entry = nxt[entry]
+                    continue
+                # forced, and that configuration was explored before and failed: so does this.
+            else:
+                # A return entry: its operation's deadline passed without it being linearized.
+                self._note_failure(events, calls, entry)
+            while calls and calls[-1][2]:  # no alternative to try at a forced step
+                call, state, _, _ = calls.pop()
+                done_bits &= ~(1 << op_of[call])
+                events.unlift(call)
             if not calls:
                 return Verdict.ILLEGAL, []
-            call, state = calls.pop()
-            bits &= ~(1 << op_of[call])
+            call, state, _, _ = calls.pop()
+            i = op_of[call]
+            done_bits &= ~(1 << i)
+            info_bits &= ~(1 << i)
             events.unlift(call)
             entry = nxt[call]
 
-    def _note_failure(self, events: _EventList, calls: list[tuple[int, State]], ret: int) -> None:
-        if self.best_set and len(calls) <= len(self.best):
+    def best_prefix(self) -> list[int]:
+        out: list[int] = []
+        node = self.best_chain
+        while node is not None:
+            out.append(node[0])
+            node = node[1]
+        return out[::-1]
+
+    def _note_failure(self, events: _EventList, calls: list[tuple[int, State, bool, _Chain]],
+                      ret: int) -> None:
+        if len(calls) <= self.best_depth:
             return
-        self.best_set = True
-        self.best = [events.op_of[c] for c, _ in calls]
+        self.best_depth = len(calls)
+        self.best_chain = calls[-1][3] if calls else None
         self.unplaced = events.op_of[ret]
         # The calls still linked before this return are the concurrent ops that did not fit.
         pending = []
@@ -200,14 +263,14 @@ def check_partition(
     model: Model, ops: Sequence[Operation], key: str = "", max_steps: int = 10**9
 ) -> PartitionResult:
     """Check one sub-history as a whole (no further partitioning)."""
-    search = _Search(model, ops, max_steps)
+    search = _Search(model, model.patch(ops), max_steps)
     verdict, order = search.run()
     ids = [op.op_id for op in ops]
     result = PartitionResult(key=key, verdict=verdict, op_ids=ids, steps=search.steps)
     if verdict is Verdict.OK:
         result.linearized = [ids[i] for i in order]
     elif verdict is Verdict.ILLEGAL:
-        result.linearized = [ids[i] for i in search.best]
+        result.linearized = [ids[i] for i in search.best_prefix()]
         result.unplaced = [ids[search.unplaced]] if search.unplaced >= 0 else []
         result.candidates = [ids[i] for i in search.candidates]
     return result

@@ -16,10 +16,13 @@ checked on its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
-from quorum.verify.history import Operation
+import msgspec
+
+from quorum.verify.history import Operation, Status
 
 State = Hashable
 
@@ -47,6 +50,14 @@ class Model(Protocol):
 
     def describe_op(self, op: Operation) -> str:
         """A short human-readable rendering for reports."""
+        ...
+
+    def patch(self, ops: Sequence[Operation]) -> list[Operation]:
+        """Tighten indeterminate operations of one partition using what others observed.
+
+        Must not change whether the sub-history is linearizable. Return ``list(ops)`` if the
+        model knows nothing better.
+        """
         ...
 
 
@@ -104,7 +115,52 @@ class RegisterModel:
         return partition_by_key(ops)
 
     def is_read_only(self, op: Operation) -> bool:
-        return op.kind == "read"
+        # A cas known to have failed changes nothing either.
+        return op.kind == "read" or (op.kind == "cas" and not op.indeterminate and not op.output)
+
+    def patch(self, ops: Sequence[Operation]) -> list[Operation]:
+        """Resolve INFO writes and cas ops whose value somebody observed.
+
+        If exactly one operation could have produced value v (values written are unique
+        within the partition, and v is not the initial value), then a completed read
+        returning v, or a successful cas expecting v, proves that operation took effect
+        (and, for a cas, succeeded) before the observer returned. Its deadline becomes the
+        earliest such return, so the search no longer carries it as pending forever, which
+        is what makes histories with many timeouts expensive (etcd's robustness tests patch
+        their histories the same way).
+        """
+
+        def produced(op: Operation) -> Any:
+            return op.input if op.kind == "write" else op.input[1]
+
+        writers: dict[Hashable, int] = {}
+        for op in ops:
+            if op.kind in ("write", "cas"):
+                v = _hashable(produced(op))
+                writers[v] = writers.get(v, 0) + 1
+        seen_by: dict[Hashable, float] = {}
+        for op in ops:
+            if op.indeterminate:
+                continue
+            if op.kind == "read":
+                v = _hashable(op.output)
+            elif op.kind == "cas" and op.output:
+                v = _hashable(op.input[0])
+            else:
+                continue
+            seen_by[v] = min(seen_by.get(v, math.inf), op.return_time)
+        out = []
+        for op in ops:
+            if op.indeterminate and op.kind in ("write", "cas"):
+                v = _hashable(produced(op))
+                deadline = seen_by.get(v, math.inf)
+                if (v != self.initial and writers[v] == 1
+                        and op.call_time <= deadline < math.inf):
+                    op = msgspec.structs.replace(
+                        op, status=Status.OK, return_time=deadline,
+                        output=True if op.kind == "cas" else op.output)
+            out.append(op)
+        return out
 
     def describe_op(self, op: Operation) -> str:
         out = "?" if op.indeterminate else repr(op.output)
@@ -175,10 +231,37 @@ class KvModel:
         if op.kind in ("get", "range"):
             return True
         if op.kind == "txn":
-            spec = op.input or {}
-            reqs = list(spec.get("then", [])) + list(spec.get("else", []))
-            return all(r.get("op") == "get" for r in reqs)
+            return all(r.get("op") == "get" for r in _txn_requests(op))
         return False
+
+    def patch(self, ops: Sequence[Operation]) -> list[Operation]:
+        """Resolve INFO puts whose (unique) value a completed get observed (see
+        RegisterModel.patch for why this is sound)."""
+        puts: dict[Hashable, int] = {}
+        for op in ops:
+            if op.kind == "put":
+                v = _hashable(op.input)
+                puts[v] = puts.get(v, 0) + 1
+            elif op.kind == "txn":  # txn puts make the writer of a value ambiguous
+                for req in _txn_requests(op):
+                    if req.get("op") == "put":
+                        v = _hashable(req.get("value"))
+                        puts[v] = puts.get(v, 0) + 2
+        seen_by: dict[Hashable, float] = {}
+        for op in ops:
+            if op.kind in ("get", "range") and not op.indeterminate and isinstance(op.output,
+                                                                                  dict):
+                v = _hashable(op.output.get("value"))
+                seen_by[v] = min(seen_by.get(v, math.inf), op.return_time)
+        out = []
+        for op in ops:
+            if op.indeterminate and op.kind == "put":
+                v = _hashable(op.input)
+                deadline = seen_by.get(v, math.inf)
+                if v is not None and puts[v] == 1 and op.call_time <= deadline < math.inf:
+                    op = msgspec.structs.replace(op, status=Status.OK, return_time=deadline)
+            out.append(op)
+        return out
 
     def describe_op(self, op: Operation) -> str:
         out = "?" if op.indeterminate else _short(op.output)
@@ -187,6 +270,11 @@ class KvModel:
         if op.kind == "txn":
             return f"txn {op.key} {_short(op.input)} -> {out}"
         return f"{op.kind} {op.key} -> {out}"
+
+
+def _txn_requests(op: Operation) -> list[dict[str, Any]]:
+    spec = op.input if isinstance(op.input, dict) else {}
+    return list(spec.get("then", [])) + list(spec.get("else", []))
 
 
 def _short(value: Any, limit: int = 80) -> str:

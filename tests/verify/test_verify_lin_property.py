@@ -3,6 +3,7 @@ history with one read corrupted to a value nobody wrote must fail."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -134,3 +135,95 @@ def test_kv_generated_history_passes_and_corruption_fails(seed: int, n_ops: int,
         hist[victim] = Operation(**{**_fields(hist[victim]),
                                     "output": {"value": NEVER_WRITTEN, "version": 1}})
         assert check(KvModel(), hist).verdict is Verdict.ILLEGAL
+
+
+# --- cross-check against brute force on tiny random histories -----------------------------
+
+
+def brute_force_linearizable(model: Any, ops: list[Operation]) -> bool:
+    """Try every subset of INFO ops and every order that respects real time."""
+    done = [op for op in ops if op.status is Status.OK]
+    info = [op for op in ops if op.status is Status.INFO]
+    for mask in range(1 << len(info)):
+        chosen = done + [op for j, op in enumerate(info) if mask >> j & 1]
+        for order in itertools.permutations(chosen):
+            if not all(not (b.return_time < a.call_time)
+                       for x, a in enumerate(order) for b in order[x + 1:]):
+                continue
+            state = model.init()
+            for op in order:
+                legal, state = model.step(state, op)
+                if not legal:
+                    break
+            else:
+                return True
+    return False
+
+
+@st.composite
+def tiny_register_history(draw: Any) -> list[Operation]:
+    n = draw(st.integers(1, 6))
+    ops = []
+    for i in range(n):
+        kind = draw(st.sampled_from(["read", "write", "cas"]))
+        call = draw(st.integers(0, 8))
+        status = draw(st.sampled_from([Status.OK, Status.OK, Status.OK, Status.INFO,
+                                       Status.FAIL]))
+        ret = INFINITY if status is Status.INFO else call + draw(st.integers(0, 5))
+        value = st.sampled_from([None, 1, 2])
+        inp: Any = None
+        out: Any = None
+        if kind == "read":
+            out = draw(value)
+        elif kind == "write":
+            inp = draw(value)
+        else:
+            inp = [draw(value), draw(value)]
+            out = draw(st.booleans())
+        ops.append(Operation(client_id=i, op_id=i, kind=kind, key="x", input=inp,
+                             output=None if status is Status.INFO else out, call_time=call,
+                             return_time=ret, status=status))
+    return ops
+
+
+@settings(max_examples=400, deadline=None)
+@given(hist=tiny_register_history())
+def test_checker_agrees_with_brute_force(hist: list[Operation]) -> None:
+    model = RegisterModel()
+    expected = brute_force_linearizable(model, hist)
+    got = check(model, hist).verdict
+    assert got is (Verdict.OK if expected else Verdict.ILLEGAL)
+
+
+@st.composite
+def tiny_unique_write_history(draw: Any) -> list[Operation]:
+    # Unique written values, so the observation patch applies to INFO writes and cas ops.
+    n = draw(st.integers(1, 6))
+    ops = []
+    for i in range(n):
+        kind = draw(st.sampled_from(["read", "write", "cas"]))
+        call = draw(st.integers(0, 8))
+        status = draw(st.sampled_from([Status.OK, Status.OK, Status.INFO]))
+        ret = INFINITY if status is Status.INFO else call + draw(st.integers(0, 5))
+        seen = st.sampled_from([None, *range(10, 10 + n)])
+        inp: Any = None
+        out: Any = None
+        if kind == "read":
+            out = draw(seen)
+        elif kind == "write":
+            inp = 10 + i
+        else:
+            inp = [draw(seen), 10 + i]
+            out = draw(st.booleans())
+        ops.append(Operation(client_id=i, op_id=i, kind=kind, key="x", input=inp,
+                             output=None if status is Status.INFO else out, call_time=call,
+                             return_time=ret, status=status))
+    return ops
+
+
+@settings(max_examples=400, deadline=None)
+@given(hist=tiny_unique_write_history())
+def test_patched_checker_agrees_with_brute_force(hist: list[Operation]) -> None:
+    model = RegisterModel()
+    expected = brute_force_linearizable(model, hist)
+    assert check(model, hist).verdict is (Verdict.OK if expected else Verdict.ILLEGAL)

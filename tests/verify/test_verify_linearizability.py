@@ -67,6 +67,18 @@ LEGAL: dict[str, list[Operation]] = {
     ],
     "failed write is ignored": [w(1, 1, 0, 1, status=Status.FAIL), r(2, None, 2, 3)],
     "indeterminate read is ignored": [w(1, 1, 0, 1), r(2, 99, 2, 0, status=Status.INFO)],
+    # The search first places the timeout early, where it fails; the same completed ops and
+    # state reached *without* it must still be explored, since it may land later (catches
+    # over-eager pruning). The late write of 1 keeps the value ambiguous, so nothing is patched.
+    "indeterminate write lands after a later write": [
+        w(1, 1, 0, 0, status=Status.INFO), w(2, None, 1, 2), r(3, 1, 3, 4), w(2, 1, 10, 11),
+    ],
+    # A read of 1 does not prove the timed-out write of 1 happened when another write of 1
+    # exists; had it happened (after the write of 5), the read of 5 would be impossible.
+    "duplicate value: timeout need not have happened": [
+        w(1, 1, 0, 1), r(2, 1, 2, 3), w(3, 5, 2.5, 2.6), w(4, 1, 2.7, 0, status=Status.INFO),
+        r(5, 5, 4, 5),
+    ],
     "two keys independent": [
         w(1, 1, 0, 1, key="x"), w(1, 2, 2, 3, key="y"), r(2, 1, 4, 5, key="x"),
         r(2, 2, 4, 5, key="y"),
@@ -263,3 +275,27 @@ def test_kv_read_only_txn_detection() -> None:
     ro = txn(1, [], [{"op": "get"}], [{"op": "get"}], None, 0, 1)
     rw = txn(1, [], [{"op": "get"}], [{"op": "put", "value": 1}], None, 0, 1)
     assert KV.is_read_only(ro) and not KV.is_read_only(rw)
+
+
+def test_register_patch_resolves_observed_timeouts() -> None:
+    timed_out = w(1, 7, 0, 0, status=Status.INFO)
+    cas_out = cas(2, 7, 8, None, 1, 0, status=Status.INFO)
+    unseen = w(3, 9, 0, 0, status=Status.INFO)
+    read7, read8 = r(4, 7, 2, 3), r(4, 8, 5, 6)
+    patched = {op.op_id: op for op in REG.patch([timed_out, cas_out, unseen, read7, read8])}
+    assert patched[timed_out.op_id].status is Status.OK
+    assert patched[timed_out.op_id].return_time == 3  # before the first read of 7 returned
+    assert patched[cas_out.op_id].output is True and patched[cas_out.op_id].return_time == 6
+    assert patched[unseen.op_id].status is Status.INFO
+    # observed before it was invoked: left alone (the checker then reports it illegal)
+    late = w(1, 7, 10, 0, status=Status.INFO)
+    assert REG.patch([late, read7])[0].status is Status.INFO
+
+
+def test_kv_patch_resolves_observed_timeouts() -> None:
+    put = kv(1, "put", 0, 0, input="v1", status=Status.INFO)
+    seen = get(2, "v1", None, 3, 4)
+    out = KV.patch([put, seen])
+    assert out[0].status is Status.OK and out[0].return_time == 4
+    twice = kv(3, "put", 5, 6, input="v1")
+    assert KV.patch([put, seen, twice])[0].status is Status.INFO  # ambiguous writer

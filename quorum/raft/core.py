@@ -95,7 +95,27 @@ class Raft:
                     f"{self.raft_log.committed}."
                 )
             self.raft_log.applied_to(max(config.applied, self.raft_log.applied))
+        self._replay_applied_conf_changes()
         self.become_follower(self.term, NONE)
+
+    def _replay_applied_conf_changes(self) -> None:
+        """Rebuild the configuration as of ``applied``.
+
+        Storage reports the ConfState of its snapshot; conf changes applied after the
+        snapshot (up to ``Config.applied``) are not handed out again, so they are replayed
+        here. A change that cannot apply failed identically when first applied: skipped.
+        """
+        log = self.raft_log
+        first, applied = log.first_index(), log.applied
+        if applied < first:
+            return
+        for entry in log.slice(first, applied + 1):
+            if entry.type != EntryType.CONF_CHANGE:
+                continue
+            try:
+                self.apply_conf_change(ConfChange.decode(entry.data))
+            except InvalidConfChange:
+                self.count("ignored.invalid_conf_change_on_replay")
 
     def _load_hard_state(self, hard_state: HardState) -> None:
         log = self.raft_log

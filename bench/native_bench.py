@@ -9,9 +9,10 @@ protocol frames on one Connection with no client logic (the protocol's ceiling).
 through the client run in sessions (exactly-once), ``raw`` puts run without one.
 Numbers are requests per second completed; see docs/benchmarks.md.
 
-``--cpu`` instead measures CPU time per request on the server side with no network: frames
+``--cpu`` instead measures CPU time per request with no network: on the server side, frames
 are fed to one server connection whose transport is a stub, next to the same requests
-called on the backend directly, so the difference is the protocol layer's own cost.
+called on the backend directly (the difference is the protocol layer's own cost); on the
+client side, AsyncClient calls are answered at once by a stub transport.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from quorum.api.native import messages as m
 from quorum.client import AsyncClient
@@ -136,6 +138,69 @@ async def cpu_per_request(n: int = 20000) -> dict[str, float]:
     for i in range(n):
         await direct.read(makers["get"](i))
     out["backend get"] = (time.perf_counter() - start) / n * 1e6
+    out.update(await client_cpu_per_request(n))
+    return out
+
+
+class _AnsweringTransport(asyncio.Transport):
+    """Answers each request frame at once with a canned result, like an infinitely fast
+    server, so only the client's own work (and this stub's codec) is measured."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__()
+        import msgspec
+
+        from quorum.api.native.framing import FrameDecoder
+
+        self._conn = conn
+        self._frames = FrameDecoder()
+        self._decode = msgspec.msgpack.Decoder(m.Request).decode
+        self._encode = msgspec.msgpack.Encoder().encode
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        from quorum.api.native.framing import frame
+        from quorum.state.commands import KeyValue, PutResponse, RangeResponse
+        from quorum.state.commands import SessionOpenResponse as Opened
+
+        out = []
+        for body in self._frames.feed(bytes(data)):
+            req = self._decode(body)
+            if isinstance(req.body, PutRequest):
+                resp: Any = PutResponse(5)
+            elif isinstance(req.body, RangeRequest):
+                resp = RangeResponse(5, (KeyValue(b"k", b"v", 1, 1, 1),), False, 1)
+            else:
+                resp = Opened(1, req.id)
+            out.append(frame(self._encode(m.Response(req.id, resp))))
+        asyncio.get_running_loop().call_soon(self._conn.data_received, b"".join(out))
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return None
+
+    def abort(self) -> None:
+        pass
+
+
+async def client_cpu_per_request(n: int, inflight: int = 256) -> dict[str, float]:
+    """Microseconds per AsyncClient call against a stub that answers at once."""
+    from quorum.client.connection import Connection
+
+    client = AsyncClient(["stub:1"], timeout_s=30, max_sessions=inflight)
+    conn = Connection("stub:1", 1 << 22)
+    conn.connection_made(_AnsweringTransport(conn))
+    client._conn = conn
+    out: dict[str, float] = {}
+    calls = {"client get": lambda: client.get(b"k"), "client put": lambda: client.put(b"k", b"v")}
+    per_lane = n // inflight
+    for name, call in calls.items():
+
+        async def lane(call: Callable[[], Awaitable[object]] = call) -> None:
+            for _ in range(per_lane):
+                await call()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(inflight)))
+        out[name] = (time.perf_counter() - start) / (per_lane * inflight) * 1e6
     return out
 
 

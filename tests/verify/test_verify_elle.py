@@ -223,3 +223,72 @@ def test_random_serial_histories_are_valid(seed: int) -> None:
     old = h[victim]
     h[victim] = T(old.call_time, old.return_time, *[tuple(m) for m in out])
     assert check_list_append(h).valid is False
+
+
+# --- soundness against brute force: every anomaly reported must be real -------------------
+
+
+def serializable_brute_force(history: list[Operation]) -> bool:
+    """Is there a serial order (respecting real time) of the committed transactions plus
+    some of the indeterminate ones that reproduces every read?"""
+    done = [op for op in history if op.status is Status.OK]
+    info = [op for op in history if op.status is Status.INFO]
+    for mask in range(1 << len(info)):
+        chosen = done + [op for j, op in enumerate(info) if mask >> j & 1]
+        for order in itertools.permutations(chosen):
+            if any(b.return_time < a.call_time for x, a in enumerate(order)
+                   for b in order[x + 1:]):
+                continue
+            lists: dict[str, list[int]] = {}
+            ok = True
+            for op in order:
+                for f, k, v in (op.output if op.status is Status.OK else op.input):
+                    if f == "append":
+                        lists.setdefault(k, []).append(v)
+                    elif op.status is Status.OK and v != lists.get(k, []):
+                        ok = False
+            if ok:
+                return True
+    return False
+
+
+@st.composite
+def tiny_append_history(draw: Any) -> list[Operation]:
+    n = draw(st.integers(1, 4))
+    values = iter(range(1, 100))
+    appended: dict[str, list[int]] = {"x": [], "y": []}
+    txns = []
+    for _ in range(n):
+        micro: list[Any] = []
+        for _ in range(draw(st.integers(1, 3))):
+            k = draw(st.sampled_from("xy"))
+            if draw(st.booleans()):
+                v = next(values)
+                appended[k].append(v)
+                micro.append(a(k, v))
+            else:
+                micro.append(("r", k, None))
+        call = draw(st.integers(0, 6))
+        ret = call + draw(st.integers(0, 4))
+        status = draw(st.sampled_from([Status.OK, Status.OK, Status.OK, Status.INFO,
+                                       Status.FAIL]))
+        txns.append((call, ret, micro, status))
+    out = []
+    for call, ret, micro, status in txns:
+        filled = []
+        for f, k, v in micro:
+            if f == "r":
+                pool = appended[k]
+                perm = draw(st.permutations(pool)) if pool else []
+                v = perm[: draw(st.integers(0, len(perm)))]
+            filled.append((f, k, v))
+        out.append(T(call, ret, *filled, status=status))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(hist=tiny_append_history())
+def test_reported_anomalies_are_real(hist: list[Operation]) -> None:
+    result = check_list_append(hist)
+    if serializable_brute_force(hist):
+        assert result.valid, result.anomalies

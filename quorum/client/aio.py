@@ -21,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from quorum.api.native import messages as m
@@ -66,6 +66,9 @@ from quorum.state.commands import (
 )
 
 T = TypeVar("T")
+
+# (endpoint, connect timeout in seconds, max frame bytes) -> an open Connection
+Connector = Callable[[str, float, int], Awaitable[Connection]]
 
 # errors after which the same request may be sent again elsewhere: nothing was applied
 # (ProposalDropped), or a write's outcome is unknown but its session makes a retry safe
@@ -163,7 +166,10 @@ class AsyncClient:
         retry_backoff_s: float = 0.02,
         max_sessions: int = 64,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        connector: Connector = open_connection,
     ) -> None:
+        """``connector`` opens a connection to an endpoint (the seam a simulator or a test
+        proxy plugs into); it raises OSError or TimeoutError when it cannot."""
         if not endpoints:
             raise UsageError("at least one endpoint is needed")
         self.endpoints: list[str] = list(endpoints)
@@ -171,6 +177,7 @@ class AsyncClient:
         self.connect_timeout_s = connect_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.max_frame_bytes = max_frame_bytes
+        self._connector = connector
         self._ids = itertools.count(1)
         self._conn: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
@@ -261,7 +268,7 @@ class AsyncClient:
                 if remaining <= 0:
                     break
                 try:
-                    return await open_connection(
+                    return await self._connector(
                         endpoint, min(self.connect_timeout_s, remaining), self.max_frame_bytes
                     )
                 except (OSError, TimeoutError) as exc:

@@ -255,3 +255,23 @@ def test_session_evicted_between_writes_is_replaced_transparently() -> None:
             assert kv is not None and kv.value == b"2" and kv.version == 2
 
     run(body())
+
+
+def test_connections_are_opened_through_the_injected_connector() -> None:
+    from quorum.client.connection import Connection, open_connection
+
+    opened: list[str] = []
+
+    async def connector(endpoint: str, timeout_s: float, max_frame: int) -> Connection:
+        opened.append(endpoint)
+        return await open_connection(endpoint, timeout_s, max_frame)
+
+    async def body() -> None:
+        async with serving() as env:
+            dead = _dead_endpoint()
+            c = AsyncClient([dead, env.endpoint], timeout_s=5, connector=connector)
+            env.clients.append(c)
+            await c.put(b"k", b"v")
+            assert opened == [dead, env.endpoint]
+
+    run(body())

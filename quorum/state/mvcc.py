@@ -1,15 +1,20 @@
 """The multi-version key index: per-key revision histories, point-in-time reads, compaction.
 
-Representation (chosen for memory, see docs/state.md): ``_hist`` maps each key to a list of
-*records*, oldest first. A record is a plain tuple::
+Representation (chosen for memory, see docs/state.md): ``_hist`` maps each key to its
+*entry*: the key's only record, or a list of its records, oldest first, when it has several.
+A record is a plain tuple::
 
     (mod_revision, create_revision, version, value, lease)     version 0 = tombstone (deleted)
+
+Most keys have one record once history is compacted, and a bare tuple of atomic values costs
+no list (64 bytes) and is not tracked by the cyclic garbage collector.
 
 Invariants:
 - a key has at most one record per revision, and records are in strictly increasing
   ``mod_revision`` order (the txn layer forbids writing one key twice in a revision);
-- history lists are append-only: compaction builds a NEW list instead of editing one in place,
-  so a snapshot view holding the old dict's lists stays a valid point-in-time image;
+- entries only grow: a second record turns the tuple into a NEW list, lists are append-only,
+  and compaction builds a NEW entry instead of editing one in place, so a snapshot view
+  holding a shallow copy of the map stays a valid point-in-time image;
 - ``_keys`` plus ``_new_keys`` is exactly the key set of ``_hist`` (new keys are merged into the
   sorted index lazily, in bulk, before any ordered scan; a put of a new key is O(1));
 - ``_multi`` holds every key whose history has more than one record or ends in a tombstone,
@@ -67,8 +72,23 @@ def digest_columns(keys: list[bytes], mods: list[int], creates: list[int], versi
     return total & _MASK
 
 
-def record_at(hist: list[Record], revision: int) -> Record | None:
+Entry = Record | list[Record]
+
+
+def records_of(entry: Entry) -> list[Record]:
+    """The records of an entry as a list (a new one for a single record). Do not modify."""
+    return [entry] if isinstance(entry, tuple) else entry
+
+
+def last_of(entry: Entry) -> Record:
+    return entry if isinstance(entry, tuple) else entry[-1]
+
+
+def record_at(entry: Entry, revision: int) -> Record | None:
     """The record visible at ``revision`` (the newest with mod_revision <= revision)."""
+    if isinstance(entry, tuple):
+        return entry if entry[MOD] <= revision else None
+    hist = entry
     last = hist[-1]
     if last[MOD] <= revision:
         return last
@@ -90,7 +110,7 @@ class MVCCStore:
     )
 
     def __init__(self) -> None:
-        self._hist: dict[bytes, list[Record]] = {}
+        self._hist: dict[bytes, Entry] = {}
         self._keys: SortedList = SortedList()
         self._new_keys: list[bytes] = []
         self._multi: set[bytes] = set()
@@ -103,14 +123,15 @@ class MVCCStore:
     def write(self, key: bytes, rec: Record) -> None:
         """Append ``rec`` to ``key``'s history. The caller guarantees rec[MOD] is above every
         existing record of the key and that ``revision`` is advanced with :meth:`commit`."""
-        hist = self._hist.get(key)
-        if hist is None:
-            self._hist[key] = [rec]
+        entry = self._hist.get(key)
+        if entry is None:
+            self._hist[key] = rec
             self._new_keys.append(key)
-            if not rec[VERSION]:
-                self._multi.add(key)
+        elif isinstance(entry, tuple):
+            self._hist[key] = [entry, rec]
+            self._multi.add(key)
         else:
-            hist.append(rec)
+            entry.append(rec)
             self._multi.add(key)
         self._digest = (self._digest + record_digest(key, rec)) & _MASK
 
@@ -122,18 +143,18 @@ class MVCCStore:
 
     def latest(self, key: bytes) -> Record | None:
         """The newest record of ``key`` if the key is live (None when absent or deleted)."""
-        hist = self._hist.get(key)
-        if hist is None:
+        entry = self._hist.get(key)
+        if entry is None:
             return None
-        rec = hist[-1]
+        rec = entry if isinstance(entry, tuple) else entry[-1]
         return rec if rec[VERSION] else None
 
     def get(self, key: bytes, revision: int) -> Record | None:
         """The live record of ``key`` at ``revision`` (None when absent or deleted then)."""
-        hist = self._hist.get(key)
-        if hist is None:
+        entry = self._hist.get(key)
+        if entry is None:
             return None
-        rec = record_at(hist, revision)
+        rec = record_at(entry, revision)
         return rec if rec is not None and rec[VERSION] else None
 
     def keys_in(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
@@ -153,21 +174,26 @@ class MVCCStore:
     def live_in(self, key: bytes, range_end: bytes, revision: int) -> Iterator[tuple[bytes, Record]]:
         """(key, record) for every key live at ``revision`` in the range, ascending."""
         if not range_end:
-            rec = self.get(key, revision)
-            if rec is not None:
-                yield key, rec
+            single = self.get(key, revision)
+            if single is not None:
+                yield key, single
             return
         hist_of = self._hist
         current = revision >= self.revision
         for k in self.keys_in(key, range_end):
-            hist = hist_of[k]
-            rec = hist[-1] if current else record_at(hist, revision)
+            entry = hist_of[k]
+            rec: Record | None
+            if isinstance(entry, tuple):
+                rec = entry if current or entry[MOD] <= revision else None
+            else:
+                rec = entry[-1] if current else record_at(entry, revision)
             if rec is not None and rec[VERSION]:
                 yield k, rec
 
     def history(self, key: bytes) -> list[Record]:
         """The retained records of ``key`` (oldest first); empty if none. Do not modify."""
-        return self._hist.get(key, [])
+        entry = self._hist.get(key)
+        return [] if entry is None else records_of(entry)
 
     def check_revision(self, revision: int) -> None:
         """Raise unless ``revision`` (> 0) can be read: RevisionCompacted below the compact
@@ -201,7 +227,7 @@ class MVCCStore:
         return removed
 
     def _compact_key(self, key: bytes, revision: int) -> int:
-        hist = self._hist[key]
+        hist = records_of(self._hist[key])
         i = bisect_right(hist, revision, key=mod_of)  # hist[:i] are <= revision
         # A tombstone exactly AT the compact revision is kept too (until the next compaction):
         # history at and above the compact revision then stays complete for watch replay.
@@ -210,11 +236,13 @@ class MVCCStore:
             return 0
         for rec in hist[:keep_from]:
             self._digest = (self._digest - record_digest(key, rec)) & _MASK
-        kept = hist[keep_from:]  # a new list: the old one stays intact for snapshot views
-        if kept:
-            self._hist[key] = kept
-            if len(kept) == 1 and kept[0][VERSION]:
+        kept = hist[keep_from:]  # a new entry: the old one stays intact for snapshot views
+        if len(kept) == 1:
+            self._hist[key] = kept[0]
+            if kept[0][VERSION]:
                 self._multi.discard(key)
+        elif kept:
+            self._hist[key] = kept
         else:
             del self._hist[key]
             self._keys.remove(key)
@@ -231,7 +259,7 @@ class MVCCStore:
         self.check_revision(rev)
         crc = zlib.crc32(b"quorum-kv")
         for key in self.keys_in(b"", b"\0"):
-            for rec in self._hist[key]:
+            for rec in records_of(self._hist[key]):
                 if rec[MOD] > rev:
                     break
                 crc = zlib.crc32(key, crc)
@@ -241,19 +269,20 @@ class MVCCStore:
 
     # --- snapshot support -----------------------------------------------------------------------
 
-    def view(self) -> tuple[list[bytes], dict[bytes, list[Record]]]:
+    def view(self) -> tuple[list[bytes], dict[bytes, Entry]]:
         """A point-in-time view: the sorted key list and a shallow copy of the history map. Valid
-        forever because lists are append-only (records above the view's revision are filtered by
-        the reader) and compaction replaces lists instead of editing them."""
+        forever because entries only grow (records above the view's revision are filtered by
+        the reader) and compaction replaces entries instead of editing them."""
         self._flush_new_keys()
         return list(self._keys), self._hist.copy()
 
-    def load(self, keys: list[bytes], lists: list[list[Record]], multi: set[bytes],
+    def load(self, keys: list[bytes], entries: list[Entry], multi: set[bytes],
              digest: int, revision: int, compact: int) -> None:
         """Bulk-load a restored image into an empty store: ``keys`` ascending and unique,
-        ``lists[i]`` the records of ``keys[i]``, ``multi`` the keys with more than one record
-        or a tombstone, ``digest`` the sum of their record digests."""
-        self._hist = dict(zip(keys, lists))
+        ``entries[i]`` the entry of ``keys[i]`` (a record, or a list of 2+ records), ``multi``
+        the keys with more than one record or a tombstone, ``digest`` their record digests'
+        sum."""
+        self._hist = dict(zip(keys, entries))
         self._keys = SortedList(keys)
         self._multi = multi
         self._digest = digest & _MASK

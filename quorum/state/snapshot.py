@@ -19,7 +19,7 @@ Frames, in order:
    truncated or reordered stream is detected.
 
 Point in time: :func:`capture` copies pointers only (sorted key list, a shallow copy of the
-history map, lease and session tuples). History lists are append-only and compaction
+history map, lease and session tuples). History entries only grow and compaction
 replaces them instead of editing them, so the captured lists keep describing the state at
 the captured revision; records above it are filtered out while streaming.
 """
@@ -37,7 +37,18 @@ from quorum.errors import CorruptionError
 from quorum.state.commands import ErrorResponse, Response
 from quorum.state.config import StateConfig
 from quorum.state.lease import Lease, LeaseTable
-from quorum.state.mvcc import LEASE, MOD, VERSION, MVCCStore, Record, digest_columns, mod_of
+from quorum.state.mvcc import (
+    LEASE,
+    MOD,
+    VERSION,
+    Entry,
+    MVCCStore,
+    Record,
+    digest_columns,
+    last_of,
+    mod_of,
+    records_of,
+)
 from quorum.state.sessions import Session, SessionTable
 
 SNAPSHOT_VERSION = 1
@@ -81,7 +92,7 @@ class Capture(msgspec.Struct):
 
     header: SnapshotHeader
     keys: list[bytes]
-    hist: dict[bytes, list[Record]]
+    hist: dict[bytes, Entry]
     digest: int
     chunk_keys: int
 
@@ -121,15 +132,15 @@ def _columns(batch: list[bytes], cap: Capture) -> tuple[object, ...]:
     """One key frame, column-wise: keys, records per key (empty when all are 1), then the
     five record fields as parallel arrays (fast to encode and decode, no per-record maps)."""
     rev = cap.header.revision
-    lists = [cap.hist[key] for key in batch]
-    lasts = [records[-1] for records in lists]
+    entries = list(map(cap.hist.__getitem__, batch))
     counts: list[int] = []
-    if max(map(len, lists)) == 1 and max(map(mod_of, lasts)) <= rev:
-        recs = lasts  # the common case: one record per key, none newer than the view
+    recs: list[Record] = []
+    if list not in set(map(type, entries)) and max(map(mod_of, entries)) <= rev:
+        recs = entries  # type: ignore[assignment]  # all bare records: one per key, all old
     else:
-        recs = []
-        for records in lists:
-            if records[-1][MOD] > rev:  # appended after the capture: not part of this image
+        for entry in entries:
+            records = records_of(entry)
+            if records[-1][MOD] > rev:  # written after the capture: not part of this image
                 records = [r for r in records if r[MOD] <= rev]
             counts.append(len(records))
             recs.extend(records)
@@ -174,7 +185,7 @@ class _Image:
 
     def __init__(self) -> None:
         self.keys: list[bytes] = []
-        self.lists: list[list[Record]] = []
+        self.entries: list[Entry] = []
         self.multi: set[bytes] = set()
         self.digest = 0
         self.attached: list[tuple[int, bytes]] = []  # (lease, key) of live leased keys
@@ -190,26 +201,29 @@ class _Image:
         # share the int object when create == mod (a key's first version): memory, not meaning
         creates = [m if c == m else c for m, c in zip(mods, creates)]
         recs: list[Record] = list(zip(mods, creates, versions, values, leases))
+        entries: list[Entry] = []
         if counts:
             rec_keys = [k for k, c in zip(keys, counts) for _ in range(c)]
-            lists, at = [], 0
+            at = 0
             for key, count in zip(keys, counts):
-                records = recs[at:at + count]
+                if count < 1:
+                    raise CorruptionError("snapshot key without records")
+                entries.append(recs[at] if count == 1 else recs[at:at + count])
                 at += count
-                lists.append(records)
-                if count > 1 or not records[-1][VERSION]:
+                if count > 1 or not recs[at - 1][VERSION]:
                     self.multi.add(key)
         else:
             rec_keys = keys
-            lists = list(map(list, zip(recs)))  # [[rec], ...] built in C
+            entries = recs  # type: ignore[assignment]  # one record per key: the bare tuple
             if 0 in versions:
                 self.multi.update(k for k, v in zip(keys, versions) if not v)
         self.digest += digest_columns(rec_keys, mods, creates, versions, values, leases)
         if any(leases):
-            self.attached += [(records[-1][LEASE], key) for key, records in zip(keys, lists)
-                              if records[-1][LEASE] and records[-1][VERSION]]
+            lasts = list(map(last_of, entries))
+            self.attached += [(rec[LEASE], key) for key, rec in zip(keys, lasts)
+                              if rec[LEASE] and rec[VERSION]]
         self.keys += keys
-        self.lists += lists
+        self.entries += entries
 
 
 def load(chunks: Iterable[bytes],
@@ -247,7 +261,7 @@ def _build(header: SnapshotHeader, image: _Image, trailer: SnapshotTrailer | Non
     if trailer is None or trailer.key_count != header.key_count or count != header.key_count:
         raise CorruptionError("snapshot is incomplete (trailer or keys missing)", "<snapshot>", -1)
     store = MVCCStore()
-    store.load(image.keys, image.lists, image.multi, image.digest, header.revision,
+    store.load(image.keys, image.entries, image.multi, image.digest, header.revision,
                header.compact_revision)
     if store.key_count() != count:
         raise CorruptionError("snapshot repeats a key", "<snapshot>", -1)

@@ -48,6 +48,21 @@ DEFAULT_MEMBER_ID = 0x1
 RAFT_TERM = 1  # one node, never re-elected
 
 
+RECORD_OVERHEAD_BYTES = 24  # revisions, version, lease of one stored record (estimate)
+
+
+def written_bytes(request: sc.Request, result: sc.Response) -> int:
+    """Approximate bytes an applied write added to the stored history."""
+    if isinstance(request, sc.PutRequest):
+        return len(request.key) + len(request.value) + RECORD_OVERHEAD_BYTES
+    if isinstance(request, sc.DeleteRangeRequest) and isinstance(result, sc.DeleteRangeResponse):
+        return result.deleted * (len(request.key) + RECORD_OVERHEAD_BYTES)  # tombstones
+    if isinstance(request, sc.TxnRequest) and isinstance(result, sc.TxnResponse):
+        branch = request.success if result.succeeded else request.failure
+        return sum(written_bytes(op, res) for op, res in zip(branch, result.responses))
+    return 0
+
+
 class LocalWatch:
     """A watcher of a LocalBackend: iterate for responses; ends after a canceled one."""
 
@@ -123,7 +138,7 @@ class LocalBackend:
         self._lease_check_interval_s = lease_check_interval_s
         self._progress_notify_interval_s = progress_notify_interval_s
         self._tasks: list[asyncio.Task[None]] = []
-        self._db_size_cache: tuple[tuple[int, int], int] = ((-1, -1), 0)
+        self._db_size_estimate: int | None = None  # None: measure on first use
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -181,6 +196,8 @@ class LocalBackend:
         return result
 
     def _after_apply(self, request: sc.Request, result: sc.Response) -> None:
+        if self._db_size_estimate is not None:
+            self._db_size_estimate += written_bytes(request, result)
         # The leader's lease bookkeeping follows committed commands (thesis-style: the log
         # decides, the tracker only measures time).
         now = self._clock()
@@ -309,12 +326,18 @@ class LocalBackend:
         )
 
     def _db_size_bytes(self) -> int:
-        """Size of a snapshot of the state: what a durable node would hold. Computed by
-        encoding one (O(state)), cached per revision; status calls are rare."""
-        key = (self._sm.revision, self._applied_index)
-        if self._db_size_cache[0] != key:
-            self._db_size_cache = (key, sum(len(c) for c in self._sm.snapshot()))
-        return self._db_size_cache[1]
+        """An estimate of the bytes a durable copy of the state takes, kept in O(1) per
+        status call: measured once (encoding a snapshot, O(state)) on first use and after
+        :meth:`defragment`, then grown by what every applied write adds. Like a database
+        file, it does not shrink on delete or compaction until a defragment. (Encoding a
+        snapshot per call would stall the event loop for seconds on a large state: a
+        monitoring loop polling Status must not delay a node's heartbeats.)"""
+        if self._db_size_estimate is None:
+            self._db_size_estimate = self._measure_db_size()
+        return self._db_size_estimate
+
+    def _measure_db_size(self) -> int:
+        return sum(len(chunk) for chunk in self._sm.snapshot())
 
     async def hash_kv(self, revision: int = 0) -> HashKV:
         digest, compact, hashed = self._sm.hash_kv(revision)
@@ -333,7 +356,9 @@ class LocalBackend:
             raise NotSupported("local backend: no other member to hand leadership to")
 
     async def defragment(self) -> None:
-        return None  # in-memory state: nothing to reclaim
+        # In-memory state has nothing to reclaim; re-measure the size estimate (as etcd's
+        # defragment shrinks the database file to what is in use).
+        self._db_size_estimate = self._measure_db_size()
 
     async def alarms(
         self, action: AlarmAction = AlarmAction.GET, member_id: int = 0,

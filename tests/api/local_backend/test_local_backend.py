@@ -200,3 +200,19 @@ def test_maintenance_and_membership() -> None:
         await b.move_leader(b.member_id)  # already the leader: nothing to do
 
     run(body)
+
+
+def test_db_size_estimate_grows_with_writes_and_is_remeasured_by_defragment() -> None:
+    async def body(b: LocalBackend, _: ManualClock) -> None:
+        await b.write(PutRequest(b"small", b"1"))
+        before = (await b.status()).db_size_bytes
+        await b.write(TxnRequest(success=(PutRequest(b"big", b"x" * 10_000),)))
+        grown = (await b.status()).db_size_bytes
+        assert grown >= before + 10_000
+        await b.write(DeleteRangeRequest(b"big"))
+        await b.write(CompactionRequest(b.header().revision))
+        assert (await b.status()).db_size_bytes >= grown  # like a database file: no shrinking
+        await b.defragment()
+        assert (await b.status()).db_size_bytes < before + 10_000  # re-measured: history gone
+
+    run(body)

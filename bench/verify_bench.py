@@ -97,11 +97,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--info-rate", type=float, default=0.02,
+                        help="share of writes and cas ops that time out")
+    parser.add_argument("--max-steps", type=int, default=3_000_000)
+    parser.add_argument("--skip-append", action="store_true")
     args = parser.parse_args()
     for seed in range(args.seeds):
-        hist = register_history(args.ops, args.clients, args.keys, seed)
+        hist = register_history(args.ops, args.clients, args.keys, seed, args.info_rate)
         start = time.perf_counter()
-        result = check(RegisterModel(), hist)
+        result = check(RegisterModel(), hist, max_steps=args.max_steps)
         took = time.perf_counter() - start
         print(f"register ops={len(hist)} clients={args.clients} keys={args.keys} seed={seed}: "
               f"{result.verdict.value} steps={result.steps} in {took:.2f}s")
@@ -113,10 +117,10 @@ def main() -> None:
                                  key=old.key, output="never-written", call_time=old.call_time,
                                  return_time=old.return_time)
         start = time.perf_counter()
-        result = check(RegisterModel(), hist)
+        result = check(RegisterModel(), hist, max_steps=args.max_steps)
         took = time.perf_counter() - start
         print(f"  corrupted read: {result.verdict.value} steps={result.steps} in {took:.2f}s")
-    for seed in range(args.seeds):
+    for seed in range(0 if args.skip_append else args.seeds):
         txns = append_history(args.ops, args.clients, args.keys // 10 or 1, seed)
         start = time.perf_counter()
         elle = check_list_append(txns)

@@ -1,7 +1,7 @@
 """Stateful property test: quorum.state against the reference model in tests/state/model.py.
 
 Every operation (put, delete range, range with limits/sorting/filters at any revision, txn,
-compaction, lease grant/revoke/expire, snapshot+restore) is applied to both; answers and
+compaction, lease grant/revoke/expire, client sessions with retries, snapshot+restore) is applied to both; answers and
 errors must agree, and after every step the whole key space, the leases' keys and the
 revisions must agree.
 """
@@ -14,7 +14,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from quorum.errors import DuplicateKey, LeaseNotFound, StateError
+from quorum.errors import DuplicateKey, LeaseNotFound, StaleSequence, StateError
 from quorum.state import (
     CompactionRequest,
     Compare,
@@ -30,6 +30,7 @@ from quorum.state import (
     PutResponse,
     RangeRequest,
     RangeResponse,
+    SessionOpenRequest,
     SortOrder,
     SortTarget,
     StateMachine,
@@ -76,6 +77,7 @@ class KVMachine(RuleBasedStateMachine):
         self.sm = StateMachine()
         self.model = Model()
         self.index = 0
+        self.sessions: dict[int, tuple[int, Any]] = {}  # id -> (last seq, its response)
 
     def apply(self, req: Any) -> tuple[Any, StateError | None]:
         self.index += 1
@@ -259,6 +261,42 @@ class KVMachine(RuleBasedStateMachine):
             self.model.rev += 1
         del self.model.leases[lease_id]
         assert resp.revision == self.model.rev
+
+    # --- client sessions ------------------------------------------------------------------------
+
+    @rule()
+    def session_open(self) -> None:
+        resp, err = self.apply(SessionOpenRequest())
+        assert err is None
+        assert resp.session_id not in self.sessions
+        self.sessions[resp.session_id] = (0, None)
+
+    @precondition(lambda self: self.sessions)
+    @rule(pick=st.integers(0, 5), key=keys, value=values,
+          mode=st.sampled_from(["next", "next", "retry", "stale"]))
+    def session_put(self, pick: int, key: bytes, value: bytes, mode: str) -> None:
+        sid = sorted(self.sessions)[pick % len(self.sessions)]
+        last_seq, last_resp = self.sessions[sid]
+        if last_resp is None:
+            mode = "next"
+        seq = {"next": last_seq + 1, "retry": last_seq, "stale": last_seq - 1}[mode]
+        self.index += 1
+        try:
+            resp = self.sm.apply(self.index, encode_command(PutRequest(key, value), sid, seq))
+            err = None
+        except StateError as exc:
+            resp, err = None, exc
+        if mode == "stale":
+            assert isinstance(err, StaleSequence)
+        elif mode == "retry":
+            assert err is None and resp == last_resp  # recorded answer, nothing applied
+        else:
+            assert err is None
+            rev = self.model.rev + 1
+            self.model.put(key, value, 0, rev)
+            self.model.rev = rev
+            assert resp == PutResponse(rev)
+            self.sessions[sid] = (seq, resp)
 
     # --- snapshot -----------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from quorum.errors import InvalidRange, InvalidRevision, KeyEmpty, StateError, WatchNotFound
 from quorum.state import (
@@ -199,6 +201,15 @@ def test_watch_guarantees_hold(seed: int, config: StateConfig) -> None:
     oracle, streams, sm = drive(seed, config)
     delivered = sum(len(r.events) for s in streams for r in s.responses)
     assert delivered > 50
+    for stream in streams:
+        check_stream(stream, oracle, sm.revision, sm.compact_revision)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(100, 10**6), replay=st.integers(1, 50), buffer=st.integers(1, 40))
+def test_watch_guarantees_hold_for_random_runs(seed: int, replay: int, buffer: int) -> None:
+    config = StateConfig(watch_replay_events=replay, watch_buffer_events=buffer)
+    oracle, streams, sm = drive(seed, config)
     for stream in streams:
         check_stream(stream, oracle, sm.revision, sm.compact_revision)
 

@@ -33,7 +33,13 @@ def setup(check: bool, snapshot_every: int) -> tuple[Cluster, int]:
 
 
 def run(
-    c: Cluster, leader: int, entries: int, batch: int, size: int, tick_every: int
+    c: Cluster,
+    leader: int,
+    entries: int,
+    batch: int,
+    size: int,
+    tick_every: int,
+    pipelined: bool,
 ) -> dict[str, float]:
     raw = c.nodes[leader].raw
     assert raw is not None
@@ -52,9 +58,13 @@ def run(
             cid += 1
         propose_s += time.perf_counter() - t0
         batches += 1
-        c.settle()
+        if pipelined:
+            c.turn(one_ready=True)  # the next batch goes out before this one settles
+        else:
+            c.settle()
         if batches % tick_every == 0:
             c.tick()
+    c.settle()
     while min(c.applied_index(i) for i in c.ids) < target:
         c.tick()
     elapsed = time.perf_counter() - start
@@ -76,17 +86,26 @@ def main() -> None:
     parser.add_argument("--tick-every", type=int, default=10)
     parser.add_argument("--snapshot-every", type=int, default=20_000)
     parser.add_argument("--check", action="store_true", help="keep the invariant checker on")
+    parser.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="one Ready per node and one delivery round per batch (no settling in between), "
+        "so commit notices ride on the next batch's appends",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top cProfile costs")
     args = parser.parse_args()
     c, leader = setup(args.check, args.snapshot_every)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    result = run(c, leader, args.entries, args.batch, args.size, args.tick_every)
+    result = run(
+        c, leader, args.entries, args.batch, args.size, args.tick_every, args.pipelined
+    )
     if profiler:
         profiler.disable()
     print(
-        f"3 voters, batch {args.batch}, {args.size} B, checker {'on' if args.check else 'off'}: "
+        f"3 voters, batch {args.batch}, {args.size} B, checker {'on' if args.check else 'off'}"
+        f"{', pipelined' if args.pipelined else ''}: "
         f"{result['entries_per_s']:,.0f} entries/s committed+applied on all nodes; "
         f"{result['apps_per_follower_per_batch']:.2f} appends per follower per batch "
         f"({result['batches']} batches, {result['elapsed_s']:.2f} s, "

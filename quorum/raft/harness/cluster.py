@@ -411,24 +411,31 @@ class Cluster:
     def settle(self) -> None:
         """Process Readies and deliver due messages until nothing is left to do this tick."""
         for _ in range(self.options.max_settle_rounds):
-            progressed = False
-            for node_id in self.ids:
-                node = self.nodes[node_id]
-                if node.pending is not None and node.pending_until <= self.now_ticks:
-                    self.finish_ready(node, node.pending)
-                    progressed = True
-                while node.raw is not None and node.pending is None and node.raw.has_ready():
-                    self.handle_ready(node)
-                    progressed = True
-            due = self.net.due()
-            for msg in due:
-                self._deliver(msg)
-            if self._feedback or self.net.has_lost():
-                self._report_feedback()
-                progressed = True
-            if not due and not progressed:
+            if not self.turn():
                 return
         raise InvariantViolation("settle", "messages kept flowing without any tick passing")
+
+    def turn(self, one_ready: bool = False) -> bool:
+        """One loop turn: every live node handles its Ready (only one each if ``one_ready``),
+        then the messages due are delivered once. Returns False if nothing happened."""
+        progressed = False
+        for node_id in self.ids:
+            node = self.nodes[node_id]
+            if node.pending is not None and node.pending_until <= self.now_ticks:
+                self.finish_ready(node, node.pending)
+                progressed = True
+            while node.raw is not None and node.pending is None and node.raw.has_ready():
+                self.handle_ready(node)
+                progressed = True
+                if one_ready:
+                    break
+        due = self.net.due()
+        for msg in due:
+            self._deliver(msg)
+        if self._feedback or self.net.has_lost():
+            self._report_feedback()
+            progressed = True
+        return progressed or bool(due)
 
     def tick(self, ticks: int = 1) -> None:
         """Advance logical time: each live node ticks once, then the cluster settles."""

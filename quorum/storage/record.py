@@ -184,3 +184,105 @@ def find_valid_record_after(data: bytes, offset: int) -> int | None:
             return pos
         pos += ALIGN
     return None
+
+
+# --- telling a media bit flip from a torn write ----------------------------------------------
+#
+# A torn write loses or zeroes whole sectors (or leaves garbage); media corruption typically
+# flips a bit. A checksum mismatch that ONE flipped bit explains therefore means the record was
+# complete on disk and then damaged: recovery must refuse rather than cut it off as a torn
+# tail (it may hold an fsynced vote or entry). CRC32C is linear, so the syndrome
+# crc(received) ^ stored identifies a single-bit error position without trying every bit.
+
+SECTOR_BYTES = 512
+FLIP_CHECK_MAX_BYTES = 16 << 20  # beyond this the search costs seconds; such records are cut
+_POLY = 0x82F63B78  # CRC32C, reflected
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (_POLY if c & 1 else 0)
+        table.append(c)
+    return table
+
+
+_TABLE = _crc_table()
+_BY_TOP_BYTE = {t >> 24: i for i, t in enumerate(_TABLE)}  # unique top bytes: invertible steps
+# Syndrome of a single flipped bit b in the LAST byte of a message (the affine part cancels).
+_LAST_BYTE_SYNDROMES = {
+    _crc.value(bytes([1 << b])) ^ _crc.value(b"\x00"): b for b in range(8)
+}
+
+
+def _unstep_zero_byte(syndrome: int) -> int:
+    """Inverse of appending one zero byte to the error pattern."""
+    i = _BY_TOP_BYTE[syndrome >> 24]
+    return (((syndrome ^ _TABLE[i]) << 8) & 0xFFFFFFFF) | i
+
+
+def _single_bit_position(length: int, syndrome: int) -> int | None:
+    """The bit (0 = LSB of byte 0) whose flip in a ``length``-byte message gives
+    ``syndrome``, or None."""
+    for trailing in range(length):
+        bit = _LAST_BYTE_SYNDROMES.get(syndrome)
+        if bit is not None:
+            return (length - 1 - trailing) * 8 + bit
+        syndrome = _unstep_zero_byte(syndrome)
+    return None
+
+
+def bit_flip_offset(data: bytes, offset: int) -> int | None:
+    """If the bad record at ``offset`` is complete and one flipped bit explains its checksum
+    mismatch, the byte offset of that bit; otherwise None (treat as a torn write).
+
+    A record overlapping an all-zero sector counts as torn (a zeroed sector is the signature of
+    a torn write, as in etcd's isTornEntry), so a bit flip in such a record is not reported.
+    """
+    if offset + HEADER_BYTES > len(data):
+        return None
+    stored, length, _ = HEADER.unpack_from(data, offset)
+    found = _flip_with_extent(data, offset, stored, length)
+    if found is None:
+        found = _flip_in_length(data, offset, stored, length)
+    if found is None or _has_zero_sector(data, offset, found[1]):
+        return None
+    return found[0]
+
+
+def _flip_with_extent(data: bytes, offset: int, stored: int, length: int) -> tuple[int, int] | None:
+    end = offset + HEADER_BYTES + length
+    if length > FLIP_CHECK_MAX_BYTES or end > len(data):
+        return None
+    syndrome = _crc.value(data[offset + 4 : end]) ^ stored
+    if syndrome.bit_count() == 1:  # the stored checksum itself took the flip
+        return offset + (syndrome.bit_length() - 1) // 8, end
+    bit = _single_bit_position(end - offset - 4, syndrome)
+    return (offset + 4 + bit // 8, end) if bit is not None else None
+
+
+def _flip_in_length(data: bytes, offset: int, stored: int, length: int) -> tuple[int, int] | None:
+    """A flipped length bit changes the record's extent: try each alternative length."""
+    rest = data[offset + 8 : offset + HEADER_BYTES]
+    for bit in range(32):
+        alt = length ^ (1 << bit)
+        end = offset + HEADER_BYTES + alt
+        if alt > FLIP_CHECK_MAX_BYTES or end > len(data):
+            continue
+        head = struct.pack("<I", alt) + rest
+        if _crc.extend(_crc.value(head), data[offset + HEADER_BYTES : end]) == stored:
+            return offset + 4 + bit // 8, end
+    return None
+
+
+def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
+    """Does any 512-byte sector overlap [start, end) with at least 16 bytes, all zero?"""
+    sector = start - start % SECTOR_BYTES
+    while sector < end:
+        lo, hi = max(sector, start), min(sector + SECTOR_BYTES, end)
+        if hi - lo >= 16 and not any(data[lo:hi]):
+            return True
+        sector += SECTOR_BYTES
+    return False

@@ -105,6 +105,7 @@ class SegmentScan:
     size: int  # file size
     stop: record.ScanStop | None  # a bad record at ``stop.offset``, or None if clean
     valid_after_stop: int | None  # offset of a valid record beyond the bad one, if any
+    bit_flip_at: int | None  # the bad record is complete and one flipped bit (here) explains it
 
 
 def read_segment(fs: FileSystem, wal_dir: str, name: SegmentName) -> SegmentScan:
@@ -121,7 +122,8 @@ def read_segment(fs: FileSystem, wal_dir: str, name: SegmentName) -> SegmentScan
     start = record.HEADER_BYTES + record.padded(len(first.payload))
     records, stop, end = record.scan(data, start)
     after = record.find_valid_record_after(data, stop.offset) if stop else None
-    return SegmentScan(name, path, header, records, end, len(data), stop, after)
+    flip = record.bit_flip_offset(data, stop.offset) if stop else None
+    return SegmentScan(name, path, header, records, end, len(data), stop, after, flip)
 
 
 def _decode_header(payload: bytes, path: str) -> SegmentHeader:

@@ -355,13 +355,19 @@ def _remove_temporaries(fs: FileSystem, wal_dir: str) -> None:
 
 def check_stop(scan: SegmentScan, last: bool, replayed: Replayed, announce: bool = True) -> None:
     """Judge a bad record: a torn tail of the last segment is cut off; anything else is
-    corruption. A valid record after the damage means it is not a torn tail."""
+    corruption. A valid record after the damage, or a complete record whose mismatch one
+    flipped bit explains, means it is not a torn tail."""
     if scan.stop is None:
         return
-    if not last or scan.valid_after_stop is not None:
+    if not last or scan.valid_after_stop is not None or scan.bit_flip_at is not None:
         detail = "" if last else " in a segment that is not the last"
         if scan.valid_after_stop is not None:
             detail += f", valid record follows at offset {scan.valid_after_stop}"
+        if scan.bit_flip_at is not None:
+            detail += (
+                f"; the record is complete and one flipped bit at offset {scan.bit_flip_at} "
+                "explains it: media corruption, not a torn write"
+            )
         raise CorruptionError(f"bad record: {scan.stop.reason}{detail}", scan.path, scan.stop.offset)
     replayed.torn_bytes = scan.size - scan.end
     if not announce:

@@ -58,3 +58,23 @@ def test_resync_finds_a_valid_record_after_damage_but_not_in_garbage() -> None:
     assert record.find_valid_record_after(bytes(damaged), offsets[1]) == offsets[2]
     noise = random.Random(4).randbytes(20000)
     assert record.find_valid_record_after(good[: offsets[2]] + noise, offsets[1]) is None
+
+
+def test_single_bit_flips_are_located_and_torn_writes_are_not_mistaken_for_them() -> None:
+    rng = random.Random(11)
+    for _ in range(100):
+        data = framed(*(batch_payload(i, rng.randint(1, 2000)) for i in range(1, 4)))
+        last = record.scan(data)[0][-1]
+        end = last.offset + record.HEADER_BYTES + len(last.payload)  # padding is not checked
+        pos = rng.randrange(last.offset, end)
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        assert record.bit_flip_offset(bytes(flipped), last.offset) == pos
+        cut = data[: rng.randrange(last.offset + 1, len(data))]
+        assert record.bit_flip_offset(cut, last.offset) is None
+        sector = rng.randrange(last.offset // 512, len(data) // 512 + 1) * 512
+        for filler in (bytes(512), rng.randbytes(512)):
+            mangled = bytearray(data)
+            mangled[sector : sector + 512] = filler[: len(mangled[sector : sector + 512])]
+            if bytes(mangled) != data:
+                assert record.bit_flip_offset(bytes(mangled), last.offset) is None

@@ -11,7 +11,7 @@ from quorum.errors import CorruptionError, UsageError
 from quorum.raft.types import HardState
 from quorum.storage import DurableStorage, SimFileSystem, StorageOptions
 from quorum.storage.record import HEADER_BYTES
-from quorum.storage.segment import SegmentName, list_segments
+from quorum.storage.segment import SegmentName, list_segments, read_segment
 
 from .model import VOTERS, entries
 
@@ -191,3 +191,29 @@ def test_segment_renamed_to_another_index_is_refused() -> None:
     fs.rename(paths[-1], f"/d/wal/{SegmentName(name.seq, name.first_index + 1).filename}")
     with pytest.raises(CorruptionError, match="does not match its file name"):
         DurableStorage.open(fs, "/d", OPTIONS)
+
+
+def test_bit_flip_in_the_last_record_is_refused_not_cut() -> None:
+    """The last record may hold an fsynced vote: a flipped bit there is media corruption, and
+    cutting it off as a torn write would let the node vote twice in a term (PAR)."""
+    fs, paths = filled()
+    storage = DurableStorage.open(fs, "/d", OPTIONS)
+    storage.save(HardState(2, 3, 145), [], must_sync=True)  # voted for 3 in term 2
+    storage.close()
+    last = paths[-1]
+    fs.flip_bit(last, fs.size(last) - 12, bit=5)
+    with pytest.raises(CorruptionError, match="one flipped bit") as info:
+        DurableStorage.open(fs, "/d", OPTIONS)
+    assert info.value.path == last
+
+
+def test_bit_flip_in_the_last_records_header_is_refused() -> None:
+    fs, paths = filled()
+    last = paths[-1]
+    scan = read_segment(fs, "/d/wal", SegmentName.parse(last.rsplit("/", 1)[1]))  # type: ignore[arg-type]
+    for byte in (0, 5, 8):  # stored checksum, length, type
+        fs.flip_bit(last, scan.records[-1].offset + byte, bit=1)
+        with pytest.raises(CorruptionError, match="one flipped bit"):
+            DurableStorage.open(fs, "/d", OPTIONS)
+        fs.flip_bit(last, scan.records[-1].offset + byte, bit=1)
+    assert DurableStorage.open(fs, "/d", OPTIONS).last_index() == 150

@@ -134,6 +134,7 @@ def describe_status(st: Status) -> str:
         flags = " learner" if p.is_learner else ""
         flags += " paused" if p.paused else ""
         flags += "" if p.recent_active else " inactive"
+        flags += f" pending_snapshot={p.pending_snapshot}" if p.pending_snapshot else ""
         lines.append(
             f"  {p.id}: {p.state} match={p.match} next={p.next} inflight={p.inflight}{flags}"
         )

@@ -23,6 +23,7 @@ class PeerStatus(msgspec.Struct, frozen=True):
     recent_active: bool
     paused: bool
     is_learner: bool
+    pending_snapshot: int = 0  # index of the snapshot being sent (SNAPSHOT state)
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -56,6 +57,7 @@ def status_of(r: Raft) -> Status:
                 recent_active=pr.recent_active,
                 paused=pr.is_paused(),
                 is_learner=pr.is_learner,
+                pending_snapshot=pr.pending_snapshot,
             )
             for node_id, pr in r.trk.visit()
         )

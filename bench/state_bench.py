@@ -1,0 +1,151 @@
+"""Single-thread benchmarks of quorum.state (see docs/benchmarks.md).
+
+    .venv/bin/python bench/state_bench.py [--keys 1000000] [--profile]
+
+Times are process CPU time (time.process_time): the VM is shared, wall time is noisy.
+Measures: puts/s applied (100-byte values, distinct 16-byte keys) through
+``StateMachine.apply`` from encoded bytes (what the runtime does) and from Structs; a
+1,000-key range; memory per key with history compacted; snapshot write and restore MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import time
+
+from quorum.state import (
+    CompactionRequest,
+    PutRequest,
+    RangeRequest,
+    StateMachine,
+    encode_command,
+)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def key(i: int) -> bytes:
+    return b"key/%012d" % i  # 16 bytes
+
+
+VALUE = b"v" * 100
+
+
+def bench_apply_bytes(n: int) -> tuple[float, StateMachine]:
+    sm = StateMachine()
+    batch = 100_000
+    elapsed = 0.0
+    for lo in range(0, n, batch):
+        cmds = [encode_command(PutRequest(key(i), VALUE)) for i in range(lo, min(n, lo + batch))]
+        apply = sm.apply
+        t0 = time.process_time()
+        for j, cmd in enumerate(cmds, start=lo + 1):
+            apply(j, cmd)
+        elapsed += time.process_time() - t0
+    return n / elapsed, sm
+
+
+def bench_apply_structs(n: int) -> float:
+    sm = StateMachine()
+    batch = 100_000
+    elapsed = 0.0
+    for lo in range(0, n, batch):
+        reqs = [PutRequest(key(i), VALUE) for i in range(lo, min(n, lo + batch))]
+        apply = sm.apply
+        t0 = time.process_time()
+        for j, req in enumerate(reqs, start=lo + 1):
+            apply(j, req)
+        elapsed += time.process_time() - t0
+    return n / elapsed
+
+
+def bench_range(sm: StateMachine, n: int, rounds: int = 300) -> tuple[float, float, float]:
+    """(first ms, median ms, p99 ms) of ranges returning 1,000 keys at spread positions. The
+    first range after bulk loading pays for merging the new keys into the sorted index."""
+    step = max(1, (n - 1000) // rounds)
+    times = []
+    for r in range(rounds):
+        lo = (r * step) % max(1, n - 1000)
+        req = RangeRequest(key(lo), key(lo + 1000))
+        t0 = time.process_time()
+        resp = sm.range(req)
+        times.append(time.process_time() - t0)
+        assert len(resp.kvs) == 1000
+    first, rest = times[0], sorted(times[1:])
+    return first * 1e3, rest[len(rest) // 2] * 1e3, rest[int(len(rest) * 0.99)] * 1e3
+
+
+def bench_memory(n: int, rounds: int = 2) -> float:
+    """Bytes of resident memory per key: n keys written ``rounds`` times, history compacted
+    (includes allocator fragmentation left by the compacted versions)."""
+    gc.collect()
+    before = rss_bytes()
+    sm = StateMachine()
+    index = 0
+    for rnd in range(rounds):
+        value = (b"%d" % rnd) * 100
+        for i in range(n):
+            index += 1
+            sm.apply(index, PutRequest(key(i), value[:100]))
+    index += 1
+    sm.apply(index, CompactionRequest(sm.revision))
+    gc.collect()
+    per_key = (rss_bytes() - before) / n
+    del sm
+    return per_key
+
+
+def bench_snapshot(sm: StateMachine) -> tuple[float, float, int]:
+    t0 = time.process_time()
+    chunks = list(sm.snapshot())
+    write_s = time.process_time() - t0
+    size = sum(len(c) for c in chunks)
+    t0 = time.process_time()
+    restored = StateMachine.from_snapshot(chunks)
+    restore_s = time.process_time() - t0
+    assert restored.state_hash() == sm.state_hash()
+    return size / write_s / 1e6, size / restore_s / 1e6, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    n = args.keys
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        bench_apply_bytes(min(n, 200_000))
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+        return
+    rate_bytes, sm = bench_apply_bytes(n)
+    print(f"put apply (encoded bytes): {rate_bytes:,.0f} puts/s over {n:,} distinct keys")
+    print(f"put apply (Structs):       {bench_apply_structs(n):,.0f} puts/s")
+    first_ms, median_ms, p99_ms = bench_range(sm, n)
+    print(f"range of 1,000 keys:       {median_ms:.2f} ms median, {p99_ms:.2f} ms p99 "
+          f"(first after the bulk load: {first_ms:.0f} ms, merges the sorted key index)")
+    write_mb, restore_mb, size = bench_snapshot(sm)
+    print(f"snapshot of {n:,} keys:  {size / 1e6:.0f} MB; write {write_mb:.0f} MB/s, "
+          f"restore {restore_mb:.0f} MB/s (default gc)")
+    gc.freeze()  # what a runtime can do after loading: long-lived objects leave the gc's scans
+    write_mb, restore_mb, size = bench_snapshot(sm)
+    print(f"snapshot, after gc.freeze(): write {write_mb:.0f} MB/s, restore {restore_mb:.0f} MB/s")
+    gc.unfreeze()
+    del sm
+    gc.collect()
+    print(f"memory per key, 2 versions each, compacted: {bench_memory(n):.0f} bytes")
+    gc.collect()
+    print(f"memory per key, 1 version each:             {bench_memory(n, 1):.0f} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -275,3 +275,24 @@ def test_connections_are_opened_through_the_injected_connector() -> None:
             assert opened == [dead, env.endpoint]
 
     run(body())
+
+
+def test_garbage_from_a_server_makes_the_client_move_on() -> None:
+    async def body() -> None:
+        async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")  # a frame that is not msgpack
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        bad = await asyncio.start_server(babble, "127.0.0.1", 0)
+        bad_endpoint = f"127.0.0.1:{bad.sockets[0].getsockname()[1]}"
+        async with serving() as env:
+            c = AsyncClient([bad_endpoint, env.endpoint], timeout_s=5, retry_backoff_s=0.01)
+            env.clients.append(c)
+            await c.put(b"k", b"v")
+            assert c.endpoint == env.endpoint and c.failovers >= 1
+        bad.close()
+
+    run(body())

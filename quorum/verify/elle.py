@@ -40,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from quorum.errors import UsageError
 from quorum.verify.history import Operation, Status
 
 G_SINGLE_TRIES = 256  # rw edges tried per component when looking for a G-single cycle
@@ -92,8 +93,21 @@ class _Read(msgspec.Struct):
 
 
 def _micro_ops(op: Operation) -> list[list[Any]]:
+    """The micro-ops of a transaction (with reads filled in when it completed).
+
+    Raises UsageError for anything but a list of ``[f, key, value]`` with f "append" or "r".
+    """
     ops = op.output if op.status is Status.OK and op.output is not None else op.input
-    return [list(m) for m in ops or []]
+    if not isinstance(ops, list):
+        raise UsageError(f"transaction {op.op_id}: micro-ops must be a list, got {ops!r}")
+    out = []
+    for m in ops:
+        if not isinstance(m, list | tuple) or len(m) != 3 or m[0] not in ("append", "r"):
+            raise UsageError(f"transaction {op.op_id}: bad micro-op {m!r}")
+        if m[0] == "r" and m[2] is not None and not isinstance(m[2], list):
+            raise UsageError(f"transaction {op.op_id}: a read must give a list, got {m[2]!r}")
+        out.append(list(m))
+    return out
 
 
 class _Analysis:
@@ -437,8 +451,9 @@ def check_list_append(history: Sequence[Operation], realtime: bool = True) -> El
     """Check list-append transactions for strict serializability (or, with
     ``realtime=False``, serializability). Operations of other kinds are ignored.
 
-    Deterministic. Raises nothing on odd input: malformed histories show up as anomalies
-    (duplicate-appends, garbage-read, ...).
+    Deterministic. Impossible observations show up as anomalies (duplicate-appends,
+    garbage-read, ...); a transaction that is not in the list-append format raises
+    UsageError.
     """
     an = _Analysis(history)
     _check_reads(an)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quorum.errors import UsageError
 from quorum.verify.elle import _tarjan, check_list_append
 from quorum.verify.history import INFINITY, Operation, Status
 
@@ -292,3 +293,16 @@ def test_reported_anomalies_are_real(hist: list[Operation]) -> None:
     result = check_list_append(hist)
     if serializable_brute_force(hist):
         assert result.valid, result.anomalies
+
+
+@pytest.mark.parametrize("micro", [
+    "append x 1",
+    [["append", "x"]],
+    [["write", "x", 1]],
+    [["r", "x", 5]],
+])
+def test_malformed_transactions_raise(micro: Any) -> None:
+    op = Operation(client_id=1, op_id=1, kind="txn", input=micro, output=micro, call_time=0,
+                   return_time=1)
+    with pytest.raises(UsageError):
+        check_list_append([op])

@@ -18,7 +18,7 @@ from collections import Counter
 
 import msgspec
 
-from quorum.errors import ConfigError, InvalidConfChange
+from quorum.errors import ConfigError, InvalidConfChange, SnapshotTemporarilyUnavailable
 from quorum.raft import election, follower, leader
 from quorum.raft.confchange import Changer, TrackerConfig, apply_to_tracker, restore
 from quorum.raft.config import Config
@@ -35,10 +35,10 @@ from quorum.raft.types import (
     HardState,
     Message,
     MessageType,
+    ReadState,
     SoftState,
     StateRole,
 )
-from quorum.raft.types import ReadState as ReadStateT
 
 MT = MessageType
 
@@ -64,7 +64,7 @@ class Raft:
         self.is_learner = False
         self.msgs: list[Message] = []  # must wait until the current Ready is persisted
         self.early_msgs: list[Message] = []  # may be sent before persistence
-        self.read_states: list[ReadStateT] = []
+        self.read_states: list[ReadState] = []
         self.read_only = ReadOnly()
         self.pending_read_index: list[Message] = []  # wait for a commit in our own term
         self.election_elapsed = 0
@@ -106,7 +106,9 @@ class Raft:
         here. A change that cannot apply failed identically when first applied: skipped.
         """
         log = self.raft_log
-        first, applied = log.first_index(), log.applied
+        # Entries up to the snapshot are already part of its ConfState (a storage may keep
+        # some entries below its snapshot to help lagging followers).
+        first, applied = max(log.first_index(), self._snapshot_index() + 1), log.applied
         if applied < first:
             return
         for entry in log.slice(first, applied + 1):
@@ -116,6 +118,12 @@ class Raft:
                 self.apply_conf_change(ConfChange.decode(entry.data))
             except InvalidConfChange:
                 self.count("ignored.invalid_conf_change_on_replay")
+
+    def _snapshot_index(self) -> int:
+        try:
+            return self.raft_log.storage.snapshot().metadata.index
+        except SnapshotTemporarilyUnavailable:
+            return self.raft_log.first_index() - 1
 
     def _load_hard_state(self, hard_state: HardState) -> None:
         log = self.raft_log

@@ -10,6 +10,7 @@ from quorum.errors import NoLeader, UsageError
 from quorum.raft import (
     ConfChange,
     ConfChangeSingle,
+    ConfChangeTransition,
     ConfChangeType,
     Config,
     EntryType,
@@ -179,3 +180,24 @@ def test_restart_rebuilds_the_configuration_applied_before_the_crash() -> None:
     net.restart(2)  # applied = the conf change's index
     assert net.node(2).status().conf_state.voters == (1, 2, 3, 4)
     assert net.members[2].applied[-1].type == EntryType.CONF_CHANGE
+
+
+def test_restart_does_not_replay_changes_already_in_the_snapshot() -> None:
+    """A storage that keeps entries below its snapshot (for lagging followers) must not make
+    the node apply those conf changes twice (entering a joint config twice would fail)."""
+    net = Net()
+    net.add_empty(4)
+    net.elect(1)
+    joint = ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_NODE, 4),
+                                ConfChangeSingle(ConfChangeType.REMOVE_NODE, 3)),
+                       transition=ConfChangeTransition.JOINT_EXPLICIT)
+    net.node(1).propose_conf_change(joint)
+    net.stabilize()
+    member = net.members[2]
+    applied = member.applied[-1].index
+    conf = net.node(2).status().conf_state
+    assert conf.voters_outgoing == (1, 2, 3)
+    member.storage.create_snapshot(applied, conf, b"")  # snapshot, but keep every entry
+    net.restart(2)
+    assert net.node(2).status().conf_state == conf
+    assert "ignored.invalid_conf_change_on_replay" not in net.node(2).status().counters

@@ -106,7 +106,7 @@ class Watcher:
             conn = await client._connection(deadline)
             queue: asyncio.Queue[m.ResponseBody | None] = asyncio.Queue()
             watch_id = client.next_id()
-            req = msgspec.structs.replace(self._req, start_revision=self.next_revision)
+            req = msgspec.structs.replace(self._req, start_revision=self._resume_revision())
             conn.open_stream(m.Request(watch_id, req), queue.put_nowait)
             first = await queue.get()
             if isinstance(first, m.WatchCreated):
@@ -128,6 +128,11 @@ class Watcher:
             if loop.time() + client.retry_backoff_s >= deadline:
                 raise RequestTimeout("could not (re)create the watch before the deadline")
             await asyncio.sleep(client.retry_backoff_s)
+
+    def _resume_revision(self) -> int:
+        """Where the (re)created watch starts. Invariant: exactly the first revision the
+        reader has not seen (0 only before the server pinned the start)."""
+        return self.next_revision
 
     def _finish(self) -> None:
         self._done = True

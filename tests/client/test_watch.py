@@ -15,7 +15,7 @@ from quorum.client import AsyncClient
 from quorum.errors import RevisionCompacted
 from quorum.state.commands import CompactionRequest, Event, EventType, PutRequest
 
-from .helpers import run, serving
+from .helpers import Env, run, serving
 
 
 async def take(watcher: object, n: int) -> list[Event]:
@@ -274,5 +274,42 @@ def test_watch_history_is_exact_across_random_restarts(seed: int) -> None:
             assert [(e.type, e.kv.key, e.kv.mod_revision) for e in seen] == [
                 (e.type, e.kv.key, e.kv.mod_revision) for e in expected
             ]
+
+    run(body())
+
+
+async def _first_event_after_restart(env: Env) -> bytes:
+    port = env.server.port
+    c = AsyncClient([env.endpoint], timeout_s=10, retry_backoff_s=0.01)
+    env.clients.append(c)
+    w = c.watch(b"p")
+    await w.start()
+    await env.server.close()
+    await env.backend.write(PutRequest(b"p", b"first"))
+    await env.backend.write(PutRequest(b"p", b"second"))
+    env.server = await serve_native(env.backend, "127.0.0.1", port)
+    (event,) = (await take(w, 1))[:1]
+    await w.cancel()
+    return event.kv.value
+
+
+def test_resume_starts_at_the_first_unseen_revision() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            assert await _first_event_after_restart(env) == b"first"
+
+    run(body())
+
+
+def test_planted_bug_resume_one_revision_late_loses_an_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quorum.client.watch import Watcher
+
+    monkeypatch.setattr(Watcher, "_resume_revision", lambda self: self.next_revision + 1)
+
+    async def body() -> None:
+        async with serving() as env:
+            assert await _first_event_after_restart(env) == b"second"  # "first" was lost
 
     run(body())

@@ -125,19 +125,29 @@ class SimFileSystem(FileSystem):
         self.crash_at_event: int | None = None
         self.crash_after = False
         self.on_sync: Callable[[str], None] | None = None
-        self._fail_write_at: int | None = None
-        self._fail_sync_at: int | None = None
+        # injected EIO: [remaining matching calls, path substring]
+        self._write_fault: list[int | str] | None = None
+        self._sync_fault: list[int | str] | None = None
         self._crashed = False
 
     # --- injection ----------------------------------------------------------------------------
 
-    def fail_write_at(self, nth: int) -> None:
-        """The ``nth`` write from now (1 = the next one) fails with EIO and writes nothing."""
-        self._fail_write_at = self.write_count + nth
+    def fail_write_at(self, nth: int, path_contains: str = "") -> None:
+        """The ``nth`` write from now (1 = the next one) to a path containing
+        ``path_contains`` fails with EIO and writes nothing."""
+        self._write_fault = [nth, path_contains]
 
-    def fail_sync_at(self, nth: int) -> None:
-        """The ``nth`` file sync from now fails with EIO; its data stays unsynced."""
-        self._fail_sync_at = self.sync_count + nth
+    def fail_sync_at(self, nth: int, path_contains: str = "") -> None:
+        """The ``nth`` file sync from now of a path containing ``path_contains`` fails with
+        EIO; its data stays unsynced."""
+        self._sync_fault = [nth, path_contains]
+
+    @staticmethod
+    def _fault_fires(fault: list[int | str] | None, path: str) -> bool:
+        if fault is None or str(fault[1]) not in path:
+            return False
+        fault[0] = int(fault[0]) - 1
+        return fault[0] == 0
 
     def flip_bit(self, path: str, offset: int, bit: int = 0) -> None:
         """Flip one bit in the live and durable image of ``path`` (media corruption)."""
@@ -158,7 +168,7 @@ class SimFileSystem(FileSystem):
         self.generation += 1
         self._crashed = False
         self.crash_at_event = None
-        self._fail_write_at = self._fail_sync_at = None
+        self._write_fault = self._sync_fault = None
         namespace = dict(self._durable_files)
         for ops in self._pending_dir_ops.values():
             keep = self.rng.randint(0, len(ops)) if torn else 0
@@ -210,7 +220,7 @@ class SimFileSystem(FileSystem):
     def _write(self, path: str, inode: _Inode, data: bytes, offset: int) -> None:
         self._event("write")
         self.write_count += 1
-        if self._fail_write_at == self.write_count:
+        if self._fault_fires(self._write_fault, path):
             raise OSError(errno.EIO, "injected write error", path)
         growth = max(0, offset + len(data) - len(inode.data))
         if self.capacity_bytes is not None and self.used_bytes() + growth > self.capacity_bytes:
@@ -231,7 +241,7 @@ class SimFileSystem(FileSystem):
         self.sync_count += 1
         if self.on_sync is not None:
             self.on_sync(path)
-        if self._fail_sync_at == self.sync_count:
+        if self._fault_fires(self._sync_fault, path):
             raise OSError(errno.EIO, "injected fsync error", path)
         inode.durable = bytes(inode.data)
         inode.pending = []

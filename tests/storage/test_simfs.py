@@ -132,3 +132,15 @@ def test_same_seed_same_outcome() -> None:
 
     assert run(7) == run(7)
     assert len({run(s) for s in range(10)}) > 1
+
+
+def test_injected_eio_can_target_a_path() -> None:
+    fs = fresh()
+    wal = fs.open("/d/x.wal", create=True)
+    snap = fs.open("/d/y.snap", create=True)
+    fs.fail_sync_at(2, path_contains=".snap")
+    wal.sync()
+    snap.sync()
+    wal.sync()
+    with pytest.raises(OSError, match="injected fsync"):
+        snap.sync()

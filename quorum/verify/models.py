@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from quorum.errors import UsageError
 from quorum.verify.history import Operation, Status
 
 State = Hashable
@@ -129,6 +130,9 @@ class RegisterModel:
         is what makes histories with many timeouts expensive (etcd's robustness tests patch
         their histories the same way).
         """
+
+        for op in ops:
+            _check_register_op(op)
 
         def produced(op: Operation) -> Any:
             return op.input if op.kind == "write" else op.input[1]
@@ -239,6 +243,7 @@ class KvModel:
         RegisterModel.patch for why this is sound)."""
         puts: dict[Hashable, int] = {}
         for op in ops:
+            _check_kv_op(op)
             if op.kind == "put":
                 v = _hashable(op.input)
                 puts[v] = puts.get(v, 0) + 1
@@ -270,6 +275,31 @@ class KvModel:
         if op.kind == "txn":
             return f"txn {op.key} {_short(op.input)} -> {out}"
         return f"{op.kind} {op.key} -> {out}"
+
+
+def _check_register_op(op: Operation) -> None:
+    if op.kind not in ("read", "write", "cas"):
+        raise UsageError(f"op {op.op_id}: the register model has no kind {op.kind!r}")
+    if op.kind == "cas" and not (isinstance(op.input, list | tuple) and len(op.input) == 2):
+        raise UsageError(f"op {op.op_id}: cas input must be [expected, new], got {op.input!r}")
+
+
+def _check_kv_op(op: Operation) -> None:
+    if op.kind not in ("get", "range", "put", "delete", "txn"):
+        raise UsageError(f"op {op.op_id}: the kv model has no kind {op.kind!r}")
+    if op.kind != "txn":
+        return
+    spec = op.input
+    ok = isinstance(spec, dict) and all(isinstance(spec.get(f, []), list)
+                                        for f in ("compare", "then", "else"))
+    if ok:
+        ok = all(isinstance(c, dict) and c.get("op", "==") in _COMPARE_OPS
+                 and c.get("target", "value") in ("value", "version")
+                 for c in spec.get("compare", []))
+        ok = ok and all(isinstance(r, dict) and r.get("op") in ("put", "delete", "get")
+                        for r in spec.get("then", []) + spec.get("else", []))
+    if not ok:
+        raise UsageError(f"op {op.op_id}: malformed txn {spec!r}")
 
 
 def _txn_requests(op: Operation) -> list[dict[str, Any]]:

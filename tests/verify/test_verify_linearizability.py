@@ -257,7 +257,6 @@ KV_ILLEGAL: dict[str, list[Operation]] = {
         txn(2, VERSION_IS_0, [], [{"op": "get"}],
             {"succeeded": False, "results": [{"value": "zzz", "version": 1}]}, 2, 3),
     ],
-    "unknown kind": [kv(1, "frobnicate", 0, 1)],
 }
 
 
@@ -269,6 +268,29 @@ def test_kv_legal(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(KV_ILLEGAL))
 def test_kv_illegal(name: str) -> None:
     assert check(KV, KV_ILLEGAL[name]).verdict is Verdict.ILLEGAL
+
+
+@pytest.mark.parametrize("bad", [
+    Operation(client_id=1, op_id=1, kind="frobnicate", key="k", call_time=0, return_time=1),
+    Operation(client_id=1, op_id=1, kind="txn", key="k", input=[1], call_time=0,
+              return_time=1),
+    Operation(client_id=1, op_id=1, kind="txn", key="k", input={"then": [{"op": "nuke"}]},
+              call_time=0, return_time=1),
+    Operation(client_id=1, op_id=1, kind="txn", key="k",
+              input={"compare": [{"op": "~", "arg": 1}]}, call_time=0, return_time=1),
+])
+def test_kv_malformed_ops_raise(bad: Operation) -> None:
+    with pytest.raises(UsageError):
+        check(KV, [bad])
+
+
+@pytest.mark.parametrize("bad", [
+    Operation(client_id=1, op_id=1, kind="get", call_time=0, return_time=1),
+    Operation(client_id=1, op_id=1, kind="cas", input=5, call_time=0, return_time=1),
+])
+def test_register_malformed_ops_raise(bad: Operation) -> None:
+    with pytest.raises(UsageError):
+        check(REG, [bad])
 
 
 def test_kv_read_only_txn_detection() -> None:

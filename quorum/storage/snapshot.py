@@ -78,11 +78,15 @@ class SnapshotWriter:
         meta = _ENCODER.encode(metadata)
         head = bytearray(_PREFIX.pack(SNAP_MAGIC, SNAP_FORMAT_VERSION, len(meta), _crc.value(meta)))
         head += meta + bytes(_pad8(len(meta)) - len(meta))
-        self._handle.truncate(0)
-        self._handle.pwrite(head, 0)
         self._offset = len(head)
         self._data_len = 0
         self._data_crc = 0
+        try:
+            self._handle.truncate(0)
+            self._handle.pwrite(head, 0)
+        except OSError:
+            self.abort()
+            raise
 
     def write(self, chunk: bytes) -> None:
         assert self._handle is not None, "writer already committed or aborted"

@@ -66,6 +66,15 @@ def test_disk_full_writing_a_snapshot_leaves_no_partial_file() -> None:
     assert storage.snapshot().data == b"z" * 1000
 
 
+def test_disk_full_at_the_snapshot_header_leaves_no_partial_file() -> None:
+    fs, storage = opened()
+    storage.save(HardState(1, 1, 10), [], must_sync=True)
+    fs.capacity_bytes = fs.used_bytes() + 3
+    with pytest.raises(DiskFullError):
+        storage.create_snapshot(10, VOTERS, [b"z"])
+    assert fs.listdir("/d/snap") == []
+
+
 def test_fsync_failure_is_fatal_and_refuses_further_writes() -> None:
     fs, storage = opened()
     fs.fail_sync_at(1)

@@ -288,6 +288,7 @@ class StateMachine:
         from quorum.state.snapshot import load
 
         store, leases, sessions, applied = load(chunks, self.config)
+        self.watches.before_restore()
         self.store, self.leases, self.sessions = store, leases, sessions
         self.kv = KV(store, leases, self.config)
         self.watches.store = store

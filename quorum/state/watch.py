@@ -83,8 +83,12 @@ class Watcher:
         self.no_put = WatchFilter.NOPUT in req.filters
         self.no_delete = WatchFilter.NODELETE in req.filters
         self.progress_notify = req.progress_notify
-        self.next_rev = next_rev  # Invariant: every event < next_rev is queued or delivered
-        self.synced = synced  # Invariant: synced => next_rev == store.revision + 1 (or later)
+        # Invariant: every event below next_rev is queued or delivered. For a synced watcher
+        # the hub follows the store instead: its next revision is
+        # max(next_rev, store.revision + 1) (see WatchHub._next_rev), so applying a revision
+        # costs nothing for the watchers it does not concern.
+        self.next_rev = next_rev
+        self.synced = synced
         self.buffer: deque[WatchResponse] = deque()
         self.buffered_events = 0
         self.buffered_bytes = 0
@@ -192,8 +196,8 @@ class WatchHub:
     def _maybe_progress(self, watcher: Watcher) -> None:
         if watcher.synced and watcher.progress_wanted and not watcher.canceled:
             watcher.progress_wanted = False
-            # Invariant: all events <= next_rev - 1 are queued already.
-            rev = min(watcher.next_rev - 1, self.store.revision)
+            # Invariant: all events below the next revision are queued already.
+            rev = min(self._next_rev(watcher) - 1, self.store.revision)
             watcher.buffer.append(WatchResponse(watcher.id, rev, progress=True))
 
     # --- feeding ------------------------------------------------------------------------------
@@ -212,9 +216,6 @@ class WatchHub:
                           if watcher.matches(ch[0]) and watcher.wants(ch[1])]
                 if events:
                     self._push(watcher, revision, events)
-        for watch_id in self._synced_ids():
-            watcher = self._watchers[watch_id]
-            watcher.next_rev = max(watcher.next_rev, revision + 1)
 
     def compacted(self) -> None:
         """After a compaction: lagging watchers whose next revision is gone are canceled."""
@@ -224,9 +225,16 @@ class WatchHub:
             if not watcher.synced and not watcher.canceled and watcher.next_rev < compact:
                 self._cancel_compacted(watcher)
 
+    def before_restore(self) -> None:
+        """Call before the store is replaced: pins every synced watcher's next revision."""
+        for watcher in self._watchers.values():
+            if watcher.synced:
+                watcher.next_rev = self._next_rev(watcher)
+
     def restored(self) -> None:
-        """After the store was replaced by a snapshot: every watcher catches up from history
-        (or is canceled as compacted when the history it needs is gone)."""
+        """After the store was replaced by a snapshot (``before_restore`` called first): every
+        watcher catches up from history (or is canceled as compacted when the history it
+        needs is gone)."""
         self._by_key.clear()
         self._ranged.clear()
         current = self.store.revision
@@ -248,8 +256,10 @@ class WatchHub:
                 targets |= ids
         return targets
 
-    def _synced_ids(self) -> list[int]:
-        return [i for ids in self._by_key.values() for i in ids] + list(self._ranged)
+    def _next_rev(self, watcher: Watcher) -> int:
+        if watcher.synced:
+            return max(watcher.next_rev, self.store.revision + 1)
+        return watcher.next_rev
 
     def _push(self, watcher: Watcher, revision: int, events: list[Event]) -> None:
         """Queue one revision's events, or cancel the watcher if its buffer is full."""

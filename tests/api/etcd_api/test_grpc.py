@@ -25,7 +25,7 @@ from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.etcd.server import serve_etcd
 from quorum.api.local import LocalBackend
-from quorum.state import LeaseRevokeRequest, RangeRequest, StateMachine
+from quorum.state import LeaseRevokeRequest, RangeRequest, StateConfig, StateMachine
 
 STEP_S = 10.0  # generous bound on any single awaited step (never a timing assertion)
 
@@ -641,3 +641,33 @@ def test_planted_split_txn_bug_is_caught_through_the_etcd_surface() -> None:
         assert any("split" in v for v in violations), violations
 
     run(body)
+
+
+def test_a_slow_watch_consumer_is_canceled_with_a_reason_never_skipped() -> None:
+    """A client that stops reading backs the stream up into the state machine's bounded
+    watcher buffer; the watcher is then canceled with the revision to resume from, and every
+    event before that revision was delivered (TEST_SCENARIOS H.51)."""
+    config = EtcdApiConfig(watch_send_queue=4)
+
+    async def body(e: Env) -> None:
+        e.backend._sm = StateMachine(StateConfig(watch_buffer_events=20))
+        s = Stream(e)
+        await s.create(b"slow/", range_end=b"slow0")
+        await s.next()
+        writes = 300
+        for i in range(writes):  # ~6 MB: beyond what gRPC flow control and queues hold
+            await put(e, b"slow/%03d" % i, b"x" * 20_000)
+        revisions, last = [], None
+        while True:
+            last = await s.next()
+            if last.canceled:
+                break
+            revisions.extend(ev.kv.mod_revision for ev in last.events)
+        assert "slow watcher" in last.cancel_reason
+        resume_from = int(last.cancel_reason.rsplit(" ", 1)[1])
+        assert revisions == list(range(1, resume_from))  # in order, no gap, no duplicate
+        assert resume_from <= writes  # it really was canceled before the end
+        s.close()
+        await still_serving(e)
+
+    run(body, config)

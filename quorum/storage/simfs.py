@@ -9,7 +9,8 @@ Fault model (what :meth:`SimFileSystem.crash` and the injection switches do):
   is lost.
 - **Unsynced directory entries.** Creates, renames and removes are durable only after
   ``fsync_dir`` of their directory. A crash keeps the durable namespace plus (with ``torn=True``)
-  a random prefix of the pending directory operations, in order.
+  a random prefix of the pending directory operations, in order; a rename is one atomic
+  operation.
 - **Bit flips** at a path/offset (:meth:`flip_bit`), applied to both the live and the durable
   image (media corruption, not a torn write).
 - **ENOSPC** once the total size of all files would exceed ``capacity_bytes``: the bytes that fit
@@ -56,9 +57,10 @@ class _Inode:
 
 @dataclass(frozen=True)
 class _DirOp:
-    kind: str  # "link" (create/rename target) or "unlink"
+    kind: str  # "link" (create), "unlink" (remove) or "rename" (atomic: link name, unlink src)
     name: str
     inode: _Inode | None
+    src: str = ""
 
 
 class _SimFile(FileHandle):
@@ -313,8 +315,9 @@ class SimFileSystem(FileSystem):
         if inode is None:
             raise OSError(errno.ENOENT, "no such file", src)
         self._event("rename")
-        self._dir_op(dst, _DirOp("link", dst, inode))
-        self._dir_op(src, _DirOp("unlink", src, None))
+        # One operation: a rename is atomic in the file system's journal, so a crash shows
+        # either the old or the new name, never both or neither.
+        self._dir_op(dst, _DirOp("rename", dst, inode, src))
         self._after_event()
 
     def remove(self, path: str) -> None:
@@ -347,9 +350,11 @@ class SimFileSystem(FileSystem):
 
 
 def _apply_dir_op(namespace: dict[str, _Inode], op: _DirOp) -> None:
-    if op.kind == "link":
+    if op.kind in ("link", "rename"):
         assert op.inode is not None
         namespace[op.name] = op.inode
+        if op.kind == "rename":
+            namespace.pop(op.src, None)
     else:
         namespace.pop(op.name, None)
 

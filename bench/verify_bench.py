@@ -16,6 +16,8 @@ import random
 import time
 from typing import Any
 
+import msgspec
+
 from quorum.verify.elle import check_list_append
 from quorum.verify.history import INFINITY, Operation, Status
 from quorum.verify.linearizability import check
@@ -67,6 +69,31 @@ def register_history(n_ops: int, n_clients: int, n_keys: int, seed: int,
     return sorted(ops, key=lambda o: o.op_id)
 
 
+def garbage_read(hist: list[Operation]) -> list[Operation] | None:
+    """The history with one read past the middle returning a value never written."""
+    for i in range(len(hist) // 2, len(hist)):
+        op = hist[i]
+        if op.kind == "read" and op.status is Status.OK:
+            return [*hist[:i], msgspec.structs.replace(op, output="never-written"), *hist[i + 1:]]
+    return None
+
+
+def stale_read(hist: list[Operation]) -> list[Operation] | None:
+    """The history with one read past the middle returning the value of a write to the same
+    key that completed well before the read began (and was not the value it read)."""
+    for i in range(len(hist) // 2, len(hist)):
+        op = hist[i]
+        if op.kind != "read" or op.status is not Status.OK or op.output is None:
+            continue
+        older = [w for w in hist if w.key == op.key and w.kind == "write"
+                 and w.status is Status.OK and w.return_time < op.call_time - 20
+                 and w.input != op.output]
+        if older:
+            stale = msgspec.structs.replace(op, output=older[-1].input)
+            return [*hist[:i], stale, *hist[i + 1:]]
+    return None
+
+
 def append_history(n_txns: int, n_clients: int, n_keys: int, seed: int) -> list[Operation]:
     """Serial list-append transactions (each client in turn): valid by construction."""
     rng = random.Random(seed)
@@ -109,17 +136,13 @@ def main() -> None:
         took = time.perf_counter() - start
         print(f"register ops={len(hist)} clients={args.clients} keys={args.keys} seed={seed}: "
               f"{result.verdict.value} steps={result.steps} in {took:.2f}s")
-        # The same history with one read (past the middle) turned into a value never written.
-        victim = next(i for i in range(len(hist) // 2, len(hist))
-                      if hist[i].kind == "read" and hist[i].status is Status.OK)
-        old = hist[victim]
-        hist[victim] = Operation(client_id=old.client_id, op_id=old.op_id, kind="read",
-                                 key=old.key, output="never-written", call_time=old.call_time,
-                                 return_time=old.return_time)
-        start = time.perf_counter()
-        result = check(RegisterModel(), hist, max_steps=args.max_steps)
-        took = time.perf_counter() - start
-        print(f"  corrupted read: {result.verdict.value} steps={result.steps} in {took:.2f}s")
+        for label, bad in (("garbage read", garbage_read(hist)), ("stale read", stale_read(hist))):
+            if bad is None:
+                continue
+            start = time.perf_counter()
+            result = check(RegisterModel(), bad, max_steps=args.max_steps)
+            took = time.perf_counter() - start
+            print(f"  {label}: {result.verdict.value} steps={result.steps} in {took:.2f}s")
     for seed in range(0 if args.skip_append else args.seeds):
         txns = append_history(args.ops, args.clients, args.keys // 10 or 1, seed)
         start = time.perf_counter()

@@ -150,12 +150,12 @@ class ClusterOptions:
     # False: the application is volatile; a restarted node rebuilds it from its storage's
     # snapshot and re-applies the committed log above it (exercises log durability harder).
     durable_app: bool = True
-    # Slow disk: with this probability a Ready's persistence completes up to
-    # ``disk_delay_ticks`` ticks later. Early messages go out at once; the node keeps receiving
-    # messages meanwhile (the Ready is outstanding, as in an asynchronous-fsync runtime).
     # Report a peer unreachable to a leader whose message was lost to a partition or a crash,
     # as a transport whose connection failed would (random loss is not reported).
     report_unreachable: bool = True
+    # Slow disk: with this probability a Ready's persistence completes up to
+    # ``disk_delay_ticks`` ticks later. Early messages go out at once; the node keeps receiving
+    # messages meanwhile (the Ready is outstanding, as in an asynchronous-fsync runtime).
     disk_delay_rate: float = 0.0
     disk_delay_ticks: int = 0
     # With this probability a node that just sent a vote grant crashes and restarts at once

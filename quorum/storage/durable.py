@@ -12,6 +12,7 @@ that a failed write did not store.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import threading
@@ -131,8 +132,8 @@ class DurableStorage:
         options = options or StorageOptions()
         options.validate()
         wal_dir, snap_dir = os.path.join(data_dir, "wal"), os.path.join(data_dir, "snap")
-        fs.mkdir(data_dir)
-        fs.mkdir(snap_dir)
+        for directory in (data_dir, snap_dir, wal_dir):
+            _io(functools.partial(_ensure_dir, fs, directory))
         snaps = SnapshotStore(fs, snap_dir, options.snapshots_kept)
         _io(snaps.remove_temporaries)
         wal, replayed = Wal.open(fs, wal_dir, options.wal_options())
@@ -459,6 +460,14 @@ def _check_hard_state(
             offset,
         )
     return hs
+
+
+def _ensure_dir(fs: FileSystem, path: str) -> None:
+    """Create ``path`` if missing and make its entry durable in the parent directory."""
+    if fs.exists(path):
+        return
+    fs.mkdir(path)
+    fs.fsync_dir(os.path.dirname(os.path.normpath(path)) or ".")
 
 
 def _limit_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:

@@ -88,10 +88,16 @@ class WatchResponse(msgspec.Struct, kw_only=True):
 
 
 class WatchStream(msgspec.Struct, kw_only=True):
-    """One connection of a watcher, opened at ``start_revision``."""
+    """One connection of a watcher, opened at ``start_revision``.
+
+    ``compact_revision`` > 0 records that the server cancelled the stream because its start
+    revision was compacted (etcd's ``compact_revision``): revisions below it can no longer be
+    delivered, so the watcher resumes at it and the gap is not a reliability violation.
+    """
 
     start_revision: int
     responses: list[WatchResponse] = msgspec.field(default_factory=list)
+    compact_revision: int = 0
 
 
 class WatcherLog(msgspec.Struct, kw_only=True):
@@ -163,6 +169,7 @@ class _WatcherCheck:
         self.last_event_rev = 0
         self.last_seen = self.first - 1  # highest revision observed (events or progress)
         self.bookmark_checked = self.first - 1  # revisions <= this were checked at a notify
+        self.excused: list[tuple[int, int]] = []  # revision ranges lost to compaction
         self.out: list[WatchViolation] = []
 
     def flag(self, kind: str, revision: int, detail: str) -> None:
@@ -177,8 +184,21 @@ class _WatcherCheck:
                           f"last observed revision was {self.last_seen}")
             for ri, resp in enumerate(stream.responses):
                 self._response(si, ri, stream.start_revision, resp)
+            if stream.compact_revision:
+                self._compacted(si, stream)
         self._missing(self.first, self.last_seen, "reliable", "never delivered")
         return self.out
+
+    def _compacted(self, si: int, stream: WatchStream) -> None:
+        """The stream's start was compacted: what lies below the compaction is excused."""
+        if stream.start_revision >= stream.compact_revision:
+            self.flag("resumable", stream.start_revision,
+                      f"stream {si} at {stream.start_revision} cancelled as compacted at "
+                      f"{stream.compact_revision}, which it is not below")
+            return
+        self.excused.append((self.last_seen + 1, stream.compact_revision - 1))
+        self.last_seen = max(self.last_seen, stream.compact_revision - 1)
+        self.bookmark_checked = max(self.bookmark_checked, self.last_seen)
 
     def _response(self, si: int, ri: int, start: int, resp: WatchResponse) -> None:
         for e in resp.events:
@@ -229,6 +249,8 @@ class _WatcherCheck:
         i = bisect.bisect_left(self.expected_revs, lo)
         j = bisect.bisect_right(self.expected_revs, hi)
         for rev in self.expected_revs[i:j]:
+            if any(lo <= rev <= hi for lo, hi in self.excused):
+                continue
             lost = [e for e in self.expected[rev] if e not in self.delivered]
             if lost:
                 keys = ", ".join(repr(e.key) for e in lost)

@@ -155,3 +155,29 @@ def test_every_watcher_checked_separately() -> None:
 def test_atomic_violation_part_of_a_revision_never_arrives() -> None:
     log = watcher(stream(1, [ev(2, "a")], [ev(4, "a/x")], [A_DEL]))
     assert kinds(log) == ["atomic", "reliable"]
+
+
+def compacted(start: int, at: int) -> WatchStream:
+    return WatchStream(start_revision=start, compact_revision=at)
+
+
+def test_compacted_start_excuses_the_gap() -> None:
+    # The watcher saw revision 2, reconnected at 3, but 3..4 were compacted away (at 5).
+    log = watcher(stream(1, [ev(2, "a")]), compacted(3, 5), stream(5, [A_DEL], [ev(6, "a/x")]))
+    assert check_watches(COMMITTED, [log]) == []
+
+
+def test_compaction_does_not_excuse_what_follows() -> None:
+    log = watcher(compacted(1, 5), stream(5, [ev(6, "a/x")]))
+    assert kinds(log) == ["reliable"]  # revision 5 (delete a) is not compacted: lost
+
+
+def test_compaction_claimed_for_a_live_revision() -> None:
+    log = watcher(stream(1, [ev(2, "a")]), compacted(3, 3), stream(3, [ev(4, "a/x"),
+                                                                        ev(4, "a/y")]))
+    assert kinds(log) == ["resumable"]
+
+
+def test_resume_after_compaction_must_start_at_it() -> None:
+    log = watcher(compacted(1, 3), stream(5, [A_DEL]))
+    assert kinds(log) == ["reliable", "resumable"]  # skipped revision 4

@@ -338,12 +338,7 @@ class Raft:
     def applied_to(self, index: int) -> None:
         """The application applied up to ``index``; leave an auto-leave joint config (§4.3)."""
         self.raft_log.applied_to(max(index, self.raft_log.applied))
-        if (
-            self.trk.auto_leave
-            and self.role == StateRole.LEADER
-            and self.raft_log.applied >= self.pending_conf_index
-        ):
-            leader.propose_auto_leave(self)
+        leader.maybe_auto_leave(self)
 
     def validate_conf_change(self, cc: ConfChange) -> None:
         """Raise InvalidConfChange if ``cc`` cannot apply to the current configuration."""

@@ -76,6 +76,7 @@ def tick_heartbeat(r: Raft) -> None:
     if r.heartbeat_elapsed >= r.config.heartbeat_ticks:
         r.heartbeat_elapsed = 0
         bcast_heartbeat(r)
+        maybe_auto_leave(r)
 
 
 def check_quorum(r: Raft) -> None:
@@ -214,8 +215,20 @@ def reduce_uncommitted_size(r: Raft, committed: list[Entry]) -> None:
     r.uncommitted_size = max(0, r.uncommitted_size - _payload_size(committed))
 
 
+def maybe_auto_leave(r: Raft) -> None:
+    """Leave an auto-leave joint configuration once it is applied, by proposing an empty
+    conf change. Checked on every advance and every heartbeat tick, so a refused attempt
+    (e.g. during a leadership transfer) is retried even when nothing else is applied."""
+    if (
+        r.trk.auto_leave
+        and r.role == StateRole.LEADER
+        and r.raft_log.applied >= r.pending_conf_index
+    ):
+        propose_auto_leave(r)
+
+
 def propose_auto_leave(r: Raft) -> None:
-    """Leave an auto-leave joint configuration by proposing an empty conf change."""
+    """Propose the empty conf change that leaves the joint configuration."""
     entry = Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=ConfChange().encode())
     try:
         handle_proposal(r, Message(type=MT.PROP, from_=r.id, entries=(entry,)))

@@ -6,6 +6,10 @@ import random
 
 from quorum.errors import SnapshotTemporarilyUnavailable
 from quorum.raft import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
     Config,
     Entry,
     MemoryStorage,
@@ -146,3 +150,27 @@ def test_follower_recovers_when_lost_appends_filled_the_window() -> None:
     net.tick(1, net.node(1).raft.config.heartbeat_ticks)
     net.stabilize()
     assert net.data_applied(2) == [b"lost%d" % i for i in range(6)]
+
+
+def test_auto_leave_is_retried_after_an_aborted_transfer() -> None:
+    """The leader's automatic leave of a joint config is refused while a transfer is in
+    progress; once the transfer is abandoned it is proposed again on a heartbeat tick."""
+    net = Net(voters=(1, 2, 3))
+    net.add_empty(4)
+    net.elect(1)
+    net.isolate(3)
+    # Joint with auto-leave; adding a learner keeps the quorums at (1 2 3) on both sides.
+    cc = ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),),
+                    transition=ConfChangeTransition.JOINT_IMPLICIT)
+    net.node(1).propose_conf_change(cc)
+    net.node(1).transfer_leader(3)  # 3 is unreachable: this transfer will be aborted
+    net.stabilize()
+    status = net.node(1).status()
+    assert status.conf_state.voters_outgoing == (1, 2, 3)  # joint, the leave was refused
+    assert status.counters["deferred.auto_leave"] >= 1
+    for _ in range(2 * net.node(1).raft.config.election_ticks):
+        net.tick(1)
+        net.stabilize()
+    status = net.node(1).status()
+    assert status.conf_state.voters == (1, 2, 3) and not status.conf_state.voters_outgoing
+    assert status.conf_state.learners == (4,)

@@ -19,6 +19,11 @@ Rules that follow from the history semantics (see history.py):
   never happened, so the partition is linearizable. INFO read-only operations are dropped up
   front since they can always be "never happened".
 
+Three sound reductions on top (each explained where it is implemented): state-preserving
+operations that fit are placed without a backtracking point (``_Search.run``); configurations
+dominated by an explored one with fewer INFO operations are pruned (``_Memo``); and models may
+resolve INFO operations whose effect was observed (``Model.patch``).
+
 The search is exponential in the worst case (the problem is NP-complete, Gibbons & Korach
 1997). ``max_steps`` bounds the number of search steps over the whole check; when it runs out
 the verdict is UNKNOWN, never OK.
@@ -165,6 +170,8 @@ class _Search:
         self.candidates: list[int] = []
 
     def run(self) -> tuple[Verdict, list[int]]:
+        """The search loop; kept as one function with local aliases because it is the hot
+        path (one iteration per step)."""
         events = _EventList(self.ops)
         nxt, is_call, op_of = events.nxt, events.is_call, events.op_of
         step, ops = self.model.step, self.ops

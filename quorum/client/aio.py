@@ -167,9 +167,12 @@ class AsyncClient:
         max_sessions: int = 64,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         connector: Connector = open_connection,
+        dead_after_s: float = 1.0,
     ) -> None:
         """``connector`` opens a connection to an endpoint (the seam a simulator or a test
-        proxy plugs into); it raises OSError or TimeoutError when it cannot."""
+        proxy plugs into); it raises OSError or TimeoutError when it cannot.
+        ``dead_after_s``: a connection with requests pending and not a byte received for
+        that long is declared dead and the requests move to another endpoint."""
         if not endpoints:
             raise UsageError("at least one endpoint is needed")
         self.endpoints: list[str] = list(endpoints)
@@ -178,6 +181,7 @@ class AsyncClient:
         self.retry_backoff_s = retry_backoff_s
         self.max_frame_bytes = max_frame_bytes
         self._connector = connector
+        self.dead_after_s = dead_after_s
         self._ids = itertools.count(1)
         self._conn: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
@@ -210,7 +214,7 @@ class AsyncClient:
             self._conn = None
 
     async def _close_sessions(self, conn: Connection) -> None:
-        deadline = asyncio.get_running_loop().time() + 1.0
+        deadline = asyncio.get_running_loop().time() + min(1.0, self.dead_after_s)
         futures = [
             conn.request(m.Request(next(self._ids), SessionCloseRequest(session.id)), deadline)
             for session in self._sessions.drain()
@@ -420,8 +424,14 @@ class AsyncClient:
         while not self._closed:
             await asyncio.sleep(tick)
             conn = self._conn
-            if conn is not None:
-                conn.expire(loop.time())
+            if conn is None:
+                continue
+            now = loop.time()
+            conn.expire(now)
+            if conn.silent_for(now) > self.dead_after_s:
+                # pending requests fail with ConnectionLost and retry on another endpoint
+                # (writes keep their session seq, so the retry cannot apply twice)
+                self._fail_over(conn, None)
 
     async def _open_session(self, deadline: float) -> int:
         resp = await self._attempts(SessionOpenRequest(), 0, 0, False, deadline)

@@ -40,6 +40,8 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, StreamCallback] = {}
         self.closed = False
         self.retired = False  # the client has failed over away from this connection
+        self.last_heard = 0.0  # loop time of the last bytes received
+        self.waiting_since = 0.0  # loop time the oldest stretch of pending requests began
         self._decoder = FrameDecoder(max_frame_bytes)
         self._max_frame_bytes = max_frame_bytes
         self._response_decoder = msgspec.msgpack.Decoder(m.Response)
@@ -56,6 +58,7 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.last_heard = self._loop.time()
         try:
             frames = self._decoder.feed(data)
             decode = self._response_decoder.decode
@@ -102,9 +105,19 @@ class Connection(asyncio.Protocol):
         except RequestTooLarge as exc:
             fut.set_exception(exc)
             return fut
+        if not self.pending:
+            self.waiting_since = self._loop.time()
         self.pending[req.id] = fut
         self.deadlines[req.id] = deadline
         return fut
+
+    def silent_for(self, now: float) -> float:
+        """How long requests have been waiting with not a byte from the server: a server
+        that is alive answers *something* (any request) within a moment; a paused, crashed
+        or partitioned one keeps the TCP connection open and says nothing."""
+        if not self.pending:
+            return 0.0
+        return now - max(self.waiting_since, self.last_heard)
 
     def expire(self, now: float) -> None:
         """Fail every request whose deadline passed (a late answer is then dropped). One sweep

@@ -85,6 +85,7 @@ class LossyProxy:
         self.target_port = target_port
         self.drop_next_answer = False
         self.dropped = 0
+        self.blackhole = False  # swallow everything both ways, keep connections open
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
@@ -102,6 +103,8 @@ class LossyProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if self.blackhole:
+                        continue  # like a SIGSTOPped server: connected, silent
                     if answers and self.drop_next_answer:
                         self.drop_next_answer = False
                         self.dropped += 1

@@ -296,3 +296,39 @@ def test_garbage_from_a_server_makes_the_client_move_on() -> None:
         bad.close()
 
     run(body())
+
+
+async def _silent_server_scenario(env: Any, dead_after_s: float, timeout_s: float = 3) -> int:
+    """Connected through a proxy that goes silent (a paused server keeps its TCP connection
+    open); return the put's version once it succeeded elsewhere."""
+    proxy = LossyProxy(env.server.port)
+    await proxy.start()
+    c = AsyncClient(
+        [proxy.endpoint, env.endpoint], timeout_s=timeout_s, dead_after_s=dead_after_s,
+        retry_backoff_s=0.01,
+    )
+    env.clients.append(c)
+    await c.put(b"warm", b"")
+    proxy.blackhole = True
+    await c.put(b"silent", b"x")
+    kv = await c.get(b"silent")
+    await proxy.close()
+    assert kv is not None and c.endpoint == env.endpoint
+    return kv.version
+
+
+def test_a_silent_server_is_abandoned_before_the_deadline() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            assert await _silent_server_scenario(env, dead_after_s=0.3) == 1
+
+    run(body())
+
+
+def test_planted_bug_without_silence_detection_the_call_times_out() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            with pytest.raises(RequestTimeout):
+                await _silent_server_scenario(env, dead_after_s=float("inf"), timeout_s=1)
+
+    run(body(), timeout_s=20)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+import msgspec
 
 from quorum.api.backend import Backend, Watch, WatchResponse
 from quorum.api.etcd import convert
@@ -94,8 +95,14 @@ class _WatchStream:
         if local_id is None:
             await self._refuse(header, DUPLICATE_WATCH_ID)
             return
+        create = convert.watch_create_from_pb(creq)
+        if create.start_revision == 0:
+            # Clients take the created header's revision R as "events after R follow". Pin
+            # the start to R + 1 explicitly, so a write that lands while the backend sets the
+            # watcher up is replayed rather than missed.
+            create = msgspec.structs.replace(create, start_revision=header.revision + 1)
         try:
-            watch = await self._backend.watch(convert.watch_create_from_pb(creq))
+            watch = await self._backend.watch(create)
         except Exception as exc:
             await self._refuse(header, status_of(exc)[1])
             return

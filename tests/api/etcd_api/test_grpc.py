@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from quorum.api.backend import Watch, WatchCreate
 from quorum.api.etcd import snapshot_file
 from quorum.api.etcd.concurrency import Contention
 from quorum.api.etcd.config import EtcdApiConfig
@@ -25,7 +26,7 @@ from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.etcd.server import serve_etcd
 from quorum.api.local import LocalBackend
-from quorum.state import LeaseRevokeRequest, RangeRequest, StateConfig, StateMachine
+from quorum.state import LeaseRevokeRequest, PutRequest, RangeRequest, StateConfig, StateMachine
 
 STEP_S = 10.0  # generous bound on any single awaited step (never a timing assertion)
 
@@ -55,9 +56,11 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def env(config: EtcdApiConfig | None = None) -> AsyncIterator[Env]:
+async def env(
+    config: EtcdApiConfig | None = None, backend_cls: type[LocalBackend] = LocalBackend
+) -> AsyncIterator[Env]:
     clock = ManualClock()
-    backend = LocalBackend(clock=clock)  # no background tasks: tests drive lease expiry
+    backend = backend_cls(clock=clock)  # no background tasks: tests drive lease expiry
     server, port = await serve_etcd(backend, "127.0.0.1", 0, config)
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 << 20)]
@@ -74,9 +77,12 @@ async def env(config: EtcdApiConfig | None = None) -> AsyncIterator[Env]:
         await backend.close()
 
 
-def run(body: Callable[[Env], Awaitable[None]], config: EtcdApiConfig | None = None) -> None:
+def run(
+    body: Callable[[Env], Awaitable[None]], config: EtcdApiConfig | None = None,
+    backend_cls: type[LocalBackend] = LocalBackend,
+) -> None:
     async def main() -> None:
-        async with env(config) as e:
+        async with env(config, backend_cls) as e:
             await asyncio.wait_for(body(e), 60)
 
     asyncio.run(main())
@@ -671,3 +677,25 @@ def test_a_slow_watch_consumer_is_canceled_with_a_reason_never_skipped() -> None
         await still_serving(e)
 
     run(body, config)
+
+
+class _WriteDuringWatchCreate(LocalBackend):
+    """A backend whose watch set-up yields, letting a write land in between (a Raft node may
+    apply entries while a watch is being created)."""
+
+    async def watch(self, req: WatchCreate) -> Watch:
+        await self.write(PutRequest(b"race", b"during-create"))
+        return await super().watch(req)
+
+
+def test_a_write_during_watch_creation_is_not_missed() -> None:
+    async def body(e: Env) -> None:
+        s = Stream(e)
+        await s.create(b"race")
+        created = await s.next()
+        assert created.created and created.header.revision == 0
+        first = await s.next()  # the created header said "after revision 0": rev 1 follows
+        assert [ev.kv.value for ev in first.events] == [b"during-create"]
+        s.close()
+
+    run(body, backend_cls=_WriteDuringWatchCreate)

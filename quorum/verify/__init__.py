@@ -4,7 +4,7 @@
 * ``models``             RegisterModel, KvModel (sequential specifications)
 * ``linearizability``    check(model, history) -> CheckResult (OK / ILLEGAL / UNKNOWN)
 * ``elle``               check_list_append(history) -> ElleResult (strict serializability)
-* ``workloads``          check_fencing, check_watches
+* ``workloads``          check_fencing, check_watches, check_revisions
 * ``report``             report_json, report_html, elle_report_html, write_report
 
 Depends only on quorum.errors, msgspec and the standard library.
@@ -25,11 +25,13 @@ from quorum.verify.models import KvModel, Model, RegisterModel
 from quorum.verify.report import elle_report_html, report_html, report_json, write_report
 from quorum.verify.workloads import (
     FencedWrite,
+    RevisionObservation,
     WatcherLog,
     WatchEvent,
     WatchResponse,
     WatchStream,
     check_fencing,
+    check_revisions,
     check_watches,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "PartitionResult",
     "Recorder",
     "RegisterModel",
+    "RevisionObservation",
     "Status",
     "Verdict",
     "WatchEvent",
@@ -52,6 +55,7 @@ __all__ = [
     "check",
     "check_fencing",
     "check_list_append",
+    "check_revisions",
     "check_watches",
     "decode_history",
     "elle_report_html",

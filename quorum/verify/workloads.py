@@ -67,6 +67,52 @@ def check_fencing(writes: Sequence[FencedWrite]) -> FencingReport:
                          stale_accepted=stale, current_rejected=refused)
 
 
+# --- revisions ------------------------------------------------------------------------------
+
+
+class RevisionObservation(msgspec.Struct, frozen=True, kw_only=True):
+    """The store revision a completed call reported (e.g. an etcd response header)."""
+
+    client_id: int
+    op_id: int
+    call_time: float
+    return_time: float
+    revision: int
+
+
+class RevisionViolation(msgspec.Struct, frozen=True, kw_only=True):
+    op_id: int
+    revision: int
+    earlier_op_id: int
+    earlier_revision: int
+
+
+def check_revisions(observations: Sequence[RevisionObservation]) -> list[RevisionViolation]:
+    """The revision a linearizable store reports never goes backwards in real time.
+
+    If call A returned before call B was invoked, B's revision must be >= A's (both read the
+    store at a point inside their intervals, and revisions only grow). Each call reporting a
+    lower revision than some call that completed before it began is returned, paired with the
+    highest such earlier call. O(n log n).
+    """
+    calls = sorted(observations, key=lambda o: o.call_time)
+    done = sorted(observations, key=lambda o: o.return_time)
+    best: RevisionObservation | None = None  # highest revision among calls returned so far
+    out: list[RevisionViolation] = []
+    j = 0
+    for obs in calls:
+        # strictly before: touching intervals are concurrent (closed intervals)
+        while j < len(done) and done[j].return_time < obs.call_time:
+            if best is None or done[j].revision > best.revision:
+                best = done[j]
+            j += 1
+        if best is not None and obs.revision < best.revision:
+            out.append(RevisionViolation(op_id=obs.op_id, revision=obs.revision,
+                                         earlier_op_id=best.op_id,
+                                         earlier_revision=best.revision))
+    return out
+
+
 # --- watches --------------------------------------------------------------------------------
 
 

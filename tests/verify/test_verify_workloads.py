@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from quorum.verify.workloads import (
     FencedWrite,
+    RevisionObservation,
     WatcherLog,
     WatchEvent,
     WatchResponse,
     WatchStream,
     check_fencing,
+    check_revisions,
     check_watches,
 )
 
@@ -181,3 +183,27 @@ def test_compaction_claimed_for_a_live_revision() -> None:
 def test_resume_after_compaction_must_start_at_it() -> None:
     log = watcher(compacted(1, 3), stream(5, [A_DEL]))
     assert kinds(log) == ["reliable", "resumable"]  # skipped revision 4
+
+
+# --- revisions ------------------------------------------------------------------------------
+
+
+def rev(op_id: int, call: float, ret: float, revision: int) -> RevisionObservation:
+    return RevisionObservation(client_id=op_id, op_id=op_id, call_time=call, return_time=ret,
+                               revision=revision)
+
+
+def test_revisions_monotonic_in_real_time() -> None:
+    obs = [rev(1, 0, 1, 5), rev(2, 2, 3, 5), rev(3, 2.5, 4, 7), rev(4, 3, 9, 6)]
+    assert check_revisions(obs) == []  # 4 overlaps 3, so it may read before 3's revision
+
+
+def test_revision_going_backwards_is_reported() -> None:
+    obs = [rev(1, 0, 1, 5), rev(2, 2, 3, 9), rev(3, 4, 5, 8), rev(4, 0.5, 6, 1)]
+    (v,) = check_revisions(obs)
+    assert (v.op_id, v.revision, v.earlier_op_id, v.earlier_revision) == (3, 8, 2, 9)
+
+
+def test_touching_intervals_are_concurrent_for_revisions() -> None:
+    assert check_revisions([rev(1, 0, 2, 9), rev(2, 2, 3, 4)]) == []
+    assert len(check_revisions([rev(1, 0, 2, 9), rev(2, 2.01, 3, 4)])) == 1

@@ -74,6 +74,7 @@ class Raft:
         self.pending_conf_index = 0
         self.uncommitted_size = 0
         self.bcast_pending = False  # leader: appends deferred until the next Ready
+        self.read_round_pending = False  # leader: a ReadIndex heartbeat round is due
         self.counters: Counter[str] = Counter()
         self._load(storage, config)
 

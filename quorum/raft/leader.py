@@ -240,12 +240,20 @@ def propose_auto_leave(r: Raft) -> None:
 
 
 def flush_bcast(r: Raft) -> None:
-    """Send the appends deferred since the last Ready (new entries or a new commit index):
-    coalescing them is what turns many proposals per loop turn into one append each."""
+    """Send what was deferred since the last Ready: appends (new entries or a new commit
+    index) and one ReadIndex heartbeat round. Coalescing turns many proposals per loop turn
+    into one append per follower, and many read requests into one round (thesis §6.4)."""
+    leading = r.role == StateRole.LEADER
     if r.bcast_pending:
         r.bcast_pending = False
-        if r.role == StateRole.LEADER:
+        if leading:
             bcast_append(r)
+    if r.read_round_pending:
+        r.read_round_pending = False
+        context = r.read_only.last_pending_context()
+        if leading and context is not None:
+            # Acks for the newest context release every request queued before it.
+            bcast_heartbeat_with(r, context)
 
 
 def bcast_append(r: Raft) -> None:
@@ -472,7 +480,7 @@ def send_read_index_response(r: Raft, m: Message) -> None:
         respond_to_read_index(r, m, r.raft_log.committed)  # we alone are the quorum
     elif r.config.read_only_option == ReadOnlyOption.SAFE:
         if r.read_only.add_request(r.raft_log.committed, m, r.id):
-            bcast_heartbeat_with(r, m.entries[0].data)
+            r.read_round_pending = True  # one round per Ready for all new requests
     else:  # LEASE_BASED: check-quorum's lease stands in for the heartbeat round
         respond_to_read_index(r, m, r.raft_log.committed)
 

@@ -148,6 +148,7 @@ class RawNode:
         log = r.raft_log
         return bool(
             r.bcast_pending
+            or r.read_round_pending
             or r.msgs
             or r.early_msgs
             or r.read_states

@@ -227,3 +227,43 @@ def test_patched_checker_agrees_with_brute_force(hist: list[Operation]) -> None:
     model = RegisterModel()
     expected = brute_force_linearizable(model, hist)
     assert check(model, hist).verdict is (Verdict.OK if expected else Verdict.ILLEGAL)
+
+
+@st.composite
+def tiny_kv_history(draw: Any) -> list[Operation]:
+    n = draw(st.integers(1, 6))
+    vals = st.sampled_from(["a", "b"])
+    ops = []
+    for i in range(n):
+        kind = draw(st.sampled_from(["get", "put", "delete", "txn"]))
+        call = draw(st.integers(0, 8))
+        status = draw(st.sampled_from([Status.OK, Status.OK, Status.INFO]))
+        ret = INFINITY if status is Status.INFO else call + draw(st.integers(0, 5))
+        inp: Any = None
+        out: Any = None
+        if kind == "get":
+            value = draw(st.sampled_from([None, "a", "b"]))
+            out = {"value": value, "version": 0 if value is None else draw(st.integers(1, 3))}
+        elif kind == "put":
+            inp = draw(vals)
+        elif kind == "delete":
+            out = {"deleted": draw(st.integers(0, 1))}
+        else:
+            inp = {"compare": [{"target": "version", "op": "==", "arg": 0}],
+                   "then": [{"op": "put", "value": draw(vals)}], "else": [{"op": "get"}]}
+            ok = draw(st.booleans())
+            got = draw(st.sampled_from(["a", "b"]))
+            out = {"succeeded": ok,
+                   "results": [] if ok else [{"value": got, "version": draw(st.integers(1, 3))}]}
+        ops.append(Operation(client_id=i, op_id=i, kind=kind, key="k", input=inp,
+                             output=None if status is Status.INFO else out, call_time=call,
+                             return_time=ret, status=status))
+    return ops
+
+
+@settings(max_examples=400, deadline=None)
+@given(hist=tiny_kv_history())
+def test_kv_checker_agrees_with_brute_force(hist: list[Operation]) -> None:
+    model = KvModel()
+    expected = brute_force_linearizable(model, hist)
+    assert check(model, hist).verdict is (Verdict.OK if expected else Verdict.ILLEGAL)

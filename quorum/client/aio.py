@@ -428,10 +428,17 @@ class AsyncClient:
                 continue
             now = loop.time()
             conn.expire(now)
+            if conn.streams and not conn.pending and now - conn.last_heard > self.dead_after_s:
+                self._ping(conn, now)  # watches alone never show a silent server: ask
             if conn.silent_for(now) > self.dead_after_s:
                 # pending requests fail with ConnectionLost and retry on another endpoint
                 # (writes keep their session seq, so the retry cannot apply twice)
                 self._fail_over(conn, None)
+
+    def _ping(self, conn: Connection, now: float) -> None:
+        """A cheap unary request, so silence detection covers watch-only connections."""
+        fut = conn.request(m.Request(next(self._ids), m.StatusReq()), now + self.timeout_s)
+        fut.add_done_callback(_ignore_outcome)
 
     async def _open_session(self, deadline: float) -> int:
         resp = await self._attempts(SessionOpenRequest(), 0, 0, False, deadline)
@@ -674,6 +681,11 @@ class LeaseKeeper:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _ignore_outcome(fut: asyncio.Future[m.ResponseBody]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a failed ping needs no report, the watchdog acts on it
 
 
 def _endpoint_of(url: str) -> str:

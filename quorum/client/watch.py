@@ -104,6 +104,7 @@ class Watcher:
         deadline = loop.time() + client.timeout_s
         while True:
             conn = await client._connection(deadline)
+            client._ensure_watchdog()  # it also notices a server gone silent under a watch
             queue: asyncio.Queue[m.ResponseBody | None] = asyncio.Queue()
             watch_id = client.next_id()
             req = msgspec.structs.replace(self._req, start_revision=self._resume_revision())

@@ -313,3 +313,47 @@ def test_planted_bug_resume_one_revision_late_loses_an_event(
             assert await _first_event_after_restart(env) == b"second"  # "first" was lost
 
     run(body())
+
+
+async def _watch_through_silent_proxy(env: Env, wait_s: float) -> Event:
+    from .helpers import LossyProxy
+
+    proxy = LossyProxy(env.server.port)
+    await proxy.start()
+    c = AsyncClient(
+        [proxy.endpoint, env.endpoint], timeout_s=5, dead_after_s=0.3, retry_backoff_s=0.01
+    )
+    env.clients.append(c)
+    w = c.watch(b"q")
+    await w.start()
+    proxy.blackhole = True  # the server the watch lives on goes quiet
+    await env.client().put(b"q", b"1")
+    try:
+        (event,) = await asyncio.wait_for(take(w, 1), wait_s)
+        assert w.resumes == 1 and c.endpoint == env.endpoint
+        return event
+    finally:
+        await w.cancel()
+        await proxy.close()
+
+
+def test_watch_on_a_silent_server_moves_to_another_endpoint() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            event = await _watch_through_silent_proxy(env, wait_s=5)
+            assert event.kv.value == b"1"
+
+    run(body())
+
+
+def test_planted_bug_without_pings_a_watch_on_a_silent_server_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(AsyncClient, "_ping", lambda self, conn, now: None)
+
+    async def body() -> None:
+        async with serving() as env:
+            with pytest.raises(TimeoutError):
+                await _watch_through_silent_proxy(env, wait_s=1.5)
+
+    run(body())

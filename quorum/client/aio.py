@@ -1,8 +1,9 @@
 """``AsyncClient``: the asyncio client of the native protocol.
 
-Failover: the client keeps one connection at a time. When it is lost, or a server answers
-with a NotLeader-type error, the client reconnects (to the hinted leader if the error names
-one, else to the next endpoint) and retries until the call's deadline.
+Failover: the client keeps one connection at a time. When it is lost, goes silent (requests
+pending and nothing heard for ``dead_after_s``), or a server answers with a NotLeader-type
+error, the client reconnects (to the hinted leader if the error names one, else to the next
+endpoint) and retries until the call's deadline.
 
 Exactly-once writes: every write runs in a client session of the state machine with a fresh
 sequence number, and a retry reuses the pair, so the write is applied once however many

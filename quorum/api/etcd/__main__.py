@@ -13,6 +13,7 @@ import logging
 import signal
 from pathlib import Path
 
+from quorum.api.etcd.config import EtcdTls
 from quorum.api.etcd.server import serve_etcd
 from quorum.api.local import LocalBackend
 
@@ -25,6 +26,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lease-check-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--progress-notify-interval", type=float, default=600.0, help="seconds")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
+    p.add_argument("--cert-file", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--key-file", help="the certificate's private key (PEM)")
+    p.add_argument("--trusted-ca-file", default="",
+                   help="require client certificates signed by this CA (mutual TLS)")
     return p.parse_args(argv)
 
 
@@ -34,8 +39,12 @@ async def _serve(args: argparse.Namespace) -> None:
         progress_notify_interval_s=args.progress_notify_interval,
     )
     await backend.start()
-    server, port = await serve_etcd(backend, args.host, args.port)
-    backend.advertise_client_urls((f"http://{args.host}:{port}",))
+    tls = None
+    if args.cert_file or args.key_file:
+        tls = EtcdTls(args.cert_file or "", args.key_file or "", args.trusted_ca_file)
+    server, port = await serve_etcd(backend, args.host, args.port, tls=tls)
+    scheme = "https" if tls else "http"
+    backend.advertise_client_urls((f"{scheme}://{args.host}:{port}",))
     logging.getLogger("quorum.api.etcd").info("serving the etcd API on %s:%d", args.host, port)
     if args.port_file is not None:
         tmp = args.port_file.with_suffix(".tmp")

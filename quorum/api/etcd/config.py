@@ -9,6 +9,15 @@ from quorum.errors import ConfigError
 MIB = 1024 * 1024
 
 
+class EtcdTls(msgspec.Struct, frozen=True):
+    """TLS for the etcd port (etcd's --cert-file/--key-file/--trusted-ca-file). With a
+    ``client_ca_file`` every client must present a certificate signed by it (mutual TLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+
+
 class EtcdApiConfig(msgspec.Struct, frozen=True):
     # Largest request accepted (etcd's --max-request-bytes). Larger writes fail with
     # "etcdserver: request is too large"; gRPC itself refuses messages above this plus

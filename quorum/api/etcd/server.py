@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from quorum.api.backend import Backend
 from quorum.api.etcd.auth import AuthServicer
 from quorum.api.etcd.concurrency import ElectionServicer, LockServicer
-from quorum.api.etcd.config import EtcdApiConfig
+from quorum.api.etcd.config import EtcdApiConfig, EtcdTls
 from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
 from quorum.api.etcd.gen import etcd_lock_pb2_grpc as lrpc
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
@@ -28,6 +30,12 @@ def _grpc_options(config: EtcdApiConfig) -> list[tuple[str, int]]:
     ]
 
 
+def _credentials(tls: EtcdTls) -> grpc.ServerCredentials:
+    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
 def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.aio.Server:
     """A grpc.aio server with all etcd services registered, not yet bound nor started."""
     config = config or EtcdApiConfig()
@@ -46,15 +54,20 @@ def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.
 
 async def serve_etcd(
     backend: Backend, host: str = "127.0.0.1", port: int = 2379,
-    config: EtcdApiConfig | None = None,
+    config: EtcdApiConfig | None = None, tls: EtcdTls | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving the etcd API on ``host:port`` (port 0 = any free port).
+    """Start serving the etcd API on ``host:port`` (port 0 = any free port), over TLS when
+    ``tls`` is given.
 
     Returns the started server and the bound port. Stop it with ``await server.stop(grace)``.
-    Raises RuntimeError if the address cannot be bound.
+    Raises RuntimeError if the address cannot be bound, OSError if a TLS file is unreadable.
     """
     server = build_server(backend, config)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, _credentials(tls))
     if bound == 0:
         raise RuntimeError(f"etcd api: cannot bind {host}:{port}")
     await server.start()

@@ -38,13 +38,13 @@ class EtcdServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(workdir: Path) -> EtcdServer:
+def start_server(workdir: Path, *extra_args: str) -> EtcdServer:
     """Start a dev server on a free port; wait until it writes its port file."""
     port_file = workdir / "port"
     log_path = workdir / "server.log"
     cmd = [
         sys.executable, "-m", "quorum.api.etcd", "--port", "0", "--port-file", str(port_file),
-        "--lease-check-interval", "0.1", "--progress-notify-interval", "0.5",
+        "--lease-check-interval", "0.1", "--progress-notify-interval", "0.5", *extra_args,
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -27,7 +27,8 @@ from quorum.verify.linearizability import CheckResult, PartitionResult, Verdict
 from quorum.verify.models import Model
 
 MAX_PARTITIONS_SHOWN = 50  # failing partitions come first; the rest are summarised
-MAX_OPS_PER_LANE_VIEW = 3000  # beyond this a partition is listed but not drawn
+MAX_OPS_DRAWN = 400  # per partition; larger ones are drawn around the failure
+FOCUS_TAIL = 50  # placed operations drawn (and listed) before the unplaced one
 COLUMN_PX = 28  # narrowest column of the compressed time axis
 COLUMN_MAX_PX = 120
 LANE_PX = 34
@@ -101,18 +102,41 @@ def _partition_section(part: PartitionResult, by_id: Mapping[int, Operation],
             f"{part.verdict.value.upper()} <small>({len(ops)} ops, {part.steps} steps)"
             "</small></h2>")
     body = [head]
-    if len(ops) <= MAX_OPS_PER_LANE_VIEW:
-        body.append(_lanes(ops, classes, badges, describe))
-    else:
-        body.append("<p class='note'>too many operations to draw.</p>")
+    shown = _focus(part, ops)
+    if len(shown) < len(ops):
+        where = "around the failure" if part.verdict is Verdict.ILLEGAL else "first"
+        body.append(f"<p class='note'>showing {len(shown)} of {len(ops)} operations "
+                    f"({where}); the JSON report has them all.</p>")
+    body.append(_lanes(shown, classes, badges, describe))
     if part.verdict is Verdict.ILLEGAL:
         body.append(_prefix_list(part, by_id, describe))
     return f"<section class='part {part.verdict.value}'>{''.join(body)}</section>"
 
 
+def _focus(part: PartitionResult, ops: Sequence[Operation]) -> list[Operation]:
+    """The operations worth drawing: all of a small partition; for a large failing one, those
+    overlapping the time span from the last FOCUS_TAIL placed operations to the unplaced one
+    (where the contradiction is); for a large passing one, the first ones."""
+    if len(ops) <= MAX_OPS_DRAWN:
+        return list(ops)
+    if part.verdict is not Verdict.ILLEGAL:
+        return sorted(ops, key=lambda o: o.call_time)[:MAX_OPS_DRAWN]
+    by_id = {op.op_id: op for op in ops}
+    marked = [by_id[i] for i in (*part.linearized[-FOCUS_TAIL:], *part.unplaced)]
+    start = min(op.call_time for op in marked)
+    end = max((op.return_time for op in marked if not math.isinf(op.return_time)),
+              default=start)
+    near = [op for op in ops if op.call_time <= end and op.return_time >= start]
+    return sorted(near, key=lambda o: o.call_time)[:MAX_OPS_DRAWN]
+
+
 def _prefix_list(part: PartitionResult, by_id: Mapping[int, Operation], describe: Any) -> str:
-    items = [f"<li>{_e(describe(by_id[i]))} <span class='id'>op {i}</span></li>"
-             for i in part.linearized]
+    first = max(0, len(part.linearized) - FOCUS_TAIL)
+    items = [f"<li value='{first + n + 1}'>{_e(describe(by_id[i]))} "
+             f"<span class='id'>op {i}</span></li>"
+             for n, i in enumerate(part.linearized[first:])]
+    if first:
+        items.insert(0, f"<li class='note' value='1'>… {first} earlier operations</li>")
     bad = "".join(
         f"<p class='unplaced-text'>✗ could not be placed next: {_e(describe(by_id[i]))} "
         f"<span class='id'>op {i}</span></p>" for i in part.unplaced)
@@ -144,8 +168,9 @@ def elle_report_html(result: ElleResult, history: Sequence[Operation], title: st
                f"anomalies: {_e(', '.join(result.kinds) or 'none')}")
     sections = [f"<section class='part {verdict}'><h2 class='{verdict}'>anomalies</h2>"
                 f"<ol class='anomalies'>{''.join(items) or '<li>none</li>'}</ol>"]
-    if len(txns) <= MAX_OPS_PER_LANE_VIEW:
-        sections.append(_lanes(txns, involved, badges, _describe))
+    shown = [op for op in txns if op.op_id in involved] or txns
+    if len(shown) <= MAX_OPS_DRAWN:
+        sections.append(_lanes(shown, involved, badges, _describe))
     sections.append("</section>")
     return _page(title or "list-append check", verdict, summary, sections)
 

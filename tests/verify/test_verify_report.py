@@ -98,3 +98,21 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert json_path.name == "run-7.json" and html_path.name == "run-7.html"
     assert json.loads(json_path.read_bytes())["verdict"] == "illegal"
     assert "ILLEGAL" in html_path.read_text()
+
+
+def test_large_failing_partition_is_drawn_around_the_failure() -> None:
+    hist = []
+    for i in range(600):  # write i, then read it back, one after the other
+        hist.append(_op(2 * i, 1, "write", 4 * i, 4 * i + 1, input=i))
+        hist.append(_op(2 * i + 1, 2, "read", 4 * i + 2, 4 * i + 3, output=i))
+    stale = 2 * 550 + 1
+    hist[stale] = _op(stale, 2, "read", 4 * 550 + 2, 4 * 550 + 3, output=549)
+    result = check(RegisterModel(), hist)
+    (part,) = result.failing()
+    assert part.unplaced == [stale] and len(part.linearized) == 2 * 550 + 1
+    page = report_html(result, hist, RegisterModel())
+    assert "showing" in page and "around the failure" in page
+    assert "unplaced" in _classes(page, stale)
+    assert "lin" in _classes(page, 2 * 550)  # the write the stale read missed
+    assert "data-op='0'" not in page  # far from the failure: not drawn
+    assert "1051 earlier operations" in page  # the prefix list is cut to its last 50

@@ -15,7 +15,10 @@ import cProfile
 import gc
 import os
 import pstats
+import subprocess
+import sys
 import time
+import tracemalloc
 
 from quorum.state import (
     CompactionRequest,
@@ -82,24 +85,28 @@ def bench_range(sm: StateMachine, n: int, rounds: int = 300) -> tuple[float, flo
     return first * 1e3, rest[len(rest) // 2] * 1e3, rest[int(len(rest) * 0.99)] * 1e3
 
 
-def bench_memory(n: int, rounds: int = 2) -> float:
-    """Bytes of resident memory per key: n keys written ``rounds`` times, history compacted
-    (includes allocator fragmentation left by the compacted versions)."""
+def bench_memory(n: int, rounds: int = 2, live: bool = False) -> float:
+    """Bytes per key: n keys written ``rounds`` times, history compacted. Resident memory
+    growth (includes the allocator's free space left by compacted versions), or with
+    ``live`` the bytes of live Python objects (tracemalloc; slow)."""
     gc.collect()
-    before = rss_bytes()
+    if live:
+        tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0] if live else rss_bytes()
     sm = StateMachine()
     index = 0
     for rnd in range(rounds):
-        value = (b"%d" % rnd) * 100
         for i in range(n):
             index += 1
-            sm.apply(index, PutRequest(key(i), value[:100]))
+            # through encoded commands, as the runtime applies them: every key and value is
+            # its own object, decoded from the log entry
+            sm.apply(index, encode_command(PutRequest(key(i), b"%099d%d" % (i, rnd))))
     index += 1
     sm.apply(index, CompactionRequest(sm.revision))
     gc.collect()
-    per_key = (rss_bytes() - before) / n
+    after = tracemalloc.get_traced_memory()[0] if live else rss_bytes()
     del sm
-    return per_key
+    return (after - before) / n
 
 
 def bench_snapshot(sm: StateMachine) -> tuple[float, float, int]:
@@ -118,8 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--memory", type=int, default=0, help="only measure memory (rounds)")
+    parser.add_argument("--live", action="store_true", help="--memory: live bytes, tracemalloc")
     args = parser.parse_args()
     n = args.keys
+    if args.memory:
+        print(f"{bench_memory(n, args.memory, args.live):.0f}")
+        return
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -141,10 +153,16 @@ def main() -> None:
     print(f"snapshot, after gc.freeze(): write {write_mb:.0f} MB/s, restore {restore_mb:.0f} MB/s")
     gc.unfreeze()
     del sm
-    gc.collect()
-    print(f"memory per key, 2 versions each, compacted: {bench_memory(n):.0f} bytes")
-    gc.collect()
-    print(f"memory per key, 1 version each:             {bench_memory(n, 1):.0f} bytes")
+    for rounds in (1, 2):  # a fresh process each: freed memory of earlier steps would hide costs
+        out = subprocess.run([sys.executable, __file__, "--keys", str(n), "--memory", str(rounds)],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        print(f"memory per key, {rounds} version(s) each, compacted: {out} bytes (RSS growth)")
+    n_live = min(n, 200_000)
+    for rounds in (1, 2):
+        out = subprocess.run([sys.executable, __file__, "--keys", str(n_live), "--memory",
+                              str(rounds), "--live"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        print(f"live bytes per key ({n_live:,} keys), {rounds} version(s), compacted: {out}")
 
 
 if __name__ == "__main__":

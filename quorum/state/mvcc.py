@@ -224,6 +224,7 @@ class MVCCStore:
         removed = 0
         for key in sorted(self._multi):
             removed += self._compact_key(key, revision)
+        self._multi = set(self._multi)  # a set's table never shrinks on discard: right-size it
         return removed
 
     def _compact_key(self, key: bytes, revision: int) -> int:

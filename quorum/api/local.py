@@ -84,14 +84,17 @@ class LocalWatch:
         while not self._done:
             await self.wakeup.wait()
             self.wakeup.clear()
-            for resp in self._backend._drain(self._id):
+            batch = self._backend._drain(self._id)
+            for resp in batch:
                 if resp.canceled:
                     self._done = True  # before yielding: the consumer may stop right here
                     yield resp
                     return
                 yield resp
-            if self._backend._has_more(self._id):
-                self.wakeup.set()  # a lagging watcher catches up in bounded steps
+            if batch:
+                # A lagging watcher catches up from history in bounded steps: drain again
+                # until a drain comes back empty (cheap for a watcher that is up to date).
+                self.wakeup.set()
 
     async def cancel(self) -> None:
         if not self._done:
@@ -234,9 +237,6 @@ class LocalBackend:
         if out and out[-1].canceled:
             self._watches.pop(watch_id, None)
         return out
-
-    def _has_more(self, watch_id: int) -> bool:
-        return watch_id in self._sm.watches.ready()
 
     def _cancel_watch(self, watch_id: int) -> None:
         with contextlib.suppress(WatchNotFound):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from quorum.errors import NoLeader, UsageError
+from quorum.errors import ConfChangePending, InvalidConfChange, NoLeader, UsageError
 from quorum.raft import (
     ConfChange,
     ConfChangeSingle,
@@ -201,3 +201,32 @@ def test_restart_does_not_replay_changes_already_in_the_snapshot() -> None:
     net.restart(2)
     assert net.node(2).status().conf_state == conf
     assert "ignored.invalid_conf_change_on_replay" not in net.node(2).status().counters
+
+
+def test_fresh_leader_refuses_conf_change_until_its_entry_is_applied() -> None:
+    net = Net()
+    net.node(1).campaign()
+    for _ in range(6):  # elect, but stop before the leader's empty entry is applied
+        for node_id in (1, 2, 3):
+            net.process(node_id)
+        net.deliver()
+        if net.node(1).status().role == StateRole.LEADER:
+            break
+    assert net.node(1).status().role == StateRole.LEADER
+    add4 = ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_NODE, 4),))
+    with pytest.raises(ConfChangePending):
+        net.node(1).propose_conf_change(add4)
+    net.stabilize()
+    net.node(1).propose_conf_change(add4)  # accepted once the empty entry is applied
+    with pytest.raises(ConfChangePending):
+        net.node(1).propose_conf_change(add4)  # one change at a time
+
+
+def test_invalid_forwarded_conf_change_is_dropped_at_the_leader() -> None:
+    net = Net()
+    net.elect(1)
+    net.node(2).propose_conf_change(ConfChange())  # "leave joint" outside a joint config
+    net.stabilize()
+    assert net.node(1).status().counters["dropped.invalid_conf_change"] == 1
+    with pytest.raises(InvalidConfChange):
+        net.node(1).propose_conf_change(ConfChange())

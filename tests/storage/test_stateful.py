@@ -11,6 +11,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from quorum.errors import DiskFullError
 from quorum.raft.types import HardState, Snapshot, SnapshotMetadata
 from quorum.storage import DurableStorage, SimFileSystem, SimulatedCrash, StorageOptions
 
@@ -70,6 +71,20 @@ class StorageMachine(RuleBasedStateMachine):
         es = entries(self.term, first, count, size=size)
         hs = HardState(self.term, 1, self.state.hard_state.commit)
         self.attempt(lambda: self.storage.save(hs, es, must_sync=sync), after_save(self.state, hs, es), sync)
+
+    @rule(room=st.integers(0, 3000), count=st.integers(1, 12), sync=st.booleans())
+    def save_on_a_full_disk(self, room: int, count: int, sync: bool) -> None:
+        """ENOSPC: either the save fits, or DiskFullError and nothing changed."""
+        first = self.storage.last_index() + 1
+        es = entries(self.term, first, count, size=300)
+        hs = HardState(self.term, 1, self.state.hard_state.commit)
+        self.fs.capacity_bytes = self.fs.used_bytes() + room
+        try:
+            self.attempt(lambda: self.storage.save(hs, es, must_sync=sync), after_save(self.state, hs, es), sync)
+        except DiskFullError:
+            assert self.storage.last_index() == first - 1
+        finally:
+            self.fs.capacity_bytes = None
 
     @rule(step=st.integers(1, 20))
     def commit(self, step: int) -> None:

@@ -133,7 +133,9 @@ def restore(r: Raft, snapshot: Snapshot) -> bool:
         # We already have the snapshot's last entry: just fast-forward the commit.
         log.commit_to(meta.index)
         return False
+    # Build the configuration first: an inconsistent ConfState raises InvalidConfChange
+    # (the message is dropped) before anything changed.
+    cfg = restore_config(r.trk, conf, meta.index)
     log.restore(snapshot)
-    r.trk.progress = {}
-    r.switch_to_config(restore_config(r.trk, conf, log.last_index()))
+    r.switch_to_config(cfg)
     return True

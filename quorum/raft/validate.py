@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quorum.raft.types import LOCAL_MESSAGES, EntryType, Message, MessageType
+from quorum.raft.types import LOCAL_MESSAGES, ConfState, EntryType, Message, MessageType
 
 MT = MessageType
 _VALID_TYPES = frozenset(MessageType)
@@ -55,6 +55,19 @@ def _snapshot_reason(m: Message) -> str | None:
     snap = m.snapshot
     if snap is None or snap.is_empty() or snap.metadata.term > m.term:
         return "malformed"
-    if not snap.metadata.conf_state.voters:
+    return _conf_state_reason(snap.metadata.conf_state)
+
+
+def _conf_state_reason(cs: ConfState) -> str | None:
+    """A ConfState is well formed if every id is positive, nobody is both voter and learner,
+    ``learners_next`` are outgoing voters, and only a joint config has auto_leave."""
+    voters, outgoing = set(cs.voters), set(cs.voters_outgoing)
+    learners, learners_next = set(cs.learners), set(cs.learners_next)
+    ids = voters | outgoing | learners | learners_next
+    if not voters or min(ids) <= 0:
+        return "malformed"
+    if learners & (voters | outgoing) or learners_next & (voters | learners):
+        return "malformed"
+    if not learners_next <= outgoing or (cs.auto_leave and not outgoing):
         return "malformed"
     return None

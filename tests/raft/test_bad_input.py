@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorum.raft import (
+    ConfState,
     Entry,
     Message,
     MessageType,
@@ -137,3 +138,15 @@ def test_fuzzed_messages_never_raise_and_keep_invariants(
         assert st_.applied <= st_.commit <= st_.last_index
         if st_.role == StateRole.LEADER:
             assert st_.lead == node_id
+
+
+def test_snapshot_with_inconsistent_configuration_changes_nothing() -> None:
+    net = leader_net()
+    bad_conf = ConfState(voters=(1, 2, 3), learners=(2,))  # 2 both voter and learner
+    snap = Snapshot(metadata=SnapshotMetadata(index=9, term=2, conf_state=bad_conf))
+    before = net.node(3).status()
+    net.node(3).step(Message(type=MT.SNAP, to=3, from_=1, term=2, snapshot=snap))
+    after = net.node(3).status()
+    assert (after.commit, after.last_index, after.conf_state) == (
+        before.commit, before.last_index, before.conf_state)
+    assert after.counters["dropped.malformed"] == 1

@@ -71,6 +71,9 @@ T = TypeVar("T")
 # (endpoint, connect timeout in seconds, max frame bytes) -> an open Connection
 Connector = Callable[[str, float, int], Awaitable[Connection]]
 
+# membership changes have no session: they are never resent once they may have been applied
+AT_MOST_ONCE = (m.MemberAddReq, m.MemberRemoveReq, m.MemberUpdateReq, m.MemberPromoteReq)
+
 # errors after which the same request may be sent again elsewhere: nothing was applied
 # (ProposalDropped), or a write's outcome is unknown but its session makes a retry safe
 RETRIABLE = (ProposalDropped, LeaderChanged, NodeStopped, RequestTimeout)
@@ -317,6 +320,8 @@ class AsyncClient:
         """Send one request until it gets an answer or the deadline passes. Writes run in a
         session (exactly-once retries). Raises the typed error the server reported."""
         deadline = self._deadline(timeout_s)
+        if isinstance(body, AT_MOST_ONCE):
+            return await self._attempts(body, 0, 0, False, deadline, at_most_once=True)
         if not isinstance(body, m.WRITE_BODIES) or isinstance(
             body, SessionOpenRequest | SessionCloseRequest
         ):
@@ -347,8 +352,12 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def _attempts(
-        self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float
+        self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float,
+        *, at_most_once: bool = False,
     ) -> m.ResponseBody:
+        """Send until answered. ``at_most_once``: the request is not idempotent and has no
+        session, so it is resent only when the server said it applied nothing (ProposalDropped);
+        after a lost connection or an outcome-unknown error the uncertainty is raised."""
         sends = 0
         while True:
             conn = self._conn  # the hot path: connected, no coroutine needed to find out
@@ -369,10 +378,14 @@ class AsyncClient:
                 answer = await conn.request(req, deadline)
             except ConnectionLost:
                 self._fail_over(conn, None)
+                if at_most_once:
+                    raise ConnectionLost("connection lost; the request may have been applied") from None
                 answer = None
             if isinstance(answer, m.ErrorResp):
                 exc = error_from_body(answer)
-                if not isinstance(exc, RETRIABLE):
+                if not isinstance(exc, RETRIABLE) or (
+                    at_most_once and not isinstance(exc, ProposalDropped)
+                ):
                     exc.sends = sends  # type: ignore[attr-defined]
                     raise exc
                 await self._learn_leader(conn, exc, deadline)

@@ -332,3 +332,56 @@ def test_planted_bug_without_silence_detection_the_call_times_out() -> None:
                 await _silent_server_scenario(env, dead_after_s=float("inf"), timeout_s=1)
 
     run(body(), timeout_s=20)
+
+
+class CountingMembers(BackendDispatcher):
+    """Membership changes are counted and always succeed (LocalBackend has no members)."""
+
+    adds = 0
+
+    async def _member_add(self, body: Any, *_: Any) -> m.ResponseBody:
+        CountingMembers.adds += 1
+        return m.MemberChangeResp((), m.Member(CountingMembers.adds, "new"))
+
+
+async def _member_add_with_lost_answer(env: Any) -> None:
+    CountingMembers.adds = 0
+    counted = await serve_native(env.backend, "127.0.0.1", 0, dispatcher_factory=CountingMembers)
+    proxy = LossyProxy(counted.port)
+    await proxy.start()
+    c = AsyncClient([proxy.endpoint], timeout_s=5, retry_backoff_s=0.01)
+    env.clients.append(c)
+    await c.status()  # connected
+    proxy.drop_next_answer = True
+    try:
+        await c.member_add(["http://10.0.0.1:2380"])
+    finally:
+        await proxy.close()
+        await counted.close()
+
+
+def test_membership_change_with_a_lost_answer_is_not_resent() -> None:
+    from quorum.errors import ConnectionLost
+
+    async def body() -> None:
+        async with serving() as env:
+            with pytest.raises(ConnectionLost):
+                await _member_add_with_lost_answer(env)
+            assert CountingMembers.adds == 1  # applied once; the caller learns it is unknown
+
+    run(body())
+
+
+def test_planted_bug_resending_a_membership_change_applies_it_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quorum.client import aio
+
+    monkeypatch.setattr(aio, "AT_MOST_ONCE", ())
+
+    async def body() -> None:
+        async with serving() as env:
+            await _member_add_with_lost_answer(env)
+            assert CountingMembers.adds == 2
+
+    run(body())

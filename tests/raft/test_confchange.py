@@ -106,3 +106,31 @@ conf_states = st.builds(
 def test_restore_round_trips(cs: ConfState) -> None:
     trk = tracker(cs)
     assert trk.conf_state() == cs
+
+
+change_lists = st.lists(
+    st.tuples(st.sampled_from([V, L, R]), st.integers(1, 6)), min_size=1, max_size=3)
+
+
+@given(st.lists(st.tuples(st.booleans(), change_lists), max_size=8))
+def test_every_reachable_configuration_passes_the_gateway_check(
+    steps: list[tuple[bool, list[tuple[ConfChangeType, int]]]]
+) -> None:
+    """Snapshots carry configurations the Changer produced; the message gateway must accept
+    every one of them (an over-strict check would stall followers forever)."""
+    from quorum.raft.validate import _conf_state_reason
+
+    trk = tracker(ConfState(voters=(1, 2, 3)))
+    for joint, pairs in steps:
+        changer = Changer(trk, 10)
+        try:
+            if trk.voters.is_joint():
+                cfg = changer.leave_joint()
+            elif joint:
+                cfg = changer.enter_joint(False, changes(*pairs))
+            else:
+                cfg = changer.simple(changes(*pairs))
+        except InvalidConfChange:
+            continue
+        apply_to_tracker(trk, cfg)
+        assert _conf_state_reason(trk.conf_state()) is None, trk.conf_state()

@@ -357,3 +357,18 @@ def test_planted_bug_without_pings_a_watch_on_a_silent_server_hangs(
                 await _watch_through_silent_proxy(env, wait_s=1.5)
 
     run(body())
+
+
+def test_invalid_watch_request_is_a_typed_error() -> None:
+    from quorum.errors import InvalidRevision
+
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            w = c.watch(b"k", start_revision=-1)
+            with pytest.raises(InvalidRevision):
+                await w.start()
+            assert [b async for b in w] == []  # the watcher is finished, not retrying
+            await c.put(b"k", b"still usable")
+
+    run(body())

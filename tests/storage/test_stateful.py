@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from quorum.errors import DiskFullError
+from quorum.errors import DiskFullError, FatalIOError
 from quorum.raft.types import HardState, Snapshot, SnapshotMetadata
 from quorum.storage import DurableStorage, SimFileSystem, SimulatedCrash, StorageOptions
 
@@ -85,6 +85,24 @@ class StorageMachine(RuleBasedStateMachine):
             assert self.storage.last_index() == first - 1
         finally:
             self.fs.capacity_bytes = None
+
+    @rule(count=st.integers(1, 5))
+    def fsync_fails(self, count: int) -> None:
+        """EIO on fsync is fatal: the save may or may not survive; the node must restart."""
+        es = entries(self.term, self.storage.last_index() + 1, count)
+        hs = HardState(self.term, 1, self.state.hard_state.commit)
+        self.fs.crash_at_event = None
+        self.fs.fail_sync_at(1)
+        try:
+            self.storage.save(hs, es, must_sync=True)
+        except FatalIOError:
+            pass
+        else:
+            raise AssertionError("a failed fsync was acknowledged")
+        with pytest.raises(FatalIOError):
+            self.storage.save(None, [], must_sync=True)
+        self.record(after_save(self.state, hs, es), durable=False)
+        self.recover(torn=True)
 
     @rule(step=st.integers(1, 20))
     def commit(self, step: int) -> None:

@@ -362,39 +362,50 @@ class AsyncClient:
         while True:
             conn = self._conn  # the hot path: connected, no coroutine needed to find out
             if conn is None or conn.closed:
+                conn = await self._reconnect(deadline)
+            if conn is not None:
+                if self._watchdog is None:
+                    self._ensure_watchdog()
+                sends += 1
+                req = m.Request(next(self._ids), body, session, seq, serializable)
                 try:
-                    conn = await self._connection(deadline)
-                except NoEndpointAvailable:
-                    # another caller's (shorter) connect attempt gave up; ours may go on
-                    if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
-                        raise
-                    await asyncio.sleep(self.retry_backoff_s)
-                    continue
-            if self._watchdog is None:
-                self._ensure_watchdog()
-            req = m.Request(next(self._ids), body, session, seq, serializable)
-            sends += 1
-            try:
-                answer = await conn.request(req, deadline)
-            except ConnectionLost:
-                self._fail_over(conn, None)
-                if at_most_once:
-                    raise ConnectionLost("connection lost; the request may have been applied") from None
-                answer = None
-            if isinstance(answer, m.ErrorResp):
-                exc = error_from_body(answer)
-                if not isinstance(exc, RETRIABLE) or (
-                    at_most_once and not isinstance(exc, ProposalDropped)
-                ):
-                    exc.sends = sends  # type: ignore[attr-defined]
-                    raise exc
-                await self._learn_leader(conn, exc, deadline)
-                self._fail_over(conn, exc)
-            elif answer is not None:
-                return answer
+                    answer = await conn.request(req, deadline)
+                except ConnectionLost:
+                    self._fail_over(conn, None)
+                    if at_most_once:
+                        raise ConnectionLost("connection lost; it may have been applied") from None
+                else:
+                    if not isinstance(answer, m.ErrorResp):
+                        return answer
+                    await self._retry_or_raise(conn, answer, sends, at_most_once, deadline)
             if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
                 raise RequestTimeout("no answer before the deadline (retrying after failover)")
             await asyncio.sleep(self.retry_backoff_s)
+
+    async def _reconnect(self, deadline: float) -> Connection | None:
+        """A connection, or None when another caller's (shorter) connect attempt gave up
+        while ours still has time: the caller backs off and tries again."""
+        try:
+            return await self._connection(deadline)
+        except NoEndpointAvailable:
+            if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
+                raise
+            return None
+
+    async def _retry_or_raise(
+        self, conn: Connection, answer: m.ErrorResp, sends: int, at_most_once: bool,
+        deadline: float,
+    ) -> None:
+        """Raise the reported error unless the request may be sent again elsewhere; else
+        leave ``conn`` for the hinted leader or the next endpoint."""
+        exc = error_from_body(answer)
+        if not isinstance(exc, RETRIABLE) or (
+            at_most_once and not isinstance(exc, ProposalDropped)
+        ):
+            exc.sends = sends  # type: ignore[attr-defined]
+            raise exc
+        await self._learn_leader(conn, exc, deadline)
+        self._fail_over(conn, exc)
 
     async def _learn_leader(self, conn: Connection, exc: QuorumError, deadline: float) -> None:
         """A NotLeader naming a leader id we cannot place: ask the member we are talking to

@@ -59,6 +59,7 @@ class Report(msgspec.Struct):
     log_last_index: int = 0
     torn_tail_bytes: int = 0  # what recovery would cut off the last segment
     problems: list[str] = msgspec.field(default_factory=list)
+    quarantined: list[str] = msgspec.field(default_factory=list)  # *.snap.corrupt set aside
 
     @property
     def ok(self) -> bool:
@@ -161,6 +162,9 @@ def _segment_info(scan: SegmentScan) -> SegmentInfo:
 def _scan_snapshots(fs: FileSystem, snap_dir: str, report: Report, check_data: bool) -> None:
     if not fs.exists(snap_dir):
         return
+    report.quarantined = [
+        os.path.join(snap_dir, n) for n in fs.listdir(snap_dir) if n.endswith(".corrupt")
+    ]
     for index, term, path in snapfile.SnapshotStore(fs, snap_dir).paths():
         info = SnapshotInfo(path, index, term)
         try:
@@ -210,5 +214,6 @@ def render(report: Report) -> str:
             f"  snapshot {os.path.basename(snap.path)}: index={snap.index} term={snap.term} "
             f"{snap.data_bytes} bytes ({check})" + (f" -- {snap.problem}" if snap.problem else "")
         )
+    lines += [f"  quarantined (failed its checksum earlier): {p}" for p in report.quarantined]
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import pytest
 from quorum.errors import Compacted, CorruptionError, SnapshotOutOfDate, UsageError
 from quorum.raft.types import HardState, Snapshot, SnapshotMetadata
 from quorum.storage import DurableStorage, SimFileSystem, StorageOptions
+from quorum.storage.inspect import inspect
 from quorum.storage.snapshot import SnapshotStore, verify_snapshot
 
 from .model import VOTERS, entries
@@ -80,6 +81,7 @@ def test_corrupt_newest_snapshot_falls_back_when_the_wal_covers_the_gap() -> Non
     assert recovered.snapshot_metadata().index == 40
     assert recovered.entries(41, 101) == entries(1, 41, 60, size=200)
     assert fs.exists(bad + ".corrupt") and not fs.exists(bad)  # kept aside, not deleted
+    assert inspect("/d", fs).quarantined == [bad + ".corrupt"]
 
 
 def test_corrupt_newest_snapshot_is_refused_when_the_wal_does_not_cover() -> None:

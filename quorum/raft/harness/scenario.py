@@ -58,7 +58,16 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         # everything at once, moderate rates
-        Profile("mixed", learners=1, conf_change_rate=0.01, snapshot_every=40),
+        Profile(
+            "mixed",
+            learners=1,
+            conf_change_rate=0.02,
+            snapshot_every=40,
+            disk_delay_rate=0.1,
+            disk_delay_ticks=3,
+            bounce_after_vote_rate=0.05,
+            isolate_leader_rate=0.01,
+        ),
         # Figure 8 (Raft §5.4.2): leaders are cut off right after they win or commit, so
         # entries of old terms sit on minorities while newer terms come and go. One entry per
         # append and a one-tick network make "old entry replicated, own no-op not yet" common.

@@ -80,6 +80,20 @@ def test_planted_bug_is_caught(bug: str) -> None:
     assert clean.ok, clean.summary()
 
 
+def test_planted_runtime_bug_send_before_persist_is_caught() -> None:
+    # The Ready rule of the runtime, not the core, is broken: answers (vote grants, append
+    # acknowledgements) leave before the Ready is persisted, and a crash forgets them.
+    unsafe = {"unsafe_send_before_persist": True}
+    for seed in range(40):
+        result = run_seed(seed, "vote_crash", cluster_options=unsafe)
+        if not result.ok:
+            break
+    else:
+        pytest.fail("sending before persisting went unnoticed in 40 seeds")
+    assert result.kind == "safety", result.summary()
+    assert run_seed(seed, "vote_crash").ok
+
+
 def test_liveness_violation_is_reported() -> None:
     # no node can time out within the liveness bound, so no leader is ever elected
     result = run_seed(0, "mixed", config={"election_ticks": 5000}, liveness_ticks=100)

@@ -161,6 +161,9 @@ class ClusterOptions:
     # With this probability a node that just sent a vote grant crashes and restarts at once
     # (Raft §5.2: the vote must have been persisted before the grant went out).
     bounce_after_vote_rate: float = 0.0
+    # Planted runtime bug (tests only): send a Ready's messages before persisting it, so a
+    # crash can forget a vote or an entry that was already acknowledged.
+    unsafe_send_before_persist: bool = False
     max_settle_rounds: int = 100_000
 
 
@@ -263,9 +266,14 @@ class Cluster:
         assert raw is not None
         rd = raw.ready()
         self._send_all(rd.early_messages)  # may precede persistence (thesis §10.2.1)
+        opts = self.options
+        if opts.unsafe_send_before_persist:  # planted runtime bug: answers before the fsync
+            sent, rd.messages = rd.messages, []
+            self._send_all(sent)
+            if self._maybe_bounce_after_vote(node, sent):
+                return
         if self._crash_here(node, "before_persist"):
             return
-        opts = self.options
         if opts.disk_delay_rate and self._disk_rng.random() < opts.disk_delay_rate:
             node.pending = rd
             node.pending_until = self.now_ticks + self._disk_rng.randint(1, opts.disk_delay_ticks)
@@ -281,7 +289,9 @@ class Cluster:
         if self._crash_here(node, "after_persist"):
             return
         self._send_all(rd.messages)
-        if self._crash_here(node, "after_send") or self._maybe_bounce_after_vote(node, rd):
+        if self._crash_here(node, "after_send") or self._maybe_bounce_after_vote(
+            node, rd.messages
+        ):
             return
         self._apply(node, rd.committed_entries)
         for state in rd.read_states:
@@ -296,11 +306,9 @@ class Cluster:
         self.crash(node.id)
         return True
 
-    def _maybe_bounce_after_vote(self, node: SimNode, rd: Ready) -> bool:
+    def _maybe_bounce_after_vote(self, node: SimNode, sent: list[Message]) -> bool:
         rate = self.options.bounce_after_vote_rate
-        if not rate or not any(
-            m.type == MessageType.VOTE_RESP and not m.reject for m in rd.messages
-        ):
+        if not rate or not any(m.type == MessageType.VOTE_RESP and not m.reject for m in sent):
             return False
         if self._disk_rng.random() >= rate:
             return False

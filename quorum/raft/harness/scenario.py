@@ -51,6 +51,7 @@ class Profile:
     disk_delay_rate: float = 0.0  # see ClusterOptions: asynchronous persistence
     disk_delay_ticks: int = 0
     bounce_after_vote_rate: float = 0.0
+    cluster_options: dict[str, object] = field(default_factory=dict)  # ClusterOptions overrides
     config: dict[str, object] = field(default_factory=dict)
 
 
@@ -216,6 +217,8 @@ class _Run:
             bounce_after_vote_rate=profile.bounce_after_vote_rate,
             record_applied=False,
         )
+        if profile.cluster_options:
+            options = dataclasses.replace(options, **profile.cluster_options)  # type: ignore[arg-type]
         self.cluster = Cluster(seed, options)
         self.result = Result(seed, profile.name, bugs)
         self.outstanding: dict[int, Proposal] = {}

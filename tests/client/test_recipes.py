@@ -360,3 +360,39 @@ def test_election_leader_whose_lease_expires_is_replaced_and_cannot_proclaim() -
             await new.resign()
 
     run(body())
+
+
+def test_lease_session_shared_by_recipes_ends_them_together() -> None:
+    from quorum.client.recipes import LeaseSession
+
+    async def body() -> None:
+        async with serving() as env:
+            c, other = env.client(), env.client()
+            async with LeaseSession(c, ttl_s=600) as session:
+                lock = Lock(c, "shared", lease_id=session.lease_id)
+                election = Election(c, "shared", lease_id=session.lease_id)
+                await lock.acquire()
+                await election.campaign(b"me")
+                assert not session.lost and not lock.lease_lost
+            # closing the session revoked the lease: both holds are gone
+            assert not await lock.is_held()
+            assert await Election(other, "shared").leader() is None
+            assert await Lock(other, "shared", ttl_s=60).acquire() > lock.token
+
+    run(body())
+
+
+def test_lock_reports_its_lease_lost() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            lock = Lock(c, "ll", ttl_s=1)  # renewed every ~0.33 s
+            await lock.acquire()
+            await c.lease_revoke(lock._lease.id)  # as if it expired
+            for _ in range(100):
+                if lock.lease_lost:
+                    break
+                await asyncio.sleep(0.02)
+            assert lock.lease_lost and not await lock.is_held()
+
+    run(body())

@@ -7,8 +7,9 @@ from quorum.client.recipes.election import Election
 from quorum.client.recipes.lock import Lock
 from quorum.client.recipes.registry import Registration, ServiceRegistry, ServiceView
 from quorum.client.recipes.rwlock import RWLock
+from quorum.client.recipes.session import LeaseSession
 
 __all__ = [
-    "Barrier", "ConfigWatcher", "DoubleBarrier", "Election", "Lock", "RWLock", "Registration",
-    "ServiceRegistry", "ServiceView",
+    "Barrier", "ConfigWatcher", "DoubleBarrier", "Election", "LeaseSession", "Lock", "RWLock",
+    "Registration", "ServiceRegistry", "ServiceView",
 ]

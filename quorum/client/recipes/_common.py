@@ -41,6 +41,11 @@ class OwnedLease:
             self._keeper = self.client.keep_alive(self.id, self.ttl_s)
         return self.id
 
+    @property
+    def lost(self) -> bool:
+        """True once the background renewal found the lease gone (expired or revoked)."""
+        return self._keeper is not None and self._keeper.lost.is_set()
+
     async def release(self) -> None:
         """Stop renewing and revoke the lease if this object granted it (deletes its keys)."""
         if self._keeper is not None:

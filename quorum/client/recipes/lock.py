@@ -80,6 +80,12 @@ class Lock:
         if kv is None or kv.create_revision != create_rev or kv.lease != lease_id:
             raise LockLost(f"lock {self.prefix!r}: our key vanished while waiting")
 
+    @property
+    def lease_lost(self) -> bool:
+        """True once the lease this lock renews is known to be gone: the lock is lost even if
+        ``token`` is still set. (A caller-supplied lease is watched by its caller.)"""
+        return self._lease.lost
+
     async def is_held(self) -> bool:
         """Whether our key still exists at our token (a linearizable read). A True answer can
         be stale a moment later: protected resources must check the token themselves."""

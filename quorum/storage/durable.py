@@ -43,6 +43,7 @@ from quorum.raft.types import (
 from quorum.storage import snapshot as snapfile
 from quorum.storage.fs import FileSystem
 from quorum.storage.record import SnapshotMarker
+from quorum.storage.segment import list_segments
 from quorum.storage.snapshot import SnapshotFile, SnapshotStore
 from quorum.storage.wal import DEFAULT_SEGMENT_BYTES, PLANTED_BUGS, Replayed, Wal, WalOptions
 
@@ -136,6 +137,7 @@ class DurableStorage:
             _io(functools.partial(_ensure_dir, fs, directory))
         snaps = SnapshotStore(fs, snap_dir, options.snapshots_kept)
         _io(snaps.remove_temporaries)
+        _check_wal_present(fs, wal_dir, snaps)
         wal, replayed = Wal.open(fs, wal_dir, options.wal_options())
         try:
             snap = _choose_snapshot(fs, snaps, replayed)
@@ -460,6 +462,17 @@ def _check_hard_state(
             offset,
         )
     return hs
+
+
+def _check_wal_present(fs: FileSystem, wal_dir: str, snaps: SnapshotStore) -> None:
+    """The first segment is created before any snapshot can be written, so snapshots without
+    segments mean the WAL (and the term and vote in it) was lost: refuse rather than start
+    with a blank hard state that could vote twice in a term."""
+    if list_segments(fs, wal_dir):
+        return
+    existing = _io(snaps.paths)
+    if existing:
+        raise CorruptionError("no WAL segments, but snapshots exist: the WAL is missing", wal_dir)
 
 
 def _ensure_dir(fs: FileSystem, path: str) -> None:

@@ -217,3 +217,14 @@ def test_bit_flip_in_the_last_records_header_is_refused() -> None:
             DurableStorage.open(fs, "/d", OPTIONS)
         fs.flip_bit(last, scan.records[-1].offset + byte, bit=1)
     assert DurableStorage.open(fs, "/d", OPTIONS).last_index() == 150
+
+
+def test_missing_wal_with_snapshots_present_is_refused() -> None:
+    fs, _ = filled()
+    storage = DurableStorage.open(fs, "/d", OPTIONS)
+    storage.create_snapshot(100, VOTERS, [b"s"])
+    storage.close()
+    for name in fs.listdir("/d/wal"):
+        fs.remove(f"/d/wal/{name}")
+    with pytest.raises(CorruptionError, match="WAL is missing"):
+        DurableStorage.open(fs, "/d", OPTIONS)

@@ -682,6 +682,7 @@ class LeaseKeeper:
         self.ttl_s = ttl_s
         self.lost = asyncio.Event()
         self.error: BaseException | None = None
+        self.renewals = 0  # successful renewals so far (informational)
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -689,6 +690,7 @@ class LeaseKeeper:
             while True:
                 await asyncio.sleep(max(self.ttl_s / 3.0, 0.05))
                 self.ttl_s = await self.client.lease_keepalive_once(self.lease_id)
+                self.renewals += 1
         except asyncio.CancelledError:
             raise
         except QuorumError as exc:

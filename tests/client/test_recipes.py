@@ -389,7 +389,7 @@ def test_lock_reports_its_lease_lost() -> None:
             lock = Lock(c, "ll", ttl_s=1)  # renewed every ~0.33 s
             await lock.acquire()
             await c.lease_revoke(lock._lease.id)  # as if it expired
-            for _ in range(100):
+            for _ in range(500):
                 if lock.lease_lost:
                     break
                 await asyncio.sleep(0.02)

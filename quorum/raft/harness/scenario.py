@@ -22,7 +22,13 @@ from quorum.errors import InvalidConfChange, ProposalDropped
 from quorum.raft.harness.cluster import CRASH_POINTS, Cluster, ClusterOptions, Proposal
 from quorum.raft.harness.invariants import InvariantViolation, LivenessViolation, SafetyViolation
 from quorum.raft.harness.network import RELIABLE, Faults
-from quorum.raft.types import ConfChange, ConfChangeSingle, ConfChangeType
+from quorum.raft.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
+    ConfState,
+)
 
 DEFAULT_FAULTS = Faults(drop_rate=0.05, dup_rate=0.02, min_delay_ticks=0, max_delay_ticks=2)
 
@@ -291,11 +297,33 @@ class _Run:
         if self._chance(p.transfer_rate):
             c.transfer_leader(rng.choice(c.nodes[leader].app.conf_state.voters or (leader,)))
         if self._chance(p.conf_change_rate):
-            self._toggle_learner(leader)
+            self._change_membership(leader)
 
-    def _toggle_learner(self, leader: int) -> None:
-        """Promote a learner, or demote a voter while at least three voters stay."""
+    def _change_membership(self, leader: int) -> None:
+        """Leave an explicit joint configuration, swap a learner and a voter through joint
+        consensus (§6 of the thesis; auto or explicit leave), or toggle a single node."""
         conf = self.cluster.nodes[leader].app.conf_state
+        if conf.voters_outgoing and not conf.auto_leave:
+            self._propose_change(leader, ConfChange())  # leave the joint configuration
+        elif conf.learners and self.rng.random() < 0.5:
+            self._joint_swap(leader, conf)
+        else:
+            self._toggle_learner(leader, conf)
+
+    def _joint_swap(self, leader: int, conf: ConfState) -> None:
+        promote = self.rng.choice(conf.learners)
+        demote = self.rng.choice(conf.voters)
+        transition = self.rng.choice(
+            (ConfChangeTransition.JOINT_IMPLICIT, ConfChangeTransition.JOINT_EXPLICIT)
+        )
+        changes = (
+            ConfChangeSingle(ConfChangeType.ADD_NODE, promote),
+            ConfChangeSingle(ConfChangeType.ADD_LEARNER, demote),
+        )
+        self._propose_change(leader, ConfChange(changes=changes, transition=transition))
+
+    def _toggle_learner(self, leader: int, conf: ConfState) -> None:
+        """Promote a learner, or demote a voter while at least three voters stay."""
         node_id = self.rng.choice(self.cluster.ids)
         if node_id in conf.learners:
             change = ConfChangeSingle(ConfChangeType.ADD_NODE, node_id)
@@ -303,8 +331,11 @@ class _Run:
             change = ConfChangeSingle(ConfChangeType.ADD_LEARNER, node_id)
         else:
             return
+        self._propose_change(leader, ConfChange(changes=(change,)))
+
+    def _propose_change(self, leader: int, change: ConfChange) -> None:
         with contextlib.suppress(ProposalDropped, InvalidConfChange):
-            self.cluster.propose_conf_change(ConfChange(changes=(change,)), leader)
+            self.cluster.propose_conf_change(change, leader)
 
     # --- liveness phase ---------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from quorum.api.native import messages as m
@@ -631,7 +631,29 @@ class AsyncClient:
         _expect(await self.call(m.MoveLeaderReq(target_id)), m.MoveLeaderResp)
 
     async def snapshot(self) -> bytes:
-        return _expect(await self.call(m.SnapshotReq()), m.SnapshotResp).blob
+        return b"".join([chunk async for chunk in self.snapshot_stream()])
+
+    async def snapshot_stream(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The state's snapshot as a stream of chunks (write them to a file as they come).
+        A lost connection raises ConnectionLost: start again (a snapshot is not resumable)."""
+        conn = await self._connection(self._deadline(None))
+        self._ensure_watchdog()
+        queue: asyncio.Queue[m.ResponseBody | None] = asyncio.Queue()
+        stream_id = next(self._ids)
+        conn.open_stream(m.Request(stream_id, m.SnapshotReq(chunk_bytes)), queue.put_nowait)
+        try:
+            while True:
+                body = await queue.get()
+                if isinstance(body, m.SnapshotChunk):
+                    yield body.blob
+                elif isinstance(body, m.SnapshotResp):
+                    return
+                elif isinstance(body, m.ErrorResp):
+                    raise error_from_body(body)
+                else:
+                    raise ConnectionLost(f"connection to {conn.endpoint} lost mid-snapshot")
+        finally:
+            conn.close_stream(stream_id)
 
     async def hash_kv(self, revision: int = 0) -> m.HashKVResp:
         return _expect(await self.call(m.HashKVReq(revision)), m.HashKVResp)

@@ -261,3 +261,18 @@ def test_oversized_answer_is_a_typed_error_not_a_dropped_connection() -> None:
             assert len(page.kvs) == 2 and page.more and c.failovers == 0
 
     run(body())
+
+
+def test_snapshot_streams_in_chunks_beyond_the_frame_limit() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            for i in range(4):
+                await c.put(b"snap/%d" % i, bytes([i]) * (1400 * 1024))  # ~5.5 MiB of state
+            chunks = [chunk async for chunk in c.snapshot_stream(chunk_bytes=512 * 1024)]
+            assert len(chunks) > 10 and all(len(x) <= 512 * 1024 for x in chunks)
+            expected = b"".join([piece async for piece in env.backend.snapshot()])
+            assert b"".join(chunks) == expected and len(expected) > 4 * 1024 * 1024
+            assert await c.snapshot() == expected  # the whole thing in one call
+
+    run(body())

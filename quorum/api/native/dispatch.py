@@ -8,7 +8,7 @@ cluster, maintenance, watches) are translated field by field.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from quorum.api.backend import Backend, Watch, WatchCreate, WatchFilter, WatchResponse
@@ -45,7 +45,6 @@ class BackendDispatcher:
             m.MemberPromoteReq: self._member_promote,
             m.StatusReq: self._status,
             m.MoveLeaderReq: self._move_leader,
-            m.SnapshotReq: self._snapshot,
             m.HashKVReq: self._hash_kv,
             m.HashReq: self._hash,
         }
@@ -136,10 +135,13 @@ class BackendDispatcher:
         await self.backend.move_leader(body.target_id)
         return m.MoveLeaderResp(self._revision())
 
-    async def _snapshot(self, _body: m.SnapshotReq, *_: Any) -> m.ResponseBody:
-        revision = self._revision()
-        chunks = [chunk async for chunk in self.backend.snapshot()]
-        return m.SnapshotResp(b"".join(chunks), revision)
+    async def snapshot_chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The backend's snapshot cut into pieces of at most ``chunk_bytes`` (so each frame
+        stays under the frame limit however large the state is)."""
+        size = max(1, min(chunk_bytes, 1 << 22))
+        async for piece in self.backend.snapshot():
+            for at in range(0, len(piece), size):
+                yield piece[at : at + size]
 
     async def _hash_kv(self, body: m.HashKVReq, *_: Any) -> m.ResponseBody:
         h = await self.backend.hash_kv(body.revision)

@@ -109,7 +109,9 @@ class MoveLeaderReq(_Msg, frozen=True, tag="n.move_leader"):
 
 
 class SnapshotReq(_Msg, frozen=True, tag="n.snapshot"):
-    pass
+    """Streamed: ``SnapshotChunk`` frames under the request id, then ``SnapshotResp``."""
+
+    chunk_bytes: int = 1 << 20
 
 
 class HashKVReq(_Msg, frozen=True, tag="n.hash_kv"):
@@ -259,7 +261,13 @@ class MoveLeaderResp(_Msg, frozen=True, tag="n.move_leader"):
     revision: int = 0
 
 
+class SnapshotChunk(_Msg, frozen=True, tag="n.snapshot_chunk"):
+    blob: bytes
+
+
 class SnapshotResp(_Msg, frozen=True, tag="n.snapshot"):
+    """The end of a snapshot stream (``blob`` empty: the data came in the chunks)."""
+
     blob: bytes = b""
     revision: int = 0
 
@@ -329,6 +337,7 @@ ResponseBody: TypeAlias = (
     | StatusResp
     | MoveLeaderResp
     | SnapshotResp
+    | SnapshotChunk
     | HashKVResp
     | HashResp
     | WatchCreated

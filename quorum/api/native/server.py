@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 import msgspec
@@ -49,6 +49,10 @@ class Dispatcher(Protocol):
 
     def revision(self) -> int:
         """The current applied revision (no I/O)."""
+        ...
+
+    def snapshot_chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The state's snapshot in pieces of at most ``chunk_bytes``."""
         ...
 
 
@@ -134,6 +138,8 @@ class _Connection(asyncio.Protocol):
             self._track(self._cancel_watch(req.id, body.watch_id))
         elif isinstance(body, m.WatchProgressReq):
             self._track(self._progress(req.id))
+        elif isinstance(body, m.SnapshotReq):
+            self._track(self._stream_snapshot(req.id, body.chunk_bytes))
         else:
             self._track(self._serve(req))
 
@@ -169,6 +175,20 @@ class _Connection(asyncio.Protocol):
             for watcher in list(self._watchers.values()):
                 await watcher.request_progress()
             body: m.ResponseBody = m.WatchProgressResp(self._dispatcher.revision())
+        except Exception as exc:
+            body = error_body(exc)
+        self.send(m.Response(req_id, body))
+
+    async def _stream_snapshot(self, req_id: int, chunk_bytes: int) -> None:
+        """Chunks under the request id, then the final answer; paced by the socket."""
+        try:
+            revision = self._dispatcher.revision()
+            async for chunk in self._dispatcher.snapshot_chunks(chunk_bytes):
+                await self._can_write.wait()
+                self.send(m.Response(req_id, m.SnapshotChunk(chunk)))
+            body: m.ResponseBody = m.SnapshotResp(b"", revision)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             body = error_body(exc)
         self.send(m.Response(req_id, body))

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from quorum.api.native import messages as m
 from quorum.client.aio import AsyncClient
 from quorum.client.watch import Watcher
+from quorum.errors import UsageError
 from quorum.state.commands import Event
 
 T = TypeVar("T")
@@ -68,7 +69,11 @@ class Client:
         self.aio: AsyncClient = self.run(_make_client(list(endpoints), options))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the client's loop and wait for its result."""
+        """Run ``coro`` on the client's loop and wait for its result. Raises UsageError when
+        called from the loop's own thread (it would wait for itself forever)."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise UsageError("Client.run() called from its own event loop thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:

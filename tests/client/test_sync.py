@@ -90,3 +90,15 @@ def test_recipes_run_through_the_sync_client(server: BackgroundServer) -> None:
         assert token > 0 and c.run(lock.is_held())
         c.run(lock.release())
         assert not c.run(lock.is_held())
+
+
+def test_run_from_the_loop_thread_is_refused_not_deadlocked(server: BackgroundServer) -> None:
+    from quorum.errors import UsageError
+
+    with Client([server.server.endpoint], timeout_s=5) as c:
+
+        async def reenter() -> None:
+            c.run(c.aio.get(b"k"))
+
+        with pytest.raises(UsageError):
+            c.run(reenter())

@@ -1,115 +1,206 @@
-"""Throughput of quorum.transport over loopback: two PeerTransports, one sending APPs.
+"""Throughput of quorum.transport over loopback: a "leader" streams APPs to a "follower".
 
     .venv/bin/python bench/transport_bench.py [--messages N] [--batch B] [--entries E]
+                                              [--window W] [--processes 1|2] [--no-uvloop]
 
-The sender calls ``send()`` with batches of ``B`` APP messages, each carrying ``E`` entries of
-100 bytes, keeping at most ``--window`` messages in flight (sent but not yet delivered), like a
-leader with a bounded replication window. Both transports share one event loop (uvloop when
-installed), so the figure includes encoding, framing, CRC, the socket and decoding on both ends.
+The leader calls ``send()`` with batches of ``B`` APP messages, each carrying ``E`` entries of
+100 bytes. The follower answers every delivered batch with one APP_RESP naming the last index
+it got, and the leader keeps at most ``W`` messages unacknowledged, like a leader with a
+bounded replication window. So both directions carry traffic, as in a cluster. With
+``--processes 1`` both transports share one event loop; with ``--processes 2`` the follower
+runs in a child process (two cores, closer to a real deployment). The figures cover encoding,
+framing, CRC, the socket and decoding; messages are built before the clock starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
 import random
 import time
+from multiprocessing.connection import Connection
+from typing import Any
 
 from quorum.raft.types import Entry, Message, MessageType
-from quorum.transport.tcp import PeerTransport
+from quorum.transport.tcp import Address, PeerTransport, TransportConfig
 
 ENTRY_BYTES = 100
+LEADER, FOLLOWER = 1, 2
+WINDOW_MAX = 1 << 20  # --window must not exceed this
 
 
-def _batch(first_index: int, count: int, entries: int) -> list[Message]:
-    payload = b"x" * ENTRY_BYTES
-    out = []
-    for n in range(count):
-        base = (first_index + n) * entries
-        ents = tuple(Entry(term=3, index=base + k, data=payload) for k in range(entries))
-        out.append(Message(MessageType.APP, to=2, from_=1, term=3, log_term=3, index=base - 1,
-                           entries=ents, commit=base - 1))
-    return out
-
-
-async def _run(messages: int, batch: int, entries: int, window: int) -> dict[str, float]:
-    received = [0]
-    progress = asyncio.Event()
-
-    def on_messages(msgs: list[Message]) -> None:
-        received[0] += len(msgs)
-        progress.set()
-
-    async def no_chunks(peer: int, chunk: object) -> None:
-        return None
-
-    def unreachable(peer: int) -> None:
-        raise SystemExit(f"peer {peer} reported unreachable: the benchmark overran a queue")
-
-    rx = PeerTransport(1, 2, ("127.0.0.1", 0), {}, on_messages, unreachable, no_chunks,
-                       rng=random.Random(2))
-    tx = PeerTransport(1, 1, ("127.0.0.1", 0), {}, lambda m: None, unreachable, no_chunks,
-                       rng=random.Random(1))
-    await rx.start()
-    await tx.start()
-    tx.update_peers({2: rx.address})
-    prepared = [_batch(i, batch, entries) for i in range(0, messages, batch)]
-    tx.send(_batch(0, 1, entries))  # connect and warm up
-    while received[0] < 1:
-        progress.clear()
-        await progress.wait()
-    received[0] = 0
-    start = time.perf_counter()
-    sent = 0
-    for group in prepared:
-        while sent - received[0] > window:
-            progress.clear()
-            await progress.wait()
-        tx.send(group)
-        sent += len(group)
-        await asyncio.sleep(0)  # one send per loop turn, as a runtime's Ready loop would
-    while received[0] < sent:
-        progress.clear()
-        await progress.wait()
-    elapsed = time.perf_counter() - start
-    stats = tx.link_stats()[2]
-    await tx.close()
-    await rx.close()
-    return {
-        "messages": sent,
-        "seconds": elapsed,
-        "msgs_per_s": sent / elapsed,
-        "entries_per_s": sent * entries / elapsed,
-        "wire_mb_per_s": stats.sent_bytes / elapsed / 1e6,
-        "payload_mb_per_s": sent * entries * ENTRY_BYTES / elapsed / 1e6,
-        "msgs_per_frame": stats.sent_messages / max(stats.sent_frames, 1),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=64, help="messages per send() call")
-    parser.add_argument("--entries", type=int, default=1, help="100-byte entries per message")
-    parser.add_argument("--window", type=int, default=4096, help="max messages in flight")
-    parser.add_argument("--no-uvloop", action="store_true")
-    args = parser.parse_args()
-    loop_name = "asyncio"
-    if not args.no_uvloop:
+def _install_loop(use_uvloop: bool) -> str:
+    if use_uvloop:
         try:
             import uvloop
 
             uvloop.install()
-            loop_name = "uvloop"
+            return "uvloop"
         except ImportError:
             pass
-    result = asyncio.run(_run(args.messages, args.batch, args.entries, args.window))
+    return "asyncio"
+
+
+def _batch(first: int, count: int, entries: int) -> list[Message]:
+    """APPs numbered first..first+count-1 (the message number is ``index``)."""
+    payload = b"x" * ENTRY_BYTES
+    out = []
+    for number in range(first, first + count):
+        ents = tuple(Entry(term=3, index=number * entries + k, data=payload)
+                     for k in range(entries))
+        out.append(Message(MessageType.APP, to=FOLLOWER, from_=LEADER, term=3, log_term=3,
+                           index=number, entries=ents, commit=number))
+    return out
+
+
+async def _no_chunks(peer: int, chunk: object) -> None:
+    return None
+
+
+UNREACHABLE: list[int] = []  # a report means a queue overflowed or a link broke: no result
+
+
+def _overrun(peer: int) -> None:
+    UNREACHABLE.append(peer)
+
+
+def _transport(member: int, on_messages: Any) -> PeerTransport:
+    # The queue must hold a full window plus the batch being added.
+    config = TransportConfig(max_queued_messages=max(10_000, 2 * WINDOW_MAX))
+    return PeerTransport(7, member, ("127.0.0.1", 0), {}, on_messages, _overrun, _no_chunks,
+                         config, rng=random.Random(member))
+
+
+async def _follower(leader: Address, report: Any) -> PeerTransport:
+    """Start the follower; it acknowledges each delivered batch with one APP_RESP."""
+    holder: list[PeerTransport] = []
+
+    def on_messages(msgs: list[Message]) -> None:
+        last = msgs[-1].index
+        holder[0].send([Message(MessageType.APP_RESP, to=LEADER, from_=FOLLOWER, term=3,
+                                index=last)])
+
+    follower = _transport(FOLLOWER, on_messages)
+    holder.append(follower)
+    await follower.start()
+    follower.update_peers({LEADER: leader})
+    report(follower.address)
+    return follower
+
+
+def _follower_process(leader: Address, conn: Connection, use_uvloop: bool) -> None:
+    _install_loop(use_uvloop)
+
+    async def serve() -> None:
+        follower = await _follower(leader, conn.send)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wait for "stop"
+        await follower.close()
+
+    asyncio.run(serve())
+
+
+async def _leader(args: argparse.Namespace) -> dict[str, float]:
+    acked, responses = [0], [0]
+    progress = asyncio.Event()
+
+    def on_messages(msgs: list[Message]) -> None:
+        acked[0] = max(acked[0], msgs[-1].index)
+        responses[0] += len(msgs)
+        progress.set()
+
+    async def until(predicate: Any) -> None:
+        while not predicate():
+            if UNREACHABLE:
+                raise SystemExit(f"peers reported unreachable during the run: {UNREACHABLE}")
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), 1.0)
+
+    # Built before any link exists: this blocks the loop for seconds at large counts, which
+    # would otherwise (rightly) trip the keepalive.
+    groups = [_batch(first, args.batch, args.entries)
+              for first in range(1, args.messages + 1, args.batch)]
+    leader = _transport(LEADER, on_messages)
+    await leader.start()
+    stop = await _start_follower(args, leader.address)
+    leader.update_peers({FOLLOWER: stop.address})
+    leader.send(_batch(0, 1, args.entries))  # connect both links and warm up
+    await until(lambda: responses[0] > 0)
+    before = leader.link_stats()[FOLLOWER].sent_bytes
+    start = time.perf_counter()
+    sent = [0]
+    for group in groups:
+        await until(lambda: sent[0] - acked[0] <= args.window)
+        leader.send(group)
+        sent[0] += len(group)
+        await asyncio.sleep(0)  # one send() per loop turn, like a runtime's Ready loop
+    total = sent[0]
+    await until(lambda: acked[0] >= total)
+    elapsed = time.perf_counter() - start
+    stats = leader.link_stats()[FOLLOWER]
+    await leader.close()
+    await stop.close()
+    return {
+        "messages": total,
+        "seconds": elapsed,
+        "msgs_per_s": total / elapsed,
+        "entries_per_s": total * args.entries / elapsed,
+        "wire_mb_per_s": (stats.sent_bytes - before) / elapsed / 1e6,
+        "payload_mb_per_s": total * args.entries * ENTRY_BYTES / elapsed / 1e6,
+        "msgs_per_frame": stats.sent_messages / max(stats.sent_frames, 1),
+    }
+
+
+class _Stopper:
+    """Stops the follower, in this process or the child."""
+
+    def __init__(self, address: Address, close: Any) -> None:
+        self.address = address
+        self._close = close
+
+    async def close(self) -> None:
+        await self._close()
+
+
+async def _start_follower(args: argparse.Namespace, leader: Address) -> _Stopper:
+    if args.processes == 1:
+        box: list[Address] = []
+        follower = await _follower(leader, box.append)
+        return _Stopper(box[0], follower.close)
+    ours, theirs = multiprocessing.Pipe()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_follower_process, args=(leader, theirs, not args.no_uvloop))
+    child.start()
+    address = await asyncio.get_running_loop().run_in_executor(None, ours.recv)
+
+    async def close() -> None:
+        ours.send("stop")
+        await asyncio.get_running_loop().run_in_executor(None, child.join)
+
+    return _Stopper(tuple(address), close)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=500_000)
+    parser.add_argument("--batch", type=int, default=64, help="messages per send() call")
+    parser.add_argument("--entries", type=int, default=1, help="100-byte entries per message")
+    parser.add_argument("--window", type=int, default=4096, help="max unacknowledged messages")
+    parser.add_argument("--processes", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args()
+    if not 0 < args.window <= WINDOW_MAX:
+        parser.error(f"--window must be in [1, {WINDOW_MAX}]")
+    loop_name = _install_loop(not args.no_uvloop)
+    result = asyncio.run(_leader(args))
     print(
-        f"loop={loop_name} messages={result['messages']} batch={args.batch} "
-        f"entries/msg={args.entries} window={args.window}\n"
+        f"loop={loop_name} processes={args.processes} messages={result['messages']} "
+        f"batch={args.batch} entries/msg={args.entries} window={args.window}\n"
         f"  {result['msgs_per_s']:,.0f} msgs/s  {result['entries_per_s']:,.0f} entries/s  "
-        f"{result['payload_mb_per_s']:.1f} MB/s payload  {result['wire_mb_per_s']:.1f} MB/s wire  "
-        f"{result['msgs_per_frame']:.1f} msgs/frame  ({result['seconds']:.2f} s)"
+        f"{result['payload_mb_per_s']:.1f} MB/s payload  {result['wire_mb_per_s']:.1f} MB/s "
+        f"wire  {result['msgs_per_frame']:.1f} msgs/frame  ({result['seconds']:.2f} s)"
     )
 
 

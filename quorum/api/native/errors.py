@@ -29,14 +29,6 @@ def _error_classes() -> dict[str, type[errors.QuorumError]]:
 
 _CLASSES = _error_classes()
 
-# the state machine's own codes (``StateError.code``), for results recorded as ErrorResponse
-_STATE_CODES: dict[str, type[errors.StateError]] = {
-    cls.code: cls
-    for cls in _CLASSES.values()
-    if issubclass(cls, errors.StateError) and "code" in cls.__dict__
-}
-
-
 def error_body(exc: BaseException) -> ErrorResp:
     """The wire form of ``exc``. Non-quorum exceptions are bugs: logged, sent as Internal."""
     if isinstance(exc, errors.QuorumError):
@@ -50,13 +42,6 @@ def error_body(exc: BaseException) -> ErrorResp:
         )
     log.error("internal error while serving a request", exc_info=exc)
     return ErrorResp(code=INTERNAL, message=f"{type(exc).__name__}: {exc}")
-
-
-def state_error_body(code: str, message: str, detail: int) -> ErrorResp:
-    """The wire form of a state machine's recorded ErrorResponse (its ``code`` is the
-    ``StateError.code``, e.g. ``compacted``)."""
-    cls = _STATE_CODES.get(code)
-    return ErrorResp(code=cls.__name__ if cls else code, message=message, detail=detail)
 
 
 def error_from_body(body: ErrorResp) -> errors.QuorumError:

@@ -15,7 +15,9 @@ last ``seq`` of every session, so a client that retries a write after a lost ans
 pair and the write is applied once (Raft thesis §6.3). A session has at most one write in
 flight (the client keeps a pool of sessions to pipeline writes).
 
-Versioning: fields are only added at the end with defaults; tags are never reused.
+Versioning: fields are only added at the end with defaults and tags are never reused, so
+old and new peers keep understanding each other; a body an old server does not know fails to
+decode and closes that connection (the client retries elsewhere until its deadline).
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ from quorum.state.commands import (
     TxnRequest,
     TxnResponse,
 )
-
-PROTOCOL_VERSION = 1
 
 __all__ = [
     "CompactionRequest", "CompactionResponse", "DeleteRangeRequest", "DeleteRangeResponse",

@@ -29,6 +29,7 @@ def _error_classes() -> dict[str, type[errors.QuorumError]]:
 
 _CLASSES = _error_classes()
 
+
 def error_body(exc: BaseException) -> ErrorResp:
     """The wire form of ``exc``. Non-quorum exceptions are bugs: logged, sent as Internal."""
     if isinstance(exc, errors.QuorumError):

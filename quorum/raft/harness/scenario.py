@@ -46,6 +46,7 @@ class Profile:
     partition_rate: float = 0.01
     heal_rate: float = 0.05
     isolate_leader_rate: float = 0.0
+    cut_rate: float = 0.0  # cut one random direction of one link (healed with the rest)
     crash_rate: float = 0.01
     crash_leader_rate: float = 0.0
     restart_rate: float = 0.1
@@ -74,6 +75,7 @@ PROFILES: dict[str, Profile] = {
             disk_delay_ticks=3,
             bounce_after_vote_rate=0.05,
             isolate_leader_rate=0.01,
+            cut_rate=0.01,
         ),
         # Figure 8 (Raft §5.4.2): leaders are cut off right after they win or commit, so
         # entries of old terms sit on minorities while newer terms come and go. One entry per
@@ -204,7 +206,7 @@ class Result:
         )
 
 
-class _Run:
+class ScenarioRun:
     """One randomized run; the decisions come from ``rng``, the cluster has its own seed."""
 
     def __init__(self, seed: int, profile: Profile, bugs: frozenset[str]) -> None:
@@ -248,6 +250,8 @@ class _Run:
             rng.shuffle(ids)
             cut = rng.randint(1, len(ids) - 1)
             c.net.partition(ids[:cut], ids[cut:])
+        if self._chance(p.cut_rate):
+            c.net.cut(*rng.sample(c.ids, 2))
         if c.net.is_partitioned() and self._chance(p.heal_rate):
             c.net.heal()
         leader = c.leader()
@@ -428,7 +432,7 @@ def run_seed(
     chosen = PROFILES[profile] if isinstance(profile, str) else profile
     if overrides:
         chosen = dataclasses.replace(chosen, **overrides)  # type: ignore[arg-type]
-    result = _Run(seed, chosen, frozenset(bugs)).run()
+    result = ScenarioRun(seed, chosen, frozenset(bugs)).run()
     if report is not None and not result.ok:
         report(f"{result.summary()}\n  replay: {result.replay()}")
     return result

@@ -7,7 +7,7 @@ import pytest
 
 from quorum.raft.harness.cluster import Cluster
 from quorum.raft.harness.invariants import SafetyViolation
-from quorum.raft.harness.scenario import PROFILES, _Run
+from quorum.raft.harness.scenario import PROFILES, ScenarioRun
 from quorum.raft.types import MessageType, StateRole
 
 ET = 10
@@ -91,7 +91,7 @@ def test_same_seed_same_run() -> None:
 
 
 def test_different_application_states_at_equal_index_are_caught() -> None:
-    run = _Run(3, PROFILES["snapshots"], frozenset())
+    run = ScenarioRun(3, PROFILES["snapshots"], frozenset())
     run.safety_phase()
     run.cluster.nodes[2].app.digest ^= 1  # plant: node 2's state diverges silently
     with pytest.raises(SafetyViolation, match="state-digest"):

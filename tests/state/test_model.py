@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from quorum.errors import DuplicateKey, LeaseNotFound, StaleSequence, StateError
@@ -343,3 +343,28 @@ def _has_dup(ops: list[Any]) -> bool:
 TestKVModel = KVMachine.TestCase
 TestKVModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                 suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_model_test_catches_a_planted_compaction_bug(monkeypatch: Any) -> None:
+    """The checker can fail: a compaction that also drops the newest record at or below the
+    compact revision (keys vanish from reads at the compact revision) must be found."""
+    import pytest
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from quorum.state.mvcc import MVCCStore
+
+    original = MVCCStore._compact_key
+
+    def lossy(self: MVCCStore, key: bytes, revision: int) -> int:
+        removed = original(self, key, revision)
+        records = self.history(key)
+        if len(records) > 1 and records[0][0] <= revision:
+            self._hist[key] = records[1:] if len(records) > 2 else records[1]
+        return removed
+
+    monkeypatch.setattr(MVCCStore, "_compact_key", lossy)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(KVMachine, settings=settings(
+            max_examples=300, stateful_step_count=40, deadline=None, database=None,
+            phases=(Phase.generate,), report_multiple_bugs=False, derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow]))

@@ -296,6 +296,7 @@ class AsyncClient:
             int(getattr(exc, "leader_id", 0) or 0), ""
         )
         if hint:
+            hint = _endpoint_of(hint)
             if hint not in self.endpoints:
                 self.endpoints.append(hint)
             self._next_endpoint = self.endpoints.index(hint)

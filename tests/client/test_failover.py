@@ -61,7 +61,7 @@ class Follower(BackendDispatcher):
 def test_not_leader_hint_redirects_to_the_leader() -> None:
     async def body() -> None:
         async with serving() as env:
-            Follower.leader_endpoint = env.endpoint
+            Follower.leader_endpoint = f"http://{env.endpoint}"  # URLs are normalised
             follower = await serve_native(env.backend, "127.0.0.1", 0, dispatcher_factory=Follower)
             c = AsyncClient([follower.endpoint], timeout_s=5)
             env.clients.append(c)

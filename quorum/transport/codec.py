@@ -63,13 +63,22 @@ class FrameType(enum.IntEnum):
     PONG = 8
 
 
+class StreamKind(enum.IntEnum):
+    """What a connection carries, declared in its HELLO."""
+
+    MESSAGES = 0  # a node's outbound link: MESSAGES frames (at most one live link per peer)
+    SNAPSHOT = 1  # one snapshot transfer: SNAPSHOT_CHUNK frames, answered by SNAPSHOT_ACK
+
+
 class Hello(msgspec.Struct, frozen=True, array_like=True):
-    """Opens a connection: who is calling whom, in which cluster, speaking which version."""
+    """Opens a connection: who is calling whom, in which cluster, speaking which version,
+    for which kind of stream."""
 
     cluster_id: NonNegative
     from_id: NodeId
     to_id: NodeId
     protocol_version: NonNegative = PROTOCOL_VERSION
+    kind: StreamKind = StreamKind.MESSAGES
 
 
 class HelloAck(msgspec.Struct, frozen=True, array_like=True):

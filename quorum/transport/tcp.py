@@ -47,6 +47,7 @@ from quorum.transport.codec import (
     Reject,
     SnapshotAck,
     SnapshotChunk,
+    StreamKind,
     check_inbound_messages,
     check_snapshot_message,
 )
@@ -374,6 +375,8 @@ class PeerTransport:
         self._inbound: set[asyncio.Task[None]] = set()
         self._stopping: set[asyncio.Task[None]] = set()
         self._snapshot_writers: set[asyncio.StreamWriter] = set()
+        # the live inbound MESSAGES connection of each peer (see _serve_messages)
+        self._message_streams: dict[int, asyncio.StreamWriter] = {}
         self._snapshot_ids = itertools.count(1)
         self._closed = False
         self.received_messages = 0
@@ -491,7 +494,7 @@ class PeerTransport:
     # --- dialing --------------------------------------------------------------------------
 
     async def dial(
-        self, peer_id: int, address: Address
+        self, peer_id: int, address: Address, kind: StreamKind = StreamKind.MESSAGES
     ) -> tuple[_FrameReader, asyncio.StreamWriter]:
         """Connect to a peer and complete the handshake. Raises OSError, TimeoutError,
         :class:`HandshakeRejected` or :class:`FrameError`; nothing is left open on failure."""
@@ -503,7 +506,7 @@ class PeerTransport:
         )
         try:
             writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
-            hello = Hello(self.cluster_id, self.member_id, peer_id, PROTOCOL_VERSION)
+            hello = Hello(self.cluster_id, self.member_id, peer_id, PROTOCOL_VERSION, kind)
             writer.write(self._encoder.encode(hello))
             frames = _FrameReader(reader, self.config)
             reply = await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s)
@@ -554,21 +557,53 @@ class PeerTransport:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         frames = _FrameReader(reader, self.config)
-        hello = await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s)
-        from_id = await self._handshake(hello, writer)
-        snapshot = _SnapshotReceiver(self, from_id, writer)
+        hello = await self._handshake(
+            await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s), writer
+        )
+        if hello.kind == StreamKind.MESSAGES:
+            await self._serve_messages(hello.from_id, frames, writer)
+        else:
+            await self._serve_snapshot(hello.from_id, frames, writer)
+
+    async def _serve_messages(
+        self, from_id: int, frames: _FrameReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Deliver a peer's batches. A newer MESSAGES connection from the same peer supersedes
+        this one: the peer only redials after giving up on the old link, so stopping delivery
+        from the old connection at once keeps the delivery order equal to the send order."""
+        older = self._message_streams.get(from_id)
+        if older is not None:
+            older.close()
+        self._message_streams[from_id] = writer
+        try:
+            while batch := await frames.read_frames():
+                for frame in batch:
+                    if self._message_streams.get(from_id) is not writer:
+                        return  # superseded: what is still buffered here is older than it
+                    if isinstance(frame, MessageBatch):
+                        self._deliver(from_id, frame.messages)
+                    elif isinstance(frame, Ping):
+                        writer.write(self._encoder.encode(Pong(frame.nonce)))
+                    else:
+                        raise BadFrame(f"unexpected {type(frame).__name__} on a message stream")
+        finally:
+            if self._message_streams.get(from_id) is writer:
+                del self._message_streams[from_id]
+
+    async def _serve_snapshot(
+        self, from_id: int, frames: _FrameReader, writer: asyncio.StreamWriter
+    ) -> None:
+        receiver = _SnapshotReceiver(self, from_id, writer)
         while batch := await frames.read_frames():
             for frame in batch:
-                if isinstance(frame, MessageBatch):
-                    self._deliver(from_id, frame.messages)
-                elif isinstance(frame, SnapshotChunk):
-                    await snapshot.accept(frame)
+                if isinstance(frame, SnapshotChunk):
+                    await receiver.accept(frame)
                 elif isinstance(frame, Ping):
                     writer.write(self._encoder.encode(Pong(frame.nonce)))
                 else:
-                    raise BadFrame(f"unexpected {type(frame).__name__} frame from {from_id}")
+                    raise BadFrame(f"unexpected {type(frame).__name__} on a snapshot stream")
 
-    async def _handshake(self, hello: Frame, writer: asyncio.StreamWriter) -> int:
+    async def _handshake(self, hello: Frame, writer: asyncio.StreamWriter) -> Hello:
         """Answer HELLO; on refusal send REJECT(reason) then raise HandshakeRejected."""
         if not isinstance(hello, Hello):
             raise BadFrame(f"expected HELLO, got {type(hello).__name__}")
@@ -579,7 +614,7 @@ class PeerTransport:
                 await writer.drain()
             raise HandshakeRejected(reason)
         writer.write(self._encoder.encode(HelloAck(self.member_id)))
-        return hello.from_id
+        return hello
 
     def _refusal(self, hello: Hello) -> str:
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -614,7 +649,7 @@ class PeerTransport:
             raise SnapshotSendFailed(f"no address for peer {peer_id}")
         snapshot_id = next(self._snapshot_ids)
         try:
-            frames, writer = await self.dial(peer_id, address)
+            frames, writer = await self.dial(peer_id, address, StreamKind.SNAPSHOT)
         except _CONNECTION_ERRORS as exc:
             raise SnapshotSendFailed(f"cannot connect to {peer_id}: {exc!r}") from exc
         self._snapshot_writers.add(writer)

@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from quorum.raft.types import Entry, Message, MessageType
-from quorum.transport.codec import Frame, FrameDecoder, FrameEncoder, Hello, SnapshotChunk
+from quorum.transport.codec import (
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    Hello,
+    SnapshotChunk,
+    StreamKind,
+)
 from quorum.transport.tcp import Address, PeerTransport, TransportConfig
 
 LOOPBACK = "127.0.0.1"
@@ -75,10 +82,11 @@ def app(frm: int, to: int, index: int, payload: int = 100) -> Message:
 
 
 async def raw_handshake(
-    address: Address, *, cluster_id: int = 7, from_id: int = 9, to_id: int = 1
+    address: Address, *, cluster_id: int = 7, from_id: int = 9, to_id: int = 1,
+    kind: StreamKind = StreamKind.MESSAGES,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Frame]:
     reader, writer = await asyncio.open_connection(*address)
-    writer.write(FrameEncoder().encode(Hello(cluster_id, from_id, to_id)))
+    writer.write(FrameEncoder().encode(Hello(cluster_id, from_id, to_id, 1, kind)))
     decoder = FrameDecoder()
     while True:
         data = await reader.read(65536)

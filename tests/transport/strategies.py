@@ -23,6 +23,7 @@ from quorum.transport.codec import (
     Reject,
     SnapshotAck,
     SnapshotChunk,
+    StreamKind,
 )
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -62,7 +63,8 @@ messages = st.builds(
     context=st.binary(max_size=16),
 )
 frames: st.SearchStrategy[Frame] = st.one_of(
-    st.builds(Hello, cluster_id=u64, from_id=node_ids, to_id=node_ids, protocol_version=small),
+    st.builds(Hello, cluster_id=u64, from_id=node_ids, to_id=node_ids, protocol_version=small,
+              kind=st.sampled_from(StreamKind)),
     st.builds(HelloAck, member_id=node_ids),
     st.builds(Reject, reason=st.text(max_size=40)),
     st.builds(MessageBatch, messages=st.lists(messages, max_size=6)),

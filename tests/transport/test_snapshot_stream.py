@@ -12,7 +12,7 @@ import pytest
 
 from quorum.errors import SnapshotSendFailed
 from quorum.raft.types import Message, MessageType, Snapshot, SnapshotMetadata
-from quorum.transport.codec import FrameEncoder, SnapshotChunk
+from quorum.transport.codec import FrameEncoder, SnapshotChunk, StreamKind
 from quorum.transport.tcp import TransportConfig
 
 from .harness import Node, app, cluster, eventually, raw_handshake, read_until_eof, run
@@ -219,7 +219,8 @@ def test_malformed_snapshot_streams_close_the_connection(
     async def scenario() -> None:
         b = Node(2, config=CONFIG)
         await cluster(b)
-        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2)
+        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2,
+                                                kind=StreamKind.SNAPSHOT)
         writer.write(b"".join(FrameEncoder().encode(c) for c in chunks))
         assert await read_until_eof(reader) == b""  # no SNAPSHOT_ACK, just a close
         writer.close()

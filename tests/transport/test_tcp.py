@@ -13,12 +13,16 @@ from quorum.raft.types import Message, MessageType
 from quorum.transport.codec import (
     HEADER,
     MAGIC,
+    Frame,
     FrameDecoder,
     FrameEncoder,
     FrameType,
+    Hello,
     HelloAck,
     MessageBatch,
     Reject,
+    SnapshotChunk,
+    StreamKind,
 )
 from quorum.transport.tcp import Backoff, TransportConfig
 
@@ -225,6 +229,56 @@ def test_local_message_types_are_refused_at_the_gateway() -> None:
         await b.transport.close()
 
     run(scenario())
+
+
+def test_newer_message_stream_from_a_peer_supersedes_the_older() -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        old_reader, old_writer, _ = await raw_handshake(b.address, from_id=1, to_id=2)
+        old_writer.write(FrameEncoder().encode(MessageBatch([app(1, 2, 1)])))
+        await eventually(lambda: len(b.received) == 1, "delivery on the first stream")
+        _, new_writer, reply = await raw_handshake(b.address, from_id=1, to_id=2)
+        assert reply == HelloAck(member_id=2)
+        assert await read_until_eof(old_reader) == b""  # the older stream is closed
+        new_writer.write(FrameEncoder().encode(MessageBatch([app(1, 2, 2)])))
+        await eventually(lambda: len(b.received) == 2, "delivery on the newer stream")
+        # a snapshot stream from the same peer does not supersede the message stream
+        _, snap_writer, _ = await raw_handshake(b.address, from_id=1, to_id=2,
+                                                kind=StreamKind.SNAPSHOT)
+        new_writer.write(FrameEncoder().encode(MessageBatch([app(1, 2, 3)])))
+        await eventually(lambda: len(b.received) == 3, "still delivering")
+        for writer in (old_writer, new_writer, snap_writer):
+            writer.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("kind", "frame"),
+    [
+        (StreamKind.MESSAGES, SnapshotChunk(1, 0, b"x", True, None)),
+        (StreamKind.SNAPSHOT, MessageBatch([app(1, 2, 1)])),
+        (StreamKind.MESSAGES, Hello(7, 1, 2)),
+    ],
+)
+def test_frames_of_the_wrong_stream_kind_close_the_connection(
+    kind: StreamKind, frame: Frame, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, _ = await raw_handshake(b.address, from_id=1, to_id=2, kind=kind)
+        writer.write(FrameEncoder().encode(frame))
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        assert b.received == [] and b.chunks == []
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario())
+    assert f"on a {'message' if kind == StreamKind.MESSAGES else 'snapshot'} stream" in caplog.text
 
 
 def test_reconnect_after_peer_restart() -> None:

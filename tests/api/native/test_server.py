@@ -121,6 +121,7 @@ def test_answers_come_back_out_of_order() -> None:
         ("unknown tag", frame(ENC.encode([1, ["no.such", 1]])), "undecodable request"),
         ("oversized", (10**6).to_bytes(4, "big") + b"x" * 10, "bad frame"),
     ],
+    ids=["garbage", "wrong-shape", "unknown-tag", "oversized"],
 )
 def test_bad_frames_close_only_that_connection(
     name: str, payload: bytes, reason: str, caplog: pytest.LogCaptureFixture

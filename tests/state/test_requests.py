@@ -381,3 +381,14 @@ def test_apply_index_must_grow() -> None:
 def test_config_validation(field: str) -> None:
     with pytest.raises(ConfigError):
         StateMachine(StateConfig(**{field: 0}))
+
+
+def test_default_limits_are_etcds() -> None:
+    d = Driver()
+    d(TxnRequest((), tuple(PutRequest(b"k%d" % i) for i in range(128))))
+    with pytest.raises(TooManyOps):
+        d(TxnRequest((), tuple(PutRequest(b"j%d" % i) for i in range(129))))
+    d(PutRequest(b"big", b"v" * (1536 * 1024 - 100)))
+    with pytest.raises(RequestTooLarge):
+        d(PutRequest(b"big", b"v" * (1536 * 1024)))
+    assert d.sm.revision == 2

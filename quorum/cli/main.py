@@ -17,6 +17,7 @@ import click
 
 from quorum.cli.output import emit_json, fail, table, text
 from quorum.cli.serve import cluster, serve
+from quorum.cli.sim_cmd import sim
 from quorum.errors import QuorumError
 
 T = TypeVar("T")
@@ -69,6 +70,7 @@ def cli(ctx: click.Context, endpoints: str, write_out: str, timeout_s: float) ->
 
 cli.add_command(serve)
 cli.add_command(cluster)
+cli.add_command(sim)
 
 
 def _b(value: str) -> bytes:

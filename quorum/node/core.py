@@ -86,6 +86,7 @@ class NodeCore:
         request_timeout_ticks: int = 50,
         members: tuple[MemberInfo, ...] = (),
         incarnation: int = 0,
+        planted_bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.id = raft_config.id
         self.storage = storage
@@ -98,7 +99,12 @@ class NodeCore:
         self.on_members_changed: Callable[[dict[int, MemberInfo]], None] | None = None
         self.on_soft_state: Callable[[SoftState], None] | None = None
         self.on_applied: Callable[[int], None] | None = None
+        # observers (simulator invariants): every entry applied, no-ops and conf changes too
+        self.on_entry_applied: Callable[[Entry], None] | None = None
         self.stopped = False
+        # Test-only switches that break a rule on purpose (docs/verify.md): "stale_read"
+        # answers reads from local state without a ReadIndex barrier.
+        self.planted_bugs = planted_bugs
         # fsync=False trades durability for speed (documented as unsafe: a power loss can
         # lose acknowledged writes); tests of fsync-less modes only.
         self.fsync = True
@@ -161,6 +167,9 @@ class NodeCore:
         """Linearizable read barrier: the waiter resolves (with the applied index) once the
         local state machine reflects every write committed before the call (ReadIndex)."""
         if self._reject_if_stopped(waiter):
+            return
+        if "stale_read" in self.planted_bugs:
+            waiter.resolve(self.applied)
             return
         self._reads.append(_Pending(waiter, self._deadline()))
 
@@ -254,8 +263,13 @@ class NodeCore:
         reads, self._reads = self._reads, []
         self._next_read_ctx += 1
         ctx = self._next_read_ctx.to_bytes(8, "big") + self.id.to_bytes(8, "big")
+        try:
+            self.rn.read_index(ctx)
+        except ProposalDropped as exc:  # no leader known: fail fast, the caller retries
+            for p in reads:
+                p.waiter.fail(exc)
+            return
         self._read_batches[ctx] = reads
-        self.rn.read_index(ctx)
 
     # --- the Ready cycle (ordered by quorum.node.ready.process_ready) ---------------------------
 
@@ -300,6 +314,8 @@ class NodeCore:
         # Invariant: entries arrive in log order, each exactly once (applied < entry.index).
         if entry.index <= self.applied:
             return
+        if self.on_entry_applied is not None:
+            self.on_entry_applied(entry)
         if entry.type == EntryType.CONF_CHANGE:
             self._apply_conf_change(entry)
         elif entry.data:

@@ -1,0 +1,296 @@
+"""One simulated run: a safety phase with faults, then a liveness phase after healing.
+
+``run_seed(seed)`` returns a ``SimResult``; a failing result carries a one-line replay command.
+Checked continuously: at most one leader per term, no two nodes apply different commands at an
+index, applied index monotonic, equal state hashes at equal applied index. Checked at the end:
+linearizability of the client history (register model, per key), and liveness (after healing,
+a new write commits and every node converges to the same state).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from quorum.sim.workload import Client, finish_pending
+from quorum.sim.world import Violation, World
+from quorum.verify.history import Operation, Recorder
+from quorum.verify.linearizability import Verdict, check
+from quorum.verify.models import RegisterModel
+
+RAFT_BUGS = frozenset({"commit_old_term", "skip_vote_log_check", "forget_vote",
+                       "read_index_no_quorum"})
+NODE_BUGS = frozenset({"stale_read"})
+STORAGE_BUGS = frozenset({"ack_before_fsync"})
+KNOWN_BUGS = RAFT_BUGS | NODE_BUGS | STORAGE_BUGS
+
+
+class SimOptions(msgspec.Struct, kw_only=True):
+    nodes: int = 3
+    clients: int = 3
+    keys: int = 3
+    safety_ms: int = 2_500
+    liveness_ms: int = 2_000
+    tick_ms: int = 10
+    election_ticks: int = 10
+    snapshot_entries: int = 100
+    fault_every_ms: tuple[int, int] = (100, 600)
+    max_drop: float = 0.2
+    bugs: frozenset[str] = frozenset()
+    check_linearizability: bool = True
+    # which faults the nemesis draws from (names of Nemesis methods); empty = all of them
+    faults: tuple[str, ...] = ()
+    max_entries_per_msg: int = 4096  # 1 = one entry per AppendEntries (slow, exposes Figure 8)
+    pre_vote: bool = True
+    check_quorum: bool = True
+    bounce_after_vote: bool = False  # crash and restart a node right after it grants a vote
+    lin_max_steps: int = 300_000  # search budget; beyond it the verdict is UNKNOWN, not a pass
+
+
+# Fault profiles. "default" mixes every fault; the others bias the nemesis toward the
+# conditions of one classic failure, which the default mix reaches only rarely.
+PROFILES: dict[str, dict[str, object]] = {
+    "default": {},
+    # rapid leader churn on 5 nodes: crashes and isolation of leaders
+    "churn": {
+        "nodes": 5, "fault_every_ms": (20, 120),
+        "faults": ("crash_leader", "isolate_leader", "crash_one", "heal", "random_partition",
+                   "crash_majority"),
+    },
+    # Figure 8: leaders isolated every few ticks while entries travel one per message, so a
+    # new leader can get an old-term entry onto a majority before its own entry follows
+    "figure8": {
+        "nodes": 3, "clients": 4, "fault_every_ms": (10, 40), "max_entries_per_msg": 1,
+        "faults": ("isolate_leader", "heal", "heal", "crash_leader", "crash_new_leader"),
+    },
+    # a voter crashes right after granting its vote and comes back at once
+    "vote_crash": {
+        "nodes": 3, "fault_every_ms": (50, 200), "election_ticks": 5, "pre_vote": False,
+        "check_quorum": False, "bounce_after_vote": True,
+        "faults": ("isolate_leader", "heal", "random_partition"),
+    },
+}
+
+
+def profile_options(profile: str, **overrides: object) -> SimOptions:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
+    return msgspec.convert({**PROFILES[profile], **overrides}, SimOptions)
+
+
+class SimResult(msgspec.Struct, kw_only=True):
+    seed: int
+    ok: bool
+    violation: str = ""
+    detail: str = ""
+    operations: int = 0
+    completed: int = 0
+    faults: int = 0
+    messages: int = 0
+    elapsed_s: float = 0.0
+    replay: str = ""
+    lin_verdict: str = ""  # OK, ILLEGAL or UNKNOWN (search budget exhausted)
+    history: list[Operation] = msgspec.field(default_factory=list)
+
+
+def replay_command(seed: int, options: SimOptions) -> str:
+    bugs = f" --bugs {','.join(sorted(options.bugs))}" if options.bugs else ""
+    return f"quorum sim --seed {seed} --nodes {options.nodes}{bugs} --trace"
+
+
+class Nemesis:
+    """Random faults during the safety phase."""
+
+    def __init__(self, world: World, rng: random.Random, options: SimOptions) -> None:
+        self.world = world
+        self.rng = rng
+        self.options = options
+        self.count = 0
+        self.active = True
+
+    def start(self) -> None:
+        self.world.at(self.rng.randint(*self.options.fault_every_ms), self.step)
+        if "crash_new_leader" in self.options.faults:
+            self.world.on_new_leader = self.crash_new_leader
+
+    def crash_new_leader(self, node_id: int) -> None:
+        """Kill a fresh leader a few milliseconds into its term (half of the time)."""
+        if not self.active or self.rng.random() < 0.5:
+            return
+        self.world.at(self.rng.randint(1, 8), lambda: self._kill_and_restart(node_id))
+
+    def _kill_and_restart(self, node_id: int) -> None:
+        if self.active and self.world.nodes[node_id].core is not None:
+            self.world.crash(node_id, torn=False)
+            self.world.at(self.rng.randint(20, 150), lambda: self._restart(node_id))
+
+    def step(self) -> None:
+        if not self.active:
+            return
+        self.count += 1
+        self.rng.choice(self._faults())()
+        self.world.at(self.rng.randint(*self.options.fault_every_ms), self.step)
+
+    def _faults(self) -> list[Callable[[], None]]:
+        if self.options.faults:
+            return [getattr(self, n) for n in self.options.faults if n != "crash_new_leader"]
+        return [
+            self.isolate_leader, self.random_partition, self.heal, self.heal,
+            self.crash_one, self.crash_majority, self.pause_one, self.resume_all,
+            self.lossy, self.transfer_leader, self.crash_mid_write,
+        ]
+
+    def _ids(self) -> list[int]:
+        return list(self.world.nodes)
+
+    def isolate_leader(self) -> None:
+        leader = self.world.leader()
+        if leader:
+            self.world.partition(tuple(i for i in self._ids() if i != leader))
+
+    def random_partition(self) -> None:
+        ids = self._ids()
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) - 1)
+        self.world.partition(tuple(sorted(ids[:cut])), tuple(sorted(ids[cut:])))
+
+    def heal(self) -> None:
+        self.world.heal()
+        self.world.net.drop = 0.0
+        self.world.net.duplicate = 0.0
+
+    def crash_one(self) -> None:
+        target = self.rng.choice(self._ids())
+        self.world.crash(target, torn=self.rng.random() < 0.5)
+        self.world.at(self.rng.randint(50, 800), lambda: self._restart(target))
+
+    def crash_leader(self) -> None:
+        leader = self.world.leader()
+        if leader:
+            self.world.crash(leader, torn=self.rng.random() < 0.5)
+            self.world.at(self.rng.randint(30, 300), lambda: self._restart(leader))
+
+    def crash_majority(self) -> None:
+        """Power loss on a majority at once: only fsynced data may count."""
+        ids = self._ids()
+        self.rng.shuffle(ids)
+        for target in ids[: len(ids) // 2 + 1]:
+            self.world.crash(target)
+            self.world.at(self.rng.randint(50, 400), lambda t=target: self._restart(t))
+
+    def crash_mid_write(self) -> None:
+        """Crash a node at a random point of its next disk operations."""
+        node = self.world.nodes[self.rng.choice(self._ids())]
+        if node.core is not None:
+            node.fs.crash_at_event = node.fs.events + self.rng.randint(1, 12)
+
+    def _restart(self, node_id: int) -> None:
+        if self.world.nodes[node_id].core is None:
+            self.world.start(node_id)
+
+    def pause_one(self) -> None:
+        target = self.rng.choice(self._ids())
+        self.world.pause(target)
+        self.world.at(self.rng.randint(100, 1000), lambda: self.world.resume(target))
+
+    def resume_all(self) -> None:
+        for i in self._ids():
+            self.world.resume(i)
+
+    def lossy(self) -> None:
+        self.world.net.drop = self.rng.uniform(0.0, self.options.max_drop)
+        self.world.net.duplicate = self.rng.uniform(0.0, 0.1)
+        self.world.net.max_delay_ms = self.rng.choice([5, 10, 30, 60])
+        self.world.trace(f"net drop={self.world.net.drop:.2f} dup={self.world.net.duplicate:.2f}"
+                         f" delay<={self.world.net.max_delay_ms}ms")
+
+    def transfer_leader(self) -> None:
+        leader = self.world.leader()
+        core = self.world.nodes[leader].core if leader else None
+        if core is not None:
+            target = self.rng.choice([i for i in self._ids() if i != leader])
+            core.transfer_leader(target)
+            self.world.trace(f"transfer leadership n{leader} -> n{target}")
+            self.world.drive(self.world.nodes[leader])
+
+    def stop_and_heal(self) -> None:
+        self.active = False
+        self.heal()
+        self.world.net.max_delay_ms = 10
+        for node_id, node in self.world.nodes.items():
+            node.fs.crash_at_event = None
+            self.world.resume(node_id)
+            if node.core is None:
+                self.world.start(node_id)
+
+
+def run_seed(seed: int, options: SimOptions | None = None,
+             trace: Callable[[str], None] | None = None) -> SimResult:
+    options = options or SimOptions()
+    started = time.perf_counter()
+    unknown = options.bugs - KNOWN_BUGS
+    if unknown:
+        raise ValueError(f"unknown planted bugs: {sorted(unknown)}")
+    world = World(seed, options.nodes, tick_ms=options.tick_ms,
+                  election_ticks=options.election_ticks,
+                  snapshot_entries=options.snapshot_entries,
+                  raft_bugs=options.bugs & RAFT_BUGS, node_bugs=options.bugs & NODE_BUGS,
+                  skip_fsync="ack_before_fsync" in options.bugs, trace=trace,
+                  max_entries_per_msg=options.max_entries_per_msg, pre_vote=options.pre_vote,
+                  check_quorum=options.check_quorum,
+                  bounce_after_vote=options.bounce_after_vote)
+    rng = random.Random(world.rng.getrandbits(64))
+    for node in world.nodes.values():
+        node.drift = rng.uniform(0.9, 1.1)  # per-node clock rate
+    recorder = Recorder()
+    keys = [f"k{i}" for i in range(options.keys)]
+    clients = [Client(world, recorder, c, keys, random.Random(rng.getrandbits(64)))
+               for c in range(options.clients)]
+    nemesis = Nemesis(world, random.Random(rng.getrandbits(64)), options)
+    result = SimResult(seed=seed, ok=True, replay=replay_command(seed, options))
+    try:
+        for c in clients:
+            c.start()
+        nemesis.start()
+        world.run_until(options.safety_ms)
+        nemesis.stop_and_heal()
+        world.trace("--- liveness phase: healed ---")
+        _liveness(world, clients, options)
+    except Violation as v:
+        result.ok, result.violation, result.detail = False, v.kind, v.detail
+    finish_pending(clients, world)
+    history = recorder.history()
+    result.history = history
+    result.operations = len(history)
+    result.completed = sum(c.completed for c in clients)
+    result.faults = nemesis.count
+    result.messages = world.messages_sent
+    if result.ok and options.check_linearizability:
+        verdict = check(RegisterModel(), history, max_steps=options.lin_max_steps)
+        result.lin_verdict = verdict.verdict.name
+        if verdict.verdict == Verdict.ILLEGAL:
+            result.ok, result.violation = False, "linearizability"
+            bad = verdict.failing()
+            result.detail = f"{len(bad)} key(s) not linearizable: " + ", ".join(
+                p.key for p in bad)
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def _liveness(world: World, clients: list[Client], options: SimOptions) -> None:
+    """After healing, clients must complete operations again and replicas must converge."""
+    before = sum(c.completed for c in clients)
+    deadline = world.now + options.liveness_ms
+    world.run_until(world.now + options.liveness_ms // 2)
+    if sum(c.completed for c in clients) <= before:
+        raise Violation("liveness", "no client operation completed after healing")
+    for c in clients:
+        c.stop()
+    world.run_until(deadline)
+    applied = {n.id: n.core.applied for n in world.nodes.values() if n.core is not None}
+    hashes = {n.id: n.kv.store.state_hash() for n in world.nodes.values() if n.kv is not None}
+    if len(set(applied.values())) != 1 or len(set(hashes.values())) != 1:
+        raise Violation("liveness", f"replicas did not converge: applied {applied}")

@@ -1,0 +1,348 @@
+"""A simulated world: virtual time, a faulty network, and nodes built from production classes.
+
+Each node is the production stack — ``NodeCore`` + ``process_ready`` + ``DurableStorage`` on a
+``SimFileSystem`` + the ``quorum.state`` key-value state machine — driven in one thread. Time is
+virtual (integer milliseconds, jumping from event to event); every random choice comes from one
+seeded ``random.Random``, so a run is a pure function of its seed and replays exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+
+import msgspec
+
+from quorum.node.core import NodeCore, bootstrap_data
+from quorum.node.envelope import MemberInfo
+from quorum.node.kv import KvStateMachine
+from quorum.node.ready import process_ready, run_sync
+from quorum.node.storage import DurableNodeStorage, bootstrap
+from quorum.raft import Config
+from quorum.raft.types import Entry, Message, MessageType, Ready, Snapshot
+from quorum.storage.durable import DurableStorage, StorageOptions
+from quorum.storage.simfs import SimFileSystem, SimulatedCrash
+
+
+class Violation(Exception):
+    """A safety invariant broke; ``kind`` names the rule."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class NetConfig(msgspec.Struct, kw_only=True):
+    min_delay_ms: int = 1
+    max_delay_ms: int = 10
+    drop: float = 0.0
+    duplicate: float = 0.0
+
+
+class SimNode:
+    """One simulated server process: its disk survives crashes; everything else does not."""
+
+    def __init__(self, world: World, node_id: int) -> None:
+        self.world = world
+        self.id = node_id
+        self.fs = SimFileSystem(random.Random(world.rng.getrandbits(64)))
+        self.core: NodeCore | None = None
+        self.kv: KvStateMachine | None = None
+        self.paused = False
+        self.parked: list[Message] = []  # arrived while paused (kernel buffers)
+        self.drift = 1.0
+        self.incarnation = 0
+        self.crashes = 0
+        self.last_applied = 0
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+class World:
+    """Virtual time, the network and the nodes. Faults are methods; ``run_until`` advances."""
+
+    def __init__(self, seed: int, n: int, *, tick_ms: int = 10, election_ticks: int = 10,
+                 snapshot_entries: int = 200, raft_bugs: frozenset[str] = frozenset(),
+                 node_bugs: frozenset[str] = frozenset(), skip_fsync: bool = False,
+                 trace: Callable[[str], None] | None = None,
+                 max_entries_per_msg: int = 4096, pre_vote: bool = True,
+                 check_quorum: bool = True, bounce_after_vote: bool = False) -> None:
+        self.seed = seed
+        self.pre_vote = pre_vote
+        self.check_quorum = check_quorum
+        self.bounce_after_vote = bounce_after_vote
+        self.max_entries_per_msg = max_entries_per_msg
+        self.rng = random.Random(seed)
+        self.now = 0
+        self.tick_ms = tick_ms
+        self.election_ticks = election_ticks
+        self.snapshot_entries = snapshot_entries
+        self.raft_bugs = raft_bugs
+        self.node_bugs = node_bugs
+        self.skip_fsync = skip_fsync
+        self.trace_fn = trace
+        self.net = NetConfig()
+        self.blocked: set[tuple[int, int]] = set()  # (from, to) links that drop everything
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
+        self.members = tuple(MemberInfo(i, f"n{i}", f"sim:{i}") for i in self.nodes)
+        self.leaders: dict[int, int] = {}  # term -> leader id (election safety)
+        self.applied_digest: dict[int, tuple[int, int]] = {}  # index -> (term, data hash)
+        self.state_hashes: dict[int, tuple[int, int]] = {}  # applied index -> (hash, node)
+        self.on_node_started: Callable[[SimNode], None] | None = None
+        self.on_new_leader: Callable[[int], None] | None = None
+        self._announced: set[int] = set()
+        self.messages_sent = 0
+        for node in self.nodes.values():
+            self._bootstrap(node)
+            self.start(node.id)
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def at(self, delay_ms: int, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (self.now + max(0, delay_ms), self._seq, fn))
+
+    def run_until(self, t_ms: int) -> None:
+        while self._events and self._events[0][0] <= t_ms:
+            when, _, fn = heapq.heappop(self._events)
+            self.now = when
+            fn()
+        self.now = max(self.now, t_ms)
+
+    def trace(self, text: str) -> None:
+        if self.trace_fn is not None:
+            self.trace_fn(f"{self.now:>8}ms {text}")
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def _storage_options(self) -> StorageOptions:
+        return StorageOptions(segment_bytes=64 * 1024, planted_skip_fsync=self.skip_fsync)
+
+    def _bootstrap(self, node: SimNode) -> None:
+        storage = DurableNodeStorage(DurableStorage.open(node.fs, "/data",
+                                                         self._storage_options()))
+        voters = tuple(self.nodes)
+        bootstrap(storage, voters, bootstrap_data(self.members, KvStateMachine()))
+        storage.close()
+
+    def start(self, node_id: int) -> None:
+        """(Re)start a node from what its disk holds."""
+        node = self.nodes[node_id]
+        node.incarnation += 1
+        try:
+            durable = DurableStorage.open(node.fs, "/data", self._storage_options())
+        except SimulatedCrash:
+            node.fs.crash()
+            self.at(50, lambda: self.start(node_id))
+            return
+        node.kv = KvStateMachine()
+        cfg = Config(id=node_id, election_ticks=self.election_ticks, heartbeat_ticks=1,
+                     max_entries_per_msg=self.max_entries_per_msg, pre_vote=self.pre_vote,
+                     check_quorum=self.check_quorum, planted_bugs=self.raft_bugs)
+        node.core = NodeCore(
+            cfg, DurableNodeStorage(durable), node.kv, random.Random(self.rng.getrandbits(64)),
+            lambda msgs, src=node_id, inc=node.incarnation: self._send(src, inc, msgs),
+            snapshot_entries=self.snapshot_entries,
+            snapshot_catchup_entries=self.snapshot_entries // 2,
+            request_timeout_ticks=self.election_ticks * 4,
+            members=self.members, incarnation=node.incarnation, planted_bugs=self.node_bugs,
+        )
+        node.last_applied = node.core.applied
+        self._hook_apply(node)
+        self.trace(f"n{node_id} start (incarnation {node.incarnation}, applied "
+                   f"{node.core.applied})")
+        if self.on_node_started is not None:
+            self.on_node_started(node)
+        self._schedule_tick(node, node.incarnation)
+
+    def _hook_apply(self, node: SimNode) -> None:
+        """Record every applied entry (commands, no-ops, conf changes) for the cross-node
+        state-machine-safety invariant: one index, one entry, on every node, forever."""
+        assert node.core is not None
+
+        def applied(entry: Entry) -> None:
+            digest = (entry.term, hash(entry.data))
+            seen = self.applied_digest.setdefault(entry.index, digest)
+            if seen != digest:
+                raise Violation(
+                    "state-machine-safety",
+                    f"n{node.id} applied (term {entry.term}) at index {entry.index}, where "
+                    f"another node applied an entry of term {seen[0]}")
+
+        node.core.on_entry_applied = applied
+
+    def crash(self, node_id: int, torn: bool = True) -> None:
+        """Power loss: the process dies and unsynced writes are lost (maybe torn)."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return
+        node.core.stop()
+        node.core = None
+        node.kv = None
+        node.paused = False
+        node.parked.clear()
+        node.crashes += 1
+        node.fs.crash(torn=torn)
+        self.trace(f"n{node_id} crash")
+
+    def pause(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.core is not None and not node.paused:
+            node.paused = True
+            self.trace(f"n{node_id} pause")
+
+    def resume(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.paused:
+            node.paused = False
+            parked, node.parked = node.parked, []
+            self.trace(f"n{node_id} resume ({len(parked)} parked messages)")
+            if node.core is not None:
+                node.core.receive(parked)
+                self.drive(node)
+
+    def _schedule_tick(self, node: SimNode, incarnation: int) -> None:
+        period = max(1, round(self.tick_ms * node.drift))
+
+        def tick() -> None:
+            if node.core is None or node.incarnation != incarnation:
+                return
+            if not node.paused:
+                node.core.tick()
+                self.drive(node)
+            self.at(period, tick)
+
+        self.at(period, tick)
+
+    # --- the Ready loop (the production function) ----------------------------------------------
+
+    def drive(self, node: SimNode) -> None:
+        core = node.core
+        if core is None or node.paused:
+            return
+
+        async def persist(rd: Ready) -> None:
+            core.persist(rd)
+
+        try:
+            core.drain()
+            while core.has_ready():
+                run_sync(process_ready(core, core.ready(), persist))
+                core.drain()
+        except SimulatedCrash:
+            self.crash(node.id)
+            self.at(self.rng.randint(20, 200), lambda: self.start(node.id))
+            return
+        self._check(node)
+
+    # --- invariants ---------------------------------------------------------------------------
+
+    def _check(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        if core.is_leader:
+            term = core.rn.raft.term
+            other = self.leaders.setdefault(term, node.id)
+            if other != node.id:
+                raise Violation("election-safety", f"n{other} and n{node.id} lead term {term}")
+            if term not in self._announced:
+                self._announced.add(term)
+                self.trace(f"n{node.id} leads term {term}")
+                if self.on_new_leader is not None:
+                    self.on_new_leader(node.id)
+        if core.applied < node.last_applied:
+            raise Violation("applied-monotonic",
+                            f"n{node.id} applied went {node.last_applied} -> {core.applied}")
+        if core.applied != node.last_applied and core.applied % 16 == 0 and node.kv is not None:
+            digest = node.kv.store.state_hash()
+            seen = self.state_hashes.setdefault(core.applied, (digest, node.id))
+            if seen[0] != digest:
+                raise Violation("state-hash",
+                                f"n{node.id} and n{seen[1]} differ at applied {core.applied}")
+        node.last_applied = core.applied
+
+    # --- network ------------------------------------------------------------------------------
+
+    def _send(self, src: int, incarnation: int, messages: list[Message]) -> None:
+        node = self.nodes[src]
+        if node.core is None or node.incarnation != incarnation:
+            return
+        for msg in messages:
+            self.messages_sent += 1
+            if self.bounce_after_vote and msg.type == MessageType.VOTE_RESP and not msg.reject:
+                self.at(0, lambda: self._bounce(src))
+            copies = 2 if self.rng.random() < self.net.duplicate else 1
+            for _ in range(copies):
+                if self.rng.random() < self.net.drop:
+                    self._snapshot_result(msg, False)
+                    continue
+                delay = self.rng.randint(self.net.min_delay_ms, self.net.max_delay_ms)
+                self.at(delay, lambda m=msg: self._deliver(m))
+
+    def _bounce(self, node_id: int) -> None:
+        """Crash right after a vote was granted, and restart at once."""
+        if self.nodes[node_id].core is not None:
+            self.crash(node_id, torn=False)
+            self.at(1, lambda: self.start(node_id))
+
+    def _deliver(self, msg: Message) -> None:
+        dst = self.nodes.get(msg.to)
+        ok = (dst is not None and dst.core is not None
+              and (msg.from_, msg.to) not in self.blocked)
+        self._snapshot_result(msg, ok)
+        if not ok or dst is None or dst.core is None:
+            return
+        if dst.paused:
+            dst.parked.append(msg)
+            return
+        dst.core.receive([msg])
+        self.drive(dst)
+
+    def _snapshot_result(self, msg: Message, ok: bool) -> None:
+        """The runtime reports a snapshot's fate to the sender (as the transport does)."""
+        if msg.type != MessageType.SNAP:
+            return
+        src = self.nodes[msg.from_]
+        if src.core is not None:
+            src.core.report_snapshot(msg.to, ok)
+            self.at(0, lambda: self.drive(src))
+
+    # --- partitions ---------------------------------------------------------------------------
+
+    def partition(self, *groups: tuple[int, ...]) -> None:
+        """Only nodes in the same group can talk (nodes in no group are isolated)."""
+        where = {n: gi for gi, g in enumerate(groups) for n in g}
+        self.blocked = {(a, b) for a in self.nodes for b in self.nodes
+                        if a != b and (a not in where or where.get(a) != where.get(b))}
+        self.trace(f"partition {' | '.join(','.join(map(str, g)) for g in groups)}")
+
+    def block(self, links: set[tuple[int, int]]) -> None:
+        self.blocked = set(links)
+        self.trace(f"block {sorted(links)}")
+
+    def heal(self) -> None:
+        if self.blocked:
+            self.trace("heal")
+        self.blocked = set()
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def leader(self) -> int:
+        """The live, unpaused node that believes it leads at the highest term (0 if none)."""
+        best = (0, 0)
+        for node in self.nodes.values():
+            if node.core is not None and not node.paused and node.core.is_leader:
+                best = max(best, (node.core.rn.raft.term, node.id))
+        return best[1]
+
+    def snapshot_of(self, node_id: int) -> Snapshot:
+        node = self.nodes[node_id]
+        assert node.core is not None
+        return node.core.storage.log.snapshot()

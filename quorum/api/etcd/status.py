@@ -40,10 +40,8 @@ _TABLE: dict[str, tuple[grpc.StatusCode, str | None]] = {
     "NotLeader": (C.FAILED_PRECONDITION, "etcdserver: not leader"),
     "TransferInProgress": (C.UNAVAILABLE, "etcdserver: leader changed"),
     "UncommittedLogFull": (C.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
-    "ConfChangePending": (
-        C.FAILED_PRECONDITION,
-        "etcdserver: unhealthy cluster",
-    ),
+    # transient: another membership change is in flight; etcd clients retry UNAVAILABLE
+    "ConfChangePending": (C.UNAVAILABLE, "etcdserver: unhealthy cluster"),
     "ProposalDropped": (C.UNAVAILABLE, "etcdserver: no leader"),
     "LeaderChanged": (C.UNAVAILABLE, "etcdserver: leader changed"),
     "RequestTimeout": (C.UNAVAILABLE, "etcdserver: request timed out"),
@@ -59,7 +57,7 @@ _TABLE: dict[str, tuple[grpc.StatusCode, str | None]] = {
         "etcdserver: can only promote a learner member which is in sync with leader",
     ),
     "TooManyLearners": (C.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
-    "InvalidConfChange": (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
+    "InvalidConfChange": (C.FAILED_PRECONDITION, None),
     "BadLeaderTransferee": (C.FAILED_PRECONDITION, "etcdserver: bad leader transferee"),
     "NotSupported": (C.UNIMPLEMENTED, None),
 }

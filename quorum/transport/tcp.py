@@ -652,6 +652,9 @@ class PeerTransport:
             frames, writer = await self.dial(peer_id, address, StreamKind.SNAPSHOT)
         except _CONNECTION_ERRORS as exc:
             raise SnapshotSendFailed(f"cannot connect to {peer_id}: {exc!r}") from exc
+        if self._closed:  # close() ran while we were dialing
+            writer.close()
+            raise SnapshotSendFailed("transport closed")
         self._snapshot_writers.add(writer)
         try:
             await self._stream_chunks(writer, snapshot_id, message, chunks)

@@ -94,6 +94,18 @@ def test_planted_runtime_bug_send_before_persist_is_caught() -> None:
     assert run_seed(seed, "vote_crash").ok
 
 
+def test_profiles_exercise_what_they_claim() -> None:
+    mixed = [run_seed(seed, "mixed") for seed in range(4)]
+    assert sum(r.conf_changes for r in mixed) > 0
+    assert sum(r.transfers for r in mixed) > 0
+    assert sum(r.crashes for r in mixed) > 0
+    assert sum(r.reads for r in mixed) > 0
+    snapshots = [run_seed(seed, "snapshots") for seed in range(4)]
+    assert sum(r.snapshots for r in snapshots) > 0
+    figure8 = run_seed(0, "figure8")
+    assert figure8.leaders > 5  # many terms with a leader
+
+
 def test_liveness_violation_is_reported() -> None:
     # no node can time out within the liveness bound, so no leader is ever elected
     result = run_seed(0, "mixed", config={"election_ticks": 5000}, liveness_ticks=100)

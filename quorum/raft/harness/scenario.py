@@ -28,6 +28,9 @@ from quorum.raft.types import (
     ConfChangeTransition,
     ConfChangeType,
     ConfState,
+    Entry,
+    EntryType,
+    MessageType,
 )
 
 DEFAULT_FAULTS = Faults(drop_rate=0.05, dup_rate=0.02, min_delay_ticks=0, max_delay_ticks=2)
@@ -181,6 +184,9 @@ class Result:
     crashes: int = 0
     messages: int = 0
     reads: int = 0  # ReadIndex answers checked against acknowledged writes
+    conf_changes: int = 0  # membership-change entries applied
+    snapshots: int = 0  # snapshot messages sent
+    transfers: int = 0  # TIMEOUT_NOW messages sent (leadership transfers carried out)
 
     @property
     def ok(self) -> bool:
@@ -228,8 +234,14 @@ class ScenarioRun:
         if profile.cluster_options:
             options = dataclasses.replace(options, **profile.cluster_options)  # type: ignore[arg-type]
         self.cluster = Cluster(seed, options)
+        self.cluster.on_apply = self._count_conf_change
+        self._conf_indexes: set[int] = set()
         self.result = Result(seed, profile.name, bugs)
         self.outstanding: dict[int, Proposal] = {}
+
+    def _count_conf_change(self, node_id: int, entry: Entry) -> None:
+        if entry.type == EntryType.CONF_CHANGE:
+            self._conf_indexes.add(entry.index)
 
     # --- safety phase -----------------------------------------------------------------------
 
@@ -413,6 +425,9 @@ class ScenarioRun:
         r.committed = c.checker.max_applied_index()
         r.messages = sum(c.net.sent.values())
         r.reads = c.checker.reads_checked
+        r.conf_changes = len(self._conf_indexes)
+        r.snapshots = c.messages_sent(MessageType.SNAP)
+        r.transfers = c.messages_sent(MessageType.TIMEOUT_NOW)
         return r
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from quorum.cli.bench_cmd import bench
 from quorum.cli.output import emit_json, fail, table, text
 from quorum.cli.serve import cluster, serve
 from quorum.cli.sim_cmd import sim
@@ -71,6 +72,7 @@ def cli(ctx: click.Context, endpoints: str, write_out: str, timeout_s: float) ->
 cli.add_command(serve)
 cli.add_command(cluster)
 cli.add_command(sim)
+cli.add_command(bench)
 
 
 def _b(value: str) -> bytes:

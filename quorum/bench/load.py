@@ -1,0 +1,209 @@
+"""The load generator behind ``quorum bench``.
+
+Workloads: ``put`` (100-byte values over a key space), ``get`` (linearizable reads of keys
+written first), ``mixed`` (50/50). N concurrent clients, each sequential (one request in flight),
+spread over a few connections. Targets: quorum's native protocol, or any etcd v3 endpoint over
+gRPC (etcd itself, or quorum's etcd port) with the same workload, so both can be measured side
+by side in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+Op = Callable[[int], Awaitable[Any]]  # op(client_index) -> awaitable
+
+
+class BenchConfig(msgspec.Struct, kw_only=True):
+    target: str = "quorum"  # quorum | etcd
+    endpoints: tuple[str, ...] = ("127.0.0.1:23101",)
+    workload: str = "put"  # put | get | mixed
+    clients: int = 256
+    connections: int = 8
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    value_bytes: int = 100
+    keys: int = 100_000
+    serializable: bool = False
+    pids: tuple[int, ...] = ()  # server processes whose CPU time is reported per operation
+
+
+class BenchResult(msgspec.Struct, kw_only=True):
+    target: str
+    workload: str
+    clients: int
+    operations: int
+    errors: int
+    duration_s: float
+    ops_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu_us_per_op: float | None = None
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def process_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of the given processes (Linux /proc)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+async def run_bench(cfg: BenchConfig, ops: Callable[[str], Op],
+                    progress: Callable[[float], None] | None = None) -> BenchResult:
+    """Drive ``cfg.clients`` sequential clients for ``cfg.duration_s`` after a warm-up."""
+    latencies: list[float] = []
+    errors = 0
+    counting = False
+    stop = False
+    rng = random.Random(7)
+    kinds = {"put": ["put"], "get": ["get"], "mixed": ["put", "get"]}[cfg.workload]
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        while not stop:
+            op = ops(rng.choice(kinds))
+            t0 = time.perf_counter()
+            try:
+                await op(i)
+            except Exception:
+                errors += counting
+                await asyncio.sleep(0.01)
+                continue
+            if counting:
+                latencies.append(time.perf_counter() - t0)
+
+    tasks = [asyncio.create_task(client(i)) for i in range(cfg.clients)]
+    await asyncio.sleep(cfg.warmup_s)
+    counting = True
+    cpu0, t0 = process_cpu_s(cfg.pids), time.perf_counter()
+    end = t0 + cfg.duration_s
+    while time.perf_counter() < end:
+        await asyncio.sleep(min(0.5, end - time.perf_counter()))
+        if progress is not None:
+            progress(min(1.0, (time.perf_counter() - t0) / cfg.duration_s))
+    counting = False
+    elapsed = time.perf_counter() - t0
+    cpu = process_cpu_s(cfg.pids) - cpu0
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    lat = sorted(latencies)
+    n = len(lat)
+    return BenchResult(
+        target=cfg.target, workload=cfg.workload, clients=cfg.clients, operations=n,
+        errors=errors, duration_s=elapsed, ops_per_s=n / elapsed if elapsed else 0.0,
+        p50_ms=_percentile(lat, 0.5) * 1e3, p90_ms=_percentile(lat, 0.9) * 1e3,
+        p99_ms=_percentile(lat, 0.99) * 1e3, max_ms=(lat[-1] * 1e3) if lat else 0.0,
+        server_cpu_us_per_op=(cpu / n * 1e6) if (cfg.pids and n) else None,
+    )
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+async def quorum_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable[[], Awaitable[None]]]:
+    """Ops over the native protocol (a few pipelined connections shared by all clients)."""
+    from quorum.client.aio import AsyncClient
+
+    conns = [AsyncClient(list(cfg.endpoints), timeout_s=10) for _ in range(cfg.connections)]
+    for c in conns:
+        await c.connect()
+    value = b"x" * cfg.value_bytes
+    rng = random.Random(1)
+    await _preload(lambda k: conns[0].put(k, value), cfg)
+
+    def make(kind: str) -> Op:
+        async def put(i: int) -> Any:
+            return await conns[i % len(conns)].put(_key(rng, cfg), value)
+
+        async def get(i: int) -> Any:
+            return await conns[i % len(conns)].range(_key(rng, cfg),
+                                                     serializable=cfg.serializable)
+
+        return put if kind == "put" else get
+
+    async def close() -> None:
+        for c in conns:
+            await c.close()
+
+    return make, close
+
+
+async def etcd_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable[[], Awaitable[None]]]:
+    """Ops over etcd's v3 gRPC API (works against etcd and against quorum's etcd port)."""
+    import grpc
+
+    from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
+    from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
+
+    channels = [grpc.aio.insecure_channel(cfg.endpoints[i % len(cfg.endpoints)])
+                for i in range(cfg.connections)]
+    stubs = [rpc.KVStub(ch) for ch in channels]
+    value = b"x" * cfg.value_bytes
+    rng = random.Random(1)
+    await _preload(lambda k: stubs[0].Put(pb.PutRequest(key=k, value=value)), cfg)
+
+    def make(kind: str) -> Op:
+        async def put(i: int) -> Any:
+            return await stubs[i % len(stubs)].Put(pb.PutRequest(key=_key(rng, cfg), value=value))
+
+        async def get(i: int) -> Any:
+            return await stubs[i % len(stubs)].Range(
+                pb.RangeRequest(key=_key(rng, cfg), serializable=cfg.serializable))
+
+        return put if kind == "put" else get
+
+    async def close() -> None:
+        for ch in channels:
+            await ch.close()
+
+    return make, close
+
+
+def _key(rng: random.Random, cfg: BenchConfig) -> bytes:
+    return b"bench/%012d" % rng.randrange(cfg.keys)
+
+
+async def _preload(put: Callable[[bytes], Awaitable[Any]], cfg: BenchConfig) -> None:
+    """Reads need keys to exist: write a slice of the key space first (get/mixed only)."""
+    if cfg.workload == "put":
+        return
+    sem = asyncio.Semaphore(64)
+    n = min(cfg.keys, 2000)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await put(b"bench/%012d" % i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    cfg.keys = n
+
+
+async def bench(cfg: BenchConfig, progress: Callable[[float], None] | None = None) -> BenchResult:
+    make, close = await (quorum_target(cfg) if cfg.target == "quorum" else etcd_target(cfg))
+    try:
+        return await run_bench(cfg, make, progress)
+    finally:
+        await close()

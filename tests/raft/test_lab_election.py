@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from quorum.raft.harness.cluster import Cluster
+from quorum.raft.harness.network import Faults
 from quorum.raft.types import StateRole
 
 ET = 10
@@ -93,3 +94,21 @@ def test_isolated_node_does_not_raise_the_term_with_pre_vote() -> None:
     c.tick(2 * ET)
     assert leaders_among(c, list(c.ids)) == [leader]
     assert c.nodes[leader].term == term
+
+
+def test_isolated_leader_steps_down_with_check_quorum() -> None:
+    c = Cluster(seed=6, voters=3)
+    leader = wait_one_leader(c, list(c.ids))
+    c.net.isolate(leader)
+    # check-quorum looks back over one election timeout, once per election timeout
+    used = c.run_until(lambda: c.nodes[leader].role != StateRole.LEADER, 2 * ET)
+    assert used >= 0, "a leader cut off from every follower kept its role"
+
+
+def test_split_votes_under_heavy_loss_still_elect() -> None:
+    c = Cluster(seed=7, voters=5, faults=Faults(drop_rate=0.3, max_delay_ticks=2))
+    used = c.run_until(lambda: c.leader() is not None, 30 * ET)
+    assert used >= 0, "no leader with 30 % loss"
+    c.net.faults = Faults()  # then a reliable network keeps exactly one
+    c.tick(3 * ET)
+    assert len(c.leaders()) == 1

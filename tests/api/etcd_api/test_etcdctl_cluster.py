@@ -16,6 +16,10 @@ import pytest
 
 from .servers import ETCDCTL, ETCDCTL_MISSING, Etcdctl, make_etcdctl
 
+# One worker runs the whole module (make unit uses --dist loadgroup): one cluster for all the
+# tests, in file order, the destructive one last.
+pytestmark = pytest.mark.xdist_group("etcd-cluster")
+
 START_TIMEOUT_S = 30.0
 NODES = (1, 2, 3)
 
@@ -190,3 +194,24 @@ def test_member_add_learner_promote_refused_then_remove(cluster: Cluster) -> Non
     assert removed.split()[:2] == ["Member", new_id] and "removed from cluster" in removed
     members = json.loads(cluster.ctl()("member", "list", "-w", "json").stdout)["members"]
     assert sorted(m["ID"] for m in members) == [1, 2, 3]
+
+
+def test_etcdctl_keeps_working_after_the_leader_is_killed(cluster: Cluster) -> None:
+    """Runs last in this module: it kills a node. Writes acknowledged before the crash survive,
+    and etcdctl (given every endpoint) fails over to the survivors once they elect a leader."""
+    cluster.ctl()("put", "fo/before", "1")
+    leader = _leader(cluster)
+    victim = cluster.procs[leader - 1]
+    victim.kill()
+    victim.wait(10)
+    survivors = [n for n in NODES if n != leader]
+    deadline = time.monotonic() + 30
+    while True:
+        res = cluster.ctl(survivors[0])("put", "fo/after", "2", "--command-timeout=3s", check=False)
+        if res.returncode == 0:
+            break
+        assert time.monotonic() < deadline, res.stderr  # UNAVAILABLE until a new leader
+        time.sleep(0.2)
+    for node in survivors:
+        got = cluster.ctl(node)("get", "--prefix", "fo/").stdout
+        assert got == "fo/after\n2\nfo/before\n1\n"

@@ -402,7 +402,7 @@ def handle_heartbeat_response(r: Raft, m: Message, pr: Progress) -> None:
     lagging = pr.match < r.raft_log.last_index() or pr.state == ProgressState.PROBE
     if lagging and not m.context and not r.bcast_pending:
         send_append(r, m.from_)
-    if r.config.read_only_option != ReadOnlyOption.SAFE or not m.context:
+    if not m.context:
         return
     acks = r.read_only.recv_ack(m.from_, m.context)
     if acks is None or r.trk.voters.vote_result(dict.fromkeys(acks, True)) != VoteResult.WON:
@@ -478,11 +478,14 @@ def handle_read_index(r: Raft, m: Message) -> None:
 def send_read_index_response(r: Raft, m: Message) -> None:
     if r.trk.is_singleton():
         respond_to_read_index(r, m, r.raft_log.committed)  # we alone are the quorum
-    elif r.config.read_only_option == ReadOnlyOption.SAFE:
-        if r.read_only.add_request(r.raft_log.committed, m, r.id):
-            r.read_round_pending = True  # one round per Ready for all new requests
-    else:  # LEASE_BASED: check-quorum's lease stands in for the heartbeat round
+    elif r.config.read_only_option == ReadOnlyOption.LEASE_BASED and r.trk.quorum_active():
+        # Lease (thesis §6.4.1): a quorum answered since the last check-quorum round, i.e.
+        # within one election timeout, and each of them refuses to vote for anyone else for
+        # an election timeout after hearing from us. Assumes bounded clock drift.
         respond_to_read_index(r, m, r.raft_log.committed)
+    elif r.read_only.add_request(r.raft_log.committed, m, r.id):
+        # SAFE, or a lease that cannot be vouched for: confirm with a heartbeat round.
+        r.read_round_pending = True  # one round per Ready for all new requests
 
 
 def bcast_heartbeat_with(r: Raft, context: bytes) -> None:

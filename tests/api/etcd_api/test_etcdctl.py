@@ -400,3 +400,19 @@ def test_interactive_watch_runs_several_watchers_on_one_stream(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_put_ignore_value_and_ignore_lease(etcdctl: Etcdctl) -> None:
+    etcdctl("put", "ign/k", "old")
+    lease = _grant(etcdctl, 100)
+    assert etcdctl("put", "ign/k", "--ignore-value", f"--lease={lease}").stdout == "OK\n"
+    assert etcdctl("get", "ign/k", "--print-value-only").stdout == "old\n"
+    assert etcdctl("lease", "timetolive", lease, "--keys").stdout.strip().endswith(
+        "attached keys([ign/k])"
+    )
+    assert etcdctl("put", "ign/k", "new", "--ignore-lease").stdout == "OK\n"
+    doc = json.loads(etcdctl("get", "ign/k", "-w", "json").stdout)
+    assert base64.b64decode(doc["kvs"][0]["value"]) == b"new"
+    assert doc["kvs"][0]["lease"] == int(lease, 16)  # the lease was kept
+    missing = etcdctl("put", "ign/none", "--ignore-value", check=False)
+    assert missing.returncode != 0 and "etcdserver: key not found" in missing.stderr

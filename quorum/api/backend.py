@@ -226,7 +226,10 @@ class Backend(Protocol):
     async def member_promote(self, member_id: int) -> MemberChange: ...
 
     # --- maintenance ------------------------------------------------------------------------
-    async def status(self) -> Status: ...
+    async def status(self) -> Status:
+        """The node's status. Monitoring polls it: it must not walk the whole state (an
+        estimated ``db_size_bytes`` is fine)."""
+        ...
 
     async def hash_kv(self, revision: int = 0) -> HashKV:
         """Digest of the MVCC history up to ``revision`` (0 = current). Raises the state's

@@ -151,3 +151,38 @@ def test_column_digest_equals_the_sum_of_record_digests() -> None:
     assert digest_columns(keys, mods, creates, versions, values, leases) == expected
     moved = [(recs[1][0], *recs[0][1:]), (recs[0][0], *recs[1][1:]), *recs[2:]]
     assert sum(record_digest(k, r) for k, r in zip(keys, moved)) & _MASK != expected
+
+
+_HASH_SCRIPT = """
+import sys, zlib
+sys.path.insert(0, {root!r})
+from tests.state.test_snapshot import run
+from quorum.state import encode_command
+sm, outcomes = run(5, 800)
+print(sm.state_hash(), sm.hash_kv(), zlib.crc32(repr(outcomes).encode()))
+"""
+
+
+def test_results_do_not_depend_on_the_process_hash_seed() -> None:
+    """Replicas are different processes with different str/bytes hash seeds: nothing may
+    depend on set or dict iteration order of hashed keys."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+
+    def outputs(script: str) -> set[str]:
+        found = set()
+        for seed in ("1", "2", "3"):
+            env = {**os.environ, "PYTHONHASHSEED": seed}
+            out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                 capture_output=True, text=True, cwd=root).stdout
+            assert out.strip()
+            found.add(out)
+        return found
+
+    assert len(outputs(_HASH_SCRIPT.format(root=root))) == 1
+    # the check can fail: iterating a set of bytes does depend on the seed
+    assert len(outputs("print(list({b'k%d' % i for i in range(20)}))")) > 1

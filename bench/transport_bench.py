@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/transport_bench.py [--messages N] [--batch B] [--entries E]
                                               [--window W] [--processes 1|2] [--no-uvloop]
+                                              [--snapshot-mib M]
 
 The leader calls ``send()`` with batches of ``B`` APP messages, each carrying ``E`` entries of
 100 bytes. The follower answers every delivered batch with one APP_RESP naming the last index
@@ -20,13 +21,15 @@ import contextlib
 import multiprocessing
 import random
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from quorum.raft.types import Entry, Message, MessageType
+from quorum.raft.types import Entry, Message, MessageType, Snapshot, SnapshotMetadata
 from quorum.transport.tcp import Address, PeerTransport, TransportConfig
 
 ENTRY_BYTES = 100
+MIB = 1024 * 1024
 LEADER, FOLLOWER = 1, 2
 WINDOW_MAX = 1 << 20  # --window must not exceed this
 
@@ -120,14 +123,21 @@ async def _leader(args: argparse.Namespace) -> dict[str, float]:
 
     # Built before any link exists: this blocks the loop for seconds at large counts, which
     # would otherwise (rightly) trip the keepalive.
-    groups = [_batch(first, args.batch, args.entries)
-              for first in range(1, args.messages + 1, args.batch)]
+    groups = [] if args.snapshot_mib else [
+        _batch(first, args.batch, args.entries)
+        for first in range(1, args.messages + 1, args.batch)
+    ]
     leader = _transport(LEADER, on_messages)
     await leader.start()
     stop = await _start_follower(args, leader.address)
     leader.update_peers({FOLLOWER: stop.address})
     leader.send(_batch(0, 1, args.entries))  # connect both links and warm up
     await until(lambda: responses[0] > 0)
+    if args.snapshot_mib:
+        result = await _snapshot_run(leader, args.snapshot_mib)
+        await leader.close()
+        await stop.close()
+        return result
     before = leader.link_stats()[FOLLOWER].sent_bytes
     start = time.perf_counter()
     sent = [0]
@@ -151,6 +161,22 @@ async def _leader(args: argparse.Namespace) -> dict[str, float]:
         "payload_mb_per_s": total * args.entries * ENTRY_BYTES / elapsed / 1e6,
         "msgs_per_frame": stats.sent_messages / max(stats.sent_frames, 1),
     }
+
+
+async def _snapshot_run(leader: PeerTransport, mib: int) -> dict[str, float]:
+    """Stream ``mib`` MiB as a snapshot (1 MiB pieces) and time it until the receiver's ACK."""
+    piece = bytes(1024 * 1024)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(mib):
+            yield piece
+
+    message = Message(MessageType.SNAP, to=FOLLOWER, from_=LEADER, term=3,
+                      snapshot=Snapshot(metadata=SnapshotMetadata(index=1, term=3)))
+    start = time.perf_counter()
+    await leader.send_snapshot(FOLLOWER, message, pieces())
+    elapsed = time.perf_counter() - start
+    return {"snapshot_mib": mib, "seconds": elapsed, "snapshot_mb_per_s": mib * MIB / elapsed / 1e6}
 
 
 class _Stopper:
@@ -190,11 +216,17 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4096, help="max unacknowledged messages")
     parser.add_argument("--processes", type=int, choices=(1, 2), default=2)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--snapshot-mib", type=int, default=0,
+                        help="instead of messages, time one snapshot of this many MiB")
     args = parser.parse_args()
     if not 0 < args.window <= WINDOW_MAX:
         parser.error(f"--window must be in [1, {WINDOW_MAX}]")
     loop_name = _install_loop(not args.no_uvloop)
     result = asyncio.run(_leader(args))
+    if args.snapshot_mib:
+        print(f"loop={loop_name} processes={args.processes} snapshot={args.snapshot_mib} MiB\n"
+              f"  {result['snapshot_mb_per_s']:.0f} MB/s  ({result['seconds']:.2f} s)")
+        return
     print(
         f"loop={loop_name} processes={args.processes} messages={result['messages']} "
         f"batch={args.batch} entries/msg={args.entries} window={args.window}\n"

@@ -260,8 +260,10 @@ class FrameDecoder:
             end = pos + HEADER_BYTES + length
             if end > len(buf):
                 break  # the rest of this frame has not arrived yet
-            prefix = bytes(buf[pos : pos + _PREFIX.size])
-            frames.append(decode_body(ftype, prefix, bytes(buf[pos + HEADER_BYTES : end]), crc))
+            with memoryview(buf) as view:  # one copy per body (a bytearray slice makes two)
+                prefix = bytes(view[pos : pos + _PREFIX.size])
+                body = bytes(view[pos + HEADER_BYTES : end])
+            frames.append(decode_body(ftype, prefix, body, crc))
             pos = end
         if pos:
             del buf[:pos]  # one compaction per feed, not per frame

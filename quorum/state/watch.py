@@ -171,6 +171,12 @@ class WatchHub:
         """Ids of watchers with something to deliver (buffered, or catching up), ascending."""
         return sorted(w.id for w in self._watchers.values() if w.buffer or not w.synced)
 
+    def pending(self, watch_id: int) -> bool:
+        """O(1): whether ``drain(watch_id)`` has something to do (buffered responses, or
+        history to catch up). Raises WatchNotFound."""
+        watcher = self._get(watch_id)
+        return bool(watcher.buffer) or not watcher.synced
+
     def watcher_ids(self) -> list[int]:
         return sorted(self._watchers)
 

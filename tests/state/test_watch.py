@@ -363,3 +363,19 @@ def test_restore_past_a_watchers_history_cancels_it_as_compacted() -> None:
     lagging.restore(ahead.snapshot())
     [resp] = lagging.drain_watch(wid)
     assert resp.canceled and resp.compact_revision == 5
+
+
+def test_pending_tells_whether_drain_has_work() -> None:
+    sm = StateMachine()
+    sm.apply(1, encode_command(PutRequest(b"k", b"1")))
+    live = sm.watch(WatchRequest(b"k"))
+    past = sm.watch(WatchRequest(b"k", start_revision=1))
+    assert not sm.watches.pending(live) and sm.watches.pending(past)
+    assert sm.watches.ready() == [past]
+    sm.apply(2, encode_command(PutRequest(b"k", b"2")))
+    assert sm.watches.pending(live)
+    sm.drain_watch(live)
+    sm.drain_watch(past)
+    assert not sm.watches.pending(live) and not sm.watches.pending(past)
+    with pytest.raises(WatchNotFound):
+        sm.watches.pending(99)

@@ -4,6 +4,7 @@ waiting), election, rwlock, barriers, service registry, config watcher."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -122,10 +123,27 @@ def test_lock_rechecks_its_key_after_the_wait() -> None:
     run(body())
 
 
-def test_planted_bug_lock_without_recheck_reports_a_lock_it_does_not_hold() -> None:
+def test_planted_bug_lock_without_recheck_reports_a_lock_it_does_not_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both guards removed (the own-key check while waiting and the re-check after it):
+    the waiter then claims a lock whose key is gone."""
+    from quorum.client.recipes import lock as lock_module
+    from quorum.state.commands import RangeRequest
+
     class NoRecheck(Lock):
         async def _confirm(self, create_rev: int, lease_id: int) -> None:
             return None
+
+    async def naive_wait(
+        client: Any, my_key: bytes, my_rev: int, prefix: bytes, start: bytes, end: bytes
+    ) -> None:
+        if my_rev <= 1:
+            return  # max_create_revision 0 would mean "unbounded"
+        while (await client.call(RangeRequest(start, end, max_create_revision=my_rev - 1))).kvs:
+            await asyncio.sleep(0.005)
+
+    monkeypatch.setattr(lock_module, "wait_predecessors", naive_wait)
 
     async def body() -> None:
         async with serving() as env:
@@ -394,5 +412,22 @@ def test_lock_reports_its_lease_lost() -> None:
                     break
                 await asyncio.sleep(0.02)
             assert lock.lease_lost and not await lock.is_held()
+
+    run(body())
+
+
+def test_waiter_learns_at_once_when_its_key_is_gone_while_the_holder_holds() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            holder = Lock(env.client(), "z", ttl_s=600)
+            waiter = Lock(env.client(), "z", ttl_s=10)
+            await holder.acquire()
+            waiting = asyncio.ensure_future(waiter.acquire())
+            await settle()
+            await env.expire(11)  # the waiter's lease ends; the holder keeps the lock
+            with pytest.raises(LockLost):
+                await asyncio.wait_for(waiting, 5)
+            assert await holder.is_held()
+            await holder.release()
 
     run(body())

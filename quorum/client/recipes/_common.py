@@ -86,17 +86,21 @@ async def wait_predecessors(
     """
     if my_rev <= 1:
         return  # nothing was created before revision 1 (and max_create_revision=0 means "any")
+    youngest_before = RangeRequest(
+        pred_start, pred_end, limit=1, sort_order=SortOrder.DESCEND,
+        sort_target=SortTarget.CREATE, keys_only=True, max_create_revision=my_rev - 1,
+    )
     while True:
-        resp = await client.call(
-            RangeRequest(
-                pred_start, pred_end, limit=1, sort_order=SortOrder.DESCEND,
-                sort_target=SortTarget.CREATE, keys_only=True, max_create_revision=my_rev - 1,
-            )
-        )
-        assert isinstance(resp, RangeResponse)
-        if not resp.kvs:
+        # one read-only txn: the predecessor and our own key at the same revision, so a key
+        # that vanished before the watch below starts is noticed too
+        resp = await client.txn([], [youngest_before, get(my_key, keys_only=True)])
+        preds, mine = resp.responses
+        assert isinstance(preds, RangeResponse) and isinstance(mine, RangeResponse)
+        if not mine.kvs or mine.kvs[0].create_revision != my_rev:
+            raise LockLost(f"{my_key!r} is gone (its lease expired or was revoked)")
+        if not preds.kvs:
             return
-        await _wait_delete_of(client, resp.kvs[0].key, my_key, watch_prefix, resp.revision + 1)
+        await _wait_delete_of(client, preds.kvs[0].key, my_key, watch_prefix, resp.revision + 1)
 
 
 async def _wait_delete_of(

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -170,6 +171,17 @@ async def through_grpc(kv: rpc.KVStub, req: Any) -> Any:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests)
 def test_grpc_answers_equal_the_state_machine(reqs: list[Any]) -> None:
+    check_sequence(reqs)
+
+
+@pytest.mark.torture
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests)
+def test_grpc_answers_equal_the_state_machine_long(reqs: list[Any]) -> None:
+    check_sequence(reqs)
+
+
+def check_sequence(reqs: list[Any]) -> None:
     async def main() -> None:
         backend = LocalBackend()
         server, port = await serve_etcd(backend, "127.0.0.1", 0)

@@ -22,6 +22,8 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final
 
+import msgspec
+
 from quorum.errors import (
     BadFrame,
     ConfigError,
@@ -30,8 +32,9 @@ from quorum.errors import (
     HandshakeRejected,
     SnapshotSendFailed,
     TransportError,
+    UsageError,
 )
-from quorum.raft.types import Message
+from quorum.raft.types import Message, MessageType
 from quorum.transport.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     MIB,
@@ -639,11 +642,13 @@ class PeerTransport:
     ) -> None:
         """Stream a snapshot to a peer on a dedicated connection and wait for its verdict.
 
-        ``message`` is the core's SNAP message (metadata; keep ``snapshot.data`` empty, the
-        data comes from ``chunks``). Returns when the receiver accepted every chunk; raises
-        :class:`SnapshotSendFailed` otherwise. Either way the runtime then calls
-        ``report_snapshot(peer, ok)``. The transport stays usable.
+        ``message`` is the core's SNAP message to ``peer_id``; only its metadata travels (its
+        ``snapshot.data`` is left out: the data comes from ``chunks``). Returns when the
+        receiver accepted every chunk; raises :class:`SnapshotSendFailed` otherwise, and
+        :class:`UsageError` for a message that is not a SNAP to ``peer_id``. Either way the
+        runtime then calls ``report_snapshot(peer, ok)``. The transport stays usable.
         """
+        message = self._snapshot_header(peer_id, message)
         address = self._peers.get(peer_id)
         if address is None or self._closed:
             raise SnapshotSendFailed(f"no address for peer {peer_id}")
@@ -668,6 +673,17 @@ class PeerTransport:
             raise SnapshotSendFailed(f"unexpected reply to snapshot {snapshot_id}: {ack!r}")
         if not ack.ok:
             raise SnapshotSendFailed(f"peer {peer_id} refused the snapshot: {ack.reason}")
+
+    def _snapshot_header(self, peer_id: int, message: Message) -> Message:
+        if message.type != MessageType.SNAP or message.snapshot is None:
+            raise UsageError(f"send_snapshot needs a SNAP message, got {message.type.name}")
+        if message.to != peer_id or message.from_ != self.member_id:
+            raise UsageError(f"SNAP from {message.from_} to {message.to} sent to {peer_id}")
+        if not message.snapshot.data:
+            return message
+        # The data would be sent twice (and could exceed a frame): the chunks carry it.
+        bare = msgspec.structs.replace(message.snapshot, data=b"")
+        return msgspec.structs.replace(message, snapshot=bare)
 
     async def _stream_chunks(
         self,

@@ -8,9 +8,10 @@ import logging
 import random
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
-from quorum.errors import SnapshotSendFailed
+from quorum.errors import SnapshotSendFailed, UsageError
 from quorum.raft.types import Message, MessageType, Snapshot, SnapshotMetadata
 from quorum.transport.codec import FrameEncoder, SnapshotChunk, StreamKind
 from quorum.transport.tcp import TransportConfig
@@ -158,6 +159,40 @@ def test_receiver_refusal_fails_the_send_and_keeps_the_link() -> None:
             await a.transport.send_snapshot(2, _snap_message(), _pieces(payload, random.Random(3)))
         a.transport.send([app(1, 2, 1)])
         await eventually(lambda: len(b.received) == 1, "messages still flow")
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_snapshot_data_inside_the_message_is_not_sent_twice() -> None:
+    async def scenario() -> None:
+        a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
+        await cluster(a, b)
+        full = _snap_message()
+        full = msgspec.structs.replace(
+            full, snapshot=msgspec.structs.replace(full.snapshot, data=b"image" * 1000)
+        )
+        await a.transport.send_snapshot(2, full, _pieces(b"image" * 1000, random.Random()))
+        first = b.chunks[0][1].message
+        assert first is not None and first.snapshot is not None
+        assert first.snapshot.data == b"" and first.snapshot.metadata == full.snapshot.metadata
+        assert b"".join(c.data for _, c in b.chunks) == b"image" * 1000
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())
+
+
+def test_send_snapshot_refuses_a_message_that_is_not_its_snap() -> None:
+    async def scenario() -> None:
+        a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
+        await cluster(a, b)
+        with pytest.raises(UsageError):
+            await a.transport.send_snapshot(2, app(1, 2, 1), _pieces(b"x", random.Random()))
+        with pytest.raises(UsageError):
+            await a.transport.send_snapshot(2, _snap_message(1, 3), _pieces(b"x", random.Random()))
+        assert b.chunks == []
         await a.transport.close()
         await b.transport.close()
 

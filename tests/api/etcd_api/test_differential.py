@@ -44,7 +44,8 @@ def range_req(draw: st.DrawFn) -> pb.RangeRequest:
 
 @st.composite
 def put_req(draw: st.DrawFn) -> pb.PutRequest:
-    return pb.PutRequest(key=draw(keys), value=draw(values), prev_kv=draw(st.booleans()))
+    return pb.PutRequest(key=draw(keys), value=draw(values), prev_kv=draw(st.booleans()),
+                         lease=draw(st.sampled_from([0, 0, 1, 2])))
 
 
 @st.composite
@@ -90,7 +91,10 @@ def txn_req(depth: int = 1) -> st.SearchStrategy[pb.TxnRequest]:
 
 requests = st.lists(
     st.one_of(range_req(), put_req(), delete_req(), txn_req(),
-              st.integers(0, 4).map(lambda r: pb.CompactionRequest(revision=r))),
+              st.integers(0, 4).map(lambda r: pb.CompactionRequest(revision=r)),
+              st.builds(lambda t, i: pb.LeaseGrantRequest(TTL=t, ID=i),
+                        st.sampled_from([0, 5, 100]), st.sampled_from([0, 0, 1, 2])),
+              st.sampled_from([1, 2, 3]).map(lambda i: pb.LeaseRevokeRequest(ID=i))),
     min_size=1, max_size=12,
 )
 
@@ -111,6 +115,10 @@ def pb_shape(resp: Any) -> Any:
     if isinstance(resp, pb.TxnResponse):
         inner = [pb_shape(getattr(r, r.WhichOneof("response"))) for r in resp.responses]
         return ("txn", resp.header.revision, resp.succeeded, inner)
+    if isinstance(resp, pb.LeaseGrantResponse):
+        return ("grant", resp.header.revision, resp.ID, resp.TTL)
+    if isinstance(resp, pb.LeaseRevokeResponse):
+        return ("revoke", resp.header.revision)
     return ("compact", resp.header.revision)
 
 
@@ -123,6 +131,10 @@ def state_shape(resp: Any) -> Any:
         return ("delete", resp.revision, resp.deleted, [kv_tuple(k) for k in resp.prev_kvs])
     if isinstance(resp, sc.TxnResponse):
         return ("txn", resp.revision, resp.succeeded, [state_shape(r) for r in resp.responses])
+    if isinstance(resp, sc.LeaseGrantResponse):
+        return ("grant", resp.revision, resp.id, resp.ttl)
+    if isinstance(resp, sc.LeaseRevokeResponse):
+        return ("revoke", resp.revision)
     return ("compact", resp.revision)
 
 
@@ -146,6 +158,10 @@ def to_state(req: Any) -> Any:
             tuple(compare_to_state(c) for c in req.compare),
             tuple(to_state(o) for o in req.success), tuple(to_state(o) for o in req.failure),
         )
+    if isinstance(req, pb.LeaseGrantRequest):
+        return sc.LeaseGrantRequest(req.TTL, req.ID)
+    if isinstance(req, pb.LeaseRevokeRequest):
+        return sc.LeaseRevokeRequest(req.ID)
     return sc.CompactionRequest(req.revision, req.physical)
 
 
@@ -162,9 +178,11 @@ def direct(machine: StateMachine, index: int, req: Any) -> Any:
     return machine.apply(index, to_state(req))
 
 
-async def through_grpc(kv: rpc.KVStub, req: Any) -> Any:
+async def through_grpc(kv: rpc.KVStub, lease: rpc.LeaseStub, req: Any) -> Any:
     call = {pb.RangeRequest: kv.Range, pb.PutRequest: kv.Put, pb.DeleteRangeRequest: kv.DeleteRange,
-            pb.TxnRequest: kv.Txn, pb.CompactionRequest: kv.Compact}[type(req)]
+            pb.TxnRequest: kv.Txn, pb.CompactionRequest: kv.Compact,
+            pb.LeaseGrantRequest: lease.LeaseGrant, pb.LeaseRevokeRequest: lease.LeaseRevoke,
+            }[type(req)]
     return await call(req)
 
 
@@ -188,14 +206,14 @@ def check_sequence(reqs: list[Any]) -> None:
         machine = StateMachine()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                kv = rpc.KVStub(channel)
+                kv, lease = rpc.KVStub(channel), rpc.LeaseStub(channel)
                 for index, req in enumerate(reqs, start=1):
                     try:
                         expected: Any = state_shape(direct(machine, index, req))
                     except StateError as exc:
                         expected = ("error", type(exc).__name__)
                     try:
-                        got: Any = pb_shape(await through_grpc(kv, req))
+                        got: Any = pb_shape(await through_grpc(kv, lease, req))
                     except grpc.aio.AioRpcError as err:
                         got = ("error", err.details())
                     if expected[0] == "error":

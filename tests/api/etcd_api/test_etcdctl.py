@@ -19,7 +19,15 @@ import pytest
 from quorum.api.etcd.snapshot_file import unwrap
 from quorum.state import RangeRequest, StateMachine, prefix_end
 
-from .servers import ETCDCTL, Etcdctl, EtcdServer, make_etcdctl, start_server, stop_server
+from .servers import (
+    ETCDCTL,
+    ETCDCTL_MISSING,
+    Etcdctl,
+    EtcdServer,
+    make_etcdctl,
+    start_server,
+    stop_server,
+)
 
 WAIT_S = 10.0
 
@@ -195,7 +203,7 @@ def test_watch_replays_history_from_revision(etcdctl: Etcdctl, etcd_server: Etcd
 
 def test_watch_of_compacted_revision_is_canceled(etcd_server: EtcdServer, tmp_path: Path) -> None:
     if ETCDCTL is None:
-        pytest.skip("etcdctl missing")
+        pytest.skip(ETCDCTL_MISSING)
     server = start_server(tmp_path)  # compaction is global: use a server of its own
     try:
         ctl = make_etcdctl(server.endpoint)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quorum.errors import InvalidConfChange, ProposalDropped
+from quorum.raft.config import ReadOnlyOption
 from quorum.raft.harness.cluster import CRASH_POINTS, Cluster, ClusterOptions, Proposal
 from quorum.raft.harness.invariants import InvariantViolation, LivenessViolation, SafetyViolation
 from quorum.raft.harness.network import RELIABLE, Faults
@@ -153,6 +154,15 @@ PROFILES: dict[str, Profile] = {
             isolate_leader_rate=0.05,
             heal_rate=0.05,
             read_rate=0.8,
+        ),
+        # the same with lease-based reads (thesis §6.4.1; needs check-quorum, no clock drift)
+        Profile(
+            "lease_reads",
+            voters=(3, 5),
+            isolate_leader_rate=0.05,
+            heal_rate=0.05,
+            read_rate=0.8,
+            config={"read_only_option": ReadOnlyOption.LEASE_BASED},
         ),
         # a calm network: proposals, compaction and snapshots, occasional crashes
         Profile(

@@ -75,6 +75,9 @@ class Raft:
         self.uncommitted_size = 0
         self.bcast_pending = False  # leader: appends deferred until the next Ready
         self.read_round_pending = False  # leader: a ReadIndex heartbeat round is due
+        self.ticks = 0  # local logical clock (heartbeats carry their send tick)
+        # leader: per voter, 1 + the send tick of the newest heartbeat it acknowledged
+        self.heartbeat_acks: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
         self._load(storage, config)
 
@@ -190,6 +193,7 @@ class Raft:
         self.uncommitted_size = 0
         self.read_only = ReadOnly()
         self.pending_read_index = []
+        self.heartbeat_acks = {}
 
     def reset_randomized_election_timeout(self) -> None:
         """Timeout in [election_ticks, 2*election_ticks) breaks split votes (§5.2)."""
@@ -222,6 +226,7 @@ class Raft:
     # --- time --------------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         if self.role == StateRole.LEADER:
             leader.tick_heartbeat(self)
         else:

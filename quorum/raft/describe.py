@@ -36,6 +36,9 @@ _TRANSITION = {
     ConfChangeTransition.JOINT_EXPLICIT: " explicit",
 }
 _LOG_POINT_TYPES = frozenset({MessageType.APP, MessageType.VOTE, MessageType.PRE_VOTE})
+# Heartbeats carry the leader's send tick in ``index`` (lease bookkeeping): not shown, so the
+# texts do not depend on how long a script ticked.
+_TICK_STAMPED = frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP})
 
 
 def describe_conf_change(cc: ConfChange) -> str:
@@ -81,7 +84,7 @@ def describe_message(m: Message) -> str:
     parts = [f"{m.from_}->{m.to} {m.type.name} term={m.term}"]
     if m.type in _LOG_POINT_TYPES:
         parts.append(f"log={m.log_term}/{m.index}")
-    elif m.index:
+    elif m.index and m.type not in _TICK_STAMPED:
         parts.append(f"index={m.index}")
     if m.commit:
         parts.append(f"commit={m.commit}")

@@ -102,7 +102,8 @@ def handle_heartbeat(r: Raft, m: Message) -> None:
         r.count("dropped.beyond_log")
     else:
         r.raft_log.commit_to(m.commit)
-    r.send(Message(type=MT.HEARTBEAT_RESP, to=m.from_, context=m.context))
+    # Echo the leader's send tick: it bounds the leader's lease (thesis §6.4.1).
+    r.send(Message(type=MT.HEARTBEAT_RESP, to=m.from_, index=m.index, context=m.context))
 
 
 def handle_snapshot(r: Raft, m: Message) -> None:

@@ -395,6 +395,8 @@ def maybe_commit(r: Raft) -> bool:
 def handle_heartbeat_response(r: Raft, m: Message, pr: Progress) -> None:
     pr.recent_active = True
     pr.msg_app_flow_paused = False
+    if m.index <= r.ticks:  # ignore a send tick from the future (not ours)
+        r.heartbeat_acks[m.from_] = max(r.heartbeat_acks.get(m.from_, 0), m.index + 1)
     # A periodic heartbeat answer from a lagging follower triggers an append: it probes a
     # PROBE follower and recovers appends lost in REPLICATE (a gap makes the follower
     # reject, which resets to PROBE). ReadIndex rounds (with a context) skip this: they
@@ -425,7 +427,8 @@ def handle_snapshot_status(r: Raft, m: Message, pr: Progress) -> None:
 def send_heartbeat(r: Raft, to: int, context: bytes) -> None:
     # Never tell a follower to commit beyond what it is known to hold.
     commit = min(r.trk.progress[to].match, r.raft_log.committed)
-    r.send(Message(type=MT.HEARTBEAT, to=to, commit=commit, context=context))
+    # ``index`` carries the send tick; the follower echoes it (lease bookkeeping).
+    r.send(Message(type=MT.HEARTBEAT, to=to, commit=commit, index=r.ticks, context=context))
 
 
 def bcast_heartbeat(r: Raft) -> None:
@@ -478,14 +481,34 @@ def handle_read_index(r: Raft, m: Message) -> None:
 def send_read_index_response(r: Raft, m: Message) -> None:
     if r.trk.is_singleton():
         respond_to_read_index(r, m, r.raft_log.committed)  # we alone are the quorum
-    elif r.config.read_only_option == ReadOnlyOption.LEASE_BASED and r.trk.quorum_active():
-        # Lease (thesis §6.4.1): a quorum answered since the last check-quorum round, i.e.
-        # within one election timeout, and each of them refuses to vote for anyone else for
-        # an election timeout after hearing from us. Assumes bounded clock drift.
+    elif r.config.read_only_option == ReadOnlyOption.LEASE_BASED and lease_valid(r):
         respond_to_read_index(r, m, r.raft_log.committed)
     elif r.read_only.add_request(r.raft_log.committed, m, r.id):
         # SAFE, or a lease that cannot be vouched for: confirm with a heartbeat round.
         r.read_round_pending = True  # one round per Ready for all new requests
+
+
+# Ticks of slack for clock drift between leader and followers (see docs/raft.md).
+LEASE_MARGIN_TICKS = 1
+
+
+def lease_valid(r: Raft) -> bool:
+    """Thesis §6.4.1: a follower that heard a heartbeat sent at tick s refuses to vote for
+    anyone else until an election timeout after receiving it. If a quorum acknowledged
+    heartbeats sent at or after s, no other leader can exist before s + election_ticks.
+
+    Never during a leadership transfer: the transfer campaign bypasses that refusal.
+    """
+    if r.lead_transferee != NONE:
+        return False
+
+    def acked(voter: int) -> int | None:
+        return r.ticks + 1 if voter == r.id else r.heartbeat_acks.get(voter)
+
+    quorum_send = r.trk.voters.committed_index(acked)  # 1 + send tick; 0 = none yet
+    if quorum_send == 0:
+        return False
+    return r.ticks < quorum_send - 1 + r.config.election_ticks - LEASE_MARGIN_TICKS
 
 
 def bcast_heartbeat_with(r: Raft, context: bytes) -> None:

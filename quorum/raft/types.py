@@ -117,7 +117,8 @@ class Message(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
       follower's hint index and ``log_term`` the term at that hint (fast backtracking).
     - VOTE/PRE_VOTE: ``index``/``log_term`` = candidate's last entry; ``context`` may carry
       ``b"transfer"`` for a leadership-transfer election (bypasses leader stickiness).
-    - HEARTBEAT: ``commit`` (min of follower match and leader commit), ``context`` = ReadIndex ctx.
+    - HEARTBEAT: ``commit`` (min of follower match and leader commit), ``context`` = ReadIndex ctx,
+      ``index`` = the leader's send tick, echoed in HEARTBEAT_RESP ``index`` (lease reads).
     - READ_INDEX / READ_INDEX_RESP: ``entries[0].data`` = request context, ``index`` = read index.
     """
 

@@ -268,8 +268,9 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         if self._closed or self._transport is None or not self._out:
             return
-        data = bytes(self._out)
-        self._out.clear()
+        # hand the filled buffer over and start a fresh one: no copy, and the transport may
+        # keep a reference to it because it is never written to again
+        data, self._out = self._out, bytearray()
         self._transport.write(data)
 
     def abort(self, reason: str) -> None:

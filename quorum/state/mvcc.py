@@ -103,9 +103,14 @@ class MVCCStore:
         "_digest",
         "_hist",
         "_keys",
+        "_log_head",
+        "_log_keys",
+        "_log_revs",
         "_multi",
         "_new_keys",
+        "_written",
         "compact_revision",
+        "log_from",
         "revision",
     )
 
@@ -117,12 +122,22 @@ class MVCCStore:
         self.revision = 0  # Invariant: never decreases
         self.compact_revision = 0  # Invariant: 0 <= compact_revision <= revision
         self._digest = 0
+        # The revision log: which keys each write revision touched, so watch replay costs
+        # O(revisions replayed) rather than O(keys in the watched range). Entries from
+        # _log_head on are live. Invariant: every write revision >= max(log_from,
+        # compact_revision) is in the log (a restored store starts it at its revision + 1).
+        self._log_revs: list[int] = []
+        self._log_keys: list[bytes | tuple[bytes, ...]] = []
+        self._log_head = 0
+        self.log_from = 1
+        self._written: list[bytes] = []  # keys written at the revision being built
 
     # --- writes (the caller picks the revision: current + 1 for a write txn) -----------------
 
     def write(self, key: bytes, rec: Record) -> None:
         """Append ``rec`` to ``key``'s history. The caller guarantees rec[MOD] is above every
         existing record of the key and that ``revision`` is advanced with :meth:`commit`."""
+        self._written.append(key)
         entry = self._hist.get(key)
         if entry is None:
             self._hist[key] = rec
@@ -137,7 +152,22 @@ class MVCCStore:
 
     def commit(self, revision: int) -> None:
         """Make ``revision`` (the one the writes used) the current revision."""
+        written = self._written
+        if written:
+            self._log_revs.append(revision)
+            self._log_keys.append(written[0] if len(written) == 1 else tuple(written))
+            self._written = []
         self.revision = revision
+
+    def logged_revisions(self, lo: int, hi: int) -> Iterator[tuple[int, tuple[bytes, ...]]]:
+        """(revision, keys written) for every write revision in [lo, hi], ascending. The
+        caller checks ``lo >= log_from`` (older revisions are not in the log)."""
+        revs, keys = self._log_revs, self._log_keys
+        i = bisect_right(revs, lo - 1, lo=self._log_head)
+        while i < len(revs) and revs[i] <= hi:
+            entry = keys[i]
+            yield revs[i], (entry,) if isinstance(entry, bytes) else entry
+            i += 1
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -225,6 +255,11 @@ class MVCCStore:
         for key in sorted(self._multi):
             removed += self._compact_key(key, revision)
         self._multi = set(self._multi)  # a set's table never shrinks on discard: right-size it
+        self._log_head = bisect_right(self._log_revs, revision - 1, lo=self._log_head)
+        if self._log_head > 1024 and self._log_head * 2 > len(self._log_revs):
+            del self._log_revs[: self._log_head]
+            del self._log_keys[: self._log_head]
+            self._log_head = 0
         return removed
 
     def _compact_key(self, key: bytes, revision: int) -> int:
@@ -289,6 +324,7 @@ class MVCCStore:
         self._digest = digest & _MASK
         self.revision = revision
         self.compact_revision = compact
+        self.log_from = revision + 1  # the image has no revision log: replay scans below this
 
     def _flush_new_keys(self) -> None:
         if self._new_keys:

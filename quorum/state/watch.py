@@ -30,7 +30,9 @@ Events of one revision are ordered by key (in live delivery and in replay alike)
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 from itertools import groupby
 
 import msgspec
@@ -39,7 +41,7 @@ from quorum.errors import InvalidRevision, UsageError, WatchNotFound
 from quorum.state.commands import Event, EventType, KeyValue, WatchFilter
 from quorum.state.config import StateConfig
 from quorum.state.kv import Change, to_kv, validate_range
-from quorum.state.mvcc import MOD, VERSION, MVCCStore, Record
+from quorum.state.mvcc import MOD, VERSION, MVCCStore, Record, mod_of
 
 _EVENT_OVERHEAD_BYTES = 48
 
@@ -299,14 +301,12 @@ class WatchHub:
             self._cancel_compacted(watcher)
             return
         current = store.revision
-        found = self._history_changes(watcher, watcher.next_rev, current)
         budget = self.config.watch_replay_events
-        for rev, group in groupby(found, key=lambda item: item[0]):
+        for rev, changes in self._replay(watcher, watcher.next_rev, current):
             if budget <= 0 or watcher.canceled:
                 return
             cache: dict[tuple[bytes, bool], Event] = {}  # per revision: a key recurs across them
-            events = [_event(ch, watcher.prev_kv, cache) for _, ch in group
-                      if watcher.wants(ch[1])]
+            events = [_event(ch, watcher.prev_kv, cache) for ch in changes if watcher.wants(ch[1])]
             if events:
                 self._push(watcher, rev, events)
                 budget -= len(events)
@@ -317,10 +317,29 @@ class WatchHub:
             self._index(watcher)
             self._maybe_progress(watcher)
 
+    def _replay(self, watcher: Watcher, lo: int, hi: int) -> Iterator[tuple[int, list[Change]]]:
+        """(revision, changes in the watched range sorted by key) for revisions in [lo, hi]
+        that touched the range: from the store's revision log when it covers ``lo`` (cost
+        proportional to the revisions replayed), else by scanning the range's histories."""
+        store = self.store
+        if lo < store.log_from:
+            found = self._history_changes(watcher, lo, hi)
+            for rev, group in groupby(found, key=lambda item: item[0]):
+                yield rev, [change for _, change in group]
+            return
+        for rev, keys in store.logged_revisions(lo, hi):
+            changes = []
+            for key in sorted(k for k in keys if watcher.matches(k)):
+                change = _change_at(store.history(key), key, rev)
+                if change is not None:
+                    changes.append(change)
+            if changes:
+                yield rev, changes
+
     def _history_changes(self, watcher: Watcher, lo: int,
                          hi: int) -> list[tuple[int, Change]]:
         """(revision, change) for every retained record in the watched range with revision in
-        [lo, hi], sorted by (revision, key)."""
+        [lo, hi], sorted by (revision, key): a scan, for revisions older than the log."""
         store = self.store
         keys = [watcher.key] if not watcher.range_end else list(
             store.keys_in(watcher.key, watcher.range_end))
@@ -386,6 +405,15 @@ def _event(change: Change, with_prev: bool, cache: dict[tuple[bytes, bool], Even
                       to_kv(key, prev) if with_prev and prev is not None else None)
     cache[(key, with_prev)] = event
     return event
+
+
+def _change_at(hist: list[Record], key: bytes, rev: int) -> Change | None:
+    """The change ``key`` got at ``rev`` (its record then and the previous live one)."""
+    i = bisect_left(hist, rev, key=mod_of)
+    if i == len(hist) or hist[i][MOD] != rev:
+        return None  # compacted away meanwhile; the caller's compaction check cancels
+    prev = hist[i - 1] if i and hist[i - 1][VERSION] else None
+    return key, hist[i], prev
 
 
 def _size(events: tuple[Event, ...] | list[Event]) -> int:

@@ -379,3 +379,25 @@ def test_pending_tells_whether_drain_has_work() -> None:
     assert not sm.watches.pending(live) and not sm.watches.pending(past)
     with pytest.raises(WatchNotFound):
         sm.watches.pending(99)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_revision_log_replay_equals_history_scan(seed: int) -> None:
+    from itertools import groupby
+
+    from quorum.state.watch import Watcher
+
+    _, _, sm = drive(seed)
+    hub, store = sm.watches, sm.store
+    lo_bound = max(store.compact_revision, store.log_from, 1)
+    checked = 0
+    for req in WATCHES:
+        watcher = Watcher(0, req, lo_bound, synced=False)
+        for lo in range(lo_bound, store.revision + 1, 7):
+            via_log = list(hub._replay(watcher, lo, store.revision))
+            scanned = hub._history_changes(watcher, lo, store.revision)
+            via_scan = [(rev, [ch for _, ch in grp])
+                        for rev, grp in groupby(scanned, key=lambda item: item[0])]
+            assert via_log == via_scan
+            checked += len(via_log)
+    assert checked > 100

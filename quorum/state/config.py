@@ -22,13 +22,14 @@ class StateConfig(msgspec.Struct, frozen=True):
     watch_buffer_bytes: int = 64 * 1024 * 1024  # per watcher; likewise
     watch_replay_events: int = 1_000  # events read from history per drain of a lagging watcher
     snapshot_chunk_keys: int = 4096  # keys per snapshot chunk
+    watch_fragment_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # part size for fragmenting watchers
 
     def validate(self) -> StateConfig:
         """Return self if every limit is usable; raise ConfigError naming the first that is not."""
         for name in (
             "max_request_bytes", "max_txn_ops", "max_lease_ttl_s", "max_sessions",
             "watch_buffer_events", "watch_buffer_bytes", "watch_replay_events",
-            "snapshot_chunk_keys",
+            "snapshot_chunk_keys", "watch_fragment_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -56,12 +56,15 @@ class WatchRequest(msgspec.Struct, frozen=True):
     filters: tuple[WatchFilter, ...] = ()
     progress_notify: bool = False  # progress responses on progress_tick() when idle
     watch_id: int = 0  # 0 = the hub picks the next free id
+    fragment: bool = False  # split a revision larger than watch_fragment_bytes (see below)
 
 
 class WatchResponse(msgspec.Struct, frozen=True):
-    """One delivery. With events: all matching events of exactly one revision. ``progress``:
-    no events, every event <= ``revision`` was delivered before. ``canceled``: the last
-    response of the watcher."""
+    """One delivery. With events: all matching events of exactly one revision -- or, for a
+    watcher created with ``fragment=True`` and a revision above ``watch_fragment_bytes``, a
+    part of them: ``fragment=True`` means more parts of the same revision follow (the client
+    joins them, as etcd's clients do). ``progress``: no events, every event <= ``revision``
+    was delivered before. ``canceled``: the last response of the watcher."""
 
     watch_id: int
     revision: int
@@ -70,10 +73,11 @@ class WatchResponse(msgspec.Struct, frozen=True):
     canceled: bool = False
     compact_revision: int = 0
     cancel_reason: str = ""
+    fragment: bool = False
 
 
 class Watcher:
-    __slots__ = ("buffer", "buffered_bytes", "buffered_events", "canceled", "id", "idle",
+    __slots__ = ("buffer", "buffered_bytes", "buffered_events", "canceled", "fragment", "id", "idle",
                  "key", "next_rev", "no_delete", "no_put", "prev_kv", "progress_notify",
                  "progress_wanted", "range_end", "synced")
 
@@ -85,6 +89,7 @@ class Watcher:
         self.no_put = WatchFilter.NOPUT in req.filters
         self.no_delete = WatchFilter.NODELETE in req.filters
         self.progress_notify = req.progress_notify
+        self.fragment = req.fragment
         # Invariant: every event below next_rev is queued or delivered. For a synced watcher
         # the hub follows the store instead: its next revision is
         # max(next_rev, store.revision + 1) (see WatchHub._next_rev), so applying a revision
@@ -291,7 +296,27 @@ class WatchHub:
             watcher.buffer.append(WatchResponse(watcher.id, revision, tuple(events[:half])))
             watcher.buffer.append(WatchResponse(watcher.id, revision, tuple(events[half:])))
             return
+        if watcher.fragment and size > self.config.watch_fragment_bytes:
+            self._push_fragments(watcher, revision, events)
+            return
         watcher.buffer.append(WatchResponse(watcher.id, revision, tuple(events)))
+
+    def _push_fragments(self, watcher: Watcher, revision: int, events: list[Event]) -> None:
+        """Parts of at most ``watch_fragment_bytes`` (at least one event each), all but the
+        last flagged ``fragment``."""
+        limit = self.config.watch_fragment_bytes
+        parts: list[list[Event]] = [[]]
+        size = 0
+        for event in events:
+            event_size = _size((event,))
+            if parts[-1] and size + event_size > limit:
+                parts.append([])
+                size = 0
+            parts[-1].append(event)
+            size += event_size
+        for i, part in enumerate(parts):
+            watcher.buffer.append(WatchResponse(watcher.id, revision, tuple(part),
+                                                fragment=i < len(parts) - 1))
 
     def _catch_up(self, watcher: Watcher) -> None:
         """Replay retained history from ``next_rev`` in whole revisions, at most about

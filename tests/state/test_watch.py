@@ -82,6 +82,23 @@ class Stream:
     responses: list[WatchResponse] = field(default_factory=list)
 
 
+def join_fragments(responses: list[WatchResponse]) -> list[WatchResponse]:
+    """What an etcd client does with fragments: join the parts of one revision."""
+    out: list[WatchResponse] = []
+    parts: list[WatchResponse] = []
+    for resp in responses:
+        if resp.fragment or parts:
+            assert not parts or (resp.revision == parts[0].revision and resp.events), "fragment"
+            parts.append(resp)
+            if not resp.fragment:
+                events = tuple(ev for part in parts for ev in part.events)
+                out.append(WatchResponse(resp.watch_id, resp.revision, events))
+                parts = []
+            continue
+        out.append(resp)
+    return out
+
+
 def check_stream(stream: Stream, oracle: Oracle, upto: int, compact: int = 0) -> int:
     """Assert the six guarantees for one watcher's responses; returns the revision to resume
     from (the first one not delivered). ``upto``: the revision everything must have reached
@@ -91,7 +108,7 @@ def check_stream(stream: Stream, oracle: Oracle, upto: int, compact: int = 0) ->
     seen: set[tuple[int, bytes]] = set()
     resume = stream.start
     canceled = False
-    for resp in stream.responses:
+    for resp in join_fragments(stream.responses):
         assert not canceled, "a response after the canceled one"
         if resp.canceled:
             canceled = True
@@ -154,7 +171,8 @@ def drive(seed: int, config: StateConfig | None = None, split_bug: bool = False,
         if rng.random() < 0.03:  # a new watcher, from the past, now, or the future
             base = WATCHES[rng.randrange(len(WATCHES))]
             start = rng.choice([0, 1, max(1, sm.revision - 5), sm.revision + 3])
-            wreq = WatchRequest(base.key, base.range_end, start, base.prev_kv, base.filters)
+            wreq = WatchRequest(base.key, base.range_end, start, base.prev_kv, base.filters,
+                                fragment=rng.random() < 0.5)
             wid = sm.watch(wreq)
             streams[wid] = Stream(wreq, start or sm.revision + 1)
         data = encode_command(req, session, seq)
@@ -190,13 +208,15 @@ def resume(sm: StateMachine, streams: dict[int, Stream], req: WatchRequest,
         start = int(last.cancel_reason.rsplit(" ", 1)[1])
     else:
         return
-    new = WatchRequest(req.key, req.range_end, start, req.prev_kv, req.filters)
+    new = WatchRequest(req.key, req.range_end, start, req.prev_kv, req.filters,
+                       fragment=req.fragment)
     streams[sm.watch(new)] = Stream(new, start)
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("config", [StateConfig(watch_replay_events=7),
-                                    StateConfig(watch_buffer_events=6)])
+                                    StateConfig(watch_buffer_events=6),
+                                    StateConfig(watch_fragment_bytes=60)])
 def test_watch_guarantees_hold(seed: int, config: StateConfig) -> None:
     oracle, streams, sm = drive(seed, config)
     delivered = sum(len(r.events) for s in streams for r in s.responses)
@@ -401,3 +421,31 @@ def test_revision_log_replay_equals_history_scan(seed: int) -> None:
             assert via_log == via_scan
             checked += len(via_log)
     assert checked > 100
+
+
+def test_fragmenting_watchers_get_large_revisions_in_parts() -> None:
+    sm = StateMachine(StateConfig(watch_fragment_bytes=200))
+    parts = sm.watch(WatchRequest(b"k", b"\0", fragment=True))
+    whole = sm.watch(WatchRequest(b"k", b"\0"))
+    sm.apply(1, encode_command(TxnRequest((), tuple(PutRequest(b"k%d" % i, b"v" * 50)
+                                                    for i in range(10)))))
+    got = sm.drain_watch(parts)
+    assert len(got) > 1 and all(r.fragment for r in got[:-1]) and not got[-1].fragment
+    assert {r.revision for r in got} == {1}
+    [single] = sm.drain_watch(whole)
+    assert tuple(ev for r in got for ev in r.events) == single.events
+
+
+def test_fragment_check_catches_a_lost_part() -> None:
+    sm = StateMachine(StateConfig(watch_fragment_bytes=200))
+    wid = sm.watch(WatchRequest(b"k", b"\0", fragment=True))
+    sm.apply(1, encode_command(TxnRequest((), tuple(PutRequest(b"k%d" % i, b"v" * 50)
+                                                    for i in range(10)))))
+    got = sm.drain_watch(wid)
+    oracle = Oracle()
+    oracle.apply(1, encode_command(TxnRequest((), tuple(PutRequest(b"k%d" % i, b"v" * 50)
+                                                        for i in range(10)))))
+    stream = Stream(WatchRequest(b"k", b"\0"), 1, got)
+    check_stream(stream, oracle, 1)
+    with pytest.raises(AssertionError):
+        check_stream(Stream(stream.req, 1, got[1:]), oracle, 1)

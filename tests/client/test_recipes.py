@@ -431,3 +431,28 @@ def test_waiter_learns_at_once_when_its_key_is_gone_while_the_holder_holds() -> 
             await holder.release()
 
     run(body())
+
+
+def test_healing_registration_comes_back_after_its_lease_was_lost() -> None:
+    async def body() -> None:
+        async with serving() as env:
+            c = env.client()
+            registry = ServiceRegistry(c)
+            view = await registry.watch("db")
+            reg = await registry.register("db", "n1", b"10.0.0.5:5432", ttl_s=1, heal=True)
+            first_lease = reg.lease_id
+            await view.wait_for(lambda items: b"n1" in items, timeout_s=5)
+            await c.lease_revoke(first_lease)  # as if it expired during a long pause
+            for _ in range(500):
+                if reg.renewals:
+                    break
+                await asyncio.sleep(0.01)
+            assert reg.renewals == 1 and reg.lease_id not in (0, first_lease)
+            kv = await c.get(b"/quorum/services/db/n1")
+            assert kv is not None and kv.lease == reg.lease_id  # registered again
+            await view.wait_for(lambda items: b"n1" in items, timeout_s=5)
+            await reg.deregister()
+            await view.wait_for(lambda items: not items, timeout_s=5)
+            await view.stop()
+
+    run(body())

@@ -46,6 +46,14 @@ class OwnedLease:
         """True once the background renewal found the lease gone (expired or revoked)."""
         return self._keeper is not None and self._keeper.lost.is_set()
 
+    async def wait_lost(self) -> None:
+        """Return once the background renewal finds the lease gone (never, for a lease the
+        caller supplied: its caller watches it)."""
+        if self._keeper is None:
+            await asyncio.Event().wait()
+        else:
+            await self._keeper.lost.wait()
+
     async def release(self) -> None:
         """Stop renewing and revoke the lease if this object granted it (deletes its keys)."""
         if self._keeper is not None:

@@ -262,3 +262,19 @@ def test_leader_only_commits_its_own_term_by_counting(index: int, committed: int
     drain(node)
     node.step(Message(type=MT.APP_RESP, to=1, from_=2, term=3, index=index))
     assert node.raft.raft_log.committed == committed
+
+
+def test_a_learner_still_votes_when_asked() -> None:
+    """A node that still sees itself as a learner may already be a voter in the candidate's
+    (newer) configuration; refusing would stall elections (etcd-io/raft
+    campaign_learner_must_vote). Learners never campaign themselves."""
+    node = make_node(4, voters=(1, 2, 3), term=1)
+    from quorum.raft import ConfChange, ConfChangeSingle, ConfChangeType
+
+    node.apply_conf_change(ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),)))
+    assert node.raft.is_learner
+    node.campaign()
+    assert node.raft.role == StateRole.FOLLOWER  # not promotable
+    node.step(Message(type=MT.VOTE, to=4, from_=2, term=2, index=0, log_term=0))
+    (resp,) = [m for m in sent(drain(node)) if m.type == MT.VOTE_RESP]
+    assert not resp.reject

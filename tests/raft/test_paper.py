@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from quorum.raft import Entry, Message, MessageType, StateRole
+from quorum.raft import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeType,
+    Entry,
+    Message,
+    MessageType,
+    StateRole,
+)
 
 from .paper_util import drain, exchange, log_terms, make_node, sent
 
@@ -269,8 +277,6 @@ def test_a_learner_still_votes_when_asked() -> None:
     (newer) configuration; refusing would stall elections (etcd-io/raft
     campaign_learner_must_vote). Learners never campaign themselves."""
     node = make_node(4, voters=(1, 2, 3), term=1)
-    from quorum.raft import ConfChange, ConfChangeSingle, ConfChangeType
-
     node.apply_conf_change(ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),)))
     assert node.raft.is_learner
     node.campaign()

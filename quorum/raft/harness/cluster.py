@@ -373,7 +373,11 @@ class Cluster:
         if not every:
             return
         storage, applied = node.storage, node.app.applied_index
-        if applied - storage.first_index() + 1 < every:
+        held = storage.snapshot().metadata
+        # Snapshot again once the membership moved past the held snapshot's: a node added
+        # after it would refuse to install it (it is not a member there) and never catch up.
+        stale_conf = applied > held.index and node.app.conf_state != held.conf_state
+        if applied - storage.first_index() + 1 < every and not stale_conf:
             return
         storage.create_snapshot(applied, node.app.conf_state, node.app.image())
         storage.compact(applied)

@@ -57,6 +57,7 @@ class Profile:
     proposals_per_tick: float = 0.5
     read_rate: float = 0.05
     conf_change_rate: float = 0.0
+    remove_rate: float = 0.0  # remove a voter (at least three stay), or re-add a removed node
     transfer_rate: float = 0.005
     snapshot_every: int = 0
     disk_delay_rate: float = 0.0  # see ClusterOptions: asynchronous persistence
@@ -80,6 +81,7 @@ PROFILES: dict[str, Profile] = {
             bounce_after_vote_rate=0.05,
             isolate_leader_rate=0.01,
             cut_rate=0.01,
+            remove_rate=0.01,
         ),
         # Figure 8 (Raft §5.4.2): leaders are cut off right after they win or commit, so
         # entries of old terms sit on minorities while newer terms come and go. One entry per
@@ -324,6 +326,8 @@ class ScenarioRun:
             c.transfer_leader(rng.choice(c.nodes[leader].app.conf_state.voters or (leader,)))
         if self._chance(p.conf_change_rate):
             self._change_membership(leader)
+        if self._chance(p.remove_rate):
+            self._remove_or_readd(leader)
 
     def _change_membership(self, leader: int) -> None:
         """Leave an explicit joint configuration, swap a learner and a voter through joint
@@ -335,6 +339,19 @@ class ScenarioRun:
             self._joint_swap(leader, conf)
         else:
             self._toggle_learner(leader, conf)
+
+    def _remove_or_readd(self, leader: int) -> None:
+        """Remove a voter (the leader too: it must step down once the change applies) while
+        three voters stay, or bring a removed node back as a learner (thesis §4.2.2)."""
+        conf = self.cluster.nodes[leader].app.conf_state
+        removed = [i for i in self.cluster.ids if i not in members(conf)]
+        if removed and self.rng.random() < 0.5:
+            node_id, kind = self.rng.choice(removed), ConfChangeType.ADD_LEARNER
+        elif len(conf.voters) > 3 and not conf.voters_outgoing:
+            node_id, kind = self.rng.choice(conf.voters), ConfChangeType.REMOVE_NODE
+        else:
+            return
+        self._propose_change(leader, ConfChange(changes=(ConfChangeSingle(kind, node_id),)))
 
     def _joint_swap(self, leader: int, conf: ConfState) -> None:
         promote = self.rng.choice(conf.learners)
@@ -412,7 +429,8 @@ class ScenarioRun:
         leader = c.leader()
         if leader is None or c.nodes[leader].commit == 0:
             return False
-        apps = [c.nodes[i].app for i in c.ids]
+        current = members(c.nodes[leader].app.conf_state)  # removed nodes stay behind
+        apps = [c.nodes[i].app for i in c.ids if i in current]
         if any(a.applied_index != c.nodes[leader].commit for a in apps):
             return False
         if len({a.digest for a in apps}) != 1:
@@ -439,6 +457,11 @@ class ScenarioRun:
         r.snapshots = c.messages_sent(MessageType.SNAP)
         r.transfers = c.messages_sent(MessageType.TIMEOUT_NOW)
         return r
+
+
+def members(conf: ConfState) -> set[int]:
+    """Every node a configuration replicates to (voters and learners, joint halves too)."""
+    return {*conf.voters, *conf.learners, *conf.voters_outgoing, *conf.learners_next}
 
 
 def run_seed(

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"errors", "raft", "state", "storage", "transport", "node", "client"},
     "client": {"errors", "raft", "state", "api"},
     "sim": {"errors", "raft", "state", "storage", "transport", "node", "api", "client", "verify"},
-    "verify": {"errors", "raft", "state", "client", "api"},
+    "verify": {"errors", "raft", "state", "client", "api", "transport"},
     "bench": {"errors", "raft", "state", "storage", "transport", "node", "api", "client"},
     "cli": {
         "errors", "raft", "state", "storage", "transport", "node", "api", "client", "sim",

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import quorum
@@ -75,7 +75,7 @@ class ClusterBackend(LocalBackend):
         max_request_bytes: int = (3 << 20) // 2,
         lease_check_interval_s: float = 0.5,
         progress_notify_interval_s: float = 600.0,
-        keepalive_forwarder: Callable[[int, int], Any] | None = None,
+        leader_client: Callable[[int], Awaitable[Any]] | None = None,
     ) -> None:
         super().__init__(
             kv.store.config,
@@ -91,8 +91,9 @@ class ClusterBackend(LocalBackend):
         self.core = server.core
         self.kv = kv
         self.max_request_bytes = max_request_bytes
-        # (leader_id, lease_id) -> awaitable TTL: forwards keepalives from a follower
-        self.keepalive_forwarder = keepalive_forwarder
+        # leader_id -> a native-protocol client connected to the leader: a follower relays
+        # the calls only the leader can answer (lease keepalives, learner promotion)
+        self.leader_client = leader_client
         kv.on_apply = self._after_apply
         previous = self.core.on_soft_state
         self.core.on_soft_state = lambda ss: self._on_soft_state(ss, previous)
@@ -163,10 +164,14 @@ class ClusterBackend(LocalBackend):
         leader = self.core.leader_id
         if self._sm.lease_info(lease_id) is None:
             raise LeaseNotFound()
-        if leader and self.keepalive_forwarder is not None:
-            ttl: int = await self.keepalive_forwarder(leader, lease_id)
-            return ttl
-        raise NotLeader("lease keepalive must reach the leader", leader_id=leader)
+        client = await self._leader(leader, "lease keepalive")
+        ttl: int = await client.lease_keepalive_once(lease_id)
+        return ttl
+
+    async def _leader(self, leader: int, what: str) -> Any:
+        if not leader or self.leader_client is None:
+            raise NotLeader(f"{what} must reach the leader, which is unknown", leader_id=leader)
+        return await self.leader_client(leader)
 
     async def lease_time_to_live(self, lease_id: int, keys: bool = False) -> LeaseGrantInfo:
         info = self._sm.lease_info(lease_id, keys=keys)
@@ -181,8 +186,9 @@ class ClusterBackend(LocalBackend):
 
     def _to_member(self, m: MemberInfo) -> Member:
         peers = (f"http://{m.peer_url}",) if m.peer_url else ()
-        clients = tuple(f"http://{u}" for u in (m.etcd_url, m.client_url) if u)
-        return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner)
+        clients = tuple(f"http://{u}" for u in (m.client_url, m.etcd_url) if u)
+        etcd = (f"http://{m.etcd_url}",) if m.etcd_url else ()
+        return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner, etcd)
 
     def _members(self) -> tuple[Member, ...]:
         return tuple(self._to_member(self.core.members[i]) for i in sorted(self.core.members))
@@ -237,16 +243,19 @@ class ClusterBackend(LocalBackend):
         current = self.core.members.get(member_id)
         if current is None:
             raise MemberNotFound("etcdserver: member not found")
+        if not current.is_learner:
+            raise MemberNotLearner("etcdserver: can only promote a learner member")
+        if not self.core.is_leader:
+            # only the leader knows how far the learner got: let it decide
+            client = await self._leader(self.core.leader_id, "member promote")
+            await client.member_promote(member_id)
+            return MemberChange(self._to_member(self.core.members[member_id]), self._members())
         self._check_learner_ready(member_id)
         return await self._change(ConfChangeType.ADD_NODE, member_id)
 
     def _check_learner_ready(self, member_id: int) -> None:
         """A learner is promoted only once it holds at least 90% of the leader's log (as etcd
         does), so the promotion cannot stall commits while it catches up."""
-        if not self.core.members[member_id].is_learner:
-            raise MemberNotLearner("etcdserver: can only promote a learner member")
-        if not self.core.is_leader:
-            return  # the leader's log is unknown here; the change is forwarded as proposed
         status = self.core.rn.status()
         progress = next((p for p in status.progress if p.id == member_id), None)
         if progress is None or progress.match < status.last_index * 0.9:

@@ -21,16 +21,17 @@ from typing import Any
 import msgspec
 
 from quorum.api.cluster import ClusterBackend
+from quorum.node.clock import SystemClock
 from quorum.node.config import NodeConfig, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
 from quorum.node.server import RaftServer
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
-from quorum.raft import Config, ReadOnlyOption
+from quorum.raft import PLANTED_BUGS, Config, ReadOnlyOption
 from quorum.raft.types import Message, MessageType, Snapshot
 from quorum.state import StateConfig
-from quorum.storage.durable import DurableStorage
+from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import OsFileSystem
 from quorum.transport.codec import SnapshotChunk
 from quorum.transport.tcp import PeerTransport
@@ -44,8 +45,14 @@ class QuorumProcess:
     """A running quorum server. ``await start()``, then ``await stop()``."""
 
     def __init__(self, config: NodeConfig, *, raft_overrides: dict[str, Any] | None = None,
-                 storage: NodeStorage | None = None) -> None:
+                 storage: NodeStorage | None = None,
+                 planted_bugs: frozenset[str] = frozenset(), clock_rate: float = 1.0) -> None:
+        """``planted_bugs`` (tests only) break rules on purpose: Raft's (see
+        quorum.raft.config.PLANTED_BUGS), "stale_read" (reads skip ReadIndex) and
+        "ack_before_fsync" (the WAL never fsyncs). ``clock_rate`` skews this node's clock."""
         self.config = config.validate()
+        self.planted_bugs = planted_bugs
+        self.clock_rate = clock_rate
         self.raft_overrides = raft_overrides or {}
         self._storage_override = storage
         self.native: Any = None
@@ -60,7 +67,8 @@ class QuorumProcess:
     def _open_storage(self) -> NodeStorage:
         if self._storage_override is not None:
             return self._storage_override
-        durable = DurableStorage.open(OsFileSystem(), self.config.data_dir)
+        options = StorageOptions(planted_skip_fsync="ack_before_fsync" in self.planted_bugs)
+        durable = DurableStorage.open(OsFileSystem(), self.config.data_dir, options)
         return DurableNodeStorage(durable)
 
     def _members(self) -> tuple[MemberInfo, ...]:
@@ -80,6 +88,7 @@ class QuorumProcess:
             read_only_option=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
             max_inflight_msgs=cfg.max_inflight_msgs,
             max_size_per_msg=cfg.max_size_per_msg,
+            planted_bugs=self.planted_bugs & PLANTED_BUGS,
             **self.raft_overrides,
         )
 
@@ -100,9 +109,11 @@ class QuorumProcess:
             request_timeout_ticks=cfg.request_timeout_ticks,
             members=members,
             incarnation=secrets.randbits(31),
+            planted_bugs=self.planted_bugs,
         )
         self.core.fsync = cfg.fsync
-        self.server = RaftServer(self.core, tick_s=cfg.tick_ms / 1000)
+        self.server = RaftServer(self.core, tick_s=cfg.tick_ms / 1000,
+                                 clock=SystemClock(rate=self.clock_rate))
         peers = self._peer_addresses(self.core.members)
         self.transport = PeerTransport(
             cfg.cluster_id, cfg.id, split_addr(cfg.peer_listen), peers,
@@ -116,7 +127,7 @@ class QuorumProcess:
         self.backend = ClusterBackend(
             self.server, self.kv, cluster_id=cfg.cluster_id,
             max_request_bytes=cfg.max_request_bytes,
-            keepalive_forwarder=self._forward_keepalive,
+            leader_client=self._leader_client,
         )
         await self.transport.start()
         await self.server.start()
@@ -148,12 +159,14 @@ class QuorumProcess:
             me = self.core.members.get(cfg.id)
             if me is None or not self.core.leader_id:
                 continue
-            wanted = (cfg.client_listen, cfg.etcd_listen, cfg.peer_listen)
-            if (me.client_url, me.etcd_url, me.peer_url) == wanted:
+            # The peer address stays as the cluster knows it (given to `member add` or in
+            # the initial cluster): it may be an advertised address (a proxy, a NAT) that
+            # differs from where this process listens.
+            if (me.client_url, me.etcd_url) == (cfg.client_listen, cfg.etcd_listen):
                 return
             try:
                 await self.backend.publish_member(
-                    MemberInfo(cfg.id, cfg.name or me.name, cfg.peer_listen, cfg.client_listen,
+                    MemberInfo(cfg.id, cfg.name or me.name, me.peer_url, cfg.client_listen,
                                cfg.etcd_listen, me.is_learner)
                 )
             except Exception as exc:  # retried until it lands
@@ -230,18 +243,16 @@ class QuorumProcess:
         self.core.report_unreachable(peer)
         self.server.wake()
 
-    async def _forward_keepalive(self, leader: int, lease_id: int) -> int:
-        """A follower relays a lease keepalive to the leader's native port."""
+    async def _leader_client(self, leader: int) -> Any:
+        """A native-protocol client of the leader, for calls a follower relays."""
         from quorum.client.aio import AsyncClient
+        from quorum.errors import NotLeader
 
         member = self.core.members.get(leader)
         if member is None or not member.client_url:
-            from quorum.errors import NotLeader
-
             raise NotLeader("leader address unknown", leader_id=leader)
         client = self._forward_clients.get(leader)
-        if client is None:
+        if client is None or client.endpoints != [member.client_url]:
             client = AsyncClient([member.client_url])
             self._forward_clients[leader] = client
-        ttl: int = await client.lease_keepalive_once(lease_id)
-        return ttl
+        return client

@@ -19,6 +19,7 @@ from quorum.cli.bench_cmd import bench
 from quorum.cli.output import emit_json, fail, table, text
 from quorum.cli.serve import cluster, serve
 from quorum.cli.sim_cmd import sim
+from quorum.cli.verify_cmd import verify
 from quorum.errors import QuorumError
 
 T = TypeVar("T")
@@ -73,6 +74,7 @@ cli.add_command(serve)
 cli.add_command(cluster)
 cli.add_command(sim)
 cli.add_command(bench)
+cli.add_command(verify)
 
 
 def _b(value: str) -> bytes:

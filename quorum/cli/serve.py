@@ -41,10 +41,11 @@ def _use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: NodeConfig) -> None:
+async def _serve(config: NodeConfig, planted_bugs: frozenset[str] = frozenset()) -> None:
     from quorum.api.process import QuorumProcess
 
-    proc = QuorumProcess(config)
+    rate = float(os.environ.get("QUORUM_CLOCK_RATE", "1"))  # clock-skew testing (verify)
+    proc = QuorumProcess(config, planted_bugs=planted_bugs, clock_rate=rate)
     await proc.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,11 +84,13 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--lease-reads", is_flag=True, default=None,
               help="Serve linearizable reads from the leader lease (assumes bounded clock drift).")
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--planted-bugs", default="", hidden=True,
+              help="TESTS ONLY: break safety rules on purpose (see docs/verify.md).")
 def serve(config_path: str | None, node_id: int | None, name: str | None, data_dir: str | None,
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
           initial_cluster: str | None, join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
-          lease_reads: bool | None, log_level: str) -> None:
+          lease_reads: bool | None, log_level: str, planted_bugs: str) -> None:
     """Run one quorum server."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -113,8 +116,9 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _use_uvloop()
+    bugs = frozenset(b for b in planted_bugs.split(",") if b)
     try:
-        asyncio.run(_serve(cfg))
+        asyncio.run(_serve(cfg, bugs))
     except QuorumError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 

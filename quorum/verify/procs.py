@@ -31,9 +31,11 @@ def free_ports(count: int) -> list[int]:
 
 
 class ProcNode:
-    def __init__(self, node_id: int, peer: int, native: int, etcd: int) -> None:
+    def __init__(self, node_id: int, peer: int, native: int, etcd: int,
+                 listen: int | None = None) -> None:
         self.id = node_id
-        self.peer_url = f"127.0.0.1:{peer}"
+        self.peer_url = f"127.0.0.1:{peer}"  # what the other nodes dial (maybe a proxy)
+        self.peer_listen = f"127.0.0.1:{listen or peer}"  # where the node really listens
         self.client_url = f"127.0.0.1:{native}"
         self.etcd_url = f"127.0.0.1:{etcd}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,19 +56,23 @@ class ProcCluster:
 
     def __init__(self, n: int, base_dir: str | Path, *, tick_ms: int = 50,
                  election_ticks: int = 10, snapshot_entries: int = 10_000,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), proxied: bool = False) -> None:
+        """``proxied``: peers dial each node through a port of a PartitionProxy (started by
+        the caller on ``proxy_ports()``), so partitions can be injected."""
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
         self.snapshot_entries = snapshot_entries
         self.extra_args = extra_args
-        ports = free_ports(3 * n)
-        self.nodes: dict[int, ProcNode] = {
-            i: ProcNode(i, ports[3 * (i - 1)], ports[3 * (i - 1) + 1], ports[3 * (i - 1) + 2])
-            for i in range(1, n + 1)
-        }
+        per = 4 if proxied else 3
+        ports = free_ports(per * n)
+        self.nodes: dict[int, ProcNode] = {}
+        for i in range(1, n + 1):
+            p = ports[per * (i - 1): per * i]
+            self.nodes[i] = ProcNode(i, p[0], p[1], p[2], p[3] if proxied else None)
         self._initial = ",".join(node.spec() for node in self.nodes.values())
+        self.node_env: dict[int, dict[str, str]] = {}  # extra environment per node
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -81,7 +87,7 @@ class ProcCluster:
         return [
             sys.executable, "-m", "quorum.cli.main", "serve",
             "--id", str(node.id), "--data-dir", str(self.base_dir / f"node{node.id}"),
-            "--peer-listen", node.peer_url, "--client-listen", node.client_url,
+            "--peer-listen", node.peer_listen, "--client-listen", node.client_url,
             "--etcd-listen", node.etcd_url, "--initial-cluster", self._initial,
             "--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks),
             "--snapshot-entries", str(self.snapshot_entries), "--log-level", "warning",
@@ -96,8 +102,9 @@ class ProcCluster:
     def start_node(self, node_id: int) -> None:
         node = self.nodes[node_id]
         log = open(self.base_dir / f"node{node_id}.log", "ab")  # noqa: SIM115 - owned by child
+        env = {**os.environ, **self.node_env.get(node_id, {})}
         node.proc = subprocess.Popen(self._command(node), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         log.close()
         node.paused = False
 
@@ -177,6 +184,14 @@ class ProcCluster:
         return node
 
     # --- addresses ----------------------------------------------------------------------------
+
+    def proxy_ports(self) -> dict[int, int]:
+        """node -> the advertised peer port (the proxy's listening port when proxied)."""
+        return {i: int(n.peer_url.rsplit(":", 1)[1]) for i, n in self.nodes.items()}
+
+    def real_peer_addresses(self) -> dict[int, tuple[str, int]]:
+        return {i: (n.peer_listen.rsplit(":", 1)[0], int(n.peer_listen.rsplit(":", 1)[1]))
+                for i, n in self.nodes.items()}
 
     def endpoints(self, alive_only: bool = True) -> list[str]:
         return [n.client_url for n in self.nodes.values()

@@ -21,7 +21,7 @@ import msgspec
 from quorum.errors import ConfigError, InvalidConfChange, SnapshotTemporarilyUnavailable
 from quorum.raft import election, follower, leader
 from quorum.raft.confchange import Changer, TrackerConfig, apply_to_tracker, restore
-from quorum.raft.config import Config
+from quorum.raft.config import Config, ReadOnlyOption
 from quorum.raft.log import RaftLog
 from quorum.raft.progress import ProgressTracker
 from quorum.raft.readonly import ReadOnly
@@ -76,6 +76,7 @@ class Raft:
         self.bcast_pending = False  # leader: appends deferred until the next Ready
         self.read_round_pending = False  # leader: a ReadIndex heartbeat round is due
         self.ticks = 0  # local logical clock (heartbeats carry their send tick)
+        self.startup_quiet_ticks = 0  # ignore vote requests until ticks reaches this
         # leader: per voter, 1 + the send tick of the newest heartbeat it acknowledged
         self.heartbeat_acks: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
@@ -87,6 +88,10 @@ class Raft:
             self.switch_to_config(restore(self.trk, conf_state, self.raft_log.last_index()))
         if not hard_state.is_empty():
             self._load_hard_state(hard_state)
+            if config.read_only_option == ReadOnlyOption.LEASE_BASED:
+                # A lease holder counts on us not voting for another leader for an election
+                # timeout after its heartbeat; a restart must not erase that promise.
+                self.startup_quiet_ticks = config.election_ticks
         if self.term < self.raft_log.last_term():
             # Invariant: current term >= every log term. A bootstrap snapshot may carry a
             # term the hard state never saw; adopting it keeps the first election's term
@@ -246,11 +251,11 @@ class Raft:
     def in_lease(self) -> bool:
         """Leader stickiness (thesis §4.2.3): a follower that heard from a leader within the
         election timeout ignores vote requests, so a rejoining node cannot depose it."""
-        return (
-            self.config.check_quorum
-            and self.lead != NONE
-            and self.election_elapsed < self.config.election_ticks
-        )
+        if not self.config.check_quorum:
+            return False
+        if self.ticks < self.startup_quiet_ticks:
+            return True  # restarted in lease mode: we may have promised a leader our silence
+        return self.lead != NONE and self.election_elapsed < self.config.election_ticks
 
     # --- the entry point ---------------------------------------------------------------------
 

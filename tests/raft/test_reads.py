@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quorum.raft import MessageType, ReadOnlyOption
+from quorum.raft import Message, MessageType, ReadOnlyOption
 
 from .net import Net
 
@@ -45,3 +45,26 @@ def test_no_lease_reads_during_a_leadership_transfer() -> None:
     assert rd.read_states == []
     assert any(m.type == MT.HEARTBEAT and m.context == b"during-transfer"
                for m in rd.early_messages)
+
+
+def test_restarted_follower_in_lease_mode_stays_silent_for_an_election_timeout() -> None:
+    """A follower that acknowledged a lease-granting heartbeat and then restarted must not
+    help elect another leader before that lease could have run out."""
+    net = Net(read_only_option=ReadOnlyOption.LEASE_BASED, pre_vote=False)
+    net.elect(1)
+    net.restart(2)
+    vote = Message(type=MT.VOTE, to=2, from_=3, term=9, index=99, log_term=9)
+    net.node(2).step(vote)
+    assert net.node(2).status().counters["ignored.vote_in_lease"] == 1
+    assert net.node(2).status().term == 2  # not even the term moved
+    net.tick(2, net.node(2).raft.config.election_ticks)
+    net.node(2).step(vote)
+    assert net.node(2).status().vote == 3
+
+
+def test_restart_in_safe_mode_votes_at_once() -> None:
+    net = Net(pre_vote=False)
+    net.elect(1)
+    net.restart(2)
+    net.node(2).step(Message(type=MT.VOTE, to=2, from_=3, term=9, index=99, log_term=9))
+    assert net.node(2).status().vote == 3

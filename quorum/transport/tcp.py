@@ -185,8 +185,11 @@ class LinkStats:
 
 
 class _Link:
-    """The outbound link to one peer: a bounded queue drained by one writer task.
+    """The outbound link to one peer: a bounded queue, flushed once per event-loop turn.
 
+    ``enqueue`` schedules one ``_flush`` callback per loop turn (``call_soon``, no task wake-up
+    per batch), which encodes everything queued and writes it at once. Only when the socket
+    is backed up does the link's task take over: it awaits ``drain()`` and flushes again.
     States: connecting (messages queue), connected (messages queue and are written each turn),
     backing off after a failure (messages are dropped and the peer reported unreachable).
     Invariant: messages leave in the order they were queued; a failure drops the queue instead
@@ -203,20 +206,22 @@ class _Link:
         self._accepting = True  # False while backing off after a failure
         self._broken: str | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._flush_scheduled = False
         self._failures_in_row = 0
         self._last_pong = 0.0
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     def enqueue(self, messages: list[Message]) -> bool:
         """Queue messages; False if some were dropped (backing off or the queue is full)."""
         room = self.owner.config.max_queued_messages - len(self._pending) if self._accepting else 0
         if room >= len(messages):
             self._pending += messages
-            self._wakeup.set()
+            self._schedule_flush()
             return True
         if room > 0:
             self._pending += messages[:room]  # a prefix keeps the order of what we keep
-            self._wakeup.set()
+            self._schedule_flush()
         self.stats.dropped_messages += len(messages) - max(room, 0)
         return False
 
@@ -224,6 +229,32 @@ class _Link:
         self.task.cancel()
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+
+    def _schedule_flush(self) -> None:
+        # One flush per loop turn however many send() calls the turn makes. While connecting
+        # there is no writer: the link task flushes once the handshake is done.
+        if not self._flush_scheduled and self._writer is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Encode everything queued once and write it, unless the socket is backed up."""
+        self._flush_scheduled = False
+        writer = self._writer
+        if writer is None or not self._pending or self._broken is not None:
+            return
+        if writer.transport.get_write_buffer_size() >= self.owner.config.write_buffer_high_bytes:
+            self._wakeup.set()  # back-pressure: the link task awaits drain(), then flushes
+            return
+        batch, self._pending = self._pending, []
+        frames, encoded = self.owner.encode_batch(self.peer_id, batch)
+        data = b"".join(frames)
+        writer.write(data)
+        self.stats.sent_messages += encoded
+        self.stats.dropped_messages += len(batch) - encoded
+        self.stats.sent_frames += len(frames)
+        self.stats.sent_bytes += len(data)
 
     async def _run(self) -> None:
         backoff = Backoff(self.owner.config, self.owner.rng)
@@ -274,23 +305,17 @@ class _Link:
         return self._broken or "closed"
 
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
-        # One turn = everything queued since the last turn, encoded once, written together.
+        # The hot path is _flush; this loop only handles what it cannot: what was queued
+        # while connecting, a backed-up socket, and the connection breaking.
+        self._wakeup.clear()
+        self._flush()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._broken is not None:
                 return
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            frames, encoded = self.owner.encode_batch(self.peer_id, batch)
-            data = b"".join(frames)
-            writer.write(data)
-            self.stats.sent_messages += encoded
-            self.stats.dropped_messages += len(batch) - encoded
-            self.stats.sent_frames += len(frames)
-            self.stats.sent_bytes += len(data)
             await writer.drain()
+            self._flush()
 
     async def _watch(self, frames: _FrameReader) -> None:
         """Notice a peer closing or breaking the connection even while we have nothing to send.

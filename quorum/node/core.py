@@ -137,9 +137,10 @@ class NodeCore:
         snap = self.storage.log.snapshot()
         if not snap.is_empty():
             self._restore_snapshot(snap)
-        _hs, self.conf_state = self.storage.log.initial_state()
         cfg = dataclasses.replace(raft_config, applied=self.applied)
         self.rn = RawNode(cfg, self.storage.log, self._rng)
+        # The live configuration: the storage's snapshot plus any change the core replayed.
+        self.conf_state = self.rn.status().conf_state
 
     # --- inputs (queued; fed to Raft by drain) ------------------------------------------------
 

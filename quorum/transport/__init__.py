@@ -12,7 +12,8 @@ from quorum.transport.codec import (
     SnapshotChunk,
     StreamKind,
 )
-from quorum.transport.tcp import Address, LinkStats, PeerTransport, TransportConfig
+from quorum.transport.config import TransportConfig
+from quorum.transport.tcp import Address, LinkStats, PeerTransport
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import Protocol
 
 import msgspec
@@ -54,6 +55,7 @@ from quorum.state.sessions import Session, SessionTable
 SNAPSHOT_VERSION = 1
 _FRAME = struct.Struct(">II")
 _HEADER_KIND, _KEYS_KIND, _TRAILER_KIND = b"H", b"K", b"T"  # first payload byte
+_FIELDS = [itemgetter(i) for i in range(5)]  # mod, create, version, value, lease
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -144,8 +146,10 @@ def _columns(batch: list[bytes], cap: Capture) -> tuple[object, ...]:
                 records = [r for r in records if r[MOD] <= rev]
             counts.append(len(records))
             recs.extend(records)
-    mods, creates, versions, values, leases = zip(*recs)
-    return batch, counts, mods, creates, versions, values, leases
+    # One C-level pass per field. (zip(*recs) would create an iterator object per record,
+    # and that many container allocations set off the cyclic GC over the whole heap.)
+    columns = [list(map(getter, recs)) for getter in _FIELDS]
+    return (batch, counts, *columns)
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:

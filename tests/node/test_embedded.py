@@ -1,0 +1,226 @@
+"""Embedded mode (quorum.node.embedded): three real nodes in one event loop on loopback, each
+with its own durable WAL (fsync on), replicating CounterStateMachine."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quorum.errors import ConfigError, LeaderChanged, NodeStopped, RequestTimeout
+from quorum.node.embedded import (
+    EmbeddedNode,
+    EmbeddedOptions,
+    loopback_peers,
+    propose_with_retry,
+    start_embedded,
+)
+from quorum.node.statemachine import CounterStateMachine
+
+Node = EmbeddedNode[CounterStateMachine]
+FAST = EmbeddedOptions(tick_ms=20, election_ticks=10)
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "counter.py"
+
+
+def inc(delta: int = 1) -> bytes:
+    return delta.to_bytes(8, "big", signed=True)
+
+
+def run(coro: Awaitable[Any], timeout_s: float = 60) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))  # type: ignore[arg-type]
+
+
+async def start_cluster(tmp: Path, ids: tuple[int, ...] = (1, 2, 3)) -> list[Node]:
+    peers = loopback_peers(ids)
+    return [await start_embedded(i, peers, str(tmp / f"n{i}"), CounterStateMachine(), FAST)
+            for i in ids]
+
+
+async def with_cluster(tmp: Path, body: Callable[[list[Node]], Awaitable[Any]]) -> Any:
+    nodes = await start_cluster(tmp)
+    try:
+        await nodes[0].wait_for_leader()
+        return await body(nodes)
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+async def read_values(nodes: list[Node]) -> list[int]:
+    return [await n.read(lambda sm: sm.value) for n in nodes]
+
+
+def test_increments_from_many_tasks_on_every_node_agree(tmp_path: Path) -> None:
+    async def body(nodes: list[Node]) -> tuple[list[int], list[int], list[int]]:
+        results: list[int] = []
+
+        async def task(node: Node, delta: int) -> None:
+            for _ in range(20):
+                results.append(await node.propose(inc(delta)))
+
+        # 4 tasks per node, followers included (they forward to the leader); deltas differ
+        # so a lost or doubled command changes the sum.
+        await asyncio.gather(*(task(n, d) for n in nodes for d in (1, 2, 3, 5)))
+        values = await read_values(nodes)
+        applied = [n.applied_index for n in nodes]
+        return values, applied, results
+
+    values, applied, results = run(with_cluster(tmp_path, body))
+    expected = 20 * 3 * (1 + 2 + 3 + 5)
+    assert values == [expected] * 3
+    assert len(set(applied)) == 1
+    # every proposer got the counter value right after its own command: all distinct and the
+    # largest is the final value (each result is a prefix sum of the one applied order)
+    assert len(set(results)) == len(results) == 20 * 3 * 4 and max(results) == expected
+
+
+def test_leader_stop_then_survivors_elect_and_continue(tmp_path: Path) -> None:
+    async def body(nodes: list[Node]) -> tuple[int, int, int, list[int], int]:
+        # "acked" counts increments whose propose returned; "unknown" those that failed
+        # with an outcome-unknown error (LeaderChanged, RequestTimeout, NodeStopped).
+        acked = unknown = 0
+        stop = asyncio.Event()
+
+        async def writer(node: Node) -> None:
+            nonlocal acked, unknown
+            while not stop.is_set():
+                try:
+                    await propose_with_retry(node, inc())
+                    acked += 1
+                except (LeaderChanged, RequestTimeout, NodeStopped):
+                    unknown += 1  # the command may or may not have committed
+                    await asyncio.sleep(0.02)
+
+        leader_id = nodes[0].leader_id
+        old = next(n for n in nodes if n.id == leader_id)
+        survivors = [n for n in nodes if n is not old]
+        tasks = [asyncio.create_task(writer(n)) for n in nodes for _ in range(3)]
+        await asyncio.sleep(0.5)
+        before = acked
+        await old.stop()
+        assert await survivors[0].wait_for_leader() != old.id
+        acked_at_election = acked
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        values = await read_values(survivors)
+        return before, acked_at_election, acked, values, unknown
+
+    before, at_election, acked, values, unknown = run(with_cluster(tmp_path, body))
+    assert before > 0 and acked > at_election  # writes went on under the new leader
+    assert values[0] == values[1]
+    # every acknowledged increment is in, and nothing beyond what might have committed
+    assert acked <= values[0] <= acked + unknown
+
+
+def test_restart_recovers_the_counter_from_disk(tmp_path: Path) -> None:
+    peers = loopback_peers((1, 2, 3))
+
+    async def scenario() -> tuple[int, int]:
+        nodes = [await start_embedded(i, peers, str(tmp_path / f"n{i}"),
+                                      CounterStateMachine(), FAST) for i in peers]
+        try:
+            await nodes[0].wait_for_leader()
+            for _ in range(30):
+                await nodes[0].propose(inc(7))
+            victim = next(n for n in nodes if not n.is_leader)
+            await victim.stop()
+            await next(n for n in nodes if n.is_leader).propose(inc(1))  # while it is down
+            # a fresh state machine is rebuilt from the WAL and the peers' log
+            again = await start_embedded(victim.id, peers, victim.data_dir,
+                                         CounterStateMachine(), FAST)
+            nodes[nodes.index(victim)] = again
+            await again.wait_for_leader()
+            after = await again.read(lambda sm: sm.value)
+            leader_value = await next(n for n in nodes if n.is_leader).read(lambda sm: sm.value)
+            return after, leader_value
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    after, leader_value = run(scenario())
+    assert after == leader_value == 211
+
+
+def test_snapshot_catches_up_a_node_that_missed_compacted_entries(tmp_path: Path) -> None:
+    """With a tiny snapshot interval the leader compacts past what a stopped follower has;
+    on return it must be sent a snapshot (over the chunked snapshot stream) to catch up."""
+    opts = EmbeddedOptions(tick_ms=20, snapshot_entries=10, snapshot_catchup_entries=2)
+    peers = loopback_peers((1, 2, 3))
+
+    async def scenario() -> list[int]:
+        nodes = [await start_embedded(i, peers, str(tmp_path / f"n{i}"),
+                                      CounterStateMachine(), opts) for i in peers]
+        try:
+            leader = nodes[await nodes[0].wait_for_leader() - 1]
+            lagging = next(n for n in nodes if n is not leader)
+            lagging_last = lagging.storage.log.last_index()
+            await lagging.stop()
+            for _ in range(60):
+                await leader.propose(inc())
+            # the entries it lacks are gone from the leader's log: only a snapshot helps
+            assert leader.storage.log.first_index() > lagging_last + 1
+            back = await start_embedded(lagging.id, peers, lagging.data_dir,
+                                        CounterStateMachine(), opts)
+            nodes[nodes.index(lagging)] = back
+            await back.wait_for_leader()
+            return await read_values(nodes)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    assert run(scenario()) == [60, 60, 60]
+
+
+def test_stopped_node_rejects_calls(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        node = await start_embedded(1, loopback_peers((1,)), str(tmp_path / "solo"),
+                                    CounterStateMachine(), FAST)
+        await node.wait_for_leader()
+        assert await node.propose(inc(4)) == 4
+        await node.stop()
+        with pytest.raises(NodeStopped):
+            await node.propose(inc(1))
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("node_id", "peers", "options"),
+    [
+        (4, {1: "127.0.0.1:1", 2: "127.0.0.1:2"}, None),  # own id missing
+        (0, {0: "127.0.0.1:1"}, None),
+        (1, {1: "localhost"}, None),  # no port
+        (1, {1: "127.0.0.1:1"}, EmbeddedOptions(election_ticks=1, heartbeat_ticks=1)),
+        (1, {1: "127.0.0.1:1"}, EmbeddedOptions(lease_reads=True, check_quorum=False)),
+    ],
+)
+def test_bad_configuration_is_refused(node_id: int, peers: dict[int, str],
+                                      options: EmbeddedOptions | None) -> None:
+    with pytest.raises(ConfigError):
+        EmbeddedNode(node_id, peers, "unused", CounterStateMachine(), options)
+
+
+def _load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("counter_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counter_example_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = _load_example()
+    values = run(example.run_in_process(str(tmp_path), proposers=2, each=10))
+    assert values == [60, 60, 60]
+    assert capsys.readouterr().out.count("reads counter = 60") == 3
+
+
+def test_counter_example_three_processes(tmp_path: Path) -> None:
+    example = _load_example()
+    values = example.run_processes(str(tmp_path), each=10)
+    assert values == [30, 30, 30]

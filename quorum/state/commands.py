@@ -11,6 +11,10 @@ version byte is rejected with ``InvalidCommand``.
 
 Stability: these names and field orders are the contract the node runtime, the API layers and
 the client build on.
+
+All Structs are ``gc=False``: frozen Structs and tuples cannot be mutated after construction,
+so they can never be part of a reference cycle, and leaving them out of the cyclic garbage
+collector matters on the apply path (several of them are made per applied command).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
 # --- requests (ops of the log) ------------------------------------------------------------------
 
 
-class RangeRequest(msgspec.Struct, frozen=True, array_like=True, tag="range"):
+class RangeRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="range"):
     """Read keys in [key, range_end). range_end b"" = the single key; b"\\0" = every key >=
     key. ``revision`` <= 0 reads the current revision. ``limit`` 0 = no limit; ``count``
     in the answer ignores the limit."""
@@ -111,7 +115,7 @@ class RangeRequest(msgspec.Struct, frozen=True, array_like=True, tag="range"):
     max_create_revision: int = 0
 
 
-class PutRequest(msgspec.Struct, frozen=True, array_like=True, tag="put"):
+class PutRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="put"):
     key: bytes
     value: bytes = b""
     lease: int = 0
@@ -120,13 +124,13 @@ class PutRequest(msgspec.Struct, frozen=True, array_like=True, tag="put"):
     ignore_lease: bool = False  # keep the current lease (the key must exist)
 
 
-class DeleteRangeRequest(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
+class DeleteRangeRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="delete"):
     key: bytes
     range_end: bytes = b""
     prev_kv: bool = False
 
 
-class Compare(msgspec.Struct, frozen=True, array_like=True):
+class Compare(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """``target`` of every key in [key, range_end) ``result`` ``value``. For VALUE the operand
     is bytes, otherwise an int. A missing key has version/create/mod/lease 0 and no value
     (a VALUE compare against a missing key is false, as in etcd)."""
@@ -138,7 +142,7 @@ class Compare(msgspec.Struct, frozen=True, array_like=True):
     range_end: bytes = b""
 
 
-class TxnRequest(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
+class TxnRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="txn"):
     """If every compare holds, run ``success`` else ``failure``; the whole txn is one revision."""
 
     compare: tuple[Compare, ...] = ()
@@ -149,41 +153,41 @@ class TxnRequest(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
 RequestOp: TypeAlias = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
 
 
-class CompactionRequest(msgspec.Struct, frozen=True, array_like=True, tag="compact"):
+class CompactionRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="compact"):
     revision: int
     physical: bool = False  # accepted for etcd compatibility; compaction is always immediate
 
 
-class LeaseGrantRequest(msgspec.Struct, frozen=True, array_like=True, tag="lease_grant"):
+class LeaseGrantRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_grant"):
     ttl: int  # seconds
     id: int = 0  # 0 = the store picks the next free id deterministically
 
 
-class LeaseRevokeRequest(msgspec.Struct, frozen=True, array_like=True, tag="lease_revoke"):
+class LeaseRevokeRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_revoke"):
     id: int
 
 
-class LeaseCheckpoint(msgspec.Struct, frozen=True, array_like=True):
+class LeaseCheckpoint(msgspec.Struct, frozen=True, array_like=True, gc=False):
     id: int
     remaining_ttl: int  # seconds left as known to the leader; 0 clears the checkpoint
 
 
-class LeaseCheckpointRequest(msgspec.Struct, frozen=True, array_like=True, tag="lease_ckpt"):
+class LeaseCheckpointRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_ckpt"):
     checkpoints: tuple[LeaseCheckpoint, ...] = ()
 
 
-class LeaseExpireRequest(msgspec.Struct, frozen=True, array_like=True, tag="lease_expire"):
+class LeaseExpireRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_expire"):
     """Proposed by the leader's runtime for leases its tracker found expired. Each lease is
     revoked at its own revision; ids no longer granted are skipped (a revoke may have won)."""
 
     ids: tuple[int, ...] = ()
 
 
-class SessionOpenRequest(msgspec.Struct, frozen=True, array_like=True, tag="session_open"):
+class SessionOpenRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="session_open"):
     pass
 
 
-class SessionCloseRequest(msgspec.Struct, frozen=True, array_like=True, tag="session_close"):
+class SessionCloseRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="session_close"):
     """Close (or expire, when the runtime decides a client is gone) a client session."""
 
     session_id: int
@@ -204,7 +208,7 @@ Request: TypeAlias = (
 )
 
 
-class Envelope(msgspec.Struct, frozen=True, array_like=True):
+class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a log entry holds. A non-zero ``session_id`` makes the command exactly-once:
     ``seq`` must grow per session; a retry of the last ``seq`` returns the recorded outcome."""
 
@@ -218,25 +222,25 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
 # nested in a txn carry the txn's revision.
 
 
-class RangeResponse(msgspec.Struct, frozen=True, array_like=True, tag="range"):
+class RangeResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="range"):
     revision: int
     kvs: tuple[KeyValue, ...] = ()
     more: bool = False
     count: int = 0
 
 
-class PutResponse(msgspec.Struct, frozen=True, array_like=True, tag="put"):
+class PutResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="put"):
     revision: int
     prev_kv: KeyValue | None = None
 
 
-class DeleteRangeResponse(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
+class DeleteRangeResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="delete"):
     revision: int
     deleted: int = 0
     prev_kvs: tuple[KeyValue, ...] = ()
 
 
-class TxnResponse(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
+class TxnResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="txn"):
     revision: int
     succeeded: bool = False
     responses: tuple[ResponseOp, ...] = ()
@@ -245,39 +249,39 @@ class TxnResponse(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
 ResponseOp: TypeAlias = RangeResponse | PutResponse | DeleteRangeResponse | TxnResponse
 
 
-class CompactionResponse(msgspec.Struct, frozen=True, array_like=True, tag="compact"):
+class CompactionResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="compact"):
     revision: int
 
 
-class LeaseGrantResponse(msgspec.Struct, frozen=True, array_like=True, tag="lease_grant"):
+class LeaseGrantResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_grant"):
     revision: int
     id: int = 0
     ttl: int = 0
 
 
-class LeaseRevokeResponse(msgspec.Struct, frozen=True, array_like=True, tag="lease_revoke"):
+class LeaseRevokeResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_revoke"):
     revision: int
 
 
-class LeaseCheckpointResponse(msgspec.Struct, frozen=True, array_like=True, tag="lease_ckpt"):
+class LeaseCheckpointResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_ckpt"):
     revision: int
 
 
-class LeaseExpireResponse(msgspec.Struct, frozen=True, array_like=True, tag="lease_expire"):
+class LeaseExpireResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_expire"):
     revision: int
     expired: tuple[int, ...] = ()  # the ids actually revoked
 
 
-class SessionOpenResponse(msgspec.Struct, frozen=True, array_like=True, tag="session_open"):
+class SessionOpenResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="session_open"):
     revision: int
     session_id: int = 0
 
 
-class SessionCloseResponse(msgspec.Struct, frozen=True, array_like=True, tag="session_close"):
+class SessionCloseResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="session_close"):
     revision: int
 
 
-class ErrorResponse(msgspec.Struct, frozen=True, array_like=True, tag="error"):
+class ErrorResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="error"):
     """A recorded failure (kept per client session so a retry re-raises the same error).
     ``code`` is the ``StateError.code``; ``detail`` carries the error's numeric field
     (compact revision for RevisionCompacted, current revision for FutureRevision)."""

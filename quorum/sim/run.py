@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from quorum.sim.membership import Reconfigurer
+from quorum.sim.watch import WatchWorkload
 from quorum.sim.workload import Client, finish_pending
 from quorum.sim.world import Violation, World
 from quorum.verify.history import Operation, Recorder
@@ -25,7 +27,8 @@ RAFT_BUGS = frozenset({"commit_old_term", "skip_vote_log_check", "forget_vote",
                        "read_index_no_quorum"})
 NODE_BUGS = frozenset({"stale_read"})
 STORAGE_BUGS = frozenset({"ack_before_fsync"})
-KNOWN_BUGS = RAFT_BUGS | NODE_BUGS | STORAGE_BUGS
+STATE_BUGS = frozenset({"split_txn_events"})  # watch hub splits a revision's events
+KNOWN_BUGS = RAFT_BUGS | NODE_BUGS | STORAGE_BUGS | STATE_BUGS
 
 
 class SimOptions(msgspec.Struct, kw_only=True):
@@ -48,12 +51,41 @@ class SimOptions(msgspec.Struct, kw_only=True):
     check_quorum: bool = True
     bounce_after_vote: bool = False  # crash and restart a node right after it grants a vote
     lin_max_steps: int = 300_000  # search budget; beyond it the verdict is UNKNOWN, not a pass
+    watch: bool = True  # watchers on every node, multi-key transaction writers, watch check
+    watch_writers: int = 1
+    lease_reads: bool = False  # ReadOnlyOption.LEASE_BASED: reads trust the leader lease
+    drift: float = 0.05  # each node's clock rate is drawn from [1 - drift, 1 + drift]
+    skew: float = 0.05  # "skew_clock" gives the leader a rate in [1 / (1 + skew), 1]
+    jump_ticks: int = 10  # "clock_jump" advances a node's clock by 1..jump_ticks ticks
+    profile: str = "default"  # the name the options came from (for the replay command)
 
 
 # Fault profiles. "default" mixes every fault; the others bias the nemesis toward the
 # conditions of one classic failure, which the default mix reaches only rarely.
 PROFILES: dict[str, dict[str, object]] = {
     "default": {},
+    # membership changes under crashes, partitions and leader transfers
+    "reconfig": {
+        "fault_every_ms": (60, 300),
+        "faults": ("reconfigure", "reconfigure", "reconfigure", "crash_one", "isolate_leader",
+                   "random_partition", "heal", "heal", "transfer_leader", "lossy",
+                   "pause_one", "resume_all", "clock_jump"),
+    },
+    # lease reads with clocks that stay within the lease's assumption (drift +-1%, no jumps,
+    # no pauses): linearizable. Leaders are isolated often, so the lease is what is tested.
+    "lease": {
+        "lease_reads": True, "drift": 0.01, "skew": 0.01, "clients": 4,
+        "fault_every_ms": (60, 250),
+        "faults": ("isolate_leader", "heal", "skew_clock", "crash_one", "random_partition",
+                   "transfer_leader"),
+    },
+    # lease reads with the leader's clock running far slower than the others' (drift beyond
+    # the assumption): expected to find stale reads (see docs/sim.md)
+    "lease_skew": {
+        "lease_reads": True, "drift": 0.01, "skew": 6.0, "clients": 4,
+        "fault_every_ms": (60, 250),
+        "faults": ("isolate_leader", "heal", "skew_clock", "skew_clock", "random_partition"),
+    },
     # rapid leader churn on 5 nodes: crashes and isolation of leaders
     "churn": {
         "nodes": 5, "fault_every_ms": (20, 120),
@@ -78,7 +110,7 @@ PROFILES: dict[str, dict[str, object]] = {
 def profile_options(profile: str, **overrides: object) -> SimOptions:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
-    return msgspec.convert({**PROFILES[profile], **overrides}, SimOptions)
+    return msgspec.convert({**PROFILES[profile], "profile": profile, **overrides}, SimOptions)
 
 
 class SimResult(msgspec.Struct, kw_only=True):
@@ -93,12 +125,15 @@ class SimResult(msgspec.Struct, kw_only=True):
     elapsed_s: float = 0.0
     replay: str = ""
     lin_verdict: str = ""  # OK, ILLEGAL or UNKNOWN (search budget exhausted)
+    conf_changes: int = 0  # membership changes proposed
+    watch_responses: int = 0  # watch responses delivered to the watchers
     history: list[Operation] = msgspec.field(default_factory=list)
 
 
 def replay_command(seed: int, options: SimOptions) -> str:
     bugs = f" --bugs {','.join(sorted(options.bugs))}" if options.bugs else ""
-    return f"quorum sim --seed {seed} --nodes {options.nodes}{bugs} --trace"
+    return (f"quorum sim --seed {seed} --profile {options.profile} --nodes {options.nodes}"
+            f"{bugs} --trace")
 
 
 class Nemesis:
@@ -110,6 +145,7 @@ class Nemesis:
         self.options = options
         self.count = 0
         self.active = True
+        self.membership = Reconfigurer(world, random.Random(rng.getrandbits(64)), options.nodes)
 
     def start(self) -> None:
         self.world.at(self.rng.randint(*self.options.fault_every_ms), self.step)
@@ -123,7 +159,8 @@ class Nemesis:
         self.world.at(self.rng.randint(1, 8), lambda: self._kill_and_restart(node_id))
 
     def _kill_and_restart(self, node_id: int) -> None:
-        if self.active and self.world.nodes[node_id].core is not None:
+        node = self.world.nodes.get(node_id)
+        if self.active and node is not None and node.core is not None:
             self.world.crash(node_id, torn=False)
             self.world.at(self.rng.randint(20, 150), lambda: self._restart(node_id))
 
@@ -140,7 +177,8 @@ class Nemesis:
         return [
             self.isolate_leader, self.random_partition, self.heal, self.heal,
             self.crash_one, self.crash_majority, self.pause_one, self.resume_all,
-            self.lossy, self.transfer_leader, self.crash_mid_write,
+            self.lossy, self.transfer_leader, self.crash_mid_write, self.reconfigure,
+            self.clock_jump, self.skew_clock,
         ]
 
     def _ids(self) -> list[int]:
@@ -188,8 +226,7 @@ class Nemesis:
             node.fs.crash_at_event = node.fs.events + self.rng.randint(1, 12)
 
     def _restart(self, node_id: int) -> None:
-        if self.world.nodes[node_id].core is None:
-            self.world.start(node_id)
+        self.world.start(node_id)  # no-op if it is up again or was retired
 
     def pause_one(self) -> None:
         target = self.rng.choice(self._ids())
@@ -216,11 +253,25 @@ class Nemesis:
             self.world.trace(f"transfer leadership n{leader} -> n{target}")
             self.world.drive(self.world.nodes[leader])
 
+    def reconfigure(self) -> None:
+        self.membership.step()
+
+    def clock_jump(self) -> None:
+        target = self.rng.choice(self._ids())
+        self.world.clock_jump(target, self.rng.randint(1, self.options.jump_ticks))
+
+    def skew_clock(self) -> None:
+        """The leader's clock slows down (others keep their rate): a leader that trusts its
+        lease for longer than its followers wait is what lease reads must not meet."""
+        leader = self.world.leader()
+        if leader:
+            self.world.set_drift(leader, self.rng.uniform(1.0, 1.0 + self.options.skew))
+
     def stop_and_heal(self) -> None:
         self.active = False
         self.heal()
         self.world.net.max_delay_ms = 10
-        for node_id, node in self.world.nodes.items():
+        for node_id, node in list(self.world.nodes.items()):
             node.fs.crash_at_event = None
             self.world.resume(node_id)
             if node.core is None:
@@ -241,24 +292,30 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   skip_fsync="ack_before_fsync" in options.bugs, trace=trace,
                   max_entries_per_msg=options.max_entries_per_msg, pre_vote=options.pre_vote,
                   check_quorum=options.check_quorum,
-                  bounce_after_vote=options.bounce_after_vote)
+                  bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
+                  split_txn_events_bug="split_txn_events" in options.bugs)
     rng = random.Random(world.rng.getrandbits(64))
     for node in world.nodes.values():
-        node.drift = rng.uniform(0.9, 1.1)  # per-node clock rate
+        node.drift = rng.uniform(1.0 - options.drift, 1.0 + options.drift)  # clock rate
     recorder = Recorder()
     keys = [f"k{i}" for i in range(options.keys)]
     clients = [Client(world, recorder, c, keys, random.Random(rng.getrandbits(64)))
                for c in range(options.clients)]
     nemesis = Nemesis(world, random.Random(rng.getrandbits(64)), options)
+    watches = WatchWorkload(world, random.Random(rng.getrandbits(64)), options.watch_writers)
     result = SimResult(seed=seed, ok=True, replay=replay_command(seed, options))
     try:
         for c in clients:
             c.start()
+        if options.watch:
+            watches.start()
         nemesis.start()
         world.run_until(options.safety_ms)
         nemesis.stop_and_heal()
         world.trace("--- liveness phase: healed ---")
-        _liveness(world, clients, options)
+        _liveness(world, clients, watches, options)
+        if options.watch:
+            _check_watches(watches)
     except Violation as v:
         result.ok, result.violation, result.detail = False, v.kind, v.detail
     finish_pending(clients, world)
@@ -267,6 +324,8 @@ def run_seed(seed: int, options: SimOptions | None = None,
     result.operations = len(history)
     result.completed = sum(c.completed for c in clients)
     result.faults = nemesis.count
+    result.conf_changes = nemesis.membership.changes
+    result.watch_responses = watches.responses
     result.messages = world.messages_sent
     if result.ok and options.check_linearizability:
         verdict = check(RegisterModel(), history, max_steps=options.lin_max_steps)
@@ -280,17 +339,52 @@ def run_seed(seed: int, options: SimOptions | None = None,
     return result
 
 
-def _liveness(world: World, clients: list[Client], options: SimOptions) -> None:
-    """After healing, clients must complete operations again and replicas must converge."""
+def _liveness(world: World, clients: list[Client], watches: WatchWorkload,
+              options: SimOptions) -> None:
+    """After healing, clients must complete operations again and the members of the committed
+    configuration must converge (same applied index, same state hash)."""
     before = sum(c.completed for c in clients)
     deadline = world.now + options.liveness_ms
-    world.run_until(world.now + options.liveness_ms // 2)
+    progress_by = world.now + options.liveness_ms // 2
+    # Stop as soon as clients made progress (an early stop saves time, not checks).
+    while sum(c.completed for c in clients) <= before + len(clients) and world.now < progress_by:
+        world.run_until(world.now + 50)
     if sum(c.completed for c in clients) <= before:
         raise Violation("liveness", "no client operation completed after healing")
     for c in clients:
         c.stop()
-    world.run_until(deadline)
-    applied = {n.id: n.core.applied for n in world.nodes.values() if n.core is not None}
-    hashes = {n.id: n.kv.store.state_hash() for n in world.nodes.values() if n.kv is not None}
-    if len(set(applied.values())) != 1 or len(set(hashes.values())) != 1:
-        raise Violation("liveness", f"replicas did not converge: applied {applied}")
+    watches.stop()
+    while world.now < deadline:
+        world.run_until(world.now + 50)
+        if _converged(world) is None:
+            return
+    raise Violation("liveness", f"replicas did not converge: {_converged(world)}")
+
+
+def _converged(world: World) -> str | None:
+    """None if every member of the leader's configuration is up and all agree; else why not."""
+    leader = world.nodes.get(world.leader())
+    if leader is None or leader.core is None:
+        return "no leader"
+    cs = leader.core.conf_state
+    members = sorted(set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing))
+    applied: dict[int, int] = {}
+    hashes: set[int] = set()
+    for node_id in members:
+        node = world.nodes.get(node_id)
+        if node is None or node.core is None or node.kv is None:
+            return f"member n{node_id} is not running (members {members})"
+        applied[node_id] = node.core.applied
+        hashes.add(node.kv.store.state_hash())
+    if len(set(applied.values())) != 1 or len(hashes) != 1:
+        return f"applied {applied}, {len(hashes)} distinct state hashes"
+    return None
+
+
+def _check_watches(watches: WatchWorkload) -> None:
+    bad = watches.check()
+    if bad:
+        first = bad[0]
+        raise Violation(f"watch-{first.kind}",
+                        f"{len(bad)} violation(s); first: {first.watcher_id} at revision "
+                        f"{first.revision}: {first.detail}")

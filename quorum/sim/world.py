@@ -19,7 +19,7 @@ from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
 from quorum.node.ready import process_ready, run_sync
 from quorum.node.storage import DurableNodeStorage, bootstrap
-from quorum.raft import Config
+from quorum.raft import Config, ReadOnlyOption
 from quorum.raft.types import Entry, Message, MessageType, Ready, Snapshot
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.simfs import SimFileSystem, SimulatedCrash
@@ -70,8 +70,13 @@ class World:
                  node_bugs: frozenset[str] = frozenset(), skip_fsync: bool = False,
                  trace: Callable[[str], None] | None = None,
                  max_entries_per_msg: int = 4096, pre_vote: bool = True,
-                 check_quorum: bool = True, bounce_after_vote: bool = False) -> None:
+                 check_quorum: bool = True, bounce_after_vote: bool = False,
+                 lease_reads: bool = False, split_txn_events_bug: bool = False,
+                 snapshot_after_conf_change: bool = True) -> None:
         self.seed = seed
+        self.snapshot_after_conf_change = snapshot_after_conf_change
+        self.split_txn_events_bug = split_txn_events_bug
+        self.lease_reads = lease_reads
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
         self.bounce_after_vote = bounce_after_vote
@@ -91,6 +96,8 @@ class World:
         self._seq = 0
         self.nodes = {i: SimNode(self, i) for i in range(1, n + 1)}
         self.members = tuple(MemberInfo(i, f"n{i}", f"sim:{i}") for i in self.nodes)
+        self.next_id = n + 1  # ids are never reused: a node that joins again gets a new one
+        self.retired: set[int] = set()  # removed from the cluster; its disk is gone
         self.leaders: dict[int, int] = {}  # term -> leader id (election safety)
         self.applied_digest: dict[int, tuple[int, int]] = {}  # index -> (term, data hash)
         self.state_hashes: dict[int, tuple[int, int]] = {}  # applied index -> (hash, node)
@@ -131,9 +138,34 @@ class World:
         bootstrap(storage, voters, bootstrap_data(self.members, KvStateMachine()))
         storage.close()
 
+    def add_node(self) -> int:
+        """A new server process with a fresh, empty disk and a new id. It starts empty (like
+        ``quorum serve --join``) and stays idle until a configuration that names it commits."""
+        node_id = self.next_id
+        self.next_id += 1
+        self.nodes[node_id] = SimNode(self, node_id)
+        self.trace(f"n{node_id} created (empty disk)")
+        self.start(node_id)
+        return node_id
+
+    def retire(self, node_id: int) -> None:
+        """Shut a node down for good (after its removal committed): process and disk are gone;
+        messages still in flight to it are dropped."""
+        if node_id in self.nodes:
+            self.crash(node_id, torn=False)
+            del self.nodes[node_id]
+            self.retired.add(node_id)
+            self.blocked = {(a, b) for a, b in self.blocked if node_id not in (a, b)}
+            self.trace(f"n{node_id} retired")
+
+    def member(self, node_id: int) -> MemberInfo:
+        return MemberInfo(node_id, f"n{node_id}", f"sim:{node_id}")
+
     def start(self, node_id: int) -> None:
         """(Re)start a node from what its disk holds."""
-        node = self.nodes[node_id]
+        node = self.nodes.get(node_id)
+        if node is None or node.core is not None:
+            return  # retired meanwhile, or already restarted by another timer
         node.incarnation += 1
         try:
             durable = DurableStorage.open(node.fs, "/data", self._storage_options())
@@ -141,10 +173,12 @@ class World:
             node.fs.crash()
             self.at(50, lambda: self.start(node_id))
             return
-        node.kv = KvStateMachine()
+        node.kv = KvStateMachine(split_txn_events_bug=self.split_txn_events_bug)
         cfg = Config(id=node_id, election_ticks=self.election_ticks, heartbeat_ticks=1,
                      max_entries_per_msg=self.max_entries_per_msg, pre_vote=self.pre_vote,
-                     check_quorum=self.check_quorum, planted_bugs=self.raft_bugs)
+                     check_quorum=self.check_quorum, planted_bugs=self.raft_bugs,
+                     read_only_option=(ReadOnlyOption.LEASE_BASED if self.lease_reads
+                                       else ReadOnlyOption.SAFE))
         node.core = NodeCore(
             cfg, DurableNodeStorage(durable), node.kv, random.Random(self.rng.getrandbits(64)),
             lambda msgs, src=node_id, inc=node.incarnation: self._send(src, inc, msgs),
@@ -160,6 +194,22 @@ class World:
         if self.on_node_started is not None:
             self.on_node_started(node)
         self._schedule_tick(node, node.incarnation)
+
+    def clock_jump(self, node_id: int, ticks: int) -> None:
+        """The node's clock leaps forward: ``ticks`` ticks elapse at once (an NTP step, a VM
+        resumed with a catch-up burst of timer interrupts)."""
+        node = self.nodes.get(node_id)
+        if node is not None and node.core is not None and not node.paused:
+            self.trace(f"n{node_id} clock jumps {ticks} ticks")
+            node.core.tick(ticks)
+            self.drive(node)
+
+    def set_drift(self, node_id: int, drift: float) -> None:
+        """From now on the node's ticks come every ``tick_ms * drift`` ms (>1: a slow clock)."""
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.drift = drift
+            self.trace(f"n{node_id} clock rate x{1 / drift:.2f}")
 
     def _hook_apply(self, node: SimNode) -> None:
         """Record every applied entry (commands, no-ops, conf changes) for the cross-node
@@ -179,8 +229,8 @@ class World:
 
     def crash(self, node_id: int, torn: bool = True) -> None:
         """Power loss: the process dies and unsynced writes are lost (maybe torn)."""
-        node = self.nodes[node_id]
-        if node.core is None:
+        node = self.nodes.get(node_id)
+        if node is None or node.core is None:
             return
         node.core.stop()
         node.core = None
@@ -192,14 +242,14 @@ class World:
         self.trace(f"n{node_id} crash")
 
     def pause(self, node_id: int) -> None:
-        node = self.nodes[node_id]
-        if node.core is not None and not node.paused:
+        node = self.nodes.get(node_id)
+        if node is not None and node.core is not None and not node.paused:
             node.paused = True
             self.trace(f"n{node_id} pause")
 
     def resume(self, node_id: int) -> None:
-        node = self.nodes[node_id]
-        if node.paused:
+        node = self.nodes.get(node_id)
+        if node is not None and node.paused:
             node.paused = False
             parked, node.parked = node.parked, []
             self.trace(f"n{node_id} resume ({len(parked)} parked messages)")
@@ -208,17 +258,15 @@ class World:
                 self.drive(node)
 
     def _schedule_tick(self, node: SimNode, incarnation: int) -> None:
-        period = max(1, round(self.tick_ms * node.drift))
-
         def tick() -> None:
             if node.core is None or node.incarnation != incarnation:
                 return
             if not node.paused:
                 node.core.tick()
                 self.drive(node)
-            self.at(period, tick)
+            self.at(max(1, round(self.tick_ms * node.drift)), tick)  # the rate may change
 
-        self.at(period, tick)
+        self.at(max(1, round(self.tick_ms * node.drift)), tick)
 
     # --- the Ready loop (the production function) ----------------------------------------------
 
@@ -235,11 +283,26 @@ class World:
             while core.has_ready():
                 run_sync(process_ready(core, core.ready(), persist))
                 core.drain()
+            if self.snapshot_after_conf_change:
+                self._snapshot_if_config_moved(node)
         except SimulatedCrash:
             self.crash(node.id)
             self.at(self.rng.randint(20, 200), lambda: self.start(node.id))
             return
         self._check(node)
+
+    @staticmethod
+    def _snapshot_if_config_moved(node: SimNode) -> None:
+        """Snapshot again once the applied configuration moved past the stored snapshot's.
+
+        A node that joins with an empty disk can only catch up from a snapshot once the
+        leader has compacted its log, and Raft ignores a snapshot whose configuration does not
+        name the receiver (it could not tell it is a member). NodeCore snapshots only every
+        ``snapshot_entries`` entries, so without this the new node waits for that many more
+        writes -- forever in a quiet cluster (see docs/sim.md, "findings")."""
+        core = node.core
+        if core is not None and core.conf_state != core.storage.log.snapshot().metadata.conf_state:
+            core.take_snapshot()
 
     # --- invariants ---------------------------------------------------------------------------
 
@@ -271,8 +334,8 @@ class World:
     # --- network ------------------------------------------------------------------------------
 
     def _send(self, src: int, incarnation: int, messages: list[Message]) -> None:
-        node = self.nodes[src]
-        if node.core is None or node.incarnation != incarnation:
+        node = self.nodes.get(src)
+        if node is None or node.core is None or node.incarnation != incarnation:
             return
         for msg in messages:
             self.messages_sent += 1
@@ -288,7 +351,8 @@ class World:
 
     def _bounce(self, node_id: int) -> None:
         """Crash right after a vote was granted, and restart at once."""
-        if self.nodes[node_id].core is not None:
+        node = self.nodes.get(node_id)
+        if node is not None and node.core is not None:
             self.crash(node_id, torn=False)
             self.at(1, lambda: self.start(node_id))
 
@@ -309,8 +373,8 @@ class World:
         """The runtime reports a snapshot's fate to the sender (as the transport does)."""
         if msg.type != MessageType.SNAP:
             return
-        src = self.nodes[msg.from_]
-        if src.core is not None:
+        src = self.nodes.get(msg.from_)
+        if src is not None and src.core is not None:
             src.core.report_snapshot(msg.to, ok)
             self.at(0, lambda: self.drive(src))
 

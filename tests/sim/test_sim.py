@@ -42,7 +42,7 @@ def test_seeds_hold_every_invariant(first: int) -> None:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("profile", ["churn", "figure8", "vote_crash"])
+@pytest.mark.parametrize("profile", ["churn", "figure8", "vote_crash", "reconfig", "lease"])
 def test_fault_profiles_hold_every_invariant(profile: str) -> None:
     for seed in range(4):
         result = run_seed(seed, profile_options(profile))
@@ -62,11 +62,12 @@ def test_a_run_replays_bit_identically_from_its_seed() -> None:
 
 
 def test_runs_do_work_under_faults() -> None:
-    result = run_seed(3, SimOptions())
-    assert result.ok
-    assert result.faults >= 3
-    assert result.completed > 100
-    assert result.lin_verdict == "OK"
+    results = [run_seed(seed, SimOptions()) for seed in range(3)]
+    assert all(r.ok for r in results)
+    assert all(r.faults >= 3 for r in results)
+    assert sum(r.completed for r in results) > 300
+    assert all(r.lin_verdict == "OK" for r in results)
+    assert all(r.watch_responses > 50 for r in results)
 
 
 # bug -> (profile, seed budget). Each must break an invariant or linearizability within the
@@ -77,6 +78,7 @@ PLANTED = {
     "ack_before_fsync": ("default", 40),
     "skip_vote_log_check": ("churn", 30),
     "forget_vote": ("vote_crash", 60),
+    "split_txn_events": ("default", 3),
 }
 
 

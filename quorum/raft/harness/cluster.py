@@ -117,6 +117,7 @@ class SimNode:
     crash_at: str = ""  # an armed crash point inside the next handle_ready
     pending: Ready | None = None  # a Ready whose persistence is still in progress (slow disk)
     pending_until: int = 0  # the tick at which it completes
+    restart_applied: int = 1  # Config.applied of the current RawNode
     restarts: int = 0
 
     @property
@@ -150,6 +151,11 @@ class ClusterOptions:
     # False: the application is volatile; a restarted node rebuilds it from its storage's
     # snapshot and re-applies the committed log above it (exercises log durability harder).
     durable_app: bool = True
+    # Config.applied after a restart of a durable application: "snapshot" (the storage's
+    # snapshot index: the core re-delivers committed entries above it, conf changes included,
+    # and the application skips the ones it has), "applied" (the application's applied index:
+    # the core replays the conf changes itself) or "mixed" (a coin flip per restart).
+    restart_at: str = "snapshot"
     # Report a peer unreachable to a leader whose message was lost to a partition or a crash,
     # as a transport whose connection failed would (random loss is not reported).
     report_unreachable: bool = True
@@ -195,6 +201,9 @@ class Cluster:
         self.read_results: list[tuple[int, bytes, int]] = []  # (node, context, index)
         self._feedback: list[tuple[Message, bool]] = []  # (message, delivered) for the sender
         self.on_apply: Callable[[int, Entry], None] | None = None
+        # A targeted slow fsync: hold_if(node, ready) > 0 makes that Ready's persistence take
+        # that many ticks (early messages go out; the node keeps stepping messages meanwhile).
+        self.hold_if: Callable[[int, Ready], int] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -217,7 +226,7 @@ class Cluster:
         node.term, node.commit = hard.term, hard.commit
         node.role, node.leader_id, node.leader_term_seen = StateRole.FOLLOWER, 0, 0
         rng = random.Random(self.rng.getrandbits(64))
-        node.raw = RawNode(self.config_for(node.id, node.app.applied_index), node.storage, rng)
+        node.raw = RawNode(self.config_for(node.id, node.restart_applied), node.storage, rng)
         self.checker.term_persisted(node.id, hard.term)
 
     def crash(self, node_id: int) -> None:
@@ -235,11 +244,20 @@ class Cluster:
         if node.alive:
             self.crash(node_id)
         node.restarts += 1
+        node.restart_applied = node.storage.snapshot().metadata.index
         if self.options.durable_app:
-            self.checker.restarted(node_id, node.app.applied_index)
+            self.checker.restarted(node_id, node.app.applied_index)  # never goes back
+            if self._restart_at_applied():
+                node.restart_applied = node.app.applied_index
+            else:  # the core re-delivers from its snapshot; the application skips what it has
+                self.checker.restarted_from_scratch(node_id, node.restart_applied)
         else:
             self._rebuild_app(node)
         self._start(node)
+
+    def _restart_at_applied(self) -> bool:
+        mode = self.options.restart_at
+        return mode == "applied" or (mode == "mixed" and self._disk_rng.random() < 0.5)
 
     def _rebuild_app(self, node: SimNode) -> None:
         """Volatile application: start over from the persisted snapshot (or the empty state)."""
@@ -273,6 +291,10 @@ class Cluster:
             if self._maybe_bounce_after_vote(node, sent):
                 return
         if self._crash_here(node, "before_persist"):
+            return
+        held = self.hold_if(node.id, rd) if self.hold_if is not None else 0
+        if held:  # a targeted slow fsync
+            node.pending, node.pending_until = rd, self.now_ticks + held
             return
         if opts.disk_delay_rate and self._disk_rng.random() < opts.disk_delay_rate:
             node.pending = rd
@@ -350,6 +372,10 @@ class Cluster:
         for entry in entries:  # the hot path of the benchmark: keep it lean
             if check:
                 check.entry_applied(node.id, entry)
+            if entry.index <= app.applied_index:  # re-delivered after a restart
+                if entry.type == EntryType.CONF_CHANGE:  # the core rebuilds its config
+                    raw.apply_conf_change(ConfChange.decode(entry.data))
+                continue
             if entry.type == EntryType.CONF_CHANGE:
                 app.conf_state = raw.apply_conf_change(ConfChange.decode(entry.data))
                 app.applied_index = entry.index

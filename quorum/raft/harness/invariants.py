@@ -47,6 +47,10 @@ class LivenessViolation(InvariantViolation):
     """A liveness property (something good did not happen within its tick bound)."""
 
 
+class CoreError(InvariantViolation):
+    """The consensus core raised an error while being used as its contract allows."""
+
+
 ELECTION_SAFETY = "election-safety"
 LOG_MATCHING = "log-matching"
 LEADER_COMPLETENESS = "leader-completeness"

@@ -18,10 +18,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quorum.errors import InvalidConfChange, ProposalDropped
+from quorum.errors import InvalidConfChange, ProposalDropped, QuorumError
 from quorum.raft.config import ReadOnlyOption
 from quorum.raft.harness.cluster import CRASH_POINTS, Cluster, ClusterOptions, Proposal
-from quorum.raft.harness.invariants import InvariantViolation, LivenessViolation, SafetyViolation
+from quorum.raft.harness.invariants import (
+    CoreError,
+    InvariantViolation,
+    LivenessViolation,
+    SafetyViolation,
+)
 from quorum.raft.harness.network import RELIABLE, Faults
 from quorum.raft.types import (
     ConfChange,
@@ -208,6 +213,8 @@ class Result:
     def kind(self) -> str:
         if isinstance(self.violation, LivenessViolation):
             return "liveness"
+        if isinstance(self.violation, CoreError):
+            return "error"
         return "safety" if self.violation is not None else ""
 
     def replay(self) -> str:
@@ -241,6 +248,7 @@ class ScenarioRun:
             disk_delay_rate=profile.disk_delay_rate,
             disk_delay_ticks=profile.disk_delay_ticks,
             bounce_after_vote_rate=profile.bounce_after_vote_rate,
+            restart_at="mixed",
             record_applied=False,
         )
         if profile.cluster_options:
@@ -447,6 +455,8 @@ class ScenarioRun:
             self.liveness_phase()
         except InvariantViolation as violation:
             self.result.violation = violation
+        except QuorumError as error:  # the core refused something its contract allows
+            self.result.violation = CoreError("core-error", f"{type(error).__name__}: {error}")
         c, r = self.cluster, self.result
         r.ticks = c.now_ticks
         r.leaders = len(c.checker.leader_of_term)

@@ -8,7 +8,13 @@ import pytest
 from quorum.raft.harness.cluster import Cluster
 from quorum.raft.harness.invariants import SafetyViolation
 from quorum.raft.harness.scenario import PROFILES, ScenarioRun
-from quorum.raft.types import MessageType, StateRole
+from quorum.raft.types import (
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeType,
+    MessageType,
+    StateRole,
+)
 
 ET = 10
 
@@ -96,3 +102,22 @@ def test_different_application_states_at_equal_index_are_caught() -> None:
     run.cluster.nodes[2].app.digest ^= 1  # plant: node 2's state diverges silently
     with pytest.raises(SafetyViolation, match="state-digest"):
         run.liveness_phase()
+
+
+def test_restart_rebuilds_the_configuration_applied_after_the_snapshot() -> None:
+    # The core takes its configuration from the storage snapshot's ConfState; a restart must
+    # replay the conf changes above it even though the durable application already has them.
+    c = Cluster(seed=6, voters=3, learners=1)
+    leader = c.wait_leader(5 * ET)
+    assert leader is not None
+    c.propose_conf_change(
+        ConfChange(changes=(ConfChangeSingle(ConfChangeType.ADD_NODE, 4),)), leader
+    )
+    c.run_until(lambda: all(4 in c.nodes[i].app.conf_state.voters for i in c.ids), 5 * ET)
+    follower = next(i for i in c.ids if i != leader)
+    assert c.nodes[follower].storage.snapshot().metadata.index == 1  # nothing compacted
+    c.restart(follower)
+    c.settle()
+    status = c.nodes[follower].raw.status()  # type: ignore[union-attr]
+    assert 4 in status.conf_state.voters
+    assert status.conf_state == c.nodes[follower].app.conf_state

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from quorum.errors import InvalidConfChange
+from quorum.raft import ConfChange, ConfState, RawNode
 from quorum.raft.harness.invariants import (
     ELECTION_SAFETY,
     LEADER_COMPLETENESS,
@@ -105,6 +107,19 @@ def test_profiles_exercise_what_they_claim() -> None:
     assert sum(r.snapshots for r in snapshots) > 0
     figure8 = run_seed(0, "figure8")
     assert figure8.leaders > 5  # many terms with a leader
+
+
+def test_core_error_is_reported_as_a_failing_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: RawNode, cc: ConfChange) -> ConfState:
+        raise InvalidConfChange("planted: refuse every committed conf change")
+
+    monkeypatch.setattr(RawNode, "apply_conf_change", refuse)
+    for seed in range(5):
+        result = run_seed(seed, "mixed")
+        if not result.ok:
+            break
+    assert result.kind == "error", result.summary()
+    assert "InvalidConfChange" in str(result.violation)
 
 
 def test_liveness_violation_is_reported() -> None:

@@ -45,6 +45,7 @@ from quorum.node.kv import KvStateMachine
 from quorum.node.server import RaftServer
 from quorum.raft.types import (
     ConfChange,
+    Ready,
     ConfChangeSingle,
     ConfChangeType,
     SoftState,
@@ -95,6 +96,7 @@ class ClusterBackend(LocalBackend):
         # the calls only the leader can answer (lease keepalives, learner promotion)
         self.leader_client = leader_client
         kv.on_apply = self._after_apply
+        self.core.on_ready_applied = self._after_batch
         previous = self.core.on_soft_state
         self.core.on_soft_state = lambda ss: self._on_soft_state(ss, previous)
 
@@ -122,11 +124,13 @@ class ClusterBackend(LocalBackend):
         return self._sm.read_txn(request)
 
     def _after_apply(self, request: sc.Request, result: sc.Response) -> None:
-        """Runs on every node for every applied command (called by KvStateMachine)."""
-        if isinstance(request, sc.LeaseCheckpointRequest):
-            for ckpt in request.checkpoints:
-                self._tracker.checkpoint_applied(ckpt)
-        super()._after_apply(request, result)
+        """Runs on every node for every applied command (called by KvStateMachine). Watchers
+        are woken once per applied batch instead (``_after_batch``): one wake-up per Ready."""
+        self._mirror_apply(request, result)
+
+    def _after_batch(self, rd: Ready) -> None:
+        if rd.committed_entries or rd.snapshot is not None:
+            self._wake_ready()
 
     # --- leases ---------------------------------------------------------------------------
 

@@ -199,6 +199,11 @@ class LocalBackend:
         return result
 
     def _after_apply(self, request: sc.Request, result: sc.Response) -> None:
+        self._mirror_apply(request, result)
+        self._wake_ready()
+
+    def _mirror_apply(self, request: sc.Request, result: sc.Response) -> None:
+        """Follow an applied command in the size estimate and the lease tracker."""
         if self._db_size_estimate is not None:
             self._db_size_estimate += written_bytes(request, result)
         # The leader's lease bookkeeping follows committed commands (thesis-style: the log
@@ -214,7 +219,6 @@ class LocalBackend:
         elif isinstance(request, sc.LeaseCheckpointRequest):
             for checkpoint in request.checkpoints:
                 self._tracker.checkpoint_applied(checkpoint)
-        self._wake_ready()
 
     async def read(self, request: ReadRequest, serializable: bool = False) -> ReadResponse:
         # One process, applied == committed: every read is linearizable here.

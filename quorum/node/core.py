@@ -101,6 +101,8 @@ class NodeCore:
         self.on_applied: Callable[[int], None] | None = None
         # observers (simulator invariants): every entry applied, no-ops and conf changes too
         self.on_entry_applied: Callable[[Entry], None] | None = None
+        # once per applied Ready (batch work such as waking watchers)
+        self.on_ready_applied: Callable[[Ready], None] | None = None
         self.stopped = False
         # Test-only switches that break a rule on purpose (docs/verify.md): "stale_read"
         # answers reads from local state without a ReadIndex barrier.
@@ -304,6 +306,8 @@ class NodeCore:
             if batch:
                 self._ready_reads.append((rs.index, batch))
         self._release_reads()
+        if self.on_ready_applied is not None:
+            self.on_ready_applied(rd)
 
     def advance(self, rd: Ready) -> None:
         self.rn.advance(rd)

@@ -45,9 +45,9 @@ from quorum.node.kv import KvStateMachine
 from quorum.node.server import RaftServer
 from quorum.raft.types import (
     ConfChange,
-    Ready,
     ConfChangeSingle,
     ConfChangeType,
+    Ready,
     SoftState,
     StateRole,
 )

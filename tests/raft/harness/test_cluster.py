@@ -13,6 +13,7 @@ from quorum.raft.types import (
     ConfChangeSingle,
     ConfChangeType,
     MessageType,
+    Ready,
     StateRole,
 )
 
@@ -121,3 +122,24 @@ def test_restart_rebuilds_the_configuration_applied_after_the_snapshot() -> None
     status = c.nodes[follower].raw.status()  # type: ignore[union-attr]
     assert 4 in status.conf_state.voters
     assert status.conf_state == c.nodes[follower].app.conf_state
+
+
+def test_hold_if_delays_one_ready_while_the_node_keeps_stepping() -> None:
+    c, leader = with_leader()
+    follower = next(i for i in c.ids if i != leader)
+    held: list[int] = []
+
+    def hold_if(node: int, rd: Ready) -> int:
+        if node == follower and rd.entries and not held:
+            held.append(rd.entries[-1].index)
+            return 5
+        return 0
+
+    c.hold_if = hold_if
+    index = c.one(b"while held", 2)  # the leader commits with the other follower
+    assert held == [index]
+    assert c.nodes[follower].storage.last_index() < index  # not persisted yet
+    assert c.nodes[follower].pending is not None
+    c.tick(6)
+    assert c.nodes[follower].pending is None
+    assert c.applied_index(follower) >= index

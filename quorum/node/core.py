@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from quorum.errors import (
+    DiskFullError,
     LeaderChanged,
     NodeStopped,
     ProposalDropped,
@@ -110,6 +111,9 @@ class NodeCore:
         # fsync=False trades durability for speed (documented as unsafe: a power loss can
         # lose acknowledged writes); tests of fsync-less modes only.
         self.fsync = True
+        # Set while the disk is full: new writes are refused at once with DiskFullError (they
+        # are certainly not in the log); the runtime keeps retrying the pending persist.
+        self.disk_full = False
         # request ids embed the incarnation so a restarted node never mistakes an entry
         # proposed by its previous life for one of its new requests.
         self._next_request = incarnation << 32
@@ -156,6 +160,9 @@ class NodeCore:
         """Replicate ``payload``; the waiter gets the state machine's result when applied."""
         if self._reject_if_stopped(waiter):
             return
+        if self.disk_full:
+            waiter.fail(DiskFullError("disk full: write refused (nothing was written)"))
+            return
         self._proposals.append((payload, _Pending(waiter, self._deadline())))
 
     def propose_conf_change(
@@ -192,6 +199,18 @@ class NodeCore:
         """Queue an operation on the RawNode; it runs in the next ``drain`` (never while a
         Ready is being persisted, when the storage may be changing in another thread)."""
         self._actions.append(action)
+
+    def on_disk_full(self) -> None:
+        """The disk filled while persisting a Ready. Writes already in the log may still
+        commit once space returns, so their callers learn only that the outcome is unknown;
+        queued proposals never reached the log and fail with DiskFullError."""
+        self.disk_full = True
+        queued, self._proposals = self._proposals, []
+        for _, p in queued:
+            p.waiter.fail(DiskFullError("disk full: write refused (nothing was written)"))
+        pending, self._pending = self._pending, OrderedDict()
+        for p in pending.values():
+            p.waiter.fail(RequestTimeout("disk full while persisting; outcome unknown"))
 
     def stop(self) -> None:
         """Fail every pending request with NodeStopped; further requests fail at once."""
@@ -288,8 +307,11 @@ class NodeCore:
 
     def persist(self, rd: Ready) -> None:
         """Make the Ready's snapshot, entries and hard state durable (may run in a thread)."""
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self.storage.apply_snapshot(rd.snapshot)
+        snap = rd.snapshot
+        # idempotent: a persist retried after a full disk must not install the snapshot twice
+        if (snap is not None and not snap.is_empty()
+                and self.storage.log.first_index() <= snap.metadata.index):
+            self.storage.apply_snapshot(snap)
         if rd.entries or rd.hard_state is not None:
             self.storage.save(rd.hard_state, rd.entries, rd.must_sync and self.fsync)
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from quorum.errors import NodeStopped
+from quorum.errors import DiskFullError, NodeStopped
 from quorum.node.clock import Clock, SystemClock
 from quorum.node.core import NodeCore
 from quorum.node.ready import process_ready
@@ -71,6 +71,7 @@ class RaftServer:
         self._running = False
         self.on_tick: Callable[[], None] | None = None
         self.fatal_error: BaseException | None = None
+        self.disk_full_retry_s = 1.0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -159,6 +160,24 @@ class RaftServer:
             core.stop()
 
     async def _persist(self, rd: Ready) -> None:
+        """Persist a Ready; while the disk is full, keep retrying the same Ready (nothing of
+        it was written) and refuse new writes. Any other storage error is fatal."""
+        while True:
+            try:
+                await self._persist_once(rd)
+            except DiskFullError as exc:
+                if not self.core.disk_full:
+                    log.error("node %d: disk full (%s); refusing writes until space frees",
+                              self.core.id, exc)
+                    self.core.on_disk_full()
+                await asyncio.sleep(self.disk_full_retry_s)
+                continue
+            if self.core.disk_full:
+                log.warning("node %d: disk space is back; accepting writes", self.core.id)
+                self.core.disk_full = False
+            return
+
+    async def _persist_once(self, rd: Ready) -> None:
         if rd.must_sync and self.core.fsync and self.fsync_in_thread:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self.core.persist, rd)

@@ -13,13 +13,12 @@ nothing else is affected. Nothing is logged per message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
 
 import msgspec
@@ -27,7 +26,6 @@ import msgspec
 from quorum.errors import (
     BadFrame,
     ConfigError,
-    FrameError,
     FrameTooLarge,
     HandshakeRejected,
     SnapshotSendFailed,
@@ -49,10 +47,9 @@ from quorum.transport.codec import (
     SnapshotAck,
     SnapshotChunk,
     StreamKind,
-    check_inbound_messages,
-    check_snapshot_message,
 )
 from quorum.transport.config import Backoff, TransportConfig
+from quorum.transport.inbound import InboundServer, OnMessages, OnSnapshotChunk
 
 __all__ = [
     "Address",
@@ -68,9 +65,7 @@ __all__ = [
 log = logging.getLogger("quorum.transport")
 
 Address = tuple[str, int]
-OnMessages = Callable[[list[Message]], None]
 OnUnreachable = Callable[[int], None]
-OnSnapshotChunk = Callable[[int, SnapshotChunk], Awaitable[None]]
 
 # Errors that mean "this connection is unusable"; anything else is a bug and propagates.
 _CONNECTION_ERRORS: Final = (OSError, TimeoutError, EOFError, TransportError)
@@ -147,6 +142,7 @@ class _Link:
         self._broken: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._flush_scheduled = False
+        self._stopped = False
         self._failures_in_row = 0
         self._last_pong = 0.0
         self._loop = asyncio.get_running_loop()
@@ -166,6 +162,11 @@ class _Link:
         return False
 
     def stop(self) -> None:
+        # Cancelling alone is not enough on Python 3.11: asyncio.wait_for can swallow a
+        # cancellation that races with its inner future completing, so the task also checks
+        # the flag at every step.
+        self._stopped = True
+        self._wakeup.set()
         self.task.cancel()
         if self._writer is not None:
             self._writer.close()
@@ -198,21 +199,28 @@ class _Link:
 
     async def _run(self) -> None:
         backoff = Backoff(self.owner.config, self.owner.rng)
-        while True:
+        while not self._stopped:
             try:
                 self._accepting = True
                 reader, writer = await self.owner.dial(self.peer_id, self.address)
             except _CONNECTION_ERRORS as exc:
+                if self._stopped:
+                    return
                 self.stats.connect_failures += 1
                 self._fail(f"cannot connect to {self.address}: {exc!r}")
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
+            if self._stopped:
+                writer.close()
+                return
             backoff.reset()
             self._failures_in_row = 0
             self.stats.connects += 1
             log.info("link %d->%d connected to %s", self.owner.member_id, self.peer_id,
                      self.address)
             reason = await self._serve(reader, writer)
+            if self._stopped:
+                return
             self._fail(reason)
             await asyncio.sleep(backoff.next_delay_s())
 
@@ -249,10 +257,10 @@ class _Link:
         # while connecting, a backed-up socket, and the connection breaking.
         self._wakeup.clear()
         self._flush()
-        while True:
+        while not self._stopped:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._broken is not None:
+            if self._broken is not None or self._stopped:
                 return
             await writer.drain()
             self._flush()
@@ -332,33 +340,39 @@ class PeerTransport:
         self.rng = rng or random.Random()
         self._listen = listen
         self._peers = dict(peers)
-        self._on_messages = on_messages
         self._on_unreachable = on_unreachable
-        self._on_snapshot_chunk = on_snapshot_chunk
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
         self._encoder = FrameEncoder(self.config.max_frame_bytes)
         self._links: dict[int, _Link] = {}
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound = InboundServer(
+            cluster_id, member_id, self.config, self._encoder, on_messages, on_snapshot_chunk
+        )
         self._stopping: set[asyncio.Task[None]] = set()
         self._snapshot_writers: set[asyncio.StreamWriter] = set()
-        # the live inbound MESSAGES connection of each peer (see _serve_messages)
-        self._message_streams: dict[int, asyncio.StreamWriter] = {}
         self._snapshot_ids = itertools.count(1)
         self._closed = False
-        self.received_messages = 0
-        self.rejected_connections = 0
 
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind the server and start the outbound links. Raises OSError if binding fails."""
         host, port = self._listen
-        self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=self._server_ssl, limit=self.config.read_chunk_bytes
+        self._server = await asyncio.get_running_loop().create_server(
+            self._inbound.protocol, host, port, ssl=self._server_ssl
         )
         self.update_peers(self._peers)
+
+    @property
+    def received_messages(self) -> int:
+        """Messages delivered to ``on_messages`` so far."""
+        return self._inbound.received_messages
+
+    @property
+    def rejected_connections(self) -> int:
+        """Inbound handshakes refused so far (wrong cluster, wrong member, bad version)."""
+        return self._inbound.rejected_connections
 
     @property
     def address(self) -> Address:
@@ -381,10 +395,9 @@ class PeerTransport:
         self._links.clear()
         for writer in self._snapshot_writers:
             writer.close()
-        tasks = [*self._inbound, *self._stopping]
-        for task in tasks:
+        for task in self._stopping:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._stopping, self._inbound.close(), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -493,113 +506,6 @@ class PeerTransport:
         if reply.member_id != peer_id:
             raise HandshakeRejected(f"reached member {reply.member_id}, wanted {peer_id}")
 
-    # --- serving --------------------------------------------------------------------------
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._inbound.add(task)
-        peer = writer.get_extra_info("peername")
-        try:
-            await self._serve_connection(reader, writer)
-        except FrameError as exc:
-            log.warning("closing connection from %s: %s", peer, exc)
-        except HandshakeRejected as exc:
-            self.rejected_connections += 1
-            log.warning("rejected connection from %s: %s", peer, exc.reason)
-        except _CONNECTION_ERRORS as exc:
-            log.info("connection from %s ended: %r", peer, exc)
-        except Exception:
-            # A runtime callback raised: a bug above us. Drop this connection, keep serving.
-            log.exception("closing connection from %s: callback failed", peer)
-        except asyncio.CancelledError:
-            # close() cancels handlers. Python 3.11's stream callback calls task.exception()
-            # on its handler task, which raises for a cancelled task, so end normally instead.
-            if not self._closed:
-                raise
-        finally:
-            writer.close()
-            self._inbound.discard(task)
-
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        frames = _FrameReader(reader, self.config)
-        hello = await self._handshake(
-            await asyncio.wait_for(frames.read_one(), self.config.handshake_timeout_s), writer
-        )
-        if hello.kind == StreamKind.MESSAGES:
-            await self._serve_messages(hello.from_id, frames, writer)
-        else:
-            await self._serve_snapshot(hello.from_id, frames, writer)
-
-    async def _serve_messages(
-        self, from_id: int, frames: _FrameReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Deliver a peer's batches. A newer MESSAGES connection from the same peer supersedes
-        this one: the peer only redials after giving up on the old link, so stopping delivery
-        from the old connection at once keeps the delivery order equal to the send order."""
-        older = self._message_streams.get(from_id)
-        if older is not None:
-            older.close()
-        self._message_streams[from_id] = writer
-        try:
-            while batch := await frames.read_frames():
-                for frame in batch:
-                    if self._message_streams.get(from_id) is not writer:
-                        return  # superseded: what is still buffered here is older than it
-                    if isinstance(frame, MessageBatch):
-                        self._deliver(from_id, frame.messages)
-                    elif isinstance(frame, Ping):
-                        writer.write(self._encoder.encode(Pong(frame.nonce)))
-                    else:
-                        raise BadFrame(f"unexpected {type(frame).__name__} on a message stream")
-        finally:
-            if self._message_streams.get(from_id) is writer:
-                del self._message_streams[from_id]
-
-    async def _serve_snapshot(
-        self, from_id: int, frames: _FrameReader, writer: asyncio.StreamWriter
-    ) -> None:
-        receiver = _SnapshotReceiver(self, from_id, writer)
-        while batch := await frames.read_frames():
-            for frame in batch:
-                if isinstance(frame, SnapshotChunk):
-                    await receiver.accept(frame)
-                elif isinstance(frame, Ping):
-                    writer.write(self._encoder.encode(Pong(frame.nonce)))
-                else:
-                    raise BadFrame(f"unexpected {type(frame).__name__} on a snapshot stream")
-
-    async def _handshake(self, hello: Frame, writer: asyncio.StreamWriter) -> Hello:
-        """Answer HELLO; on refusal send REJECT(reason) then raise HandshakeRejected."""
-        if not isinstance(hello, Hello):
-            raise BadFrame(f"expected HELLO, got {type(hello).__name__}")
-        reason = self._refusal(hello)
-        if reason:
-            writer.write(self._encoder.encode(Reject(reason)))
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                await writer.drain()
-            raise HandshakeRejected(reason)
-        writer.write(self._encoder.encode(HelloAck(self.member_id)))
-        return hello
-
-    def _refusal(self, hello: Hello) -> str:
-        if hello.protocol_version != PROTOCOL_VERSION:
-            return f"protocol version {hello.protocol_version} unsupported"
-        if hello.cluster_id != self.cluster_id:
-            return f"cluster id {hello.cluster_id} is not {self.cluster_id}"
-        if hello.to_id != self.member_id:
-            return f"this is member {self.member_id}, not {hello.to_id}"
-        if hello.from_id == self.member_id:
-            return f"member {hello.from_id} cannot connect to itself"
-        return ""
-
-    def _deliver(self, from_id: int, messages: list[Message]) -> None:
-        check_inbound_messages(messages, from_id, self.member_id)
-        self.received_messages += len(messages)
-        self._on_messages(messages)
-
     # --- snapshots ------------------------------------------------------------------------
 
     async def send_snapshot(
@@ -680,45 +586,3 @@ class PeerTransport:
         chunk = SnapshotChunk(snapshot_id, offset, data, last, message if offset == 0 else None)
         writer.write(self._encoder.encode(chunk))
         await writer.drain()  # back-pressure: at most one chunk beyond the socket buffers
-
-
-class _SnapshotReceiver:
-    """Per-connection checks of an inbound snapshot stream; holds offsets, never data."""
-
-    def __init__(self, owner: PeerTransport, from_id: int, writer: asyncio.StreamWriter) -> None:
-        self._owner = owner
-        self._from_id = from_id
-        self._writer = writer
-        self._snapshot_id: int | None = None
-        self._next_offset = 0
-
-    async def accept(self, chunk: SnapshotChunk) -> None:
-        self._check_order(chunk)
-        self._next_offset = chunk.offset + len(chunk.data)
-        try:
-            await self._owner._on_snapshot_chunk(self._from_id, chunk)
-        except Exception as exc:
-            log.warning("snapshot %d from %d refused by the runtime: %r", chunk.snapshot_id,
-                        self._from_id, exc)
-            await self._reply(chunk.snapshot_id, False, f"receiver failed: {exc!r}")
-            raise TransportError(f"snapshot {chunk.snapshot_id} refused: {exc!r}") from exc
-        if chunk.last:
-            self._snapshot_id = None
-            await self._reply(chunk.snapshot_id, True, "")
-
-    def _check_order(self, chunk: SnapshotChunk) -> None:
-        if self._snapshot_id is None:
-            if chunk.offset != 0:
-                raise BadFrame(f"snapshot {chunk.snapshot_id} starts at offset {chunk.offset}")
-            check_snapshot_message(chunk.message, self._from_id, self._owner.member_id)
-            self._snapshot_id = chunk.snapshot_id
-        elif chunk.snapshot_id != self._snapshot_id or chunk.offset != self._next_offset:
-            raise BadFrame(
-                f"snapshot chunk {chunk.snapshot_id}@{chunk.offset} out of order "
-                f"(expected {self._snapshot_id}@{self._next_offset})"
-            )
-
-    async def _reply(self, snapshot_id: int, ok: bool, reason: str) -> None:
-        self._writer.write(self._owner._encoder.encode(SnapshotAck(snapshot_id, ok, reason)))
-        with contextlib.suppress(*_CONNECTION_ERRORS):
-            await self._writer.drain()

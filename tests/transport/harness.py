@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+import pytest
 
 from quorum.raft.types import Entry, Message, MessageType
 from quorum.transport.codec import (
@@ -24,8 +27,31 @@ WATCHDOG_S = 20.0  # only guards against hangs; no test asserts on elapsed time
 FAST = TransportConfig(backoff_initial_s=0.01, backoff_max_s=0.05, connect_timeout_s=2.0)
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
+LOOPS = ["asyncio", "uvloop"]  # production runs uvloop when installed; tests cover both
+
+
+def run(coro: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    factory = None
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_guarded(coro))
+
+
+async def _guarded(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a scenario; if it hangs, fail with the stack of every task (for diagnosis)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait([task], timeout=60)
+    if task in done:
+        task.result()
+        return
+    stacks = io.StringIO()
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.print_stack(limit=6, file=stacks)
+    task.cancel()
+    raise AssertionError(f"scenario hung; tasks:\n{stacks.getvalue()}")
 
 
 async def eventually(predicate: Callable[[], bool], what: str) -> None:

@@ -51,7 +51,7 @@ class Assembler:
             self.done.set()
 
 
-def test_multi_mib_snapshot_arrives_whole_in_bounded_chunks() -> None:
+def test_multi_mib_snapshot_arrives_whole_in_bounded_chunks(loop_name: str) -> None:
     payload = random.Random(1).randbytes(6 * MIB + 12345)
 
     async def scenario() -> None:
@@ -71,10 +71,10 @@ def test_multi_mib_snapshot_arrives_whole_in_bounded_chunks() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_first_chunk_carries_the_snap_message() -> None:
+def test_first_chunk_carries_the_snap_message(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -89,10 +89,10 @@ def test_first_chunk_carries_the_snap_message() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_empty_snapshot_is_one_last_chunk() -> None:
+def test_empty_snapshot_is_one_last_chunk(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -106,10 +106,10 @@ def test_empty_snapshot_is_one_last_chunk() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_slow_receiver_pauses_the_sender() -> None:
+def test_slow_receiver_pauses_the_sender(loop_name: str) -> None:
     total = 96 * MIB
     piece = bytes(64 * 1024)
 
@@ -144,10 +144,10 @@ def test_slow_receiver_pauses_the_sender() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_receiver_refusal_fails_the_send_and_keeps_the_link() -> None:
+def test_receiver_refusal_fails_the_send_and_keeps_the_link(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -165,10 +165,10 @@ def test_receiver_refusal_fails_the_send_and_keeps_the_link() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_snapshot_data_inside_the_message_is_not_sent_twice() -> None:
+def test_snapshot_data_inside_the_message_is_not_sent_twice(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -184,10 +184,10 @@ def test_snapshot_data_inside_the_message_is_not_sent_twice() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_send_snapshot_refuses_a_message_that_is_not_its_snap() -> None:
+def test_send_snapshot_refuses_a_message_that_is_not_its_snap(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -199,10 +199,10 @@ def test_send_snapshot_refuses_a_message_that_is_not_its_snap() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_snapshot_to_unreachable_or_unknown_peer_fails() -> None:
+def test_snapshot_to_unreachable_or_unknown_peer_fails(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -213,10 +213,10 @@ def test_snapshot_to_unreachable_or_unknown_peer_fails() -> None:
             await a.transport.send_snapshot(9, _snap_message(1, 9), _pieces(b"x", random.Random()))
         await a.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_receiver_closing_mid_stream_fails_the_send() -> None:
+def test_receiver_closing_mid_stream_fails_the_send(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1, config=CONFIG), Node(2, config=CONFIG)
         await cluster(a, b)
@@ -236,7 +236,7 @@ def test_receiver_closing_mid_stream_fails_the_send() -> None:
             await sending
         await a.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_receiver_closing_mid_stream_fails_the_send() -> None:
         ([SnapshotChunk(1, 0, b"x", True, _snap_message(frm=3))], 0),  # speaks for member 3
     ],
 )
-def test_malformed_snapshot_streams_close_the_connection(
+def test_malformed_snapshot_streams_close_the_connection(loop_name: str,
     chunks: list[SnapshotChunk], delivered: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
@@ -266,5 +266,5 @@ def test_malformed_snapshot_streams_close_the_connection(
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "closing connection" in caplog.text

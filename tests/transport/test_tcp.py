@@ -53,7 +53,7 @@ def _indexes(msgs: list[Message]) -> list[int]:
     return [m.entries[0].index for m in msgs]
 
 
-def test_two_transports_exchange_thousands_of_messages_in_order() -> None:
+def test_two_transports_exchange_thousands_of_messages_in_order(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1), Node(2)
         await cluster(a, b)
@@ -70,10 +70,10 @@ def test_two_transports_exchange_thousands_of_messages_in_order() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_three_transports_keep_order_per_link() -> None:
+def test_three_transports_keep_order_per_link(loop_name: str) -> None:
     async def scenario() -> None:
         nodes = [Node(1), Node(2), Node(3)]
         await cluster(*nodes)
@@ -90,10 +90,12 @@ def test_three_transports_keep_order_per_link() -> None:
         for node in nodes:
             await node.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_wrong_cluster_id_is_rejected_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_cluster_id_is_rejected_and_reported(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         a, b = Node(1, cluster_id=1), Node(2, cluster_id=2)
         await cluster(a, b)
@@ -105,11 +107,11 @@ def test_wrong_cluster_id_is_rejected_and_reported(caplog: pytest.LogCaptureFixt
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "cluster id 1 is not 2" in caplog.text
 
 
-def test_wrong_member_id_gets_reject_frame_and_close() -> None:
+def test_wrong_member_id_gets_reject_frame_and_close(loop_name: str) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -123,10 +125,12 @@ def test_wrong_member_id_gets_reject_frame_and_close() -> None:
         writer.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_garbage_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+def test_garbage_closes_only_that_connection(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         a, b = Node(1), Node(2)
         await cluster(a, b)
@@ -143,11 +147,13 @@ def test_garbage_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "bad magic" in caplog.text
 
 
-def test_oversized_frame_closes_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+def test_oversized_frame_closes_the_connection(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = TransportConfig(max_frame_bytes=64 * 1024, snapshot_chunk_bytes=16 * 1024)
 
     async def scenario() -> None:
@@ -161,11 +167,11 @@ def test_oversized_frame_closes_the_connection(caplog: pytest.LogCaptureFixture)
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "exceeds the limit of 65536" in caplog.text
 
 
-def test_sender_drops_a_message_larger_than_the_limit() -> None:
+def test_sender_drops_a_message_larger_than_the_limit(loop_name: str) -> None:
     config = TransportConfig(max_frame_bytes=64 * 1024, snapshot_chunk_bytes=16 * 1024,
                              backoff_initial_s=0.01, backoff_max_s=0.05)
 
@@ -179,10 +185,10 @@ def test_sender_drops_a_message_larger_than_the_limit() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_truncated_frame_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_frame_is_logged(loop_name: str, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -197,10 +203,12 @@ def test_truncated_frame_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
 
 
-def test_peer_cannot_speak_for_another_member(caplog: pytest.LogCaptureFixture) -> None:
+def test_peer_cannot_speak_for_another_member(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -212,11 +220,11 @@ def test_peer_cannot_speak_for_another_member(caplog: pytest.LogCaptureFixture) 
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "on the link from 1 to 2" in caplog.text
 
 
-def test_local_message_types_are_refused_at_the_gateway() -> None:
+def test_local_message_types_are_refused_at_the_gateway(loop_name: str) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -228,10 +236,10 @@ def test_local_message_types_are_refused_at_the_gateway() -> None:
         assert b.received == []  # the whole batch is refused, not a prefix
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_newer_message_stream_from_a_peer_supersedes_the_older() -> None:
+def test_newer_message_stream_from_a_peer_supersedes_the_older(loop_name: str) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -252,7 +260,7 @@ def test_newer_message_stream_from_a_peer_supersedes_the_older() -> None:
             writer.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +271,7 @@ def test_newer_message_stream_from_a_peer_supersedes_the_older() -> None:
         (StreamKind.MESSAGES, Hello(7, 1, 2)),
     ],
 )
-def test_frames_of_the_wrong_stream_kind_close_the_connection(
+def test_frames_of_the_wrong_stream_kind_close_the_connection(loop_name: str,
     kind: StreamKind, frame: Frame, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
@@ -277,11 +285,11 @@ def test_frames_of_the_wrong_stream_kind_close_the_connection(
         await b.transport.close()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert f"on a {'message' if kind == StreamKind.MESSAGES else 'snapshot'} stream" in caplog.text
 
 
-def test_reconnect_after_peer_restart() -> None:
+def test_reconnect_after_peer_restart(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1), Node(2)
         await cluster(a, b)
@@ -304,16 +312,17 @@ def test_reconnect_after_peer_restart() -> None:
         await a.transport.close()
         await b2.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_bounded_queue_drops_and_reports_unreachable() -> None:
+def test_bounded_queue_drops_and_reports_unreachable(loop_name: str) -> None:
     config = TransportConfig(max_queued_messages=100, handshake_timeout_s=30.0)
 
     async def scenario() -> None:
         # A peer that accepts the connection and never answers the HELLO: the link stays in
         # its handshake, so everything sent queues up.
-        silent = await asyncio.start_server(lambda r, w: None, LOOPBACK, 0)
+        accepted: list[asyncio.StreamWriter] = []
+        silent = await asyncio.start_server(lambda r, w: accepted.append(w), LOOPBACK, 0)
         address = silent.sockets[0].getsockname()[:2]
         a = Node(1, config=config)
         await a.transport.start()
@@ -327,11 +336,14 @@ def test_bounded_queue_drops_and_reports_unreachable() -> None:
         assert a.unreachable == [2, 3]
         await a.transport.close()
         silent.close()
+        for writer in accepted:
+            writer.close()
+        await silent.wait_closed()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_healthy_link_answers_pings() -> None:
+def test_healthy_link_answers_pings(loop_name: str) -> None:
     config = TransportConfig(ping_interval_s=0.01, ping_timeout_s=2.0)
 
     async def scenario() -> None:
@@ -342,10 +354,12 @@ def test_healthy_link_answers_pings() -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_silent_peer_is_detected_by_keepalive(caplog: pytest.LogCaptureFixture) -> None:
+def test_silent_peer_is_detected_by_keepalive(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = TransportConfig(ping_interval_s=0.01, ping_timeout_s=0.05,
                              backoff_initial_s=0.01, backoff_max_s=0.02)
 
@@ -355,8 +369,11 @@ def test_silent_peer_is_detected_by_keepalive(caplog: pytest.LogCaptureFixture) 
         async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(65536)
             writer.write(FrameEncoder().encode(HelloAck(member_id=2)))
-            while await reader.read(65536):
-                pass
+            try:
+                while await reader.read(65536):
+                    pass
+            finally:
+                writer.close()
 
         hole = await asyncio.start_server(black_hole, LOOPBACK, 0)
         a = Node(1, config=config)
@@ -366,13 +383,14 @@ def test_silent_peer_is_detected_by_keepalive(caplog: pytest.LogCaptureFixture) 
         assert 2 in a.unreachable
         await a.transport.close()
         hole.close()
+        await hole.wait_closed()
 
     with caplog.at_level(logging.WARNING, logger="quorum.transport"):
-        run(scenario())
+        run(scenario(), loop_name)
     assert "no PONG" in caplog.text
 
 
-def test_update_peers_adds_moves_and_removes() -> None:
+def test_update_peers_adds_moves_and_removes(loop_name: str) -> None:
     async def scenario() -> None:
         a, b, c = Node(1), Node(2), Node(3)
         await cluster(a, b)
@@ -391,10 +409,10 @@ def test_update_peers_adds_moves_and_removes() -> None:
         for node in (a, b, c):
             await node.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_close_is_prompt_and_leaves_no_tasks() -> None:
+def test_close_is_prompt_and_leaves_no_tasks(loop_name: str) -> None:
     async def scenario() -> None:
         baseline = asyncio.all_tasks()
         a, b = Node(1), Node(2)
@@ -409,7 +427,7 @@ def test_close_is_prompt_and_leaves_no_tasks() -> None:
         a.transport.send([app(1, 2, 2)])  # after close: dropped, reported, no error
         assert 2 in a.unreachable
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
 def test_backoff_grows_caps_and_jitters_deterministically() -> None:
@@ -444,7 +462,7 @@ def test_config_validation(bad: dict[str, float]) -> None:
     TransportConfig().validate()
 
 
-def test_frame_decoder_sees_one_hello_ack_per_handshake() -> None:
+def test_frame_decoder_sees_one_hello_ack_per_handshake(loop_name: str) -> None:
     async def scenario() -> None:
         b = Node(2)
         await cluster(b)
@@ -455,4 +473,4 @@ def test_frame_decoder_sees_one_hello_ack_per_handshake() -> None:
         writer.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)

@@ -38,7 +38,7 @@ def _contexts(cert: Path, key: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-def test_messages_flow_over_mutual_tls(cert_files: tuple[Path, Path]) -> None:
+def test_messages_flow_over_mutual_tls(loop_name: str, cert_files: tuple[Path, Path]) -> None:
     server, client = _contexts(*cert_files)
 
     async def scenario() -> None:
@@ -52,10 +52,12 @@ def test_messages_flow_over_mutual_tls(cert_files: tuple[Path, Path]) -> None:
         await a.transport.close()
         await b.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)
 
 
-def test_plaintext_peer_cannot_talk_to_a_tls_server(cert_files: tuple[Path, Path]) -> None:
+def test_plaintext_peer_cannot_talk_to_a_tls_server(
+    loop_name: str, cert_files: tuple[Path, Path]
+) -> None:
     server, client = _contexts(*cert_files)
 
     async def scenario() -> None:
@@ -69,4 +71,4 @@ def test_plaintext_peer_cannot_talk_to_a_tls_server(cert_files: tuple[Path, Path
         await plain.transport.close()
         await secure.transport.close()
 
-    run(scenario())
+    run(scenario(), loop_name)

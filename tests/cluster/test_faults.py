@@ -330,3 +330,34 @@ def test_paused_leader_is_replaced_and_serves_no_stale_reads(tmp_path: Path) -> 
                         assert kv is not None and kv.value == b"2"
 
     asyncio.run(scenario())
+
+
+def test_retried_write_with_a_lost_answer_is_applied_once(tmp_path: Path) -> None:
+    """A client that lost the answer to a write resends it with the same session and
+    sequence number, possibly to another node: the cluster applies it once. Without the
+    session (the control) the same resend is applied twice."""
+    from quorum.state.commands import PutRequest, SessionOpenRequest, SessionOpenResponse
+
+    async def scenario() -> None:
+        with ProcCluster(3, tmp_path) as cluster:
+            await leader_of(cluster)
+            eps = cluster.endpoints()
+            async with AsyncClient(eps[:1], timeout_s=3) as first, \
+                    AsyncClient(eps[1:2], timeout_s=3) as second:
+                deadline = asyncio.get_running_loop().time() + 5
+                opened = await first._attempts(SessionOpenRequest(), 0, 0, False, deadline)
+                assert isinstance(opened, SessionOpenResponse)
+                sid = opened.session_id
+                put = PutRequest(b"once", b"x")
+                r1 = await first._attempts(put, sid, 1, False, deadline)
+                r2 = await second._attempts(put, sid, 1, False, deadline)  # the retry
+                assert r1 == r2  # the recorded answer, not a second application
+                kv = await first.get(b"once")
+                assert kv is not None and kv.version == 1
+                # control: without a session the resend is a second write
+                await first._attempts(PutRequest(b"twice", b"x"), 0, 0, False, deadline)
+                await second._attempts(PutRequest(b"twice", b"x"), 0, 0, False, deadline)
+                kv2 = await first.get(b"twice")
+                assert kv2 is not None and kv2.version == 2
+
+    asyncio.run(scenario())

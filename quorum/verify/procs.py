@@ -172,14 +172,24 @@ class ProcCluster:
 
     # --- membership ---------------------------------------------------------------------------
 
-    def add_node(self, node_id: int, ports: tuple[int, int, int] | None = None) -> ProcNode:
+    def add_node(self, node_id: int, ports: tuple[int, int, int] | None = None,
+                 listen: int | None = None) -> ProcNode:
         """Create (not start) a node that joins the running cluster as ``node_id`` (the id
         ``member add`` returned); ``ports`` = (peer, native, etcd), the peer port being the
-        one given to ``member add``."""
+        one given to ``member add``. ``listen``: the port the node really listens on for
+        peers when ``peer`` is a proxy's port (see PartitionProxy.add_target)."""
         peer, native, etcd = ports or free_ports(3)
-        node = ProcNode(node_id, peer, native, etcd)
+        node = ProcNode(node_id, peer, native, etcd, listen)
         node.join = True
         self.nodes[node_id] = node
+        self._initial = ",".join(n.spec() for n in self.nodes.values())
+        return node
+
+    def remove_node(self, node_id: int) -> ProcNode:
+        """Kill the node's process and forget it (after ``member remove``). Its data
+        directory stays; the caller wipes it if the node is to come back fresh."""
+        self.kill(node_id)
+        node = self.nodes.pop(node_id)
         self._initial = ",".join(n.spec() for n in self.nodes.values())
         return node
 

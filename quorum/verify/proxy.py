@@ -25,25 +25,54 @@ class PartitionProxy:
         self.targets = dict(targets)
         self.listen_ports: dict[int, int] = {}
         self.blocked: set[tuple[int, int]] = set()
-        self._servers: list[asyncio.Server] = []
+        self._servers: dict[int, asyncio.Server] = {}
         self._conns: dict[tuple[int, int], set[asyncio.StreamWriter]] = {}
         self.refused = 0
 
     async def start(self, ports: dict[int, int] | None = None) -> None:
-        for node, _target in self.targets.items():
-            port = (ports or {}).get(node, 0)
-            server = await asyncio.start_server(
-                lambda r, w, dst=node: self._accept(r, w, dst), "127.0.0.1", port)
-            self._servers.append(server)
-            self.listen_ports[node] = server.sockets[0].getsockname()[1]
+        for node in list(self.targets):
+            await self._listen(node, (ports or {}).get(node, 0))
+
+    async def _listen(self, node: int, port: int) -> None:
+        async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.CancelledError):  # closing the proxy
+                await self._accept(r, w, node)
+
+        server = await asyncio.start_server(accept, "127.0.0.1", port)
+        self._servers[node] = server
+        self.listen_ports[node] = server.sockets[0].getsockname()[1]
+
+    async def add_target(self, node: int, target: tuple[str, int], port: int = 0) -> int:
+        """Start forwarding a new node (one that joins at run time): listen on ``port`` (0:
+        any free one) for traffic to ``node`` and forward it to ``target``. Returns the
+        listening port, the address the other nodes must know the new one by. Links to and
+        from it follow the current partition: blocked only once ``block``/``partition`` is
+        called again (a partition in force does not know the new node)."""
+        self.targets[node] = target
+        await self._listen(node, port)
+        return self.listen_ports[node]
+
+    async def remove_target(self, node: int) -> None:
+        """Stop forwarding to ``node`` (removed from the cluster): close its listening port
+        and every connection to or from it."""
+        self.targets.pop(node, None)
+        self.listen_ports.pop(node, None)
+        server = self._servers.pop(node, None)
+        for link in [lk for lk in self._conns if node in lk]:
+            for w in self._conns.pop(link):
+                w.close()
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
     async def close(self) -> None:
-        for server in self._servers:
+        for server in self._servers.values():
             server.close()
         for writers in self._conns.values():
             for w in writers:
                 w.close()
-        for server in self._servers:
+        for server in self._servers.values():
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
@@ -80,8 +109,12 @@ class PartitionProxy:
             self.refused += 1
             writer.close()
             return
+        target = self.targets.get(dst)
+        if target is None:  # removed meanwhile
+            writer.close()
+            return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.targets[dst])
+            up_reader, up_writer = await asyncio.open_connection(*target)
         except OSError:
             writer.close()
             return

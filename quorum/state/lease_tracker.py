@@ -13,7 +13,10 @@ Rules (etcd's lessor, Raft-driven expiry):
   applied the runtime calls ``revoked(id)``.
 - ``keepalive(id, now)`` restarts the lease's TTL. If the state holds a checkpoint for it, a
   clearing checkpoint (remaining 0) is queued, so a later leader does not restart from the
-  stale shorter value.
+  stale shorter value. While ``clear_pending(id)`` is true the runtime must not acknowledge
+  the keepalive until that LeaseCheckpointRequest (from ``checkpoints(now)``) is applied:
+  a failover in between would restart the lease from the stale remaining TTL, shorter than
+  what the client was just promised (etcd waits for the same checkpoint).
 - ``checkpoints(now)`` returns, every ``checkpoint_interval_s``, the remaining TTL of every
   lease longer than ``checkpoint_min_ttl_s`` (and the queued clearing ones): the runtime
   proposes them as a LeaseCheckpointRequest so long leases survive failover with their
@@ -48,6 +51,7 @@ class LeaseTracker:
         self._heap: list[tuple[float, int]] = []  # (deadline, id); stale entries skipped
         self._checkpointed: set[int] = set()  # leases the state holds a checkpoint for
         self._clear: set[int] = set()  # clearing checkpoints to propose
+        self._awaiting: set[int] = set()  # keepalives waiting for their clearing checkpoint
         self._next_checkpoint = 0.0
 
     # --- leadership ---------------------------------------------------------------------------
@@ -60,6 +64,7 @@ class LeaseTracker:
         self._heap.clear()
         self._checkpointed.clear()
         self._clear.clear()
+        self._awaiting.clear()
         for info in leases:
             remaining = info.remaining_ttl or info.granted_ttl
             self._ttl[info.id] = info.granted_ttl
@@ -76,6 +81,7 @@ class LeaseTracker:
         self._heap.clear()
         self._checkpointed.clear()
         self._clear.clear()
+        self._awaiting.clear()
 
     # --- changes the runtime mirrors from applied commands ------------------------------------
 
@@ -91,12 +97,14 @@ class LeaseTracker:
         self._deadline.pop(lease_id, None)
         self._checkpointed.discard(lease_id)
         self._clear.discard(lease_id)
+        self._awaiting.discard(lease_id)
 
     def checkpoint_applied(self, checkpoint: LeaseCheckpoint) -> None:
         if checkpoint.remaining_ttl:
             self._checkpointed.add(checkpoint.id)
         else:
             self._checkpointed.discard(checkpoint.id)
+            self._awaiting.discard(checkpoint.id)
 
     # --- queries and renewals -----------------------------------------------------------------
 
@@ -109,7 +117,12 @@ class LeaseTracker:
         self._set(lease_id, now + ttl)
         if lease_id in self._checkpointed:
             self._clear.add(lease_id)
+            self._awaiting.add(lease_id)
         return ttl
+
+    def clear_pending(self, lease_id: int) -> bool:
+        """Whether a keepalive of ``lease_id`` waits for a clearing checkpoint to be applied."""
+        return lease_id in self._awaiting
 
     def remaining(self, lease_id: int, now: float) -> int | None:
         """Seconds left (rounded up, >= 0) as known to this leader; None if not tracked."""
@@ -128,10 +141,13 @@ class LeaseTracker:
         while heap and heap[0][0] <= now:
             deadline, lease_id = heapq.heappop(heap)
             if self._deadline.get(lease_id) != deadline:
-                continue  # superseded by a keepalive or gone
+                continue  # superseded (keepalive, retry hold-back) or gone
             found.append(lease_id)
+            # Held back at once: a second heap entry with the same deadline (grant and
+            # keepalive at the same instant) then no longer matches.
+            self._deadline[lease_id] = now + self.retry_s
         for lease_id in found:
-            self._set(lease_id, now + self.retry_s)
+            heapq.heappush(heap, (self._deadline[lease_id], lease_id))
         return found
 
     def checkpoints(self, now: float) -> list[LeaseCheckpoint]:
@@ -143,7 +159,7 @@ class LeaseTracker:
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_interval_s
             for lease_id, ttl in self._ttl.items():
-                if ttl > self.checkpoint_min_ttl_s:
+                if ttl > self.checkpoint_min_ttl_s and lease_id not in self._awaiting:
                     left = self.remaining(lease_id, now) or 0
                     out[lease_id] = LeaseCheckpoint(lease_id, max(1, left))
         return [out[i] for i in sorted(out)]

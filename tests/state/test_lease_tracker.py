@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from quorum.errors import LeaseNotFound
 from quorum.state import (
@@ -67,8 +69,15 @@ def test_checkpoints_for_long_leases_and_clearing_after_keepalive() -> None:
     assert t.checkpoints(10.0) == []
     assert t.checkpoints(60.0) == [LeaseCheckpoint(1, 3540)]
     t.checkpoint_applied(LeaseCheckpoint(1, 3540))
+    assert not t.clear_pending(1)
     t.keepalive(1, 70.0)
+    assert t.clear_pending(1)  # the keepalive must not be acknowledged yet
     assert t.checkpoints(71.0) == [LeaseCheckpoint(1, 0)]  # clear the stale checkpoint
+    assert t.clear_pending(1)
+    t.checkpoint_applied(LeaseCheckpoint(1, 0))
+    assert not t.clear_pending(1)
+    t.keepalive(1, 80.0)
+    assert not t.clear_pending(1)  # nothing checkpointed any more: acknowledge at once
 
 
 def test_runtime_loop_with_the_state_machine() -> None:
@@ -91,3 +100,71 @@ def test_runtime_loop_with_the_state_machine() -> None:
     assert sm.revision == 3  # both keys vanished at one revision
     again = sm.apply(6, encode_command(LeaseExpireRequest((1,))))  # a duplicate proposal
     assert again.expired == () and sm.revision == 3  # type: ignore[union-attr]
+
+
+def test_same_instant_grant_and_keepalive_is_reported_once() -> None:
+    t = LeaseTracker()
+    t.promote(0.0, [])
+    t.granted(1, 1, now=0.0)
+    t.keepalive(1, 0.0)
+    assert t.expired(1.0) == [1]
+    assert t.expired(1.5) == []
+
+
+def test_acknowledging_before_the_clearing_checkpoint_would_expire_early() -> None:
+    """Why clear_pending exists: checkpoint (remaining 100 of 1000), keepalive, failover
+    before the clearing checkpoint commits -> the new leader restarts from 100 s."""
+    t = LeaseTracker(checkpoint_interval_s=1.0, checkpoint_min_ttl_s=10)
+    t.promote(0.0, [LeaseInfo(1, 1000, 0)])
+    [cp] = t.checkpoints(900.0)
+    assert cp == LeaseCheckpoint(1, 100)
+    t.checkpoint_applied(cp)
+    state = LeaseInfo(1, 1000, cp.remaining_ttl)
+    t.keepalive(1, 950.0)  # an immediate ack would promise the client 950 + 1000
+    assert t.clear_pending(1)
+    successor = LeaseTracker()
+    successor.promote(960.0, [state])  # the clearing checkpoint never committed
+    assert successor.expired(1061.0) == [1]  # long before 1950: so the ack had to wait
+
+
+events = st.lists(st.tuples(st.sampled_from(["keepalive", "failover", "tick", "checkpoint"]),
+                            st.integers(1, 3), st.floats(0.0, 4.0)), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ttls=st.lists(st.integers(1, 30), min_size=3, max_size=3), script=events)
+def test_a_lease_never_expires_before_its_client_deadline(ttls: list[int],
+                                                          script: list[tuple[str, int, float]]) -> None:
+    """Whatever the keepalives, failovers and checkpoints, a lease is reported expired only
+    after the client's last acknowledged keepalive (or the grant) plus the TTL. A runtime
+    acknowledges a keepalive only once no clearing checkpoint is pending, as documented."""
+    now = 0.0
+    tracker = LeaseTracker(checkpoint_interval_s=1.0, checkpoint_min_ttl_s=2)
+    tracker.promote(now, [])
+    state: dict[int, LeaseInfo] = {}
+    client_deadline: dict[int, float] = {}
+    for lease_id, ttl in enumerate(ttls, start=1):
+        tracker.granted(lease_id, ttl, now)
+        state[lease_id] = LeaseInfo(lease_id, ttl, 0)
+        client_deadline[lease_id] = now + ttl
+    pending_acks: dict[int, float] = {}
+    for kind, lease_id, dt in script:
+        now += dt
+        if kind == "keepalive" and lease_id in state:
+            tracker.keepalive(lease_id, now)
+            pending_acks[lease_id] = now + state[lease_id].granted_ttl
+        elif kind == "failover":  # the new leader only knows the replicated state
+            pending_acks.clear()  # unacknowledged keepalives are lost with the old leader
+            tracker = LeaseTracker(checkpoint_interval_s=1.0, checkpoint_min_ttl_s=2)
+            tracker.promote(now, list(state.values()))
+        elif kind == "checkpoint":  # the proposed checkpoints commit and are applied
+            for cp in tracker.checkpoints(now):
+                if cp.id in state:
+                    state[cp.id] = LeaseInfo(cp.id, state[cp.id].granted_ttl, cp.remaining_ttl)
+                    tracker.checkpoint_applied(cp)
+        for acked in [i for i in pending_acks if not tracker.clear_pending(i)]:
+            client_deadline[acked] = pending_acks.pop(acked)
+        for expired in tracker.expired(now):
+            assert now >= client_deadline[expired] - 1e-9, (expired, now, client_deadline)
+            tracker.revoked(expired)
+            del state[expired]

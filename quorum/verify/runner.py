@@ -110,6 +110,8 @@ class _Nemesis:
         self.started = time.monotonic()
 
     async def run(self, until: float) -> None:
+        if not self.opts.nemesis:  # a run without faults (a baseline, or workload-only bugs)
+            return
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(*self.opts.fault_interval_s))
             if time.monotonic() >= until:

@@ -1,6 +1,10 @@
-"""`quorum verify` end to end: real processes under kill, pause and partition, checked.
+"""`quorum verify` end to end with the register workload: real processes under kill, pause
+and partition, checked.
 
-One 60-second run must pass; a run with a planted stale-read bug must be caught."""
+One 60-second run must pass; a run with a planted stale-read bug must be caught. Both are
+long campaigns now (``make torture``): tests/cluster/test_verify_workloads.py runs the same
+nemeses plus membership changes with every workload, and catches planted stale reads with
+register, append and watch, inside the ``make test`` budget."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from quorum.verify.runner import VerifyOptions, run_verify
 pytestmark = [pytest.mark.timeout(400), pytest.mark.xdist_group("procs")]
 
 
+@pytest.mark.torture
 def test_sixty_seconds_of_kill_pause_partition_pass(tmp_path: Path) -> None:
     opts = VerifyOptions(duration_s=60, nemesis=("kill", "pause", "partition"),
                          report_dir=str(tmp_path / "report"), seed=1)
@@ -31,6 +36,7 @@ def test_sixty_seconds_of_kill_pause_partition_pass(tmp_path: Path) -> None:
     assert data
 
 
+@pytest.mark.torture
 def test_planted_stale_reads_are_caught(tmp_path: Path) -> None:
     # A budget of two 25-second runs: the bug shows only when a read reaches a node cut off
     # from the majority, which depends on where the partitions fall.

@@ -1,0 +1,166 @@
+"""`quorum verify` workloads (append, lock, watch, lease) and the member nemesis on real
+processes, plus the pure checks the workloads add (lease expiry, lock hold overlaps).
+
+Real-process runs: one short run of every workload under kill, pause, partition and member
+changes must pass; planted bugs must be caught: stale reads on the server (by register,
+append and watch) and a lock resource that ignores fencing tokens (by the lock workload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from quorum.verify.runner import VerifyOptions, run_verify
+from quorum.verify.workloads import FencedWrite, check_fencing
+from quorum.verify.workloads_lease import LeaseObservation, check_lease_expiry
+from quorum.verify.workloads_lock import Hold, hold_overlaps, resource_order
+
+ALL = ("register", "append", "lock", "watch", "lease")
+
+# --- lease expiry check ---------------------------------------------------------------------
+
+
+def _lease(**kw: object) -> LeaseObservation:
+    base: dict[str, object] = {"lease_id": 7, "key": "lease/1/1", "ttl_s": 2.0,
+                               "renewed_call": 10.0, "renewed_return": 10.1}
+    base.update(kw)
+    return LeaseObservation(**base)  # type: ignore[arg-type]
+
+
+def test_lease_gone_after_its_ttl_is_fine() -> None:
+    obs = _lease(present=(11.8, 11.9), absent=(12.3, 12.4))
+    assert check_lease_expiry([obs], bound_s=5.0) == []
+
+
+def test_lease_gone_before_its_ttl_is_early() -> None:
+    # the key vanished 1.4 s after the renewal of a 2 s lease: a leader change shortened it
+    obs = _lease(present=(11.0, 11.1), absent=(11.3, 11.4))
+    found = check_lease_expiry([obs], bound_s=5.0)
+    assert [v.kind for v in found] == ["early"]
+
+
+def test_clock_rate_bound_allows_a_fast_server_clock() -> None:
+    # 1.7 s of real time is 2.2 s on a clock running 30% fast: not early under that bound
+    obs = _lease(absent=(11.6, 11.7))
+    assert [v.kind for v in check_lease_expiry([obs], bound_s=5.0)] == ["early"]
+    assert check_lease_expiry([obs], bound_s=5.0, clock_rate_bound=1.3) == []
+
+
+def test_lease_still_there_past_ttl_plus_bound_is_late() -> None:
+    obs = _lease(present=(18.0, 18.1), absent=(18.2, 18.3))
+    found = check_lease_expiry([obs], bound_s=5.0)  # limit 10.1 + 2 + 5 = 17.1
+    assert [v.kind for v in found] == ["late"]
+    assert check_lease_expiry([obs], bound_s=6.0) == []
+
+
+# --- lock: overlaps and resource order ------------------------------------------------------
+
+
+def test_hold_overlaps_are_explained_only_by_a_pause_or_a_lost_lease() -> None:
+    a = Hold(client_id=1, token=5, acquired=0.0, released=4.0, paused=True)
+    b = Hold(client_id=2, token=9, acquired=3.0, released=3.5)
+    c = Hold(client_id=3, token=12, acquired=3.2, released=3.8)
+    d = Hold(client_id=1, token=20, acquired=5.0, released=5.1)
+    found = hold_overlaps([d, c, b, a])
+    pairs = {(o.first.token, o.second.token): o.explained for o in found}
+    # b and c overlap and b neither paused nor lost its lease: a mutual exclusion breach
+    assert pairs == {(5, 9): True, (5, 12): True, (9, 12): False}
+
+
+def test_resource_order_puts_a_refusal_after_the_write_it_saw() -> None:
+    newer = FencedWrite(resource="r", token=9, accepted=True, client_id=2)
+    stale = FencedWrite(resource="r", token=5, accepted=False, client_id=1)
+    older = FencedWrite(resource="r", token=5, accepted=True, client_id=1)
+    # the refusal reports the revision of the write that made the fence 9
+    ordered = resource_order([(12, stale), (12, newer), (10, older)])
+    assert ordered == [older, newer, stale]
+    assert check_fencing(ordered).stale_count == 0
+    unfenced = resource_order([(13, FencedWrite(resource="r", token=5, accepted=True)),
+                               (12, newer)])
+    assert check_fencing(unfenced).stale_count == 1
+
+
+# --- real processes -------------------------------------------------------------------------
+
+
+def _verdicts(report: object) -> dict[str, str]:
+    return {w.name: w.verdict for w in report.workloads}  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("procs")
+def test_every_workload_under_kill_pause_partition_member_passes(tmp_path: Path) -> None:
+    opts = VerifyOptions(duration_s=25, workloads=ALL, clients=3,
+                         nemesis=("kill", "pause", "partition", "member"),
+                         fault_interval_s=(1.0, 3.0), fault_length_s=(0.5, 2.0),
+                         report_dir=str(tmp_path / "report"), seed=11)
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    assert report.ok, (report.problems, _verdicts(report), report.faults)
+    assert _verdicts(report) == dict.fromkeys(ALL, "PASS")
+    assert report.converged and report.recovered
+    kinds = {f.split()[1] for f in report.faults}
+    assert "member" in kinds, report.faults
+    assert any("member promote" in f for f in report.faults), report.faults
+    by_name = {w.name: w for w in report.workloads}
+    assert by_name["append"].details["transactions"] > 200
+    lock = by_name["lock"].details
+    # fencing was exercised: paused holders came back and the resource refused them
+    assert lock["paused_holds"] > 0 and lock["accepted"] > 0
+    assert lock["stale_accepted"] == 0
+    watch = by_name["watch"].details
+    assert watch["events_delivered"] > 100 and watch["progress_notices"] > 0
+    assert by_name["lease"].details["expired_seen"] > 3
+    index = Path(report.report_html).read_text()
+    for name in ALL:
+        assert f"href='{name}.html'" in index
+        assert (tmp_path / "report" / f"{name}.html").exists()
+    assert "faults timeline" in index
+    data = json.loads(Path(report.report_json).read_text())
+    assert [w["name"] for w in data["workloads"]] == list(ALL)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("procs")
+def test_planted_stale_reads_are_caught_by_register_append_and_watch(tmp_path: Path) -> None:
+    # A read from a node cut off from the majority, served without ReadIndex, returns old
+    # state: register sees a non-linearizable read, append a realtime cycle, watch a read
+    # revision older than a write that had completed.
+    opts = VerifyOptions(duration_s=20, workloads=("register", "append", "watch"), clients=4,
+                         nemesis=("partition",), fault_interval_s=(0.5, 2.0),
+                         report_dir=str(tmp_path / "report"), data_dir=str(tmp_path / "data"),
+                         seed=3, planted_bugs=("stale_read",))
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    assert not report.ok
+    verdicts = _verdicts(report)
+    caught = [name for name, v in verdicts.items() if v == "FAIL"]
+    assert len(caught) >= 2, (verdicts, report.problems)
+    assert report.verdict == "FAIL"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("procs")
+def test_a_resource_ignoring_fencing_tokens_accepts_stale_writes(tmp_path: Path) -> None:
+    opts = VerifyOptions(duration_s=10, workloads=("lock",), nemesis=(), lock_fencing=False,
+                         lock_pause_probability=0.5, report_dir=str(tmp_path / "report"),
+                         data_dir=str(tmp_path / "data"), seed=5)
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    (lock,) = report.workloads
+    assert lock.verdict == "FAIL", lock.details
+    assert lock.details["stale_accepted"] > 0
+    assert lock.details["unexplained_overlaps"] == 0  # the lock itself did its job
+    assert any("stale write accepted" in p for p in report.problems)
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("procs")
+def test_long_campaign_every_workload_every_nemesis(tmp_path: Path) -> None:
+    opts = VerifyOptions(duration_s=240, workloads=ALL,
+                         nemesis=("kill", "pause", "partition", "clock", "member"),
+                         report_dir=str(tmp_path / "report"), seed=21)
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    assert report.ok, (report.problems, _verdicts(report), report.faults)

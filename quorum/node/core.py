@@ -256,15 +256,18 @@ class NodeCore:
             self._feed_reads()
 
     def _feed_proposals(self) -> None:
+        """Everything proposed since the last drain goes to Raft as one batch (one step)."""
         proposals, self._proposals = self._proposals, []
-        for payload, pending in proposals:
-            req = self._new_request_id()
-            data = envelope.encode(Proposal(self.id, req, payload))
-            try:
-                self.rn.propose(data)
-            except ProposalDropped as exc:
+        reqs = [self._new_request_id() for _ in proposals]
+        datas = [envelope.encode(Proposal(self.id, req, payload))
+                 for req, (payload, _) in zip(reqs, proposals)]
+        try:
+            self.rn.propose_batch(datas)
+        except ProposalDropped as exc:
+            for _, pending in proposals:
                 pending.waiter.fail(exc)
-                continue
+            return
+        for req, (_, pending) in zip(reqs, proposals):
             self._pending[req] = pending
 
     def _feed_conf_changes(self) -> None:

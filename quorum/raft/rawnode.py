@@ -8,6 +8,7 @@ sent and applied. Nothing here does I/O.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import msgspec
 
@@ -94,6 +95,17 @@ class RawNode:
         UncommittedLogFull or ProposalDropped; nothing changed in that case.
         """
         self._propose(Entry(term=0, index=0, type=EntryType.NORMAL, data=data))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> None:
+        """Append several entries in one step (the runtime's batch of one loop turn): all of
+        them or, on the errors of :meth:`propose`, none."""
+        if datas:
+            entries = tuple(Entry(term=0, index=0, type=EntryType.NORMAL, data=d) for d in datas)
+            try:
+                self.raft.step(Message(type=MT.PROP, from_=self.raft.id, entries=entries))
+            except ProposalDropped:
+                self.raft.count("proposals_dropped")
+                raise
 
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose a membership change. Besides the ``propose`` errors, raises

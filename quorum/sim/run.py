@@ -58,6 +58,8 @@ class SimOptions(msgspec.Struct, kw_only=True):
     skew: float = 0.05  # "skew_clock" gives the leader a rate in [1 / (1 + skew), 1]
     jump_ticks: int = 10  # "clock_jump" advances a node's clock by 1..jump_ticks ticks
     profile: str = "default"  # the name the options came from (for the replay command)
+    delay_ms: tuple[int, int] = (1, 10)  # network delay range (until a "lossy" fault)
+    snapshot_after_conf_change: bool = True  # see World._snapshot_if_config_moved
 
 
 # Fault profiles. "default" mixes every fault; the others bias the nemesis toward the
@@ -92,11 +94,17 @@ PROFILES: dict[str, dict[str, object]] = {
         "faults": ("crash_leader", "isolate_leader", "crash_one", "heal", "random_partition",
                    "crash_majority"),
     },
-    # Figure 8: leaders isolated every few ticks while entries travel one per message, so a
-    # new leader can get an old-term entry onto a majority before its own entry follows
+    # Figure 8 (Raft paper 5.4.2): one entry per AppendEntries over a one-tick network, leaders
+    # cut off at random, right after they win (their no-op stays local) and right after their
+    # commit index moves (what they just replicated reached one follower only). A leader that
+    # commits an entry of an older term by counting replicas can then be succeeded by a leader
+    # without it: the leader-completeness check flags that at once.
     "figure8": {
-        "nodes": 3, "clients": 4, "fault_every_ms": (10, 40), "max_entries_per_msg": 1,
-        "faults": ("isolate_leader", "heal", "heal", "crash_leader", "crash_new_leader"),
+        "nodes": 3, "clients": 6, "fault_every_ms": (10, 20), "max_entries_per_msg": 1,
+        "delay_ms": (10, 10), "safety_ms": 3_000, "election_ticks": 5, "pre_vote": False,
+        "watch": False,
+        "faults": ("heal", "isolate_leader", "isolate_leader", "isolate_new_leader",
+                   "isolate_on_commit"),
     },
     # a voter crashes right after granting its vote and comes back at once
     "vote_crash": {
@@ -151,6 +159,25 @@ class Nemesis:
         self.world.at(self.rng.randint(*self.options.fault_every_ms), self.step)
         if "crash_new_leader" in self.options.faults:
             self.world.on_new_leader = self.crash_new_leader
+        if "isolate_new_leader" in self.options.faults:
+            self.world.on_new_leader = self.isolate_new_leader
+        if "isolate_on_commit" in self.options.faults:
+            self.world.on_leader_commit = self.isolate_on_commit
+
+    def isolate_new_leader(self, node_id: int) -> None:
+        """Cut a fresh leader off before its first entry (a no-op of its term) spreads."""
+        if self.active and self.rng.random() < 0.5:
+            self.world.at(self.rng.randint(0, 10), lambda: self._isolate(node_id))
+
+    def isolate_on_commit(self, node_id: int) -> None:
+        """Cut a leader off right after its commit index moved: entries it has just
+        replicated may not have reached anyone else (Figure 8's moment, Raft paper 5.4.2)."""
+        if self.active and self.rng.random() < 0.5:
+            self._isolate(node_id)
+
+    def _isolate(self, node_id: int) -> None:
+        if self.active and node_id in self.world.nodes:  # never after the final heal
+            self.world.partition(tuple(i for i in self._ids() if i != node_id))
 
     def crash_new_leader(self, node_id: int) -> None:
         """Kill a fresh leader a few milliseconds into its term (half of the time)."""
@@ -173,7 +200,8 @@ class Nemesis:
 
     def _faults(self) -> list[Callable[[], None]]:
         if self.options.faults:
-            return [getattr(self, n) for n in self.options.faults if n != "crash_new_leader"]
+            hooks = ("crash_new_leader", "isolate_new_leader", "isolate_on_commit")
+            return [getattr(self, n) for n in self.options.faults if n not in hooks]
         return [
             self.isolate_leader, self.random_partition, self.heal, self.heal,
             self.crash_one, self.crash_majority, self.pause_one, self.resume_all,
@@ -293,7 +321,9 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   max_entries_per_msg=options.max_entries_per_msg, pre_vote=options.pre_vote,
                   check_quorum=options.check_quorum,
                   bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
-                  split_txn_events_bug="split_txn_events" in options.bugs)
+                  split_txn_events_bug="split_txn_events" in options.bugs,
+                  snapshot_after_conf_change=options.snapshot_after_conf_change)
+    world.net.min_delay_ms, world.net.max_delay_ms = options.delay_ms
     rng = random.Random(world.rng.getrandbits(64))
     for node in world.nodes.values():
         node.drift = rng.uniform(1.0 - options.drift, 1.0 + options.drift)  # clock rate

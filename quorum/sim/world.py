@@ -56,6 +56,7 @@ class SimNode:
         self.incarnation = 0
         self.crashes = 0
         self.last_applied = 0
+        self.last_commit = 0  # commit index seen at the last check while leading
 
     @property
     def up(self) -> bool:
@@ -101,8 +102,12 @@ class World:
         self.leaders: dict[int, int] = {}  # term -> leader id (election safety)
         self.applied_digest: dict[int, tuple[int, int]] = {}  # index -> (term, data hash)
         self.state_hashes: dict[int, tuple[int, int]] = {}  # applied index -> (hash, node)
+        # index -> (term of the leader that first committed it, the entry's term)
+        self.commit_terms: dict[int, tuple[int, int]] = {}
+        self.max_committed = 0
         self.on_node_started: Callable[[SimNode], None] | None = None
         self.on_new_leader: Callable[[int], None] | None = None
+        self.on_leader_commit: Callable[[int], None] | None = None  # commit index moved
         self._announced: set[int] = set()
         self.messages_sent = 0
         for node in self.nodes.values():
@@ -318,8 +323,15 @@ class World:
             if term not in self._announced:
                 self._announced.add(term)
                 self.trace(f"n{node.id} leads term {term}")
+                self._check_leader_completeness(node, term)
                 if self.on_new_leader is not None:
                     self.on_new_leader(node.id)
+            commit = core.rn.raft.raft_log.committed
+            if commit > node.last_commit:
+                self._record_commits(node, term, commit)
+                if self.on_leader_commit is not None:
+                    self.on_leader_commit(node.id)
+            node.last_commit = commit
         if core.applied < node.last_applied:
             raise Violation("applied-monotonic",
                             f"n{node.id} applied went {node.last_applied} -> {core.applied}")
@@ -330,6 +342,30 @@ class World:
                 raise Violation("state-hash",
                                 f"n{node.id} and n{seen[1]} differ at applied {core.applied}")
         node.last_applied = core.applied
+
+    def _record_commits(self, node: SimNode, term: int, commit: int) -> None:
+        """Remember, for each newly committed index, the term of the leader committing it."""
+        assert node.core is not None
+        log = node.core.rn.raft.raft_log
+        start = max(node.last_commit + 1, log.first_index(), self.max_committed + 1)
+        for index in range(start, commit + 1):
+            self.commit_terms.setdefault(index, (term, log.term(index) or 0))
+        self.max_committed = max(self.max_committed, commit)
+
+    def _check_leader_completeness(self, node: SimNode, term: int) -> None:
+        """Leader Completeness (Raft paper 5.4): an entry committed in term T is in the log of
+        every leader of a term above T. Checked when a leader is first seen, for the indexes
+        its log still holds (compacted ones are covered by its snapshot)."""
+        assert node.core is not None
+        log = node.core.rn.raft.raft_log
+        last = log.last_index()
+        for index in range(max(log.first_index(), 1), self.max_committed + 1):
+            committed_in, entry_term = self.commit_terms.get(index, (term, 0))
+            if committed_in < term and (index > last or log.term(index) != entry_term):
+                raise Violation(
+                    "leader-completeness",
+                    f"n{node.id} leads term {term} without the entry (term {entry_term}) at "
+                    f"index {index} committed in term {committed_in}")
 
     # --- network ------------------------------------------------------------------------------
 

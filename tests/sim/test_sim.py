@@ -79,6 +79,7 @@ PLANTED = {
     "skip_vote_log_check": ("churn", 30),
     "forget_vote": ("vote_crash", 60),
     "split_txn_events": ("default", 3),
+    "commit_old_term": ("figure8", 20),
 }
 
 

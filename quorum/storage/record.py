@@ -3,12 +3,17 @@
 Layout of one record (little-endian), always a multiple of 8 bytes long::
 
     offset  size  field
-    0       4     crc32c   CRC32C of bytes [4, 16 + length): the rest of the header + payload
+    0       4     crc32c   CRC32C of bytes [4, 16 + padded length): the rest of the header,
+                           the payload and its padding
     4       4     length   payload length in bytes (padding excluded)
     8       1     type     RecordType (0 is never valid, so a zeroed header never decodes)
     9       7     reserved zero
     16      n     payload  msgspec msgpack encoding of the record's Struct
     16+n    0..7  padding  zero bytes up to the next multiple of 8
+
+The CRC covers the padding too, so a record is valid only if every one of its bytes reached
+the disk: a write cut short (ENOSPC, a torn write) never leaves a valid record, even when only
+padding is missing.
 
 Each record carries its own CRC (not chained to the previous record's CRC). A per-record CRC
 lets recovery check any record on its own, which is what tells a torn tail (nothing valid
@@ -91,8 +96,7 @@ def append_record(buf: bytearray, rtype: RecordType, payload: bytes) -> None:
     buf.extend(bytes(total))
     HEADER.pack_into(buf, start, 0, len(payload), rtype)
     buf[start + HEADER_BYTES : start + HEADER_BYTES + len(payload)] = payload
-    crc = _crc.extend(_crc.value(bytes(buf[start + 4 : start + HEADER_BYTES])), payload)
-    struct.pack_into("<I", buf, start, crc)
+    struct.pack_into("<I", buf, start, _crc.value(bytes(buf[start + 4 : start + total])))
 
 
 def encode_struct(value: msgspec.Struct) -> bytes:
@@ -137,13 +141,14 @@ def check_record(data: bytes, offset: int) -> tuple[Record | None, str]:
     crc, length, rtype = HEADER.unpack_from(data, offset)
     if rtype not in _VALID_TYPES:
         return None, f"invalid record type {rtype}"
-    end = offset + HEADER_BYTES + length
+    end = offset + HEADER_BYTES + padded(length)
     if length > MAX_PAYLOAD_BYTES or end > len(data):
         return None, f"length {length} runs past the end of the file"
-    payload = data[offset + HEADER_BYTES : end]
-    actual = _crc.extend(_crc.value(data[offset + 4 : offset + HEADER_BYTES]), payload)
+    body = data[offset + HEADER_BYTES : end]  # payload and padding
+    actual = _crc.extend(_crc.value(data[offset + 4 : offset + HEADER_BYTES]), body)
     if actual != crc:
         return None, f"checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+    payload = body if len(body) == length else body[:length]
     return Record(offset, RecordType(rtype), payload), ""
 
 
@@ -253,7 +258,7 @@ def bit_flip_offset(data: bytes, offset: int) -> int | None:
 
 
 def _flip_with_extent(data: bytes, offset: int, stored: int, length: int) -> tuple[int, int] | None:
-    end = offset + HEADER_BYTES + length
+    end = offset + HEADER_BYTES + padded(length)
     if length > FLIP_CHECK_MAX_BYTES or end > len(data):
         return None
     syndrome = _crc.value(data[offset + 4 : end]) ^ stored
@@ -268,7 +273,7 @@ def _flip_in_length(data: bytes, offset: int, stored: int, length: int) -> tuple
     rest = data[offset + 8 : offset + HEADER_BYTES]
     for bit in range(32):
         alt = length ^ (1 << bit)
-        end = offset + HEADER_BYTES + alt
+        end = offset + HEADER_BYTES + padded(alt)
         if alt > FLIP_CHECK_MAX_BYTES or end > len(data):
             continue
         head = struct.pack("<I", alt) + rest
@@ -278,11 +283,13 @@ def _flip_in_length(data: bytes, offset: int, stored: int, length: int) -> tuple
 
 
 def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
-    """Does any 512-byte sector overlap [start, end) with at least 16 bytes, all zero?"""
+    """Does any 512-byte sector overlap [start, end) with an all-zero stretch? Records and
+    their padded ends are 8-aligned, so overlaps are multiples of 8 and a zeroed torn piece
+    always shows."""
     sector = start - start % SECTOR_BYTES
     while sector < end:
         lo, hi = max(sector, start), min(sector + SECTOR_BYTES, end)
-        if hi - lo >= 16 and not any(data[lo:hi]):
+        if hi - lo >= ALIGN and not any(data[lo:hi]):
             return True
         sector += SECTOR_BYTES
     return False

@@ -8,7 +8,8 @@ import pytest
 
 from quorum.errors import DiskFullError, FatalIOError
 from quorum.raft.types import HardState, Snapshot, SnapshotMetadata
-from quorum.storage import DurableStorage, SimFileSystem, StorageOptions
+from quorum.storage import DurableStorage, SimFileSystem, SimulatedCrash, StorageOptions, record
+from quorum.storage.record import Batch
 
 from .model import VOTERS, entries
 
@@ -123,3 +124,26 @@ def test_slow_fsync_hook_sees_every_sync() -> None:
     fs.on_sync = seen.append
     storage.save(None, entries(1, 11, 1), must_sync=True)
     assert len(seen) == 1 and seen[0].startswith(f"/d/wal/{storage.wal.segments[-1].filename}")
+
+
+def test_a_save_that_hit_disk_full_never_reappears_after_a_crash() -> None:
+    """ENOSPC may leave a partial record on disk until the cut-back reaches it; even when all
+    but the padding was written, recovery must not resurrect the failed save."""
+    failed = entries(1, 4, 1, size=61)
+    payload = record.encode_struct(Batch(failed, HardState(1, 1, 0)))
+    assert len(payload) % 8, "the record must need padding for this test"
+    partial_survived = 0
+    for seed in range(40):
+        fs = SimFileSystem(random.Random(seed))
+        storage = DurableStorage.open(fs, "/d", OPTIONS)
+        storage.save(HardState(1, 1, 0), entries(1, 1, 3), must_sync=True)
+        segment = f"/d/wal/{storage.wal.segments[-1].filename}"
+        durable_size = fs.size(segment)
+        fs.capacity_bytes = fs.used_bytes() + 16 + len(payload)  # all but the padding fits
+        fs.crash_at_event = fs.events + 2  # crash before the cut-back truncate
+        with pytest.raises(SimulatedCrash):
+            storage.save(HardState(1, 1, 0), failed, must_sync=True)
+        fs.crash(torn=True)
+        partial_survived += fs.size(segment) == durable_size + 16 + len(payload)
+        assert DurableStorage.open(fs, "/d", OPTIONS).last_index() == 3
+    assert partial_survived > 0, "no seed kept the partial record: the test proves nothing"

@@ -65,7 +65,7 @@ def test_single_bit_flips_are_located_and_torn_writes_are_not_mistaken_for_them(
     for _ in range(100):
         data = framed(*(batch_payload(i, rng.randint(1, 2000)) for i in range(1, 4)))
         last = record.scan(data)[0][-1]
-        end = last.offset + record.HEADER_BYTES + len(last.payload)  # padding is not checked
+        end = last.offset + record.HEADER_BYTES + record.padded(len(last.payload))
         pos = rng.randrange(last.offset, end)
         flipped = bytearray(data)
         flipped[pos] ^= 1 << rng.randrange(8)
@@ -78,3 +78,11 @@ def test_single_bit_flips_are_located_and_torn_writes_are_not_mistaken_for_them(
             mangled[sector : sector + 512] = filler[: len(mangled[sector : sector + 512])]
             if bytes(mangled) != data:
                 assert record.bit_flip_offset(bytes(mangled), last.offset) is None
+
+
+def test_a_record_missing_only_its_padding_is_not_valid() -> None:
+    """The CRC covers the padding: a write cut short never leaves a valid record."""
+    data = framed(batch_payload(1, 5))  # payload length is not a multiple of 8
+    assert len(data) - record.HEADER_BYTES > len(batch_payload(1, 5))
+    records, stop, _ = record.scan(data[:-1])
+    assert not records and stop is not None

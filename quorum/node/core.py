@@ -134,6 +134,7 @@ class NodeCore:
         self.snapshot_index = 0
         self.conf_state = ConfState()
         self._rng = rng
+        self._snapshot_due = False
         self._boot(raft_config)
 
     # --- boot ------------------------------------------------------------------------------
@@ -377,7 +378,13 @@ class NodeCore:
 
     def _apply_conf_change(self, entry: Entry) -> None:
         cc = ConfChange.decode(entry.data)
+        before = _members_of(self.conf_state)
         self.conf_state = self.rn.apply_conf_change(cc)
+        if _members_of(self.conf_state) - before:
+            # A node that joins empty catches up from a snapshot, and Raft ignores a snapshot
+            # whose configuration does not name the receiver: snapshot right after the
+            # change (in advance), so a new member never waits for the next periodic one.
+            self._snapshot_due = True
         ctx = envelope.decode_context(cc.context)
         for m in ctx.members:
             self.members[m.id] = m
@@ -415,10 +422,14 @@ class NodeCore:
             self.on_members_changed(dict(self.members))
 
     def _maybe_snapshot(self) -> None:
-        """Snapshot every ``snapshot_entries`` applied entries, keeping a catch-up tail."""
-        if self.snapshot_entries <= 0 or self.applied - self.snapshot_index < self.snapshot_entries:
-            return
-        self.take_snapshot()
+        """Snapshot every ``snapshot_entries`` applied entries (keeping a catch-up tail), and
+        after a membership change that added a node."""
+        due = self._snapshot_due and self.applied > self.snapshot_index
+        periodic = (self.snapshot_entries > 0
+                    and self.applied - self.snapshot_index >= self.snapshot_entries)
+        if due or periodic:
+            self._snapshot_due = False
+            self.take_snapshot()
 
     def take_snapshot(self) -> Snapshot:
         data = bootstrap_data(tuple(self.members.values()), self.sm)
@@ -493,6 +504,10 @@ class NodeCore:
 
     def pending_requests(self) -> int:
         return len(self._pending) + len(self._proposals) + len(self._reads)
+
+
+def _members_of(cs: ConfState) -> set[int]:
+    return {*cs.voters, *cs.learners, *cs.voters_outgoing, *cs.learners_next}
 
 
 def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine) -> bytes:

@@ -186,3 +186,27 @@ def test_lagging_follower_catches_up_by_snapshot(seed: int) -> None:
     assert net.sms[lagging].value == 80
     assert net.cores[lagging].snapshot_index > 0
     assert net.cores[lagging].members.keys() == {1, 2, 3}
+
+
+def test_a_node_added_to_a_quiet_cluster_catches_up_by_snapshot() -> None:
+    """No writes after the change: the new member still gets a snapshot naming it."""
+    from quorum.node.core import NodeCore as _NodeCore
+    from quorum.raft.types import ConfChange, ConfChangeSingle, ConfChangeType
+
+    net = Net(3)
+    leader = net.elect()
+    net.cores[leader].propose(add(5), Box())
+    net.pump()
+    net.storages[4] = MemoryNodeStorage()  # joins empty
+    net.sms[4] = CounterStateMachine()
+    net.cores[4] = net._make(4, 1)
+    assert isinstance(net.cores[4], _NodeCore)
+    box = Box()
+    member = MemberInfo(4, peer_url="127.0.0.1:9004")
+    cc = ConfChange((ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),))
+    net.cores[leader].propose_conf_change(cc, box, (member,))
+    net.pump()
+    assert box.error is None
+    net.tick(30)
+    assert net.sms[4].value == 5
+    assert 4 in net.cores[4].conf_state.learners

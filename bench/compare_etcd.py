@@ -81,6 +81,13 @@ class Cluster:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
+    def check_alive(self, root: Path) -> None:
+        """Raise, naming the log, if a server process has exited (results would be void)."""
+        for i, p in enumerate(self.procs, 1):
+            if p.poll() is not None:
+                raise RuntimeError(f"{self.name} node {i} (pid {p.pid}) exited with "
+                                   f"{p.returncode}; see {root}/{self.name}{i}.log")
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -235,6 +242,7 @@ def main() -> None:
         sys.exit("etcd not found: apt-get install -y etcd-server")
     root = Path(tempfile.mkdtemp(prefix="compare-etcd-"))
     etcd = quorum = None
+    failed = True
     try:
         quorum, etcd = start_quorum(root), start_etcd(root)
         endpoints = {"etcd": etcd.client_endpoints, "quorum-etcd": quorum.client_endpoints,
@@ -247,6 +255,8 @@ def main() -> None:
         for rep in range(args.reps):
             for workload, clients in WORKLOADS:
                 for target in TARGETS:
+                    quorum.check_alive(root)
+                    etcd.check_alive(root)
                     r = bench(target, endpoints[target], workload, clients, args.duration,
                               pids[target])
                     results.setdefault((workload, clients, target), []).append(r)
@@ -263,11 +273,14 @@ def main() -> None:
             for target in ("quorum-etcd", "quorum-native"):
                 print()
                 print(profile(leader, args.profile, target, endpoints[target], root))
+        failed = False
     finally:
         for c in (quorum, etcd):
             if c is not None:
                 c.stop()
-        if not args.keep:
+        if args.keep or failed:
+            print(f"logs kept in {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -9,7 +9,8 @@ returned per second over the measured window, after a warm-up.
 - quorum: ``quorum.node.embedded`` + ``CounterStateMachine``, durable WAL, fsync on (one
   fdatasync per group-committed batch on every node) unless ``--no-fsync``.
 - PySyncObj: a ``SyncObj`` subclass with a ``@replicated`` increment, default ``SyncObjConf``
-  plus a file journal (``journalFile``). PySyncObj's journal is an mmap'd file that is never
+  plus a file journal (``journalFile``); optionally (``--pysyncobj-tick``) with shorter tick
+  periods, since its leader commits and answers only on a tick. PySyncObj's journal is an mmap'd file that is never
   fsynced before an entry is acknowledged, so it is compared with quorum both ways.
   ``pip install pysyncobj`` first; without it that part is skipped with a message.
 
@@ -89,7 +90,11 @@ async def quorum_run(proposers: int, seconds: float, warmup: float, fsync: bool,
 # --- PySyncObj ---------------------------------------------------------------------------------
 
 
-def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str) -> Sample:
+def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str,
+                  tick_s: float | None = None) -> Sample:
+    """``tick_s`` None = PySyncObj's default timing (autoTickPeriod 0.05 s, appendEntriesPeriod
+    0.1 s); else both periods are set to it (the leader advances its commit index and
+    resolves callbacks only on a tick)."""
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class Counter(SyncObj):  # type: ignore[misc]
@@ -103,9 +108,10 @@ def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str) -> S
             return self.value
 
     addrs = list(loopback_peers((1, 2, 3)).values())
+    timing = {} if tick_s is None else {"autoTickPeriod": tick_s, "appendEntriesPeriod": tick_s}
     nodes = [
         Counter(a, [b for b in addrs if b != a],
-                SyncObjConf(journalFile=f"{root}/p{i}.journal", dynamicMembershipChange=False))
+                SyncObjConf(journalFile=f"{root}/p{i}.journal", **timing))
         for i, a in enumerate(addrs)
     ]
     try:
@@ -139,8 +145,14 @@ def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str) -> S
         time.sleep(seconds)
         n1, c1, t1 = done, cpu_s(), time.perf_counter()
         stop.set()
-        time.sleep(0.5)  # in-flight increments land
+        time.sleep(0.5)  # in-flight increments land on the leader
+        # sanity: every returned increment is in the leader's counter, and the followers
+        # converge to the same value (they apply on the next append carrying the commit)
         ok = errors == 0 and leader.value == done
+        deadline = time.time() + 3
+        while time.time() < deadline and any(n.value != leader.value for n in nodes):
+            time.sleep(0.05)
+        ok = ok and all(n.value == leader.value for n in nodes)
         return Sample((n1 - n0) / (t1 - t0), (c1 - c0) / max(1, n1 - n0) * 1e6, ok)
     finally:
         for n in nodes:
@@ -166,6 +178,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where WALs and journals go (default: a temp dir)")
+    ap.add_argument("--pysyncobj-tick", type=float, default=0.0,
+                    help="also measure PySyncObj with both tick periods set to this (seconds)")
     ap.add_argument("--no-fsync-too", action="store_true",
                     help="also measure quorum with fsync off (unsafe mode, like PySyncObj's)")
     args = ap.parse_args()
@@ -175,6 +189,8 @@ def main() -> None:
         systems.append("quorum no-fsync")
     if have_pysyncobj():
         systems.append("pysyncobj")
+        if args.pysyncobj_tick:
+            systems.append(f"pysyncobj tick {args.pysyncobj_tick:g}s")
     else:
         print("PySyncObj is not installed (pip install pysyncobj): skipping it")
     results: dict[tuple[str, int], list[Sample]] = {}
@@ -184,6 +200,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(dir=args.dir, prefix="ebench-") as tmp:
                     if system == "pysyncobj":
                         s = pysyncobj_run(n, args.seconds, args.warmup, tmp)
+                    elif system.startswith("pysyncobj"):
+                        s = pysyncobj_run(n, args.seconds, args.warmup, tmp, args.pysyncobj_tick)
                     else:
                         s = asyncio.run(quorum_run(n, args.seconds, args.warmup,
                                                    system == "quorum fsync", tmp))

@@ -94,6 +94,9 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     report_json: str = ""
     problems: list[str] = msgspec.field(default_factory=list)
     workloads: list[WorkloadVerdict] = msgspec.field(default_factory=list)
+    # time.monotonic() at which the faults timeline starts: workloads' own JSON files carry
+    # raw monotonic times, this lines them up with the faults
+    faults_t0: float = 0.0
 
 
 class _Nemesis:
@@ -214,17 +217,10 @@ class _Nemesis:
         if self.proxy is not None:
             await self.proxy.remove_target(old)
         peer, native, etcd, listen = free_ports(4)
-        added = None
-        for _ in range(50):  # the removal must commit before another change is accepted
-            try:
-                added = await client.member_add([f"http://127.0.0.1:{peer}"], is_learner=True)
-                break
-            except QuorumError:
-                await asyncio.sleep(0.2)
-        if added is None or added.member is None:
+        new = await self._add_learner(client, f"http://127.0.0.1:{peer}")
+        if new is None:
             self._note("member add failed: the cluster is one node short until healing")
             return
-        new = added.member.member_id
         proxied = self.proxy is not None
         joined = self.cluster.add_node(new, (peer, native, etcd),
                                        listen=listen if proxied else None)
@@ -235,6 +231,26 @@ class _Nemesis:
             self.ctx.add_endpoint(joined.client_url)
         self._note(f"member add n{new} as a learner (replaces n{old})")
         await self._promote(client, new)
+
+    async def _add_learner(self, client: AsyncClient, peer_url: str) -> int | None:
+        """``member add`` a learner at ``peer_url``; returns its id. An add whose answer was
+        lost may have committed: the member list then has a member at that URL, which is
+        the one to use (adding again would leave a second, ghost member at the same URL)."""
+        for _ in range(50):  # the removal must commit before another change is accepted
+            try:
+                added = await client.member_add([peer_url], is_learner=True)
+                if added.member is not None:
+                    return added.member.member_id
+            except QuorumError:
+                pass
+            try:
+                for mb in await client.member_list(True):
+                    if peer_url in mb.peer_urls:
+                        return mb.member_id
+            except QuorumError:
+                pass
+            await asyncio.sleep(0.2)
+        return None
 
     async def _promote(self, client: AsyncClient, new: int) -> None:
         error: QuorumError | None = None
@@ -268,6 +284,10 @@ class _Nemesis:
                                 if mb.is_learner]
                     if not learners:
                         return
+                    if learners[0] not in self.cluster.nodes:  # added, never started
+                        await client.member_remove(learners[0])
+                        self._note(f"member remove n{learners[0]} (never started)")
+                        continue
                     await client.member_promote(learners[0])
                     self._note(f"member promote n{learners[0]} (after healing)")
                 except QuorumError:
@@ -351,6 +371,7 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
     if not await _recovers(ctx.client(), log, b"verify/ready"):
         raise QuorumError("the cluster elected no leader within 30 s of starting")
     until = time.monotonic() + opts.duration_s
+    nemesis.started = time.monotonic()
     log(f"running {', '.join(w.name for w in workloads)} for {opts.duration_s:.0f}s with "
         f"nemesis {','.join(opts.nemesis)}")
     await asyncio.gather(nemesis.run(until), *(w.run(until) for w in workloads))
@@ -360,10 +381,7 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
     if "member" in opts.nemesis:
         await nemesis.settle_members()
     recovered = await _recovers(ctx.client(), log)
-    verdicts = []
-    for w in workloads:
-        log(f"checking {w.name}")
-        verdicts.append(await w.check())
+    verdicts = [await _check(w, log) for w in workloads]
     hashes = await _converged_hashes(cluster)
     converged = len(set(hashes.values())) == 1 and len(hashes) == len(cluster.nodes)
     problems = [f"{v.name}: {p}" for v in verdicts for p in v.problems]
@@ -383,12 +401,25 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
         indeterminate=sum(int(v.details.get("indeterminate", 0)) for v in verdicts),
         faults=nemesis.applied, hashes={k: str(v) for k, v in hashes.items()},
         duration_s=time.monotonic() - started, problems=problems, workloads=verdicts,
+        faults_t0=nemesis.started,
     )
     report.report_json = str(ctx.report_dir / "verify.json")
     report.report_html = str(ctx.report_dir / "verify.html")
     Path(report.report_json).write_bytes(msgspec.json.encode(report))
     Path(report.report_html).write_text(_index_page(report, opts), encoding="utf-8")
     return report
+
+
+async def _check(w: Workload, log: Callable[[str], None]) -> WorkloadVerdict:
+    """Run one workload's check. A check that cannot finish (e.g. the cluster does not answer
+    its reads) decides nothing: the workload is UNKNOWN, with the error in its details."""
+    log(f"checking {w.name}")
+    try:
+        return await w.check()
+    except (TimeoutError, QuorumError, OSError) as exc:
+        log(f"{w.name}: the check could not finish: {exc!r}")
+        return WorkloadVerdict(name=w.name, verdict="UNKNOWN",
+                               details={"error": f"the check could not finish: {exc!r}"})
 
 
 def _index_page(report: VerifyReport, opts: VerifyOptions) -> str:

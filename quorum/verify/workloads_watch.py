@@ -190,7 +190,7 @@ class WatchWorkload(Workload):
     async def _committed(self, final: int) -> tuple[dict[int, list[WatchEvent]], list[str]]:
         """The committed history in [start, final] from a watch on the first node, and the
         problems of cross-checking it against a range at ``final`` on the last node."""
-        first, last = self.ctx.endpoints[0], self.ctx.endpoints[-1]
+        first, others = self.ctx.endpoints[0], self.ctx.endpoints[1:]
         committed: dict[int, list[WatchEvent]] = {}
         problems: list[str] = []
         async with AsyncClient([first], timeout_s=5.0) as c:
@@ -207,8 +207,9 @@ class WatchWorkload(Workload):
                                 f"revision {watcher.next_revision - 1} of {final}: {exc!r}")
             finally:
                 await watcher.cancel()
-        async with AsyncClient([last], timeout_s=5.0) as c:
+        async with AsyncClient([*others, first], timeout_s=5.0) as c:  # another node first
             resp = await persist(lambda: c.range(PREFIX, prefix_end(PREFIX), revision=final))
+            last = c.endpoint or "?"
         folded: dict[str, str] = {}
         for rev in sorted(committed):
             if rev > final:

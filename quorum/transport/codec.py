@@ -220,7 +220,9 @@ def decode_body(ftype: int, prefix: bytes, body: bytes, crc: int) -> Frame:
         raise BadFrame(f"CRC32C mismatch (header says {crc:#010x}, frame has {actual:#010x})")
     try:
         return _BODY_DECODERS[ftype].decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    # DecodeError covers malformed msgpack and ValidationError (schema); a str field holding
+    # invalid UTF-8 raises UnicodeDecodeError, a ValueError, instead (found by Hypothesis).
+    except (msgspec.DecodeError, ValueError) as exc:
         raise BadFrame(f"undecodable {FrameType(ftype).name} body: {exc}") from None
 
 

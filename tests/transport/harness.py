@@ -67,14 +67,16 @@ class Node:
     """A PeerTransport plus the record of everything its callbacks saw."""
 
     def __init__(self, member_id: int, cluster_id: int = 7,
-                 config: TransportConfig = FAST, port: int = 0, **kwargs: Any) -> None:
+                 config: TransportConfig = FAST, port: int = 0,
+                 on_messages: Callable[[list[Message]], None] | None = None,
+                 **kwargs: Any) -> None:
         self.member_id = member_id
         self.received: list[Message] = []
         self.unreachable: list[int] = []
         self.chunks: list[tuple[int, SnapshotChunk]] = []
         self.chunk_handler: Callable[[int, SnapshotChunk], Awaitable[None]] | None = None
         self.transport = PeerTransport(
-            cluster_id, member_id, (LOOPBACK, port), {}, self.received.extend,
+            cluster_id, member_id, (LOOPBACK, port), {}, on_messages or self.received.extend,
             self.unreachable.append, self._on_chunk, config, rng=random.Random(member_id),
             **kwargs,
         )

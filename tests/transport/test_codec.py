@@ -187,6 +187,15 @@ def test_undecodable_and_ill_typed_bodies() -> None:
         FrameDecoder().feed(_raw_frame(FrameType.MESSAGES, bad_msg))
 
 
+@pytest.mark.parametrize("ftype", [FrameType.REJECT, FrameType.SNAPSHOT_ACK])
+def test_invalid_utf8_in_a_string_field_is_a_bad_frame(ftype: FrameType) -> None:
+    # msgspec raises UnicodeDecodeError (not DecodeError) here; Hypothesis found it.
+    body = b"\x91\xa5\x00\x00\x00\x00\x80" if ftype == FrameType.REJECT else (
+        b"\x93\x01\xc2\xa2\xff\xfe")
+    with pytest.raises(BadFrame, match="undecodable"):
+        FrameDecoder().feed(_raw_frame(ftype, body))
+
+
 def test_oversized_frame_rejected_from_header_alone() -> None:
     decoder = FrameDecoder(max_frame_bytes=1024)
     header = _raw_frame(FrameType.MESSAGES, b"", length=1025)

@@ -289,6 +289,50 @@ def test_frames_of_the_wrong_stream_kind_close_the_connection(loop_name: str,
     assert f"on a {'message' if kind == StreamKind.MESSAGES else 'snapshot'} stream" in caplog.text
 
 
+def test_silent_dialer_is_dropped_after_the_handshake_timeout(loop_name: str) -> None:
+    config = TransportConfig(handshake_timeout_s=0.05)
+
+    async def scenario() -> None:
+        b = Node(2, config=config)
+        await cluster(b)
+        reader, writer = await asyncio.open_connection(*b.address)  # and never says HELLO
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        await b.transport.close()
+
+    run(scenario(), loop_name)
+
+
+def test_a_failing_callback_closes_only_that_connection(
+    loop_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        calls: list[list[Message]] = []
+
+        def explode(msgs: list[Message]) -> None:
+            calls.append(msgs)
+            if len(calls) == 1:
+                raise RuntimeError("runtime bug")
+            b.received.extend(msgs)
+
+        a, b = Node(1), Node(2, on_messages=explode)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: 2 in a.unreachable, "A's link is cut and reported")
+        index = 2
+        while not b.received:  # A reconnects; B keeps serving
+            a.transport.send([app(1, 2, index)])
+            index += 1
+            await asyncio.sleep(0.01)
+            assert index < 2000, "A never got through again"
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario(), loop_name)
+    assert "callback failed" in caplog.text
+
+
 def test_reconnect_after_peer_restart(loop_name: str) -> None:
     async def scenario() -> None:
         a, b = Node(1), Node(2)

@@ -93,7 +93,7 @@ class Cluster:
         return [p.pid for p in self.procs]
 
 
-def start_quorum(root: Path) -> Cluster:
+def start_quorum(root: Path, extra: tuple[str, ...] = ()) -> Cluster:
     ports = free_ports(9)
     specs = tuple(
         PeerSpec(i, f"127.0.0.1:{ports[3 * (i - 1)]}", f"127.0.0.1:{ports[3 * (i - 1) + 1]}",
@@ -104,7 +104,7 @@ def start_quorum(root: Path) -> Cluster:
     for spec in specs:
         log = open(root / f"quorum{spec.id}.log", "ab")  # noqa: SIM115 - owned by the child
         c.procs.append(subprocess.Popen(
-            node_command(spec, specs, root, ("--log-level", "warning")),
+            node_command(spec, specs, root, ("--log-level", "warning", *extra)),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     c.client_endpoints = [s.etcd_url for s in specs]
     c.native_endpoints = [s.client_url for s in specs]
@@ -237,14 +237,19 @@ def main() -> None:
     ap.add_argument("--profile", type=float, default=0.0,
                     help="py-spy the quorum leader for this many seconds (0 = no profile)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, profiles)")
+    ap.add_argument("--workloads", default="put:256,put:1,get:256",
+                    help="workload:clients list (workload = put | get | mixed)")
+    ap.add_argument("--quorum-args", default="",
+                    help="extra `quorum serve` flags, e.g. '--snapshot-entries 100000'")
     args = ap.parse_args()
     if not Path(ETCD).exists():
         sys.exit("etcd not found: apt-get install -y etcd-server")
+    WORKLOADS[:] = [(w, int(c)) for w, c in (x.split(":") for x in args.workloads.split(","))]
     root = Path(tempfile.mkdtemp(prefix="compare-etcd-"))
     etcd = quorum = None
     failed = True
     try:
-        quorum, etcd = start_quorum(root), start_etcd(root)
+        quorum, etcd = start_quorum(root, tuple(args.quorum_args.split())), start_etcd(root)
         endpoints = {"etcd": etcd.client_endpoints, "quorum-etcd": quorum.client_endpoints,
                      "quorum-native": quorum.native_endpoints}
         pids = {"etcd": etcd.pids, "quorum-etcd": quorum.pids, "quorum-native": quorum.pids}

@@ -78,6 +78,40 @@ def test_increments_from_many_tasks_on_every_node_agree(tmp_path: Path) -> None:
     assert len(set(results)) == len(results) == 20 * 3 * 4 and max(results) == expected
 
 
+class NodeBiasedCounter(CounterStateMachine):
+    """Planted bug: apply depends on which node runs it (not deterministic across replicas)."""
+
+    def __init__(self, bias: int) -> None:
+        super().__init__()
+        self.bias = bias
+
+    def apply(self, index: int, data: bytes) -> int:
+        self.value += self.bias
+        return super().apply(index, data)
+
+
+def test_planted_nondeterministic_state_machine_is_caught_by_the_agreement_check(
+        tmp_path: Path) -> None:
+    """The agreement check above reads each node's own state: a replica that applies the same
+    log differently shows up as disagreement."""
+    peers = loopback_peers((1, 2, 3))
+
+    async def scenario() -> list[int]:
+        nodes = [await start_embedded(i, peers, str(tmp_path / f"n{i}"), NodeBiasedCounter(i),
+                                      FAST) for i in peers]
+        try:
+            await nodes[0].wait_for_leader()
+            for _ in range(5):
+                await nodes[0].propose(inc())
+            return [await n.read(lambda sm: sm.value) for n in nodes]
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    values = run(scenario())
+    assert len(set(values)) == 3  # 5 + 5 * bias on each node
+
+
 def test_leader_stop_then_survivors_elect_and_continue(tmp_path: Path) -> None:
     async def body(nodes: list[Node]) -> tuple[int, int, int, list[int], int]:
         # "acked" counts increments whose propose returned; "unknown" those that failed

@@ -95,14 +95,14 @@ def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str,
     """``tick_s`` None = PySyncObj's default timing (autoTickPeriod 0.05 s, appendEntriesPeriod
     0.1 s); else both periods are set to it (the leader advances its commit index and
     resolves callbacks only on a tick)."""
-    from pysyncobj import SyncObj, SyncObjConf, replicated
+    from pysyncobj import SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]
 
     class Counter(SyncObj):  # type: ignore[misc]
         def __init__(self, me: str, others: list[str], conf: Any) -> None:
             super().__init__(me, others, conf)
             self.value = 0
 
-        @replicated  # type: ignore[misc]
+        @replicated  # type: ignore[untyped-decorator]
         def incr(self) -> int:
             self.value += 1
             return self.value

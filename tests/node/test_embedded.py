@@ -31,7 +31,7 @@ def inc(delta: int = 1) -> bytes:
 
 
 def run(coro: Awaitable[Any], timeout_s: float = 60) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))  # type: ignore[arg-type]
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 async def start_cluster(tmp: Path, ids: tuple[int, ...] = (1, 2, 3)) -> list[Node]:

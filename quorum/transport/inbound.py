@@ -158,9 +158,9 @@ class InboundConnection(asyncio.Protocol):
         elif isinstance(frame, Ping):
             self._write(Pong(frame.nonce))
         elif self._kind == StreamKind.MESSAGES:
-            if self._server.message_streams.get(self._from_id) is not self:
-                # Superseded by a newer stream of the same peer: what is still buffered here
-                # is older than anything on the new one; delivering it would reorder.
+            if self._superseded():
+                # A newer stream of the same peer took over: what is still buffered here is
+                # older than anything on the new one; delivering it would reorder.
                 self._close("", logging.DEBUG)
             elif isinstance(frame, MessageBatch):
                 self._server.deliver(self._from_id, frame.messages)
@@ -185,12 +185,27 @@ class InboundConnection(asyncio.Protocol):
         self._write(HelloAck(self._server.member_id))
         self._from_id, self._kind = frame.from_id, frame.kind
         if frame.kind == StreamKind.MESSAGES:
-            older = self._server.message_streams.get(frame.from_id)
-            self._server.message_streams[frame.from_id] = self
-            if older is not None:
-                older._close("", logging.DEBUG)
+            self._take_over()
         else:
             self._snapshot = _SnapshotReceiver(self._server, frame.from_id, self._write)
+
+    # --- one live message stream per peer ---------------------------------------------------
+
+    def _take_over(self) -> None:
+        """Become the peer's live message stream and close the older one.
+
+        Invariant: delivery order = send order across reconnects. The peer dials again only
+        after giving up on its old link, so everything the old connection still holds was
+        sent before anything on this one.
+        """
+        streams = self._server.message_streams
+        older = streams.get(self._from_id)
+        streams[self._from_id] = self
+        if older is not None:
+            older._close("", logging.DEBUG)
+
+    def _superseded(self) -> bool:
+        return self._server.message_streams.get(self._from_id) is not self
 
     # --- snapshot streams -----------------------------------------------------------------
 

@@ -195,12 +195,6 @@ class MVCCStore:
             return iter(self._keys.irange(key))
         return iter(self._keys.irange(key, range_end, inclusive=(True, False)))
 
-    def keys_in_reversed(self, key: bytes, range_end: bytes) -> Iterator[bytes]:
-        self._flush_new_keys()
-        if range_end == b"\0":
-            return iter(self._keys.irange(key, reverse=True))
-        return iter(self._keys.irange(key, range_end, inclusive=(True, False), reverse=True))
-
     def live_in(self, key: bytes, range_end: bytes, revision: int) -> Iterator[tuple[bytes, Record]]:
         """(key, record) for every key live at ``revision`` in the range, ascending."""
         if not range_end:

@@ -118,8 +118,10 @@ class InboundConnection(asyncio.Protocol):
         self._peer = transport.get_extra_info("peername")
         self._server.connections.add(self)
         loop = asyncio.get_running_loop()
+        timeout_s = self._server.config.handshake_timeout_s
         self._timer = loop.call_later(
-            self._server.config.handshake_timeout_s, self._close, "no HELLO in time", logging.INFO
+            timeout_s, self._close, f"dropping {self._peer}: no HELLO within {timeout_s} s",
+            logging.INFO,
         )
 
     def data_received(self, data: bytes) -> None:

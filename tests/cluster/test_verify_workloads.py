@@ -94,13 +94,16 @@ def _verdicts(report: object) -> dict[str, str]:
 @pytest.mark.timeout(300)
 @pytest.mark.xdist_group("procs")
 def test_every_workload_under_kill_pause_partition_member_passes(tmp_path: Path) -> None:
-    opts = VerifyOptions(duration_s=25, workloads=ALL, clients=3,
+    # lease runs without the pause nemesis (next test): a paused leader that resumes can
+    # still expire a lease the new leader renewed (see docs/verify.md, "Findings")
+    workloads = ("register", "append", "lock", "watch")
+    opts = VerifyOptions(duration_s=25, workloads=workloads, clients=3,
                          nemesis=("kill", "pause", "partition", "member"),
                          fault_interval_s=(1.0, 3.0), fault_length_s=(0.5, 2.0),
                          report_dir=str(tmp_path / "report"), seed=11)
     report = asyncio.run(run_verify(opts, log=lambda _s: None))
     assert report.ok, (report.problems, _verdicts(report), report.faults)
-    assert _verdicts(report) == dict.fromkeys(ALL, "PASS")
+    assert _verdicts(report) == dict.fromkeys(workloads, "PASS")
     assert report.converged and report.recovered
     kinds = {f.split()[1] for f in report.faults}
     assert "member" in kinds, report.faults
@@ -113,14 +116,27 @@ def test_every_workload_under_kill_pause_partition_member_passes(tmp_path: Path)
     assert lock["stale_accepted"] == 0
     watch = by_name["watch"].details
     assert watch["events_delivered"] > 100 and watch["progress_notices"] > 0
-    assert by_name["lease"].details["expired_seen"] > 3
     index = Path(report.report_html).read_text()
-    for name in ALL:
+    for name in workloads:
         assert f"href='{name}.html'" in index
         assert (tmp_path / "report" / f"{name}.html").exists()
     assert "faults timeline" in index
     data = json.loads(Path(report.report_json).read_text())
-    assert [w["name"] for w in data["workloads"]] == list(ALL)
+    assert [w["name"] for w in data["workloads"]] == list(workloads)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("procs")
+def test_lease_under_kill_partition_member_passes(tmp_path: Path) -> None:
+    opts = VerifyOptions(duration_s=15, workloads=("lease",),
+                         nemesis=("kill", "partition", "member"),
+                         fault_interval_s=(1.0, 3.0), fault_length_s=(0.5, 2.0),
+                         report_dir=str(tmp_path / "report"), seed=12)
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    assert report.ok, (report.problems, _verdicts(report), report.faults)
+    (lease,) = report.workloads
+    assert lease.details["expired_seen"] > 3
+    assert lease.details["violations"] == 0
 
 
 @pytest.mark.timeout(300)
@@ -153,6 +169,17 @@ def test_a_resource_ignoring_fencing_tokens_accepts_stale_writes(tmp_path: Path)
     assert lock.details["stale_accepted"] > 0
     assert lock.details["unexplained_overlaps"] == 0  # the lock itself did its job
     assert any("stale write accepted" in p for p in report.problems)
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(900)
+@pytest.mark.xdist_group("procs")
+def test_leases_survive_paused_leaders(tmp_path: Path) -> None:
+    # Fails now and then at the time of writing: see docs/verify.md, "Findings".
+    opts = VerifyOptions(duration_s=180, workloads=("lease",), nemesis=("pause",),
+                         report_dir=str(tmp_path / "report"), seed=31)
+    report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    assert report.ok, (report.problems, report.faults)
 
 
 @pytest.mark.torture

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,13 @@ def test_long_campaign_every_workload_every_nemesis(tmp_path: Path) -> None:
                          report_dir=str(tmp_path / "report"), seed=21)
     report = asyncio.run(run_verify(opts, log=lambda _s: None))
     assert report.ok, (report.problems, _verdicts(report), report.faults)
+
+
+def test_cli_rejects_unknown_workloads_before_starting_anything(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "quorum.cli.main", "verify", "--workload", "register,bogus",
+         "--report-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "unknown workload" in out.stderr and "bogus" in out.stderr
+    assert not (tmp_path / "d" / "node1.log").exists()

@@ -171,17 +171,19 @@ def quorum_leader_pid(q: Cluster) -> int:
     raise RuntimeError(f"cannot tell the leader from: {out.stdout[:500]}")
 
 
-def profile(pid: int, seconds: float, target: str, endpoints: list[str], root: Path) -> str:
-    """py-spy the leader during one put x256 run; a summary of where its time goes."""
-    raw = root / f"profile-{target}.txt"
+def profile(pid: int, seconds: float, target: str, endpoints: list[str], root: Path,
+            clients: int = 256) -> str:
+    """py-spy the leader during one put run; a summary of where its time goes."""
+    raw = root / f"profile-{target}-{clients}.txt"
     spy = subprocess.Popen(
         [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
          "--duration", str(int(seconds)), "--rate", "200", "--format", "raw", "--function",
          "--output", str(raw), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = bench(target, endpoints, "put", 256, seconds + 1, [pid])
+    r = bench(target, endpoints, "put", clients, seconds + 1, [pid])
     spy.wait(timeout=seconds + 60)
-    return summarize_profile(raw, f"{target}: {r['ops_per_s']:,.0f} puts/s while profiled")
+    return summarize_profile(
+        raw, f"{target}, put x{clients}: {r['ops_per_s']:,.0f} puts/s while profiled")
 
 
 BOILERPLATE = ("runpy", "click/", "cli/main.py", "cli/serve.py", "threading.py",
@@ -236,6 +238,8 @@ def main() -> None:
     ap.add_argument("--out", default="compare_etcd.md", help="markdown table written here")
     ap.add_argument("--profile", type=float, default=0.0,
                     help="py-spy the quorum leader for this many seconds (0 = no profile)")
+    ap.add_argument("--profile-clients", type=int, default=256,
+                    help="concurrent clients of the profiled put run")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, profiles)")
     ap.add_argument("--workloads", default="put:256,put:1,get:256",
                     help="workload:clients list (workload = put | get | mixed)")
@@ -277,7 +281,8 @@ def main() -> None:
             leader = quorum_leader_pid(quorum)
             for target in ("quorum-etcd", "quorum-native"):
                 print()
-                print(profile(leader, args.profile, target, endpoints[target], root))
+                print(profile(leader, args.profile, target, endpoints[target], root,
+                              args.profile_clients))
         failed = False
     finally:
         for c in (quorum, etcd):

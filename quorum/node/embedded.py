@@ -166,7 +166,11 @@ class EmbeddedNode(Generic[S]):
         self.core.on_members_changed = lambda ms: self.transport.update_peers(
             self._peer_addresses(ms)
         )
-        await self.transport.start()
+        try:
+            await self.transport.start()  # OSError if the peer address is taken
+        except BaseException:
+            self.storage.close()  # a failed start leaves no open WAL or snapshot files
+            raise
         await self.server.start()
         self._started = True
 

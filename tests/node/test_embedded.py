@@ -223,6 +223,42 @@ def test_stopped_node_rejects_calls(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_taken_peer_port_fails_start_and_releases_the_storage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from quorum.node.storage import DurableNodeStorage
+
+    closed: list[object] = []
+    real_close = DurableNodeStorage.close
+
+    def counting_close(self: DurableNodeStorage) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(DurableNodeStorage, "close", counting_close)
+
+    async def scenario() -> int:
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            taken = {1: f"127.0.0.1:{blocker.getsockname()[1]}"}
+            with pytest.raises(OSError):
+                await start_embedded(1, taken, str(tmp_path / "n"), CounterStateMachine(), FAST)
+        assert len(closed) == 1  # the failed start closed its WAL and snapshot files
+        # the same data dir opens again once the port is free
+        node = await start_embedded(1, loopback_peers((1,)), str(tmp_path / "n"),
+                                    CounterStateMachine(), FAST)
+        try:
+            await node.wait_for_leader()
+            result: int = await node.propose(inc(3))
+            return result
+        finally:
+            await node.stop()
+
+    assert run(scenario()) == 3
+
+
 @pytest.mark.parametrize(
     ("node_id", "peers", "options"),
     [

@@ -134,6 +134,12 @@ def restore(r: Raft, snapshot: Snapshot) -> bool:
         # We already have the snapshot's last entry: just fast-forward the commit.
         log.commit_to(meta.index)
         return False
+    if log.applying > log.applied:
+        # Committed entries were handed out in a Ready that is not advanced yet. Restoring
+        # now would switch the configuration under the application while it still applies
+        # older conf changes; refuse, the leader sends the snapshot again later.
+        r.count("ignored.snapshot_while_applying")
+        return False
     # Build the configuration first: an inconsistent ConfState raises InvalidConfChange
     # (the message is dropped) before anything changed.
     cfg = restore_config(r.trk, conf, meta.index)

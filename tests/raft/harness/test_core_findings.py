@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from quorum.raft import ReadOnlyOption
 from quorum.raft.harness.cluster import Cluster
 from quorum.raft.harness.scenario import PROFILES, run_seed

@@ -164,7 +164,14 @@ class ClusterBackend(LocalBackend):
 
     async def lease_keepalive(self, lease_id: int) -> int:
         if self._tracker.is_leader:
-            return self._tracker.keepalive(lease_id, self._clock())
+            ttl = self._tracker.keepalive(lease_id, self._clock())
+            if self._tracker.clear_pending(lease_id):
+                # The state holds a checkpoint with a shorter remaining TTL: commit its
+                # clearing before promising the renewed TTL, or a failover in between would
+                # restart the lease from the stale value (etcd waits for the same).
+                due = tuple(self._tracker.checkpoints(self._clock()))
+                await self.write(sc.LeaseCheckpointRequest(due))
+            return ttl
         leader = self.core.leader_id
         if self._sm.lease_info(lease_id) is None:
             raise LeaseNotFound()

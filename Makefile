@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict quorum/raft quorum/state quorum/storage quorum/errors.py
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=25
 
 ## test: install and run the whole suite (lint, types, tests)
 test: lint typecheck unit

@@ -173,7 +173,7 @@ class LeaseWorkload(Workload):
     async def check(self) -> WorkloadVerdict:
         violations = check_lease_expiry(self.observations, bound_s=self.bound_s,
                                         clock_rate_bound=self.ctx.clock_rate_bound)
-        problems = [f"lease {v.lease_id:x} ({v.key}) expired {v.kind}: {v.detail}"
+        problems = [f"lease {v.lease_id:#x} ({v.key}) expired {v.kind}: {v.detail}"
                     for v in violations[:20]]
         gone = [o for o in self.observations if o.absent is not None]
         delays = sorted(o.absent[1] - o.renewed_call for o in gone if o.absent is not None)
@@ -190,7 +190,7 @@ class LeaseWorkload(Workload):
         json_path, html_path = self.prefix(".json"), self.prefix(".html")
         json_path.write_bytes(msgspec.json.encode({
             "details": details, "violations": violations, "observations": self.observations}))
-        rows = [(f"{v.lease_id:x}", v.key, v.kind, v.detail) for v in violations[:200]]
+        rows = [(f"{v.lease_id:#x}", v.key, v.kind, v.detail) for v in violations[:200]]
         html_path.write_text(simple_page("quorum verify: lease workload", problems, details,
                                          ("lease", "key", "kind", "detail"), rows),
                              encoding="utf-8")

@@ -10,6 +10,7 @@ from the same peer, stopped delivering from the older connection.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -28,6 +29,7 @@ class StallingProxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.frozen = False
+        self.epoch = 0  # stall() freezes the connections opened before it
         self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
@@ -40,11 +42,11 @@ class StallingProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers += [writer, up_writer]
-        frozen_here = self.frozen  # connections opened after stall() flow normally
+        opened = self.epoch  # connections opened after stall() flow normally
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             while data := await src.read(65536):
-                if self.frozen and not frozen_here:
+                if self.frozen and opened < self.epoch:
                     self.held.append((dst, data))  # in flight, not delivered (yet)
                 else:
                     dst.write(data)
@@ -54,9 +56,11 @@ class StallingProxy:
 
     def stall(self) -> None:
         self.frozen = True
+        self.epoch += 1
 
     def release(self) -> None:
-        """Deliver what the frozen connections held, to whichever socket is still open."""
+        """Unfreeze; deliver what was held, to whichever socket is still open."""
+        self.frozen = False
         for dst, data in self.held:
             if not dst.is_closing():
                 dst.write(data)
@@ -121,3 +125,47 @@ def test_planted_bug_without_superseding_reorders(monkeypatch: pytest.MonkeyPatc
 
     run(scenario())
     assert got != sorted(set(got)), "the planted bug went unnoticed"
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("seed", range(5))
+def test_chaos_campaign_keeps_order_and_recovers(seed: int, loop_name: str) -> None:
+    """Many random freeze / release / cut rounds: order holds and traffic always resumes."""
+    rng = random.Random(seed)
+    got: list[int] = []
+
+    async def scenario() -> None:
+        a, b = Node(1, config=KEEPALIVE), Node(2, config=KEEPALIVE)
+        await a.transport.start()
+        await b.transport.start()
+        proxy = StallingProxy(b.address)
+        a.transport.update_peers({2: await proxy.start()})
+        index = 0
+        for _ in range(30):
+            action = rng.choice(["freeze", "release", "cut", "calm"])
+            if action == "freeze":
+                proxy.stall()
+            elif action == "release":
+                proxy.release()
+            elif action == "cut":
+                for writer in proxy.writers:
+                    writer.close()
+                proxy.writers.clear()
+            for _ in range(rng.randint(5, 60)):
+                index += 1
+                a.transport.send([app(1, 2, index)])
+                await asyncio.sleep(0.002)
+        proxy.release()
+        healed_at = index
+        while not b.received or b.received[-1].entries[0].index <= healed_at:
+            index += 1  # distinct indexes: a duplicate would be a transport bug too
+            a.transport.send([app(1, 2, index)])
+            await asyncio.sleep(0.01)
+            assert index < healed_at + 3000, "traffic never resumed"
+        got.extend(m.entries[0].index for m in b.received)
+        await a.transport.close()
+        await b.transport.close()
+        await proxy.close()
+
+    run(scenario(), loop_name)
+    assert got == sorted(set(got)), "delivery order differs from send order"

@@ -176,8 +176,8 @@ class ClusterBackend(LocalBackend):
         if self._sm.lease_info(lease_id) is None:
             raise LeaseNotFound()
         client = await self._leader(leader, "lease keepalive")
-        ttl: int = await client.lease_keepalive_once(lease_id)
-        return ttl
+        relayed: int = await client.lease_keepalive_once(lease_id)
+        return relayed
 
     async def _leader(self, leader: int, what: str) -> Any:
         if not leader or self.leader_client is None:

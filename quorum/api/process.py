@@ -15,10 +15,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
-
-import msgspec
 
 from quorum.api.cluster import ClusterBackend
 from quorum.node.clock import SystemClock
@@ -26,19 +23,17 @@ from quorum.node.config import NodeConfig, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
+from quorum.node.peers import PeerLink, peer_addresses
 from quorum.node.server import RaftServer
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
 from quorum.raft import PLANTED_BUGS, Config, ReadOnlyOption
-from quorum.raft.types import Message, MessageType, Snapshot
 from quorum.state import StateConfig
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import OsFileSystem
-from quorum.transport.codec import SnapshotChunk
 from quorum.transport.tcp import PeerTransport
 
 log = logging.getLogger("quorum.server")
 
-SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
 class QuorumProcess:
@@ -57,8 +52,6 @@ class QuorumProcess:
         self._storage_override = storage
         self.native: Any = None
         self.etcd: Any = None
-        self._snap_in: dict[tuple[int, int], list[bytes]] = {}
-        self._snap_msg: dict[tuple[int, int], Message] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forward_clients: dict[int, Any] = {}
 
@@ -103,7 +96,8 @@ class QuorumProcess:
             voters = tuple(sorted(m.id for m in members))
             bootstrap(self.storage, voters, bootstrap_data(members, KvStateMachine()))
         self.core = NodeCore(
-            self._raft_config(), self.storage, self.kv, random.Random(), self._send,
+            self._raft_config(), self.storage, self.kv, random.Random(),
+            lambda msgs: self.link.send(msgs),
             snapshot_entries=cfg.snapshot_entries,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
             request_timeout_ticks=cfg.request_timeout_ticks,
@@ -114,16 +108,15 @@ class QuorumProcess:
         self.core.fsync = cfg.fsync
         self.server = RaftServer(self.core, tick_s=cfg.tick_ms / 1000,
                                  clock=SystemClock(rate=self.clock_rate))
-        peers = self._peer_addresses(self.core.members)
+        self.link = PeerLink(self.server)
         self.transport = PeerTransport(
-            cfg.cluster_id, cfg.id, split_addr(cfg.peer_listen), peers,
+            cfg.cluster_id, cfg.id, split_addr(cfg.peer_listen), peer_addresses(self.core.members),
             on_messages=self.server.receive,
-            on_unreachable=self._on_unreachable,
-            on_snapshot_chunk=self._on_snapshot_chunk,
+            on_unreachable=self.link.on_unreachable,
+            on_snapshot_chunk=self.link.on_snapshot_chunk,
         )
-        self.core.on_members_changed = lambda ms: self.transport.update_peers(
-            self._peer_addresses(ms)
-        )
+        self.link.transport = self.transport
+        self.core.on_members_changed = self.link.update_peers
         self.backend = ClusterBackend(
             self.server, self.kv, cluster_id=cfg.cluster_id,
             max_request_bytes=cfg.max_request_bytes,
@@ -180,68 +173,17 @@ class QuorumProcess:
         await self.backend.close()
         await self.server.stop()
         await self.transport.close()
+        await self.link.close()
         for client in self._forward_clients.values():
             await client.close()
         for t in list(self._tasks):
             t.cancel()
         self.storage.close()
 
-    @staticmethod
-    def _peer_addresses(members: dict[int, MemberInfo]) -> dict[int, tuple[str, int]]:
-        return {m.id: split_addr(m.peer_url) for m in members.values() if m.peer_url}
-
-    # --- peer messages and snapshots --------------------------------------------------------
-
-    def _send(self, messages: list[Message]) -> None:
-        plain = [m for m in messages if m.type != MessageType.SNAP]
-        if plain:
-            self.transport.send(plain)
-        if len(plain) != len(messages):
-            for m in messages:
-                if m.type == MessageType.SNAP:
-                    self._spawn(self._send_snapshot(m))
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _send_snapshot(self, msg: Message) -> None:
-        snap = msg.snapshot or Snapshot()
-        data = snap.data
-        meta_only = msgspec.structs.replace(msg, snapshot=Snapshot(snap.metadata, b""))
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for off in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES):
-                yield data[off : off + SNAPSHOT_CHUNK_BYTES]
-
-        ok = True
-        try:
-            await self.transport.send_snapshot(msg.to, meta_only, chunks())
-        except Exception as exc:
-            log.warning("snapshot to %d failed: %s", msg.to, exc)
-            ok = False
-        self.core.report_snapshot(msg.to, ok)
-        self.server.wake()
-
-    async def _on_snapshot_chunk(self, peer: int, chunk: SnapshotChunk) -> None:
-        key = (peer, chunk.snapshot_id)
-        if chunk.message is not None:
-            self._snap_msg[key] = chunk.message
-            self._snap_in[key] = []
-        parts = self._snap_in.get(key)
-        if parts is None:
-            raise ValueError("snapshot chunk without its first chunk")
-        parts.append(chunk.data)
-        if chunk.last:
-            msg = self._snap_msg.pop(key)
-            data = b"".join(self._snap_in.pop(key))
-            snap = msg.snapshot or Snapshot()
-            self.server.receive([msgspec.structs.replace(msg, snapshot=Snapshot(snap.metadata, data))])
-
-    def _on_unreachable(self, peer: int) -> None:
-        self.core.report_unreachable(peer)
-        self.server.wake()
 
     async def _leader_client(self, leader: int) -> Any:
         """A native-protocol client of the leader, for calls a follower relays."""

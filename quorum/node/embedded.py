@@ -36,7 +36,7 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -46,14 +46,14 @@ from quorum.node.clock import SystemClock
 from quorum.node.config import split_addr
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
+from quorum.node.peers import PeerLink, peer_addresses
 from quorum.node.server import RaftServer
 from quorum.node.statemachine import StateMachine
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
 from quorum.raft import Config, ReadOnlyOption
-from quorum.raft.types import Message, MessageType, Snapshot, StateRole
+from quorum.raft.types import StateRole
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import OsFileSystem
-from quorum.transport.codec import SnapshotChunk
 from quorum.transport.tcp import PeerTransport
 
 log = logging.getLogger("quorum.embedded")
@@ -61,7 +61,6 @@ log = logging.getLogger("quorum.embedded")
 S = TypeVar("S", bound=StateMachine)
 T = TypeVar("T")
 
-SNAPSHOT_CHUNK_BYTES = 1 << 20
 DEFAULT_CLUSTER_ID = 0x51_45_4D_42  # "QEMB": peers of different clusters refuse each other
 
 
@@ -127,9 +126,6 @@ class EmbeddedNode(Generic[S]):
         self.data_dir = data_dir
         self.state_machine = state_machine
         self.options = (options or EmbeddedOptions()).validate()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._snap_parts: dict[tuple[int, int], list[bytes]] = {}
-        self._snap_msgs: dict[tuple[int, int], Message] = {}
         self._started = False
 
     # --- life cycle ----------------------------------------------------------------------
@@ -146,7 +142,8 @@ class EmbeddedNode(Generic[S]):
             voters = tuple(sorted(self.peers))
             bootstrap(self.storage, voters, bootstrap_data(members, self.state_machine))
         self.core = NodeCore(
-            self._raft_config(), self.storage, self.state_machine, random.Random(), self._send,
+            self._raft_config(), self.storage, self.state_machine, random.Random(),
+            lambda msgs: self.link.send(msgs),
             snapshot_entries=opts.snapshot_entries,
             snapshot_catchup_entries=opts.snapshot_catchup_entries,
             request_timeout_ticks=max(1, round(opts.request_timeout_s * 1000 / opts.tick_ms)),
@@ -156,16 +153,16 @@ class EmbeddedNode(Generic[S]):
         )
         self.core.fsync = opts.fsync
         self.server = RaftServer(self.core, tick_s=opts.tick_ms / 1000, clock=SystemClock())
+        self.link = PeerLink(self.server)
         self.transport = PeerTransport(
             opts.cluster_id, self.id, split_addr(self.peers[self.id]),
-            self._peer_addresses(self.core.members),
+            peer_addresses(self.core.members),
             on_messages=self.server.receive,
-            on_unreachable=self._on_unreachable,
-            on_snapshot_chunk=self._on_snapshot_chunk,
+            on_unreachable=self.link.on_unreachable,
+            on_snapshot_chunk=self.link.on_snapshot_chunk,
         )
-        self.core.on_members_changed = lambda ms: self.transport.update_peers(
-            self._peer_addresses(ms)
-        )
+        self.link.transport = self.transport
+        self.core.on_members_changed = self.link.update_peers
         try:
             await self.transport.start()  # OSError if the peer address is taken
         except BaseException:
@@ -181,8 +178,7 @@ class EmbeddedNode(Generic[S]):
         self._started = False
         await self.server.stop()
         await self.transport.close()
-        for task in list(self._tasks):
-            task.cancel()
+        await self.link.close()
         self.storage.close()
 
     def _raft_config(self) -> Config:
@@ -258,64 +254,6 @@ class EmbeddedNode(Generic[S]):
     def fatal_error(self) -> BaseException | None:
         """Set when a storage failure stopped the node (it then serves nothing)."""
         return self.server.fatal_error
-
-    # --- peer messages and snapshots ---------------------------------------------------------
-
-    @staticmethod
-    def _peer_addresses(members: Mapping[int, MemberInfo]) -> dict[int, tuple[str, int]]:
-        return {m.id: split_addr(m.peer_url) for m in members.values() if m.peer_url}
-
-    def _send(self, messages: list[Message]) -> None:
-        # Snapshots are streamed in chunks on their own connection; everything else is
-        # batched on the peer's message link.
-        plain = [m for m in messages if m.type != MessageType.SNAP]
-        if plain:
-            self.transport.send(plain)
-        for m in messages:
-            if m.type == MessageType.SNAP:
-                self._spawn(self._send_snapshot(m))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_snapshot(self, msg: Message) -> None:
-        snap = msg.snapshot or Snapshot()
-        data = snap.data
-        head = msgspec.structs.replace(msg, snapshot=Snapshot(snap.metadata, b""))
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for off in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES):
-                yield data[off : off + SNAPSHOT_CHUNK_BYTES]
-
-        ok = True
-        try:
-            await self.transport.send_snapshot(msg.to, head, chunks())
-        except Exception as exc:  # the leader retries after report_snapshot(ok=False)
-            log.warning("node %d: snapshot to %d failed: %s", self.id, msg.to, exc)
-            ok = False
-        self.core.report_snapshot(msg.to, ok)
-        self.server.wake()
-
-    async def _on_snapshot_chunk(self, peer: int, chunk: SnapshotChunk) -> None:
-        key = (peer, chunk.snapshot_id)
-        if chunk.message is not None:
-            self._snap_msgs[key] = chunk.message
-            self._snap_parts[key] = []
-        parts = self._snap_parts.get(key)
-        if parts is None:
-            raise ValueError("snapshot chunk without its first chunk")
-        parts.append(chunk.data)
-        if chunk.last:
-            msg = self._snap_msgs.pop(key)
-            data = b"".join(self._snap_parts.pop(key))
-            meta = (msg.snapshot or Snapshot()).metadata
-            self.server.receive([msgspec.structs.replace(msg, snapshot=Snapshot(meta, data))])
-
-    def _on_unreachable(self, peer: int) -> None:
-        self.core.report_unreachable(peer)
-        self.server.wake()
 
 
 async def start_embedded(node_id: int, peers: Mapping[int, str], data_dir: str,

@@ -17,19 +17,26 @@ from quorum.cli.output import emit_json, table
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Without --seed: run seeds 0..N-1 and report.")
 @click.option("--profile", default="default", show_default=True,
-              help="Fault profile: default, churn, figure8, vote_crash.")
+              help="Fault profile: default, churn, figure8, vote_crash, reconfig, lease, "
+                   "lease_skew (expected to violate: lease reads beyond the drift bound).")
 @click.option("--nodes", type=int, default=None, help="Cluster size (profile default if unset).")
-@click.option("--bugs", default="", help="Planted bugs, comma-separated (tests the checkers).")
+@click.option("--bugs", default="",
+              help="Planted bugs, comma-separated (tests the checkers): stale_read, "
+                   "read_index_no_quorum, ack_before_fsync, skip_vote_log_check, forget_vote, "
+                   "commit_old_term, split_txn_events.")
+@click.option("--first-seed", type=int, default=0, show_default=True,
+              help="With --seeds: start at this seed.")
 @click.option("--trace", is_flag=True, help="Print the compact event trace of the run.")
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Write the history check as PREFIX.html and PREFIX.json (single seed).")
 @click.pass_obj
 def sim(obj: object, seed: int | None, seeds: int, profile: str, nodes: int | None, bugs: str,
-        trace: bool, report: str | None) -> None:
+        first_seed: int, trace: bool, report: str | None) -> None:
     """Simulate a whole cluster (production node code, virtual time, faulty network and disks).
 
     A run is a pure function of its seed: a failure prints a replay command that reproduces it
-    bit for bit. Exit status 1 if any seed broke an invariant or linearizability."""
+    bit for bit. Exit status 1 if any seed broke an invariant, linearizability or a watch
+    guarantee. See docs/sim.md."""
     from quorum.sim.run import profile_options, run_seed
 
     logging.disable(logging.WARNING)
@@ -42,7 +49,7 @@ def sim(obj: object, seed: int | None, seeds: int, profile: str, nodes: int | No
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     as_json = getattr(obj, "json", False)
-    todo = [seed] if seed is not None else list(range(seeds))
+    todo = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
     rows, failed, started = [], 0, time.perf_counter()
     for s in todo:
         printer = (lambda line: click.echo(line)) if trace and not as_json else None
@@ -61,7 +68,8 @@ def sim(obj: object, seed: int | None, seeds: int, profile: str, nodes: int | No
     if as_json:
         emit_json([{k: getattr(r, k) for k in ("seed", "ok", "violation", "detail", "operations",
                                                 "completed", "faults", "messages", "lin_verdict",
-                                                "replay", "elapsed_s")} for r in rows])
+                                                "conf_changes", "watch_responses", "replay",
+                                                "elapsed_s")} for r in rows])
     else:
         table(None, ("seeds", "failed", "ops", "faults", "messages", "seconds", "seeds/s"),
               [(len(rows), failed, sum(r.operations for r in rows), sum(r.faults for r in rows),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 import msgspec
 
@@ -59,7 +61,7 @@ class SimOptions(msgspec.Struct, kw_only=True):
     jump_ticks: int = 10  # "clock_jump" advances a node's clock by 1..jump_ticks ticks
     profile: str = "default"  # the name the options came from (for the replay command)
     delay_ms: tuple[int, int] = (1, 10)  # network delay range (until a "lossy" fault)
-    snapshot_after_conf_change: bool = True  # see World._snapshot_if_config_moved
+    duplicate_proposals: bool = False  # see NetConfig.duplicate_proposals
 
 
 # Fault profiles. "default" mixes every fault; the others bias the nemesis toward the
@@ -245,7 +247,7 @@ class Nemesis:
         self.rng.shuffle(ids)
         for target in ids[: len(ids) // 2 + 1]:
             self.world.crash(target)
-            self.world.at(self.rng.randint(50, 400), lambda t=target: self._restart(t))
+            self.world.at(self.rng.randint(50, 400), partial(self._restart, target))
 
     def crash_mid_write(self) -> None:
         """Crash a node at a random point of its next disk operations."""
@@ -321,16 +323,17 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   max_entries_per_msg=options.max_entries_per_msg, pre_vote=options.pre_vote,
                   check_quorum=options.check_quorum,
                   bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
-                  split_txn_events_bug="split_txn_events" in options.bugs,
-                  snapshot_after_conf_change=options.snapshot_after_conf_change)
+                  split_txn_events_bug="split_txn_events" in options.bugs)
     world.net.min_delay_ms, world.net.max_delay_ms = options.delay_ms
+    world.net.duplicate_proposals = options.duplicate_proposals
     rng = random.Random(world.rng.getrandbits(64))
     for node in world.nodes.values():
         node.drift = rng.uniform(1.0 - options.drift, 1.0 + options.drift)  # clock rate
     recorder = Recorder()
     keys = [f"k{i}" for i in range(options.keys)]
-    clients = [Client(world, recorder, c, keys, random.Random(rng.getrandbits(64)))
-               for c in range(options.clients)]
+    recent: dict[str, deque[int]] = {}  # last writes per key, shared by the clients
+    clients = [Client(world, recorder, c, keys, random.Random(rng.getrandbits(64)),
+                      recent=recent) for c in range(options.clients)]
     nemesis = Nemesis(world, random.Random(rng.getrandbits(64)), options)
     watches = WatchWorkload(world, random.Random(rng.getrandbits(64)), options.watch_writers)
     result = SimResult(seed=seed, ok=True, replay=replay_command(seed, options))

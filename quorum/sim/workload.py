@@ -8,6 +8,8 @@ unknown (timeout, leader change, crash of the node) are recorded as indeterminat
 from __future__ import annotations
 
 import random
+from collections import deque
+from functools import partial
 from typing import Any
 
 from quorum.errors import NoLeader, NotLeader, ProposalDropped, QuorumError
@@ -46,8 +48,10 @@ class Client:
     """One sequential client issuing random register operations."""
 
     def __init__(self, world: World, recorder: Recorder, client_id: int, keys: list[str],
-                 rng: random.Random, timeout_ms: int = 1000) -> None:
+                 rng: random.Random, timeout_ms: int = 1000,
+                 recent: dict[str, deque[int]] | None = None) -> None:
         self.world = world
+        self.recent: dict[str, deque[int]] = {} if recent is None else recent
         self.recorder = recorder
         self.id = client_id
         self.keys = keys
@@ -82,12 +86,14 @@ class Client:
             self._issue(node, "cas", key, [expected, value])
 
     def recent_values(self, key: str) -> list[int]:
-        """Values other clients recently wrote (so some compare-and-sets succeed)."""
-        ops = [op for op in self.recorder.history() if op.key == key and op.kind == "write"]
-        return [op.input for op in ops[-3:]]
+        """Values clients recently wrote (so some compare-and-sets succeed): the last three
+        writes invoked on the key by any client sharing ``recent`` (no history scan)."""
+        return list(self.recent.get(key, ()))
 
     def _issue(self, node: SimNode, kind: str, key: str, arg: Any) -> None:
         op_id = self.recorder.invoke(self.id, kind, key, arg, at=self.world.now)
+        if kind == "write":
+            self.recent.setdefault(key, deque(maxlen=3)).append(arg)
         core = node.core
         assert core is not None
         waiter = _Waiter(self, op_id, kind, node, key, node.incarnation)
@@ -97,7 +103,7 @@ class Client:
         else:
             core.propose(_command(kind, key, arg), waiter)
         self.world.drive(node)
-        self.world.at(self.timeout_ms, lambda w=waiter: self._timeout(w))
+        self.world.at(self.timeout_ms, partial(self._timeout, waiter))
 
     def _timeout(self, waiter: _Waiter) -> None:
         if not waiter.done:

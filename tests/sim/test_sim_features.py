@@ -10,10 +10,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from quorum.raft.types import ConfChange, ConfChangeSingle, ConfChangeType
 from quorum.sim.run import SimOptions, profile_options, run_seed
+from quorum.sim.world import World
+from quorum.state import commands as sc
 
 
 @pytest.fixture(autouse=True)
@@ -87,23 +91,37 @@ def test_membership_changes_of_every_kind_happen_and_hold() -> None:
     assert any("promote n" in t and int(t.split("promote n")[1].split()[0]) > 3 for t in applied)
 
 
-def test_a_joining_node_waits_for_a_snapshot_that_names_it() -> None:
-    """Finding (docs/sim.md): NodeCore snapshots only every ``snapshot_entries`` entries, and
-    Raft ignores a snapshot whose configuration lacks the receiver, so a node added with an
-    empty disk after the leader compacted cannot catch up until enough new writes arrive.
-    The simulator's driver snapshots again when the configuration moved; without that, the
-    liveness check catches the stuck node. If NodeCore learns to do this itself, this test
-    fails and the driver's workaround can go."""
-    options = profile_options("reconfig", snapshot_after_conf_change=False)
-    stuck = None
-    for seed in range(12):
-        result = run_seed(seed, options)
-        if not result.ok:
-            stuck = result
-            break
-    assert stuck is not None, "every joining node caught up without the driver's snapshot"
-    assert stuck.violation == "liveness" and "applied" in stuck.detail
-    assert run_seed(stuck.seed, profile_options("reconfig")).ok
+class _Ignore:
+    def resolve(self, value: Any) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+
+def test_a_learner_joining_a_quiet_cluster_catches_up() -> None:
+    """50 writes (the leader snapshots every 20 entries and compacts its log), then a node
+    with an empty disk is added as a learner and no more writes come. Raft ignores a snapshot
+    whose configuration does not name the receiver, so the learner can only catch up if the
+    leader snapshots again after the change (the simulator found this; NodeCore now does)."""
+    world = World(1, 3, snapshot_entries=20)
+    world.run_until(500)
+    leader = world.nodes[world.leader()]
+    assert leader.core is not None
+    for i in range(50):
+        leader.core.propose(sc.encode_command(sc.PutRequest(b"k", str(i).encode())), _Ignore())
+    world.drive(leader)
+    world.run_until(1500)
+    assert leader.core.storage.log.first_index() > 2  # compacted: only a snapshot helps
+    new = world.add_node()
+    cc = ConfChange((ConfChangeSingle(ConfChangeType.ADD_LEARNER, new),))
+    leader.core.propose_conf_change(cc, _Ignore(), (world.member(new),))
+    world.drive(leader)
+    world.run_until(4500)
+    learner = world.nodes[new].core
+    assert learner is not None
+    assert leader.core.applied > 50
+    assert learner.applied == leader.core.applied
 
 
 # --- clocks and lease reads -------------------------------------------------------------------
@@ -168,3 +186,23 @@ def test_figure8_commit_of_an_old_term_entry_breaks_leader_completeness() -> Non
         pytest.fail("commit_old_term not caught in 20 seeds of the figure8 profile")
     assert result.violation in ("leader-completeness", "state-machine-safety"), result.detail
     assert run_seed(seed, profile_options("figure8")).ok
+
+
+# --- findings ---------------------------------------------------------------------------------
+
+
+def test_a_duplicated_forwarded_proposal_is_applied_twice_expected_violation() -> None:
+    """EXPECTED TO FIND A VIOLATION (open finding, docs/sim.md): a follower forwards a client's
+    proposal to the leader as a PROP message; if the network delivers it twice, both copies
+    are committed and applied. When another write lands between the copies, the client gets
+    the first copy's result while the second copy changes the state (a compare-and-set that
+    "failed" takes effect). The default network therefore does not duplicate PROP messages;
+    when NodeCore deduplicates forwarded proposals, this test fails and the default can flip."""
+    for seed in (382, *range(20)):
+        result = run_seed(seed, SimOptions(duplicate_proposals=True))
+        if not result.ok:
+            break
+    else:
+        pytest.fail("duplicated forwarded proposals showed no violation")
+    assert result.violation == "linearizability"
+    assert run_seed(seed, SimOptions()).ok

@@ -107,7 +107,11 @@ def test_sigkill_leader_loses_no_acknowledged_write_and_writes_resume(tmp_path: 
                 acked_before_kill = len(writer.acked)
                 cluster.kill(leader)
                 killed_at = time.monotonic()
-                await asyncio.sleep(3.0)
+                # failover takes about an election timeout; allow for a loaded machine
+                deadline = killed_at + 15.0
+                while writer.last_ack_time <= killed_at + 0.5 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)
                 writer.stop()
                 await task
             assert acked_before_kill > 0

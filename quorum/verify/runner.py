@@ -96,6 +96,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     # time.monotonic() at which the faults timeline starts: workloads' own JSON files carry
     # raw monotonic times, this lines them up with the faults
     faults_t0: float = 0.0
+    # client endpoint -> node id, for every node the run had (members replaced included)
+    endpoints: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class _Nemesis:
@@ -110,6 +112,7 @@ class _Nemesis:
         self.ctx = ctx  # told about nodes that join, so clients can reach them
         self.applied: list[str] = []
         self.started = time.monotonic()
+        self.endpoints = {n.client_url: i for i, n in cluster.nodes.items()}
 
     async def run(self, until: float) -> None:
         if not self.opts.nemesis:  # a run without faults (a baseline, or workload-only bugs)
@@ -226,6 +229,7 @@ class _Nemesis:
         if self.proxy is not None:
             await self.proxy.add_target(new, ("127.0.0.1", listen), peer)
         self.cluster.start_node(new)
+        self.endpoints[joined.client_url] = new
         if self.ctx is not None:
             self.ctx.add_endpoint(joined.client_url)
         self._note(f"member add n{new} as a learner (replaces n{old})")
@@ -400,7 +404,7 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
         indeterminate=sum(int(v.details.get("indeterminate", 0)) for v in verdicts),
         faults=nemesis.applied, hashes={k: str(v) for k, v in hashes.items()},
         duration_s=time.monotonic() - started, problems=problems, workloads=verdicts,
-        faults_t0=nemesis.started,
+        faults_t0=nemesis.started, endpoints=nemesis.endpoints,
     )
     report.report_json = str(ctx.report_dir / "verify.json")
     report.report_html = str(ctx.report_dir / "verify.html")

@@ -52,6 +52,7 @@ class LeaseObservation(msgspec.Struct, kw_only=True):
     present: tuple[float, float] | None = None
     absent: tuple[float, float] | None = None
     renewals: int = 0
+    renewed_via: str = ""  # the endpoint that answered the last successful renewal
 
 
 class LeaseViolation(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,10 +72,11 @@ def check_lease_expiry(observations: Sequence[LeaseObservation], *, bound_s: flo
     for o in observations:
         earliest = o.renewed_call + o.ttl_s / clock_rate_bound
         if o.absent is not None and o.absent[1] < earliest:
+            via = f" (renewed via {o.renewed_via})" if o.renewed_via else ""
             out.append(LeaseViolation(
                 lease_id=o.lease_id, key=o.key, kind="early",
                 detail=f"gone {earliest - o.absent[1]:.3f}s before the TTL of {o.ttl_s}s "
-                       f"since the last renewal could run out"))
+                       f"since the last renewal{via} could run out"))
         latest = o.renewed_return + o.ttl_s + bound_s
         if o.present is not None and o.present[0] > latest:
             out.append(LeaseViolation(
@@ -134,6 +136,7 @@ class _LeaseClient:
                 obs.renewed_return = time.monotonic()  # it may have taken effect anyway
                 continue
             obs.renewed_call, obs.renewed_return = call, time.monotonic()
+            obs.renewed_via = self.client.endpoint or ""  # it may relay to the leader
             obs.renewals += 1
 
     async def _poll(self, obs: LeaseObservation) -> None:

@@ -178,7 +178,7 @@ def test_a_resource_ignoring_fencing_tokens_accepts_stale_writes(tmp_path: Path)
 @pytest.mark.xdist_group("procs")
 def test_leases_survive_paused_leaders(tmp_path: Path) -> None:
     # The configuration that reproduced an early lease expiry when a paused node resumed
-    # (in 2 of 3 runs with this seed, on two trees): see docs/verify.md, "Findings".
+    # (in 3 of 4 runs with this seed, on two trees): see docs/verify.md, "Findings".
     opts = VerifyOptions(duration_s=40, workloads=("lease", "register"), clients=3,
                          nemesis=("pause", "partition"), report_dir=str(tmp_path / "report"),
                          seed=8)

@@ -62,7 +62,6 @@ class SimNode:
         self.crashes = 0
         self.last_applied = 0
         self.last_commit = 0  # commit index seen at the last check while leading
-        self.drive_due = False  # a drive is scheduled for messages received this millisecond
 
     @property
     def up(self) -> bool:
@@ -198,7 +197,6 @@ class World:
         )
         node.last_applied = node.core.applied
         self._hook_apply(node)
-
         self.trace(f"n{node_id} start (incarnation {node.incarnation}, applied "
                    f"{node.core.applied})")
         if self.on_node_started is not None:
@@ -395,16 +393,7 @@ class World:
             dst.parked.append(msg)
             return
         dst.core.receive([msg])
-        # Messages arriving in the same millisecond form one batch (one Ready cycle), as a
-        # real runtime reads everything the socket has before it drives the node: the drive
-        # runs after the other events already due at this time.
-        if not dst.drive_due:
-            dst.drive_due = True
-            self.at(0, lambda: self._drive_due(dst))
-
-    def _drive_due(self, node: SimNode) -> None:
-        node.drive_due = False
-        self.drive(node)
+        self.drive(dst)
 
     def _snapshot_result(self, msg: Message, ok: bool) -> None:
         """The runtime reports a snapshot's fate to the sender (as the transport does)."""

@@ -116,6 +116,13 @@ class ClusterBackend(LocalBackend):
         result: sc.Response = await self.server.propose(data)
         return result
 
+    async def _write_as_leader(self, request: sc.Request) -> sc.Response:
+        """A lease decision measured on this leader's clock: appended only while this node
+        leads, never forwarded (see NodeCore.propose)."""
+        data = sc.encode_envelope(sc.Envelope(request))
+        result: sc.Response = await self.server.propose(data, leader_only=True)
+        return result
+
     async def read(self, request: ReadRequest, serializable: bool = False) -> ReadResponse:
         if not serializable:
             await self.server.read_barrier()
@@ -151,12 +158,12 @@ class ClusterBackend(LocalBackend):
         checkpoints = self._tracker.checkpoints(now)
         if checkpoints:
             with contextlib.suppress(Exception):
-                await self.write(sc.LeaseCheckpointRequest(tuple(checkpoints)))
+                await self._write_as_leader(sc.LeaseCheckpointRequest(tuple(checkpoints)))
         expired = tuple(self._tracker.expired(now))
         if not expired:
             return ()
         try:
-            result = await self.write(sc.LeaseExpireRequest(ids=expired))
+            result = await self._write_as_leader(sc.LeaseExpireRequest(ids=expired))
         except (LeaderChanged, RequestTimeout, NotLeader) as exc:
             log.info("lease expiry not committed (%s); will retry", exc)
             return ()
@@ -170,7 +177,7 @@ class ClusterBackend(LocalBackend):
                 # clearing before promising the renewed TTL, or a failover in between would
                 # restart the lease from the stale value (etcd waits for the same).
                 due = tuple(self._tracker.checkpoints(self._clock()))
-                await self.write(sc.LeaseCheckpointRequest(due))
+                await self._write_as_leader(sc.LeaseCheckpointRequest(due))
             return ttl
         leader = self.core.leader_id
         if self._sm.lease_info(lease_id) is None:

@@ -28,6 +28,7 @@ from quorum.errors import (
     DiskFullError,
     LeaderChanged,
     NodeStopped,
+    NotLeader,
     ProposalDropped,
     QuorumError,
     RequestTimeout,
@@ -121,6 +122,7 @@ class NodeCore:
         self._now_tick = 0
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, _Pending]] = []
+        self._leader_only: list[tuple[bytes, _Pending]] = []
         self._conf_changes: list[tuple[ConfChange, tuple[MemberInfo, ...], _Pending]] = []
         self._reads: list[_Pending] = []
         self._actions: list[Callable[[RawNode], None]] = []
@@ -157,14 +159,21 @@ class NodeCore:
     def receive(self, messages: list[Message]) -> None:
         self._inbox.extend(messages)
 
-    def propose(self, payload: bytes, waiter: Waiter) -> None:
-        """Replicate ``payload``; the waiter gets the state machine's result when applied."""
+    def propose(self, payload: bytes, waiter: Waiter, *, leader_only: bool = False) -> None:
+        """Replicate ``payload``; the waiter gets the state machine's result when applied.
+
+        ``leader_only``: the command encodes a decision only the current leader may take
+        (lease expiry measured on its clock). It is appended only if this node is the leader
+        when the proposal reaches Raft, never forwarded: a deposed leader resuming from a
+        pause would otherwise forward a stale decision to the new leader, which would commit
+        it. (A deposed leader's own appends never commit: followers refuse its old term.)"""
         if self._reject_if_stopped(waiter):
             return
         if self.disk_full:
             waiter.fail(DiskFullError("disk full: write refused (nothing was written)"))
             return
-        self._proposals.append((payload, _Pending(waiter, self._deadline())))
+        queue = self._leader_only if leader_only else self._proposals
+        queue.append((payload, _Pending(waiter, self._deadline())))
 
     def propose_conf_change(
         self, change: ConfChange, waiter: Waiter, members: tuple[MemberInfo, ...] = ()
@@ -249,12 +258,25 @@ class NodeCore:
             inbox, self._inbox = self._inbox, []
             for msg in inbox:
                 self.rn.step(msg)
+        if self._leader_only:
+            self._feed_leader_only()
         if self._proposals:
             self._feed_proposals()
         if self._conf_changes:
             self._feed_conf_changes()
         if self._reads:
             self._feed_reads()
+
+    def _feed_leader_only(self) -> None:
+        """Runs after the inbox was stepped: a leader that just learned of a newer term has
+        already stepped down here, so its stale decisions are refused, not forwarded."""
+        proposals, self._leader_only = self._leader_only, []
+        if self.rn.raft.role == StateRole.LEADER:
+            self._proposals = proposals + self._proposals
+            return
+        for _, pending in proposals:
+            pending.waiter.fail(NotLeader("not the leader: a leader-only command was refused",
+                                          leader_id=self.rn.raft.lead))
 
     def _feed_proposals(self) -> None:
         """Everything proposed since the last drain goes to Raft as one batch (one step)."""
@@ -470,11 +492,11 @@ class NodeCore:
             pending, self._pending = self._pending, OrderedDict()
             for p in pending.values():
                 p.waiter.fail(exc)
-            for _, p in self._proposals:
+            for _, p in self._proposals + self._leader_only:
                 p.waiter.fail(exc)
             for _, _, p in self._conf_changes:
                 p.waiter.fail(exc)
-            self._proposals, self._conf_changes = [], []
+            self._proposals, self._leader_only, self._conf_changes = [], [], []
         batches = list(self._read_batches.values()) + [b for _, b in self._ready_reads]
         self._read_batches, self._ready_reads = {}, []
         for batch in batches:

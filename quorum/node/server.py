@@ -109,10 +109,11 @@ class RaftServer:
             raise NodeStopped("node is not running")
         return asyncio.get_running_loop().create_future()
 
-    async def propose(self, payload: bytes) -> Any:
-        """Replicate ``payload`` and return the state machine's result once applied here."""
+    async def propose(self, payload: bytes, *, leader_only: bool = False) -> Any:
+        """Replicate ``payload`` and return the state machine's result once applied here
+        (``leader_only``: see NodeCore.propose)."""
         fut = self._future()
-        self.core.propose(payload, FutureWaiter(fut))
+        self.core.propose(payload, FutureWaiter(fut), leader_only=leader_only)
         self.wake()
         return await fut
 

@@ -210,3 +210,26 @@ def test_a_node_added_to_a_quiet_cluster_catches_up_by_snapshot() -> None:
     net.tick(30)
     assert net.sms[4].value == 5
     assert 4 in net.cores[4].conf_state.learners
+
+
+def test_leader_only_proposals_are_never_forwarded() -> None:
+    """A deposed leader's lease decision must not reach the new leader through forwarding."""
+    from quorum.errors import NotLeader
+
+    net = Net(3)
+    leader = net.elect()
+    follower = 1 if leader != 1 else 2
+    refused = Box()
+    net.cores[follower].propose(add(100), refused, leader_only=True)
+    net.pump()
+    assert isinstance(refused.error, NotLeader)
+    assert {sm.value for sm in net.sms.values()} == {0}
+    accepted = Box()
+    net.cores[leader].propose(add(7), accepted, leader_only=True)
+    net.pump()
+    assert accepted.error is None and accepted.value == 7
+    # control: the same proposal without the flag is forwarded and applied
+    forwarded = Box()
+    net.cores[follower].propose(add(1), forwarded)
+    net.pump()
+    assert forwarded.error is None and forwarded.value == 8

@@ -21,6 +21,7 @@ from quorum.sim.membership import Reconfigurer
 from quorum.sim.watch import WatchWorkload
 from quorum.sim.workload import Client, finish_pending
 from quorum.sim.world import Violation, World
+from quorum.state import StateConfig
 from quorum.verify.history import Operation, Recorder
 from quorum.verify.linearizability import Verdict, check
 from quorum.verify.models import RegisterModel
@@ -55,6 +56,10 @@ class SimOptions(msgspec.Struct, kw_only=True):
     lin_max_steps: int = 300_000  # search budget; beyond it the verdict is UNKNOWN, not a pass
     watch: bool = True  # watchers on every node, multi-key transaction writers, watch check
     watch_writers: int = 1
+    # small watch buffers and replay steps: watchers are cancelled as slow consumers and must
+    # resume, and lagging watchers catch up in many small steps (0 = the state defaults)
+    watch_buffer_events: int = 0
+    watch_replay_events: int = 0
     lease_reads: bool = False  # ReadOnlyOption.LEASE_BASED: reads trust the leader lease
     drift: float = 0.05  # each node's clock rate is drawn from [1 - drift, 1 + drift]
     skew: float = 0.05  # "skew_clock" gives the leader a rate in [1 / (1 + skew), 1]
@@ -70,7 +75,8 @@ PROFILES: dict[str, dict[str, object]] = {
     "default": {},
     # membership changes under crashes, partitions and leader transfers
     "reconfig": {
-        "fault_every_ms": (60, 300),
+        "fault_every_ms": (60, 300), "watch_buffer_events": 4, "watch_replay_events": 3,
+        "watch_writers": 2,
         "faults": ("reconfigure", "reconfigure", "reconfigure", "crash_one", "isolate_leader",
                    "random_partition", "heal", "heal", "transfer_leader", "lossy",
                    "pause_one", "resume_all", "clock_jump"),
@@ -137,6 +143,7 @@ class SimResult(msgspec.Struct, kw_only=True):
     lin_verdict: str = ""  # OK, ILLEGAL or UNKNOWN (search budget exhausted)
     conf_changes: int = 0  # membership changes proposed
     watch_responses: int = 0  # watch responses delivered to the watchers
+    watch_resumes: int = 0  # watch streams reopened after a slow-consumer cancel
     history: list[Operation] = msgspec.field(default_factory=list)
 
 
@@ -323,7 +330,8 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   max_entries_per_msg=options.max_entries_per_msg, pre_vote=options.pre_vote,
                   check_quorum=options.check_quorum,
                   bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
-                  split_txn_events_bug="split_txn_events" in options.bugs)
+                  split_txn_events_bug="split_txn_events" in options.bugs,
+                  state_config=_state_config(options))
     world.net.min_delay_ms, world.net.max_delay_ms = options.delay_ms
     world.net.duplicate_proposals = options.duplicate_proposals
     rng = random.Random(world.rng.getrandbits(64))
@@ -359,6 +367,7 @@ def run_seed(seed: int, options: SimOptions | None = None,
     result.faults = nemesis.count
     result.conf_changes = nemesis.membership.changes
     result.watch_responses = watches.responses
+    result.watch_resumes = watches.resumed
     result.messages = world.messages_sent
     if result.ok and options.check_linearizability:
         verdict = check(RegisterModel(), history, max_steps=options.lin_max_steps)
@@ -370,6 +379,12 @@ def run_seed(seed: int, options: SimOptions | None = None,
                 p.key for p in bad)
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def _state_config(options: SimOptions) -> StateConfig | None:
+    limits = {k: v for k, v in (("watch_buffer_events", options.watch_buffer_events),
+                                ("watch_replay_events", options.watch_replay_events)) if v}
+    return StateConfig(**limits) if limits else None
 
 
 def _liveness(world: World, clients: list[Client], watches: WatchWorkload,

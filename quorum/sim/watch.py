@@ -61,6 +61,7 @@ class WatchWorkload:
         self.active = True
         self.txns = 0
         self.responses = 0
+        self.resumed = 0  # streams reopened after a cancel (slow consumer)
 
     def start(self) -> None:
         previous = self.world.on_node_started
@@ -129,6 +130,7 @@ class WatchWorkload:
             stream.compact_revision = resp.compact_revision
             if resp.compact_revision:
                 w.last_seen = max(w.last_seen, resp.compact_revision - 1)
+            self.resumed += 1
             self._open(node, w)
 
     # --- transaction writers ----------------------------------------------------------------

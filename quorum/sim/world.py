@@ -22,6 +22,7 @@ from quorum.node.ready import process_ready, run_sync
 from quorum.node.storage import DurableNodeStorage, bootstrap
 from quorum.raft import Config, ReadOnlyOption
 from quorum.raft.types import Entry, Message, MessageType, Ready, Snapshot
+from quorum.state import StateConfig
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.simfs import SimFileSystem, SimulatedCrash
 
@@ -77,8 +78,10 @@ class World:
                  trace: Callable[[str], None] | None = None,
                  max_entries_per_msg: int = 4096, pre_vote: bool = True,
                  check_quorum: bool = True, bounce_after_vote: bool = False,
-                 lease_reads: bool = False, split_txn_events_bug: bool = False) -> None:
+                 lease_reads: bool = False, split_txn_events_bug: bool = False,
+                 state_config: StateConfig | None = None) -> None:
         self.seed = seed
+        self.state_config = state_config
         self.split_txn_events_bug = split_txn_events_bug
         self.lease_reads = lease_reads
         self.pre_vote = pre_vote
@@ -181,7 +184,8 @@ class World:
             node.fs.crash()
             self.at(50, lambda: self.start(node_id))
             return
-        node.kv = KvStateMachine(split_txn_events_bug=self.split_txn_events_bug)
+        node.kv = KvStateMachine(self.state_config,
+                                 split_txn_events_bug=self.split_txn_events_bug)
         cfg = Config(id=node_id, election_ticks=self.election_ticks, heartbeat_ticks=1,
                      max_entries_per_msg=self.max_entries_per_msg, pre_vote=self.pre_vote,
                      check_quorum=self.check_quorum, planted_bugs=self.raft_bugs,

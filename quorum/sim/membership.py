@@ -77,6 +77,14 @@ class Reconfigurer:
             return
         self._choose(cs)
 
+    def retire_removed(self) -> None:
+        """Shut down the nodes whose removal the current leader has applied (no proposal)."""
+        leader = self.world.nodes.get(self.world.leader())
+        if leader is not None and leader.core is not None:
+            cs = leader.core.conf_state
+            members = set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing)
+            self._retire_removed(members, leader.core.applied)
+
     def _retire_removed(self, members: set[int], applied: int) -> None:
         for node_id, since in sorted(self.removing.items()):
             if node_id not in members and applied >= since:

@@ -354,7 +354,7 @@ def run_seed(seed: int, options: SimOptions | None = None,
         world.run_until(options.safety_ms)
         nemesis.stop_and_heal()
         world.trace("--- liveness phase: healed ---")
-        _liveness(world, clients, watches, options)
+        _liveness(world, clients, watches, options, nemesis.membership.retire_removed)
         if options.watch:
             _check_watches(watches)
     except Violation as v:
@@ -388,14 +388,17 @@ def _state_config(options: SimOptions) -> StateConfig | None:
 
 
 def _liveness(world: World, clients: list[Client], watches: WatchWorkload,
-              options: SimOptions) -> None:
+              options: SimOptions, retire_removed: Callable[[], None]) -> None:
     """After healing, clients must complete operations again and the members of the committed
-    configuration must converge (same applied index, same state hash)."""
+    configuration must converge (same applied index, same state hash). Nodes whose removal
+    has committed are shut down as they are found (as an operator would): a removed node that
+    still runs cannot serve its clients, whose requests to it only time out."""
     before = sum(c.completed for c in clients)
     deadline = world.now + options.liveness_ms
     progress_by = world.now + options.liveness_ms // 2
     # Stop as soon as clients made progress (an early stop saves time, not checks).
     while sum(c.completed for c in clients) <= before + len(clients) and world.now < progress_by:
+        retire_removed()
         world.run_until(world.now + 50)
     if sum(c.completed for c in clients) <= before:
         raise Violation("liveness", "no client operation completed after healing")

@@ -99,6 +99,20 @@ class _Ignore:
         pass
 
 
+def test_a_removed_node_still_running_at_the_heal_is_shut_down() -> None:
+    """Regression (torture seed 100230): a voter's removal committed shortly before the heal,
+    so the node still ran, and every client happened to pick it in the liveness phase; it
+    could only time them out. The liveness phase now shuts removed nodes down, as an operator
+    would, before it demands progress."""
+    options = profile_options("reconfig", watch_buffer_events=0, watch_replay_events=0,
+                              watch_writers=1)
+    lines: list[str] = []
+    result = run_seed(100230, options, trace=lines.append)
+    assert result.ok, f"{result.violation}: {result.detail}"
+    heal = next(i for i, t in enumerate(lines) if "liveness phase" in t)
+    assert any(" retired" in t for t in lines[heal:])
+
+
 def test_a_learner_joining_a_quiet_cluster_catches_up() -> None:
     """50 writes (the leader snapshots every 20 entries and compacts its log), then a node
     with an empty disk is added as a learner and no more writes come. Raft ignores a snapshot

@@ -118,6 +118,7 @@ class NodeCore:
         # request ids embed the incarnation so a restarted node never mistakes an entry
         # proposed by its previous life for one of its new requests.
         self._next_request = incarnation << 32
+        self._incarnation = incarnation
         self._ticks = 0
         self._now_tick = 0
         self._inbox: list[Message] = []
@@ -310,7 +311,10 @@ class NodeCore:
         """One ReadIndex request serves every read queued since the last drain (batching)."""
         reads, self._reads = self._reads, []
         self._next_read_ctx += 1
-        ctx = self._next_read_ctx.to_bytes(8, "big") + self.id.to_bytes(8, "big")
+        # The incarnation makes contexts unique across restarts: a leader's answer to a read
+        # of this node's previous life must never release a new read at an old index.
+        ctx = (self._incarnation.to_bytes(8, "big") + self._next_read_ctx.to_bytes(8, "big")
+               + self.id.to_bytes(8, "big"))
         try:
             self.rn.read_index(ctx)
         except ProposalDropped as exc:  # no leader known: fail fast, the caller retries
@@ -517,6 +521,14 @@ class NodeCore:
                 del self._read_batches[ctx]
                 for p in batch:
                     p.waiter.fail(RequestTimeout("read timed out"))
+        waiting = []
+        for index, batch in self._ready_reads:  # read index known, not yet applied here
+            if batch and batch[0].deadline_tick <= now:
+                for p in batch:
+                    p.waiter.fail(RequestTimeout("read timed out waiting for apply"))
+            else:
+                waiting.append((index, batch))
+        self._ready_reads = waiting
 
     # --- introspection ---------------------------------------------------------------------
 

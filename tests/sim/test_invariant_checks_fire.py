@@ -32,8 +32,8 @@ def test_state_hash_check_catches_a_replica_that_diverged() -> None:
     leader = _leader(world)
     victim = next(n for n in world.nodes.values() if n.id != leader.id)
     assert victim.kv is not None
-    # planted: change one replica's state behind the log's back (at an index no log entry
-    # reaches, so nothing else about the replica changes)
+    # planted: change one replica's state behind the log's back (its applied index jumps
+    # too, so it refuses later entries: the replica diverges, which the hash check must see)
     victim.kv.store.apply(10_000_000, sc.PutRequest(b"rogue", b"x"))
     with pytest.raises(Violation) as err:
         for i in range(200):

@@ -17,6 +17,7 @@ proposals that arrive during an fsync naturally form the next batch (group commi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import random
@@ -138,6 +139,7 @@ class NodeCore:
         self.conf_state = ConfState()
         self._rng = rng
         self._snapshot_due = False
+        self._recent = RecentRequests()
         self._boot(raft_config)
 
     # --- boot ------------------------------------------------------------------------------
@@ -387,6 +389,8 @@ class NodeCore:
         except Exception:  # an entry we cannot decode is a bug elsewhere; never crash on it
             log.error("undecodable entry at index %d skipped", entry.index)
             return
+        if self._recent.seen(prop.origin, prop.request_id):
+            return  # a proposal delivered twice (a duplicated forward): applied once already
         try:
             result: Any = self.sm.apply(entry.index, prop.payload)
             failed: BaseException | None = None
@@ -441,6 +445,7 @@ class NodeCore:
         env = envelope.decode_snapshot(snap.data)
         self.sm.restore([env.state])
         self.members = {m.id: m for m in env.members}
+        self._recent = RecentRequests.restore(env.recent)
         self.conf_state = snap.metadata.conf_state
         self.applied = snap.metadata.index
         self.snapshot_index = snap.metadata.index
@@ -458,7 +463,7 @@ class NodeCore:
             self.take_snapshot()
 
     def take_snapshot(self) -> Snapshot:
-        data = bootstrap_data(tuple(self.members.values()), self.sm)
+        data = bootstrap_data(tuple(self.members.values()), self.sm, self._recent.dump())
         snap = self.storage.create_snapshot(self.applied, self.conf_state, data)
         self.snapshot_index = self.applied
         compact_to = self.applied - self.snapshot_catchup_entries
@@ -544,8 +549,47 @@ def _members_of(cs: ConfState) -> set[int]:
     return {*cs.voters, *cs.learners, *cs.voters_outgoing, *cs.learners_next}
 
 
-def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine) -> bytes:
-    """The snapshot data every member of a new cluster starts from (see storage.bootstrap)."""
+def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine,
+                   recent: tuple[tuple[int, tuple[int, ...]], ...] = ()) -> bytes:
+    """Snapshot data: the members' addresses, the state machine's image and the duplicate
+    filter. With no filter it is what every member of a new cluster starts from."""
     ordered = tuple(sorted(members, key=lambda m: m.id))
     state = b"".join(state_machine.snapshot())
-    return envelope.encode(SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state))
+    return envelope.encode(SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state, recent))
+
+
+class RecentRequests:
+    """The request ids applied most recently per origin node: replicated state (derived from
+    the log alone, carried in snapshots), so every replica skips the same duplicates.
+
+    A proposal forwarded by a follower and delivered twice to the leader is appended twice;
+    both copies commit. The second is skipped when applied. Bound: the last ``window``
+    requests of each origin (a copy arriving later than that would apply again)."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.window = window
+        self._ids: dict[int, set[int]] = {}
+        self._order: dict[int, collections.deque[int]] = {}
+
+    def seen(self, origin: int, request_id: int) -> bool:
+        """True if already applied; otherwise record it and return False."""
+        ids = self._ids.setdefault(origin, set())
+        if request_id in ids:
+            return True
+        order = self._order.setdefault(origin, collections.deque())
+        ids.add(request_id)
+        order.append(request_id)
+        if len(order) > self.window:
+            ids.discard(order.popleft())
+        return False
+
+    def dump(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return tuple((origin, tuple(self._order[origin])) for origin in sorted(self._order))
+
+    @classmethod
+    def restore(cls, dumped: tuple[tuple[int, tuple[int, ...]], ...]) -> RecentRequests:
+        recent = cls()
+        for origin, ids in dumped:
+            for request_id in ids:
+                recent.seen(origin, request_id)
+        return recent

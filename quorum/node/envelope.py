@@ -42,6 +42,8 @@ class SnapshotEnvelope(msgspec.Struct, frozen=True, array_like=True):
     version: int
     members: tuple[MemberInfo, ...]
     state: bytes
+    # (origin, request ids applied most recently, oldest first): the duplicate filter
+    recent: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 _PROPOSAL_ENC = msgspec.msgpack.Encoder()

@@ -233,13 +233,10 @@ def _put_via_follower(duplicate_proposals: bool) -> int:
     return found.version
 
 
-def test_a_duplicated_forwarded_proposal_is_applied_twice_expected_violation() -> None:
-    """EXPECTED TO SHOW THE FLAW (open finding, docs/sim.md): a follower forwards a client's
-    proposal to the leader as a PROP message; if the network delivers it twice, both copies
-    are committed and applied -- one put, version 2. With another write between the copies a
-    compare-and-set reported as failed takes effect (a linearizability violation the default
-    profile found during development). The default network therefore does not duplicate PROP
-    messages; when NodeCore deduplicates forwarded proposals this test fails and the default
-    can flip."""
-    assert _put_via_follower(duplicate_proposals=True) == 2
+def test_a_duplicated_forwarded_proposal_is_applied_once() -> None:
+    """A follower forwards a client's proposal to the leader as a PROP message; if the network
+    delivers it twice, both copies are committed, and NodeCore's replicated duplicate filter
+    (origin, request id) skips the second when applying. (Before the filter: one put, version
+    2, and a compare-and-set reported as failed could take effect.)"""
+    assert _put_via_follower(duplicate_proposals=True) == 1
     assert _put_via_follower(duplicate_proposals=False) == 1

@@ -13,8 +13,8 @@ dropped or answered and counted in ``counters``.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
+from random import Random
 
 import msgspec
 
@@ -50,7 +50,7 @@ _EARLY_FROM_LEADER = frozenset({MT.APP, MT.HEARTBEAT, MT.SNAP, MT.TIMEOUT_NOW, M
 class Raft:
     """One node's protocol state. Driven by ``RawNode``; not thread-safe."""
 
-    def __init__(self, config: Config, storage: LogStorage, rng: random.Random) -> None:
+    def __init__(self, config: Config, storage: LogStorage, rng: Random) -> None:
         config.validate()
         self.config = config
         self.id = config.id

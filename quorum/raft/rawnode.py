@@ -7,8 +7,8 @@ sent and applied. Nothing here does I/O.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
+from random import Random
 
 import msgspec
 
@@ -53,7 +53,7 @@ def bootstrap_snapshot(voters: tuple[int, ...], learners: tuple[int, ...] = ()) 
 class RawNode:
     """One Raft node. Usable after any raised error unless the docstring says otherwise."""
 
-    def __init__(self, config: Config, storage: LogStorage, rng: random.Random) -> None:
+    def __init__(self, config: Config, storage: LogStorage, rng: Random) -> None:
         """Raises ConfigError for an invalid config or inconsistent storage."""
         self.raft = Raft(config, storage, rng)
         self._prev_soft = self.raft.soft_state()

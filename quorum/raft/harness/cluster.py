@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from random import Random
 
 import msgspec
 
@@ -181,9 +181,9 @@ class Cluster:
         if kw:
             self.options = opts = dataclasses.replace(opts, **kw)  # type: ignore[arg-type]
         self.seed = seed
-        self.rng = random.Random(seed)
-        self.net = Network(random.Random(self.rng.getrandbits(64)), opts.faults)
-        self._disk_rng = random.Random(self.rng.getrandbits(64))
+        self.rng = Random(seed)
+        self.net = Network(Random(self.rng.getrandbits(64)), opts.faults)
+        self._disk_rng = Random(self.rng.getrandbits(64))
         self.checker = InvariantChecker()
         self.now_ticks = 0
         voter_ids = tuple(range(1, opts.voters + 1))
@@ -225,7 +225,7 @@ class Cluster:
         hard, _ = node.storage.initial_state()
         node.term, node.commit = hard.term, hard.commit
         node.role, node.leader_id, node.leader_term_seen = StateRole.FOLLOWER, 0, 0
-        rng = random.Random(self.rng.getrandbits(64))
+        rng = Random(self.rng.getrandbits(64))
         node.raw = RawNode(self.config_for(node.id, node.restart_applied), node.storage, rng)
         self.checker.term_persisted(node.id, hard.term)
 

@@ -1,7 +1,7 @@
 """A simulated, seeded network for the in-memory Raft cluster harness.
 
 Every message goes through :meth:`Network.send`. Whether it is dropped, duplicated or delayed
-is decided by the network's own ``random.Random``, so a run is a pure function of the seed.
+is decided by the network's own ``Random``, so a run is a pure function of the seed.
 Time is counted in ticks: a message sent at tick ``t`` with delay ``d`` becomes deliverable at
 tick ``t + d``; messages with equal delivery tick keep their send order, so random delays are
 what produces reordering.
@@ -13,10 +13,10 @@ starts is lost, as on a real network whose connection was cut.
 from __future__ import annotations
 
 import heapq
-import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from random import Random
 
 from quorum.raft.types import Message, MessageType
 
@@ -40,7 +40,7 @@ RELIABLE = Faults()
 class Network:
     """Queues messages between node ids, applying faults, partitions and one-way cuts."""
 
-    def __init__(self, rng: random.Random, faults: Faults = RELIABLE) -> None:
+    def __init__(self, rng: Random, faults: Faults = RELIABLE) -> None:
         self._rng = rng
         self.faults = faults
         self.now_ticks = 0

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from random import Random
 
 from quorum.errors import InvalidConfChange, ProposalDropped, QuorumError
 from quorum.raft.config import ReadOnlyOption
@@ -235,7 +235,7 @@ class ScenarioRun:
     """One randomized run; the decisions come from ``rng``, the cluster has its own seed."""
 
     def __init__(self, seed: int, profile: Profile, bugs: frozenset[str]) -> None:
-        self.rng = random.Random(seed * 7919 + 17)
+        self.rng = Random(seed * 7919 + 17)
         self.profile = profile
         voters = self.rng.choice(profile.voters)
         options = ClusterOptions(

@@ -95,12 +95,13 @@ KV_COLUMNS = ("key", "value", "create_rev", "mod_rev", "version", "lease")
 @cli.command()
 @click.argument("key")
 @click.argument("value")
-@click.option("--lease", type=int, default=0, help="Attach to this lease id.")
+@click.option("--lease", default="0", help="Attach to this lease id (hex).")
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @pass_ctx
-def put(c: Ctx, key: str, value: str, lease: int, prev_kv: bool) -> None:
+def put(c: Ctx, key: str, value: str, lease: str, prev_kv: bool) -> None:
     """Set KEY to VALUE."""
-    resp = c.run(lambda cl: cl.put(_b(key), _b(value), lease=lease, prev_kv=prev_kv))
+    lease_id = _lease_id(lease)
+    resp = c.run(lambda cl: cl.put(_b(key), _b(value), lease=lease_id, prev_kv=prev_kv))
     if c.json:
         emit_json(resp)
         return
@@ -299,14 +300,16 @@ def lease_grant(c: Ctx, ttl: int) -> None:
     if c.json:
         emit_json(resp)
     else:
-        click.echo(f"lease {resp.id:x} granted with TTL {resp.ttl}s  (id {resp.id})")
+        click.echo(f"lease {resp.id:x} granted with TTL {resp.ttl}s")
 
 
 def _lease_id(value: str) -> int:
+    """Lease ids are hex everywhere in the CLI, as `lease grant`/`lease list` print them (and as
+    etcdctl reads them): "10" is lease 0x10, never lease ten."""
     try:
-        return int(value, 16) if not value.isdigit() else int(value)
+        return int(value.removeprefix("0x"), 16)
     except ValueError:
-        raise click.BadParameter(f"lease id {value!r}: decimal or hex") from None
+        raise click.BadParameter(f"lease id {value!r} must be hex (as lease list shows)") from None
 
 
 @lease.command("revoke")

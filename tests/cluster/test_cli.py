@@ -109,7 +109,7 @@ def test_leases(cluster: ProcCluster) -> None:
     grant = q_json(cluster, "lease", "grant", "30")
     assert isinstance(grant, dict)
     lease_hex = format(grant["id"], "x")
-    q_ok(cluster, "put", "leased", "x", "--lease", str(grant["id"]))
+    q_ok(cluster, "put", "leased", "x", "--lease", lease_hex)
     assert "keepalived with TTL(30)" in q_ok(cluster, "lease", "keep-alive", "--once", lease_hex)
     ttl = q_ok(cluster, "lease", "ttl", lease_hex, "--keys")
     assert "granted with TTL(30s)" in ttl and "leased" in ttl
@@ -193,3 +193,11 @@ def test_wal_inspect_and_verify(cluster: ProcCluster) -> None:
     ver = subprocess.run([sys.executable, "-m", "quorum.cli.main", "wal", "verify",
                           str(data_dir)], capture_output=True, text=True, timeout=30)
     assert ver.returncode == 0, ver.stdout + ver.stderr
+
+
+def test_lease_ids_are_hex_even_when_they_look_decimal() -> None:
+    from quorum.cli.main import _lease_id
+
+    assert _lease_id("10") == 0x10
+    assert _lease_id("0x1f") == 0x1F
+    assert _lease_id("ff") == 0xFF

@@ -28,6 +28,7 @@ from quorum.api.backend import (
     ResponseHeader,
     Status,
 )
+from quorum.api.compactor import AutoCompactor, CompactionPolicy
 from quorum.api.local import LocalBackend
 from quorum.errors import (
     BadLeaderTransferee,
@@ -40,6 +41,7 @@ from quorum.errors import (
     RequestTimeout,
     RequestTooLarge,
 )
+from quorum.node.clock import Clock
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
 from quorum.node.server import RaftServer
@@ -77,6 +79,8 @@ class ClusterBackend(LocalBackend):
         lease_check_interval_s: float = 0.5,
         progress_notify_interval_s: float = 600.0,
         leader_client: Callable[[int], Awaitable[Any]] | None = None,
+        compaction: CompactionPolicy | None = None,
+        compaction_clock: Clock | None = None,
     ) -> None:
         super().__init__(
             kv.store.config,
@@ -99,6 +103,14 @@ class ClusterBackend(LocalBackend):
         self.core.on_ready_applied = self._after_batch
         previous = self.core.on_soft_state
         self.core.on_soft_state = lambda ss: self._on_soft_state(ss, previous)
+        # automatic MVCC compaction (quorum.api.compactor); None = off
+        self.compactor = (None if compaction is None
+                          else self.make_compactor(compaction, compaction_clock or server.clock))
+
+    async def start(self) -> None:
+        await super().start()
+        if self.compactor is not None:
+            self._tasks.append(asyncio.create_task(self.compactor.run()))
 
     # --- identity -------------------------------------------------------------------------
 
@@ -138,6 +150,20 @@ class ClusterBackend(LocalBackend):
     def _after_batch(self, rd: Ready) -> None:
         if rd.committed_entries or rd.snapshot is not None:
             self._wake_ready()
+
+    # --- automatic compaction -------------------------------------------------------------
+
+    def make_compactor(self, policy: CompactionPolicy, clock: Clock,
+                       planted_bugs: frozenset[str] = frozenset()) -> AutoCompactor:
+        """An AutoCompactor over this node: it samples the local store on every node and
+        proposes compactions as leader-only commands (see quorum.api.compactor)."""
+        return AutoCompactor(
+            policy, clock,
+            revisions=lambda: (self._sm.revision, self._sm.compact_revision),
+            is_leader=lambda: self.core.is_leader,
+            compact=lambda revision: self._write_as_leader(sc.CompactionRequest(revision)),
+            planted_bugs=planted_bugs,
+        )
 
     # --- leases ---------------------------------------------------------------------------
 

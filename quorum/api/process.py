@@ -18,6 +18,7 @@ import secrets
 from typing import Any
 
 from quorum.api.cluster import ClusterBackend
+from quorum.api.compactor import policy_from_config
 from quorum.node.clock import SystemClock
 from quorum.node.config import NodeConfig, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
@@ -46,6 +47,8 @@ class QuorumProcess:
         quorum.raft.config.PLANTED_BUGS), "stale_read" (reads skip ReadIndex) and
         "ack_before_fsync" (the WAL never fsyncs). ``clock_rate`` skews this node's clock."""
         self.config = config.validate()
+        self.compaction = policy_from_config(config.auto_compaction_mode,
+                                             config.auto_compaction_retention)
         self.planted_bugs = planted_bugs
         self.clock_rate = clock_rate
         self.raft_overrides = raft_overrides or {}
@@ -121,6 +124,7 @@ class QuorumProcess:
             self.server, self.kv, cluster_id=cfg.cluster_id,
             max_request_bytes=cfg.max_request_bytes,
             leader_client=self._leader_client,
+            compaction=self.compaction,
         )
         await self.transport.start()
         await self.server.start()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from quorum.api.compactor import CompactionPolicy, policy_from_config
 from quorum.errors import ConfigError, QuorumError
 from quorum.node.config import NodeConfig, PeerSpec, load_config
 
@@ -32,6 +33,12 @@ def parse_initial_cluster(spec: str) -> tuple[PeerSpec, ...]:
         except ValueError:
             raise ConfigError(f"bad --initial-cluster entry {part!r}") from None
     return tuple(peers)
+
+
+def compaction_policy(cfg: NodeConfig) -> CompactionPolicy | None:
+    """Check the auto-compaction settings (ConfigError naming the broken rule); the policy
+    they give, or None when auto-compaction is off."""
+    return policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
 
 
 def _use_uvloop() -> None:
@@ -83,6 +90,11 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--snapshot-entries", type=int, help="Snapshot every N applied entries.")
 @click.option("--lease-reads", is_flag=True, default=None,
               help="Serve linearizable reads from the leader lease (assumes bounded clock drift).")
+@click.option("--auto-compaction-mode", type=str,
+              help="'periodic' (default) or 'revision': how --auto-compaction-retention is read.")
+@click.option("--auto-compaction-retention", type=str,
+              help="History to keep: a duration in periodic mode (1h, 30m, 90s; a bare number "
+                   "is hours), a revision count in revision mode; 0 = off (the default).")
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--planted-bugs", default="", hidden=True,
               help="TESTS ONLY: break safety rules on purpose (see docs/verify.md).")
@@ -90,15 +102,18 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
           initial_cluster: str | None, join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
-          lease_reads: bool | None, log_level: str, planted_bugs: str) -> None:
+          lease_reads: bool | None, auto_compaction_mode: str | None,
+          auto_compaction_retention: str | None, log_level: str, planted_bugs: str) -> None:
     """Run one quorum server."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {
+    overrides: dict[str, object] = {
         "id": node_id, "name": name, "data_dir": data_dir, "peer_listen": peer_listen,
         "client_listen": client_listen, "etcd_listen": etcd_listen, "join": join,
         "tick_ms": tick_ms, "election_ticks": election_ticks,
         "snapshot_entries": snapshot_entries, "lease_reads": lease_reads,
+        "auto_compaction_mode": auto_compaction_mode,
+        "auto_compaction_retention": auto_compaction_retention,
     }
     if no_fsync:
         overrides["fsync"] = False
@@ -113,6 +128,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
             cfg = msgspec.structs.replace(
                 NodeConfig(), **{k: v for k, v in overrides.items() if v is not None}
             ).validate()
+        compaction_policy(cfg)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _use_uvloop()

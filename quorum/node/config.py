@@ -55,6 +55,11 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     # limits
     max_request_bytes: int = (3 << 20) // 2
     max_txn_ops: int = 128
+    # automatic MVCC compaction (etcd's --auto-compaction-*; quorum.api.compactor checks the
+    # values): mode "periodic" (retention = a duration, e.g. "1h"; a bare number = hours) or
+    # "revision" (retention = revisions to keep); retention 0 = off, the default
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str | int = "0"
 
     def validate(self) -> NodeConfig:
         """Check every rule; raise ConfigError naming the first broken one. Returns self."""

@@ -1,0 +1,511 @@
+"""Automatic MVCC compaction (quorum.api.compactor): the pure planner, the runner, and a
+three-node in-process cluster whose history below the retained point becomes compacted while
+the retention window stays readable, and where only the leader ever proposes a compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from quorum.api.compactor import (
+    PERIODIC_STEP_MAX_S,
+    PLANTED_COMPACT_AT_CURRENT,
+    AutoCompactor,
+    CompactionPlanner,
+    CompactionPolicy,
+    parse_duration_s,
+    policy_from_config,
+)
+from quorum.api.process import QuorumProcess
+from quorum.cli.serve import serve
+from quorum.errors import ConfigError, LeaderChanged, RevisionCompacted
+from quorum.node.config import NodeConfig, PeerSpec, load_config
+from quorum.node.storage import MemoryNodeStorage
+from quorum.state import commands as sc
+
+
+class FakeClock:
+    """The node Clock protocol on a hand-moved time; sleep() moves time itself (no waiting)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def periodic(retention_s: float) -> CompactionPolicy:
+    return CompactionPolicy(mode="periodic", retention_s=retention_s)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1h", 3600.0), ("30m", 1800.0), ("90s", 90.0), ("1h30m", 5400.0), ("500ms", 0.5),
+    ("2", 7200.0), ("0.5", 1800.0), ("0", 0.0),
+])
+def test_durations_parse_like_etcd(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "1d", "h", "-1h", "1h-", "ten", "1.h"])
+def test_bad_durations_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration_s(text)
+
+
+def test_policy_from_config() -> None:
+    assert policy_from_config("periodic", "0") is None  # the default: off
+    assert policy_from_config("revision", 0) is None
+    assert policy_from_config("periodic", "1h") == periodic(3600.0)
+    assert policy_from_config("revision", 1000) == CompactionPolicy(
+        mode="revision", retention_revisions=1000)
+    assert policy_from_config("revision", "25") == CompactionPolicy(
+        mode="revision", retention_revisions=25)
+    for mode, retention in [("hourly", "1h"), ("revision", "1h"), ("revision", "-5"),
+                            ("periodic", "soon")]:
+        with pytest.raises(ConfigError):
+            policy_from_config(mode, retention)
+
+
+def test_config_defaults_are_off_and_file_keys_work(tmp_path: Path) -> None:
+    cfg = NodeConfig()
+    assert policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention) is None
+    path = tmp_path / "node.toml"
+    path.write_text('auto_compaction_mode = "revision"\nauto_compaction_retention = 1000\n')
+    cfg = load_config(path)
+    assert policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention) == (
+        CompactionPolicy(mode="revision", retention_revisions=1000))
+    path.write_text('auto_compaction_retention = "72h"\n')
+    cfg = load_config(path)
+    policy = policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
+    assert policy == periodic(72 * 3600.0)
+    assert policy.step_s == PERIODIC_STEP_MAX_S  # a tenth of 72 h, capped at one hour
+
+
+def test_serve_refuses_bad_auto_compaction_flags(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for flags in (["--auto-compaction-mode", "hourly"],
+                  ["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"],
+                  ["--auto-compaction-retention", "soon"]):
+        result = runner.invoke(serve, ["--data-dir", str(tmp_path / "d"), *flags])
+        assert result.exit_code == 2, result.output  # a usage error: the server never started
+        assert "auto_compaction" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_quorum_process_refuses_a_bad_policy() -> None:
+    with pytest.raises(ConfigError):
+        QuorumProcess(NodeConfig(auto_compaction_mode="revision", auto_compaction_retention="x"))
+
+
+# --- the planner (pure) -------------------------------------------------------------------------
+
+
+def test_revision_mode_keeps_the_last_n_revisions_every_check() -> None:
+    policy = CompactionPolicy(mode="revision", retention_revisions=1000, revision_check_s=300.0)
+    planner = CompactionPlanner(policy, start_s=0.0)
+    assert planner.decide(299.0, 30_000, 0) is None  # not due before the first check
+    assert planner.decide(300.0, 30_000, 0) == 29_000
+    assert planner.decide(400.0, 31_000, 29_000) is None  # due again only at 600
+    assert planner.wait_s(400.0) == pytest.approx(200.0)
+    assert planner.decide(600.0, 29_500, 29_000) is None  # nothing new beyond the window
+    assert planner.decide(900.0, 30_500, 29_000) == 29_500
+    assert planner.decide(1200.0, 500, 0) is None  # fewer revisions than the retention
+
+
+def test_periodic_mode_waits_for_one_full_window() -> None:
+    planner = CompactionPlanner(periodic(10.0), start_s=0.0)  # step 1 s
+    for t in range(1, 11):
+        assert planner.decide(float(t), 100 * t, 0) is None, t
+    # at t=11 the sample of t=1 is exactly one window old: everything after it is retained
+    assert planner.decide(11.0, 1100, 0) == 100
+
+
+def test_periodic_mode_retains_between_retention_and_one_step_more() -> None:
+    """Feed an irregular write rate; every decision keeps every revision written during the
+    last ``retention`` seconds and at most one step more."""
+    retention, step = 60.0, 6.0
+    planner = CompactionPlanner(periodic(retention), start_s=0.0)
+    history: list[tuple[float, int]] = []  # (time, current revision then), every second
+    compacted, revision = 0, 0
+    decisions = 0
+    for t in range(1, 600):
+        revision += (t * 7919) % 13  # irregular, sometimes idle
+        history.append((float(t), revision))
+        target = planner.decide(float(t), revision, compacted)
+        if target is None:
+            continue
+        decisions += 1
+        newest_outside = max(r for s, r in history if s <= t - retention)
+        oldest_kept_s = min(s for s, r in history if r >= target)
+        assert target <= newest_outside, "a revision of the retention window was compacted"
+        assert t - oldest_kept_s <= retention + step + 1, "more than one extra step was kept"
+        compacted = target
+    assert decisions >= (600 - retention) / step - 2
+
+
+def test_the_planted_bug_compacts_at_the_current_revision() -> None:
+    planner = CompactionPlanner(periodic(10.0), 0.0, frozenset({PLANTED_COMPACT_AT_CURRENT}))
+    assert planner.decide(1.0, 100, 0) == 100
+
+
+def test_step_is_a_tenth_of_the_window_capped_at_an_hour() -> None:
+    assert periodic(30 * 60.0).step_s == 180.0
+    assert periodic(10 * 3600.0).step_s == 3600.0
+    assert periodic(72 * 3600.0).step_s == 3600.0
+    assert CompactionPolicy(mode="revision", retention_revisions=5).step_s == 300.0
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeNode:
+    revision: int = 0
+    compacted: int = 0
+    leader: bool = True
+    fail_with: Exception | None = None
+    proposed: list[int] = field(default_factory=list)
+
+    async def compact(self, revision: int) -> None:
+        self.proposed.append(revision)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.compacted = revision
+
+    def compactor(self, policy: CompactionPolicy, clock: FakeClock) -> AutoCompactor:
+        return AutoCompactor(policy, clock, revisions=lambda: (self.revision, self.compacted),
+                             is_leader=lambda: self.leader, compact=self.compact)
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 30)
+
+    return asyncio.run(bounded())
+
+
+def test_a_follower_samples_but_never_proposes_and_takes_over_as_leader() -> None:
+    async def body() -> None:
+        clock = FakeClock(0.0)
+        node = FakeNode(leader=False)
+        compactor = node.compactor(periodic(10.0), clock)
+        for _ in range(30):
+            clock.advance(1.0)
+            node.revision += 10
+            assert await compactor.check() is None
+        assert node.proposed == []
+        node.leader = True  # elected: the samples it took as a follower serve at once
+        clock.advance(1.0)
+        node.revision += 10
+        assert await compactor.check() == 210  # the revision current 10 s ago
+        assert node.compacted == 210 and compactor.compactions == 1
+
+    _run(body())
+
+
+@pytest.mark.parametrize("failure", [RevisionCompacted(5), LeaderChanged("moved"),
+                                     RuntimeError("disk")])
+def test_a_failed_compaction_is_logged_and_retried_next_period(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        clock = FakeClock(0.0)
+        node = FakeNode(revision=5000, fail_with=failure)
+        compactor = node.compactor(CompactionPolicy(mode="revision", retention_revisions=1000),
+                                   clock)
+        clock.advance(300.0)
+        assert await compactor.check() is None  # failed, did not raise
+        assert compactor.failures == 1 and node.proposed == [4000]
+        assert "retrying next period" in caplog.text
+        clock.advance(100.0)
+        assert await compactor.check() is None and node.proposed == [4000]  # not yet due
+        node.fail_with = None
+        clock.advance(200.0)
+        assert await compactor.check() == 4000  # retried at the next period
+        assert node.compacted == 4000
+
+    _run(body())
+
+
+def test_run_loop_survives_errors_and_compacts_every_step() -> None:
+    async def body() -> None:
+        clock = FakeClock(0.0)
+        node = FakeNode(revision=2000)
+        calls = 0
+
+        def revisions() -> tuple[int, int]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise RuntimeError("a bug in the store")
+            node.revision += 100
+            return node.revision, node.compacted
+
+        times: list[float] = []
+
+        async def compact(revision: int) -> None:
+            times.append(clock.now)
+            await node.compact(revision)
+
+        compactor = AutoCompactor(CompactionPolicy(mode="revision", retention_revisions=1000),
+                                  clock, revisions=revisions, is_leader=lambda: True,
+                                  compact=compact)
+        task = asyncio.create_task(compactor.run())
+        while compactor.compactions < 3:
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # checks at 300, 600 (raised: the loop slept one step), 900 and 1200 s
+        assert node.proposed == [1100, 1200, 1300]
+        assert times == [300.0, 900.0, 1200.0]
+
+    _run(body())
+
+
+# --- a three-node cluster -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def cluster(**config: Any) -> AsyncIterator[list[QuorumProcess]]:
+    """Three in-process nodes over loopback TCP, memory storage, no client ports."""
+    specs = tuple(PeerSpec(i, f"127.0.0.1:{_free_port()}") for i in (1, 2, 3))
+    procs = [
+        QuorumProcess(NodeConfig(id=s.id, peer_listen=s.peer_url, client_listen="",
+                                 etcd_listen="", initial_cluster=specs, tick_ms=10,
+                                 fsync=False, **config),
+                      storage=MemoryNodeStorage())
+        for s in specs
+    ]
+    started: list[QuorumProcess] = []
+    try:
+        for p in procs:
+            await p.start()
+            started.append(p)
+        yield procs
+    finally:
+        for p in started:
+            await p.stop()
+
+
+async def leader_of(procs: list[QuorumProcess]) -> QuorumProcess:
+    for _ in range(1000):
+        leaders = [p for p in procs if p.core.is_leader]
+        if len(leaders) == 1 and all(p.core.leader_id == leaders[0].config.id for p in procs):
+            return leaders[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no leader elected")
+
+
+async def caught_up(procs: list[QuorumProcess]) -> None:
+    """Wait until every node applied what the leader applied."""
+    leader = await leader_of(procs)
+    for _ in range(1000):
+        if all(p.core.applied >= leader.core.applied for p in procs):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("followers did not catch up")
+
+
+def record_compaction_proposals(proc: QuorumProcess) -> list[int]:
+    """Every compaction this node proposes (any path through RaftServer.propose)."""
+    seen: list[int] = []
+    original = proc.server.propose
+
+    async def propose(payload: bytes, *, leader_only: bool = False) -> Any:
+        request = sc.decode_command(payload).request
+        if isinstance(request, sc.CompactionRequest):
+            seen.append(request.revision)
+        return await original(payload, leader_only=leader_only)
+
+    proc.server.propose = propose  # type: ignore[method-assign]
+    return seen
+
+
+@dataclass
+class Scenario:
+    procs: list[QuorumProcess]
+    clock: FakeClock
+    compactors: list[AutoCompactor]
+    proposals: list[list[int]]
+    written: list[tuple[float, int]] = field(default_factory=list)  # (fake time, revision)
+
+    async def step(self, writes: int = 3) -> None:
+        """One second of fake time: a few writes through the leader, then every node's check."""
+        leader = await leader_of(self.procs)
+        for i in range(writes):
+            result = await leader.backend.write(sc.PutRequest(b"k%d" % (i % 2), b"v"))
+            assert isinstance(result, sc.PutResponse)
+            self.written.append((self.clock.now, result.revision))
+        self.clock.advance(1.0)
+        for compactor in self.compactors:
+            await compactor.check()
+        await caught_up(self.procs)
+
+    def compact_revisions(self) -> set[int]:
+        return {p.backend.state_machine.compact_revision for p in self.procs}
+
+
+RETENTION_S = 8.0
+
+
+async def scenario(procs: list[QuorumProcess], planted: frozenset[str]) -> Scenario:
+    clock = FakeClock()
+    compactors = [p.backend.make_compactor(periodic(RETENTION_S), clock, planted) for p in procs]
+    proposals = [record_compaction_proposals(p) for p in procs]
+    return Scenario(procs, clock, compactors, proposals)
+
+
+async def check_retention(sc_: Scenario) -> int:
+    """History below the compact revision is gone on every node; every revision written in
+    the last RETENTION_S seconds still reads. Returns the compact revision."""
+    (compact,) = sc_.compact_revisions()  # every node applied the same compaction
+    assert compact > 0, "nothing was compacted"
+    for p in sc_.procs:
+        with pytest.raises(RevisionCompacted):
+            await p.backend.read(sc.RangeRequest(b"k0", revision=compact - 1))
+    window = [r for t, r in sc_.written if t > sc_.clock.now - RETENTION_S]
+    assert window
+    for p in sc_.procs:
+        for revision in window:
+            try:
+                await p.backend.read(sc.RangeRequest(b"k", b"k\xff", revision=revision))
+            except RevisionCompacted:
+                raise AssertionError(f"revision {revision} of the retention window was "
+                                     f"compacted on node {p.config.id}") from None
+    return compact
+
+
+def _proposers(sc_: Scenario) -> list[int]:
+    return [p.config.id for p, seen in zip(sc_.procs, sc_.proposals) if seen]
+
+
+def test_the_leader_compacts_below_the_window_and_a_new_leader_takes_over() -> None:
+    async def body() -> None:
+        async with cluster() as procs:
+            sc_ = await scenario(procs, frozenset())
+            first = await leader_of(procs)
+            for _ in range(14):
+                await sc_.step()
+            compact = await check_retention(sc_)
+            assert _proposers(sc_) == [first.config.id]  # followers never proposed
+            follower_compactors = [c for p, c in zip(procs, sc_.compactors) if p is not first]
+            assert all(c.compactions == c.failures == 0 for c in follower_compactors)
+
+            target = next(p for p in procs if p is not first)
+            await first.backend.move_leader(target.config.id)
+            assert await leader_of(procs) is target
+            before = {p.config.id: len(seen) for p, seen in zip(procs, sc_.proposals)}
+            for _ in range(6):
+                await sc_.step()
+            assert await check_retention(sc_) > compact  # the new leader kept compacting
+            after = {p.config.id: len(seen) for p, seen in zip(procs, sc_.proposals)}
+            grew = [i for i in after if after[i] > before[i]]
+            assert grew == [target.config.id]
+
+    _run(body())
+
+
+def test_planted_compaction_at_the_current_revision_breaks_the_retention_check() -> None:
+    async def body() -> None:
+        async with cluster() as procs:
+            sc_ = await scenario(procs, frozenset({PLANTED_COMPACT_AT_CURRENT}))
+            for _ in range(3):
+                await sc_.step()
+            with pytest.raises(AssertionError, match="of the retention window was compacted"):
+                await check_retention(sc_)
+
+    _run(body())
+
+
+def test_a_deposed_leaders_compaction_is_refused_not_forwarded() -> None:
+    """The leader-only proposal is the second line of defence: a compactor that still
+    believes it leads gets NotLeader (logged, counted, the node keeps running)."""
+
+    async def body() -> None:
+        async with cluster() as procs:
+            leader = await leader_of(procs)
+            follower = next(p for p in procs if p is not leader)
+            for i in range(20):
+                await leader.backend.write(sc.PutRequest(b"k%d" % i, b"v"))
+            await caught_up(procs)
+            clock = FakeClock()
+            stale = follower.backend.make_compactor(
+                CompactionPolicy(mode="revision", retention_revisions=5), clock)
+            stale._is_leader = lambda: True  # a stale belief that it still leads
+            clock.advance(300.0)
+            assert await stale.check() is None
+            assert stale.failures == 1
+            await caught_up(procs)
+            assert {p.backend.state_machine.compact_revision for p in procs} == {0}
+
+    _run(body())
+
+
+def test_serve_config_turns_on_compaction_with_the_system_clock() -> None:
+    """The ClusterBackend hook: a node configured with a 1 s periodic retention compacts by
+    itself on its real clock (steps of 0.1 s)."""
+
+    async def body() -> None:
+        async with cluster(auto_compaction_retention="1s") as procs:
+            leader = await leader_of(procs)
+            assert all(p.backend.compactor is not None for p in procs)
+            first = await leader.backend.write(sc.PutRequest(b"a", b"1"))
+            assert isinstance(first, sc.PutResponse)
+            for _ in range(400):
+                await leader.backend.write(sc.PutRequest(b"a", b"2"))
+                if leader.backend.state_machine.compact_revision > first.revision:
+                    break
+                await asyncio.sleep(0.01)
+            await caught_up(procs)
+            revisions = {p.backend.state_machine.compact_revision for p in procs}
+            assert len(revisions) == 1 and revisions.pop() > first.revision
+
+    _run(body())
+
+
+def test_compaction_is_off_by_default() -> None:
+    async def body() -> None:
+        async with cluster() as procs:
+            assert all(p.backend.compactor is None for p in procs)
+
+    _run(body())
+
+
+def test_check_helpers_can_fail() -> None:
+    """The scenario's retention check fails on an uncompacted store (it is not vacuous)."""
+
+    async def body() -> None:
+        async with cluster() as procs:
+            sc_ = await scenario(procs, frozenset())
+            await sc_.step()
+            with pytest.raises(AssertionError, match="nothing was compacted"):
+                await check_retention(sc_)
+
+    _run(body())
+

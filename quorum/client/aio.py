@@ -1,9 +1,19 @@
 """``AsyncClient``: the asyncio client of the native protocol.
 
-Failover: the client keeps one connection at a time. When it is lost, goes silent (requests
-pending and nothing heard for ``dead_after_s``), or a server answers with a NotLeader-type
-error, the client reconnects (to the hinted leader if the error names one, else to the next
-endpoint) and retries until the call's deadline.
+Failover: the client keeps one *home* connection at a time. When it is lost, goes silent
+(requests pending and nothing heard for ``dead_after_s``), or a server answers with a
+NotLeader-type error, the client reconnects (to the hinted leader if the error names one,
+else to the next endpoint) and retries until the call's deadline.
+
+Leader preference (on by default when several endpoints are given): writes, linearizable
+reads and lease keepalives need the leader, and a follower passes them on (Raft forwards the
+proposal, ReadIndex asks the leader), which costs a network hop and the follower's CPU. So
+the client learns the leader (the home node's status when it connects, then the ``leader``
+hint a follower puts on every answer) and sends those requests over a second connection to
+it. Everything else (serializable reads, watches, status, maintenance) stays on the home
+connection. While no leader connection exists (no leader known, or it cannot be reached)
+those requests go home and are forwarded as before; a leader connection that fails or
+answers with a retriable error is retired and the next hint names the new leader.
 
 Exactly-once writes: every write runs in a client session of the state machine with a fresh
 sequence number, and a retry reuses the pair, so the write is applied once however many
@@ -73,6 +83,12 @@ Connector = Callable[[str, float, int], Awaitable[Connection]]
 
 # membership changes have no session: they are never resent once they may have been applied
 AT_MOST_ONCE = (m.MemberAddReq, m.MemberRemoveReq, m.MemberUpdateReq, m.MemberPromoteReq)
+
+# requests only the leader can answer without a hop (besides linearizable reads)
+LEADER_BODIES = (*m.WRITE_BODIES, m.LeaseKeepAliveReq)
+
+# a failed attempt to reach the same leader is not repeated sooner than this
+LEADER_RETRY_S = 0.2
 
 # errors after which the same request may be sent again elsewhere: nothing was applied
 # (ProposalDropped), or a write's outcome is unknown but its session makes a retry safe
@@ -172,11 +188,15 @@ class AsyncClient:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         connector: Connector = open_connection,
         dead_after_s: float = 1.0,
+        prefer_leader: bool | None = None,
     ) -> None:
         """``connector`` opens a connection to an endpoint (the seam a simulator or a test
         proxy plugs into); it raises OSError or TimeoutError when it cannot.
         ``dead_after_s``: a connection with requests pending and not a byte received for
-        that long is declared dead and the requests move to another endpoint."""
+        that long is declared dead and the requests move to another endpoint.
+        ``prefer_leader``: send writes and linearizable reads straight to the leader (see
+        the module docstring); default: when more than one endpoint is given (a client of
+        one endpoint talks to that node only, e.g. to read its status or hash)."""
         if not endpoints:
             raise UsageError("at least one endpoint is needed")
         self.endpoints: list[str] = list(endpoints)
@@ -195,12 +215,27 @@ class AsyncClient:
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
         self.failovers = 0  # how many times a connection was replaced (informational)
+        self.prefer_leader = len(self.endpoints) > 1 if prefer_leader is None else prefer_leader
+        self._leader_id = 0  # the leader as last learned (0: unknown)
+        self._leader_conn: Connection | None = None  # to the leader when it is not home
+        self._leader_task: asyncio.Future[None] | None = None  # opening _leader_conn
+        self._discovery: asyncio.Future[None] | None = None  # asking a new home its status
+        self._last_tried = 0  # the leader id of the last connection attempt or failure
+        self._leader_retry_at = 0.0  # loop time before which _last_tried is not retried
+        self._draining: set[Connection] = set()  # retired, answering what is in flight
+        self.leader_switches = 0  # leader connections opened (informational)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect now instead of on first use. Raises NoEndpointAvailable."""
+        """Connect now instead of on first use (and, preferring the leader, find it and
+        connect to it too). Raises NoEndpointAvailable."""
         await self._connection(self._deadline(None))
+        for name in ("_discovery", "_leader_task"):  # the second is started by the first
+            step = getattr(self, name)
+            if step is not None:
+                with contextlib.suppress(Exception):  # best effort: home serves meanwhile
+                    await asyncio.shield(step)
 
     async def close(self) -> None:
         """Close the client's sessions (best effort, within about a second: a session not
@@ -213,6 +248,14 @@ class AsyncClient:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for task in (self._discovery, self._leader_task):
+            if task is not None:
+                task.cancel()
+        for other in (self._leader_conn, *self._draining):
+            if other is not None:
+                other.close()
+        self._leader_conn = None
+        self._draining.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -235,8 +278,17 @@ class AsyncClient:
 
     @property
     def endpoint(self) -> str | None:
-        """The endpoint currently connected to, if any."""
+        """The endpoint of the home connection, if any."""
         return self._conn.endpoint if self._conn is not None and not self._conn.closed else None
+
+    @property
+    def leader_endpoint(self) -> str | None:
+        """Where writes and linearizable reads go now: the leader connection's endpoint, or
+        the home endpoint when home leads or no leader connection is open."""
+        conn = self._leader_conn
+        if conn is not None and not conn.closed:
+            return conn.endpoint
+        return self.endpoint
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -265,6 +317,108 @@ class AsyncClient:
             if self._closed:  # closed while connecting: do not leak the connection
                 self._conn.close()
                 self._conn = None
+            elif self.prefer_leader:
+                self._discovery = asyncio.ensure_future(self._discover(self._conn))
+
+    # --- the leader connection -------------------------------------------------------------
+
+    async def _discover(self, home: Connection) -> None:
+        """Ask a new home node who it is and who leads; connect to the leader if another."""
+        self._ensure_watchdog()  # the status request's deadline is enforced by its sweep
+        loop = asyncio.get_running_loop()
+        req = m.Request(next(self._ids), m.StatusReq())
+        try:
+            resp = await home.request(req, loop.time() + self.connect_timeout_s)
+        except QuorumError:
+            return  # the home connection's own failover deals with a dead node
+        if isinstance(resp, m.StatusResp):
+            home.member_id = resp.member_id
+            if resp.leader_id:
+                self._follow(resp.leader_id)
+
+    def _home_leads(self) -> bool:
+        home = self._conn
+        return (home is not None and not home.closed and home.member_id != 0
+                and home.member_id == self._leader_id)
+
+    def _follow(self, leader_id: int) -> None:
+        """A node named ``leader_id`` as the leader: make sure requests for the leader go to
+        it. Cheap when nothing changed (the hot path calls it on every forwarded answer)."""
+        if leader_id == self._leader_id:
+            conn = self._leader_conn
+            if (conn is not None and not conn.closed) or self._home_leads():
+                return
+        if self._leader_task is not None and not self._leader_task.done():
+            return  # one attempt at a time; the next hint retries
+        now = asyncio.get_running_loop().time()
+        if leader_id == self._last_tried and now < self._leader_retry_at:
+            return  # it failed a moment ago (e.g. a dead leader not yet replaced)
+        self._leader_id = self._last_tried = leader_id
+        self._leader_retry_at = now + LEADER_RETRY_S
+        self._leader_task = asyncio.ensure_future(self._open_leader(leader_id))
+
+    async def _open_leader(self, leader_id: int) -> None:
+        home = self._conn
+        if home is not None and not home.closed and home.member_id == leader_id:
+            self._retire_leader_conn()  # home leads: one connection serves everything
+            return
+        url = self._member_urls.get(leader_id)
+        if url is None and home is not None and not home.closed:
+            loop = asyncio.get_running_loop()
+            req = m.Request(next(self._ids), m.MemberListReq())
+            try:
+                resp = await home.request(req, loop.time() + self.connect_timeout_s)
+            except QuorumError:
+                return
+            if isinstance(resp, m.MemberListResp):
+                self._remember_members(resp.members)
+            url = self._member_urls.get(leader_id)
+        if not url:
+            return  # the leader's client address is unknown: keep going through home
+        if home is not None and not home.closed and url == home.endpoint:
+            home.member_id = leader_id
+            self._retire_leader_conn()
+            return
+        try:
+            conn = await self._connector(url, self.connect_timeout_s, self.max_frame_bytes)
+        except (OSError, TimeoutError):
+            return  # _follow retries on a later hint, after LEADER_RETRY_S
+        if self._closed or self._leader_id != leader_id:
+            conn.close()
+            return
+        conn.member_id = leader_id
+        self._retire_leader_conn()
+        self._leader_conn = conn
+        self.leader_switches += 1
+
+    def _retire_leader_conn(self) -> None:
+        """Stop sending on the leader connection; what is in flight there still completes."""
+        old, self._leader_conn = self._leader_conn, None
+        if old is not None and not old.closed:
+            old.retired = True
+            self._draining.add(old)
+            old.close_when_idle()
+
+    def _leave_leader_conn(self, conn: Connection, exc: QuorumError | None) -> None:
+        """``conn`` (the leader connection, or one being drained) failed: requests for the
+        leader go home until a hint names a leader again. A lost or silent connection is
+        aborted; one that answered with an error finishes its other requests first."""
+        loop = asyncio.get_running_loop()
+        self._last_tried = conn.member_id
+        self._leader_retry_at = loop.time() + LEADER_RETRY_S
+        if conn is self._leader_conn:
+            self._leader_conn = None
+            self._leader_id = 0
+        conn.retired = True
+        if exc is None:
+            self._draining.discard(conn)
+            conn.close()
+        else:
+            self._draining.add(conn)
+            conn.close_when_idle()
+            hinted = int(getattr(exc, "leader_id", 0) or 0)
+            if self.prefer_leader and hinted and hinted != conn.member_id:
+                self._follow(hinted)
 
     async def _connect_any(self, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
@@ -289,6 +443,9 @@ class AsyncClient:
     def _fail_over(self, conn: Connection, exc: QuorumError | None) -> None:
         """Leave ``conn``: prefer the leader the error hinted, else the next endpoint. Every
         request in flight on ``conn`` comes here; only the first one moves the rotation."""
+        if conn is not self._conn and (conn is self._leader_conn or conn in self._draining):
+            self._leave_leader_conn(conn, exc)
+            return
         if conn.retired:
             return
         conn.retired = True
@@ -323,12 +480,17 @@ class AsyncClient:
         deadline = self._deadline(timeout_s)
         if isinstance(body, AT_MOST_ONCE):
             return await self._attempts(body, 0, 0, False, deadline, at_most_once=True)
+        if isinstance(body, RangeRequest) or (
+            isinstance(body, TxnRequest) and m.txn_is_read_only(body)
+        ):
+            return await self._attempts(
+                body, 0, 0, serializable, deadline, to_leader=not serializable
+            )
         if not isinstance(body, m.WRITE_BODIES) or isinstance(
             body, SessionOpenRequest | SessionCloseRequest
         ):
-            return await self._attempts(body, 0, 0, serializable, deadline)
-        if isinstance(body, TxnRequest) and m.txn_is_read_only(body):
-            return await self._attempts(body, 0, 0, serializable, deadline)
+            leader = isinstance(body, LEADER_BODIES)
+            return await self._attempts(body, 0, 0, serializable, deadline, to_leader=leader)
         return await self._session_write(body, deadline)
 
     async def _session_write(self, body: m.RequestBody, deadline: float) -> m.ResponseBody:
@@ -336,7 +498,9 @@ class AsyncClient:
             session = await self._sessions.acquire(deadline)
             session.last_seq += 1  # a fresh seq per write; its retries reuse it
             try:
-                resp = await self._attempts(body, session.id, session.last_seq, False, deadline)
+                resp = await self._attempts(
+                    body, session.id, session.last_seq, False, deadline, to_leader=True
+                )
             except SessionNotFound as exc:
                 # evicted or unknown. If this write was sent once, the state machine applied
                 # nothing for it and it may run in a new session; if it was sent again after
@@ -354,16 +518,21 @@ class AsyncClient:
 
     async def _attempts(
         self, body: m.RequestBody, session: int, seq: int, serializable: bool, deadline: float,
-        *, at_most_once: bool = False,
+        *, at_most_once: bool = False, to_leader: bool = False,
     ) -> m.ResponseBody:
         """Send until answered. ``at_most_once``: the request is not idempotent and has no
         session, so it is resent only when the server said it applied nothing (ProposalDropped);
-        after a lost connection or an outcome-unknown error the uncertainty is raised."""
+        after a lost connection or an outcome-unknown error the uncertainty is raised.
+        ``to_leader``: the request needs the leader; it goes over the leader connection when
+        one is open, and a follower's leader hint on the answer moves the next ones."""
         sends = 0
         while True:
-            conn = self._conn  # the hot path: connected, no coroutine needed to find out
+            # the hot path: connected, no coroutine needed to find out
+            conn = self._leader_conn if to_leader else None
             if conn is None or conn.closed:
-                conn = await self._reconnect(deadline)
+                conn = self._conn
+                if conn is None or conn.closed:
+                    conn = await self._reconnect(deadline)
             if conn is not None:
                 if self._watchdog is None:
                     self._ensure_watchdog()
@@ -376,6 +545,8 @@ class AsyncClient:
                     if at_most_once:
                         raise ConnectionLost("connection lost; it may have been applied") from None
                 else:
+                    if to_leader and conn.hint and self.prefer_leader:
+                        self._follow(conn.hint)  # it went through a follower
                     if not isinstance(answer, m.ErrorResp):
                         return answer
                     await self._retry_or_raise(conn, answer, sends, at_most_once, deadline)
@@ -449,10 +620,11 @@ class AsyncClient:
         tick = min(0.05, self.timeout_s / 4)
         while not self._closed:
             await asyncio.sleep(tick)
+            now = loop.time()
+            self._sweep_leader_side(now)
             conn = self._conn
             if conn is None:
                 continue
-            now = loop.time()
             conn.expire(now)
             if conn.streams and not conn.pending and now - conn.last_heard > self.dead_after_s:
                 self._ping(conn, now)  # watches alone never show a silent server: ask
@@ -461,13 +633,24 @@ class AsyncClient:
                 # (writes keep their session seq, so the retry cannot apply twice)
                 self._fail_over(conn, None)
 
+    def _sweep_leader_side(self, now: float) -> None:
+        """Deadlines and silence detection for the leader connection and retired ones."""
+        if self._draining:
+            self._draining = {c for c in self._draining if not c.closed}
+        for conn in (self._leader_conn, *self._draining):
+            if conn is None or conn.closed:
+                continue
+            conn.expire(now)
+            if conn.silent_for(now) > self.dead_after_s:
+                self._leave_leader_conn(conn, None)
+
     def _ping(self, conn: Connection, now: float) -> None:
         """A cheap unary request, so silence detection covers watch-only connections."""
         fut = conn.request(m.Request(next(self._ids), m.StatusReq()), now + self.timeout_s)
         fut.add_done_callback(_ignore_outcome)
 
     async def _open_session(self, deadline: float) -> int:
-        resp = await self._attempts(SessionOpenRequest(), 0, 0, False, deadline)
+        resp = await self._attempts(SessionOpenRequest(), 0, 0, False, deadline, to_leader=True)
         return _expect(resp, SessionOpenResponse).session_id
 
     # --- key-value -------------------------------------------------------------------------
@@ -494,7 +677,9 @@ class AsyncClient:
             sort_order=sort_order, sort_target=sort_target, keys_only=keys_only,
             count_only=count_only,
         )
-        resp = await self._attempts(req, 0, 0, serializable, self._deadline(timeout_s))
+        resp = await self._attempts(
+            req, 0, 0, serializable, self._deadline(timeout_s), to_leader=not serializable
+        )
         return _expect(resp, RangeResponse)
 
     async def get(
@@ -503,7 +688,9 @@ class AsyncClient:
     ) -> KeyValue | None:
         """The key's current (or ``revision``'s) version, None if absent."""
         req = RangeRequest(key, b"", 0, revision)
-        resp = await self._attempts(req, 0, 0, serializable, self._deadline(timeout_s))
+        resp = await self._attempts(
+            req, 0, 0, serializable, self._deadline(timeout_s), to_leader=not serializable
+        )
         if type(resp) is not RangeResponse:
             resp = _expect(resp, RangeResponse)
         return resp.kvs[0] if resp.kvs else None

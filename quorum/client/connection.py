@@ -40,6 +40,9 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, StreamCallback] = {}
         self.closed = False
         self.retired = False  # the client has failed over away from this connection
+        self.member_id = 0  # the server's member id, once the client asked (0: unknown)
+        self.hint = 0  # the leader hint of the last answer (Response.leader; 0: none)
+        self._close_when_idle = False
         self.last_heard = 0.0  # loop time of the last bytes received
         self.waiting_since = 0.0  # loop time the oldest stretch of pending requests began
         self._decoder = FrameDecoder(max_frame_bytes)
@@ -82,8 +85,11 @@ class Connection(asyncio.Protocol):
         fut = self.pending.pop(resp.id, None)
         if fut is not None:
             del self.deadlines[resp.id]
+            self.hint = resp.leader
             if not fut.done():
                 fut.set_result(resp.body)
+            if self._close_when_idle and not self.pending:
+                self.close()
             return
         callback = self.streams.get(resp.id)
         if callback is not None:
@@ -128,6 +134,8 @@ class Connection(asyncio.Protocol):
             fut = self.pending.pop(req_id)
             if not fut.done():
                 fut.set_exception(RequestTimeout("no answer before the deadline"))
+        if late and self._close_when_idle and not self.pending:
+            self.close()
 
     def open_stream(self, req: m.Request, callback: StreamCallback) -> None:
         """Send ``req`` and route every frame under its id to ``callback``."""
@@ -165,6 +173,14 @@ class Connection(asyncio.Protocol):
         # keep a reference to it because it is never written to again
         data, self._out = self._out, bytearray()
         self._transport.write(data)
+
+    def close_when_idle(self) -> None:
+        """Close once every pending request has its answer (or timed out); streams are
+        cut then. For a connection the client stops sending on but whose requests in flight
+        should still complete (no spurious ConnectionLost, no needless retry)."""
+        self._close_when_idle = True
+        if not self.pending:
+            self.close()
 
     def close(self) -> None:
         """Drop the connection; pending requests fail with ConnectionLost."""

@@ -28,10 +28,16 @@ def _member(mem: BackendMember) -> m.Member:
 
 
 class BackendDispatcher:
-    """Serves native requests from one Backend. Stateless apart from the handler table."""
+    """Serves native requests from one Backend. Stateless apart from the handler table and
+    the ``forwarded`` counter."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # A Raft-backed backend exposes its node core (``leader_id``, ``id``); a LocalBackend
+        # has none and always answers as the leader. Duck-typed: the API layer does not
+        # import the node runtime.
+        self._core: Any = getattr(backend, "core", None)
+        self.forwarded = 0  # writes and linearizable reads served while not the leader
         self._handlers: dict[type, Handler] = {
             RangeRequest: self._read,
             TxnRequest: self._txn,
@@ -62,13 +68,27 @@ class BackendDispatcher:
     def _revision(self) -> int:
         return self.backend.header().revision
 
+    def leader_hint(self) -> int:
+        """The leader's member id when another node leads, else 0 (this node leads, no leader
+        is known, or the backend is not replicated). Read on every answer: two attribute
+        loads, no I/O."""
+        core = self._core
+        if core is None:
+            return 0
+        leader: int = core.leader_id
+        return 0 if leader == core.id else leader
+
     # --- key-value -------------------------------------------------------------------------
 
     async def _write(self, body: Any, session: int, seq: int, _s: bool) -> Any:
+        if self._core is not None and self.leader_hint():
+            self.forwarded += 1  # Raft forwards the proposal to the leader: one more hop
         # a retried (session, seq) returns the recorded outcome, or raises the recorded error
         return await self.backend.write(body, session, seq)
 
     async def _read(self, body: Any, _session: int, _seq: int, serializable: bool) -> Any:
+        if not serializable and self._core is not None and self.leader_hint():
+            self.forwarded += 1  # the ReadIndex request travels to the leader and back
         return await self.backend.read(body, serializable)
 
     def _txn(self, body: TxnRequest, session: int, seq: int, serializable: bool) -> Any:
@@ -129,6 +149,7 @@ class BackendDispatcher:
             is_learner=st.is_learner,
             revision=self._revision(),
             errors=st.errors,
+            forwarded=self.forwarded,
         )
 
     async def _move_leader(self, body: m.MoveLeaderReq, *_: Any) -> m.ResponseBody:

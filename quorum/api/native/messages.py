@@ -255,6 +255,9 @@ class StatusResp(_Msg, frozen=True, tag="n.status"):
     is_learner: bool = False
     revision: int = 0
     errors: tuple[str, ...] = ()
+    # writes and linearizable reads this node served while another node led (each one took
+    # an extra hop to the leader); a client that prefers the leader keeps it near zero
+    forwarded: int = 0
 
 
 class MoveLeaderResp(_Msg, frozen=True, tag="n.move_leader"):
@@ -348,6 +351,12 @@ ResponseBody: TypeAlias = (
 )
 
 
-class Response(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class Response(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
+    """``leader``: set by a node that is not the leader, to the leader's member id (0: this
+    node leads, or no leader is known). A client that sent a write or a linearizable read
+    here learns where to send the next ones without the extra hop (omitted when 0, so a
+    leader's answers are as small as before and older clients ignore the field)."""
+
     id: int
     body: ResponseBody
+    leader: int = 0

@@ -51,6 +51,10 @@ class Dispatcher(Protocol):
         """The current applied revision (no I/O)."""
         ...
 
+    def leader_hint(self) -> int:
+        """The leader's member id if another node leads, else 0 (no I/O; see Response)."""
+        ...
+
     def snapshot_chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
         """The state's snapshot in pieces of at most ``chunk_bytes``."""
         ...
@@ -166,7 +170,8 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception as exc:
             body = error_body(exc)
-        self.send(m.Response(req.id, body))
+        # read at answer time: a leader change while the request waited is reported at once
+        self.send(m.Response(req.id, body, self._dispatcher.leader_hint()))
 
     async def _progress(self, req_id: int) -> None:
         """Ask every watcher of this connection for a progress notice. The notices travel in

@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import logging
 import os
+import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import msgspec
 
 from quorum.node.embedded import EmbeddedOptions, loopback_peers, start_embedded
 from quorum.node.statemachine import CounterStateMachine
@@ -168,6 +175,304 @@ def have_pysyncobj() -> bool:
     return True
 
 
+# --- offered-rate mode: PySyncObj's own method (its benchmarks/benchmarks.py, testobj.py) ------
+#
+# One process per node. Every node (followers too: they forward to the leader) issues its share
+# of the offered rate as a burst once a second, each request with a completion callback and
+# none awaited, for ``seconds``; then it waits ``drain`` seconds for the last completions. A
+# run passes when the success ratio (completed requests / issued, averaged over the nodes) is
+# at least 0.9 and every burst was issued within its second; the commit rate of a system is
+# the highest offered rate that passes (binary search, as PySyncObj's detectMaxRps).
+
+
+class NodeReport(msgspec.Struct):
+    sent: int
+    ok: int
+    failed: int
+    overruns: int  # seconds whose burst took longer than the second
+    cpu_s: float  # this process's CPU from the first burst to the end of the drain
+    latencies_ms: list[float]  # a sorted, evenly thinned sample of completed requests
+    errors: dict[str, int]  # failed requests by reason
+
+
+class CountingStateMachine:
+    """PySyncObj's benchmark object as a quorum StateMachine: counts applied commands (the
+    payload is carried and ignored); the result is the count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def apply(self, index: int, data: bytes) -> int:
+        self.count += 1
+        return self.count
+
+    def snapshot(self) -> Iterator[bytes]:
+        yield self.count.to_bytes(8, "big")
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        self.count = int.from_bytes(b"".join(chunks), "big")
+
+
+class Tally:
+    """Completion bookkeeping shared by both systems' callbacks (same cost for both)."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.latencies: list[float] = []
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def done(self, t0: float, error: str | None) -> None:
+        if error is not None:
+            self.failed += 1
+            self.errors[error] += 1
+        else:
+            self.ok += 1
+            self.latencies.append(time.perf_counter() - t0)
+
+    def report(self, sent: int, overruns: int, cpu: float) -> NodeReport:
+        lat = sorted(self.latencies)
+        step = max(1, len(lat) // 2000)
+        return NodeReport(sent, self.ok, self.failed, overruns, cpu,
+                          [x * 1000 for x in lat[::step]], dict(self.errors))
+
+
+class ChildArgs(msgspec.Struct):
+    system: str  # "quorum", "quorum-nofsync", "pysyncobj", "pysyncobj-tick"
+    rate: int  # requests/s issued by this node
+    size: int
+    seconds: int
+    settle: float
+    drain: float
+    me: str
+    partners: list[str]
+    data_dir: str
+    tick_s: float
+
+
+async def quorum_child(a: ChildArgs) -> None:
+    addrs = sorted([a.me, *a.partners])
+    peers = {i + 1: addr for i, addr in enumerate(addrs)}
+    me = addrs.index(a.me) + 1
+    node = await start_embedded(me, peers, a.data_dir, CountingStateMachine(),
+                                EmbeddedOptions(fsync=a.system == "quorum"))
+    try:
+        await node.wait_for_leader(timeout_s=30)
+        await asyncio.sleep(a.settle)
+        tally, sent, overruns = Tally(), 0, 0
+        c0 = cpu_s()
+        for _ in range(a.seconds):
+            st = time.perf_counter()
+            for _ in range(a.rate):
+                node.submit(random.randbytes(a.size),
+                            functools.partial(quorum_done, tally, time.perf_counter()))
+                sent += 1
+            delta = time.perf_counter() - st
+            overruns += delta > 1.0
+            await asyncio.sleep(max(0.0, 1.0 - delta))
+        await asyncio.sleep(a.drain)
+        print(msgspec.json.encode(tally.report(sent, overruns, cpu_s() - c0)).decode(),
+              flush=True)
+        # keep serving until the driver has every node's report (the others need a majority)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        await node.stop()
+
+
+def quorum_done(tally: Tally, t0: float, result: Any, error: BaseException | None) -> None:
+    tally.done(t0, None if error is None else type(error).__name__)
+
+
+def pysyncobj_child(a: ChildArgs) -> None:
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+    class TestObj(SyncObj):  # type: ignore[misc]
+        def __init__(self, me: str, partners: list[str], conf: Any) -> None:
+            super().__init__(me, partners, conf)
+            self.count = 0
+
+        @replicated  # type: ignore[untyped-decorator]
+        def count_one(self, value: bytes) -> int:
+            self.count += 1
+            return self.count
+
+    timing = ({"autoTickPeriod": a.tick_s, "appendEntriesPeriod": a.tick_s}
+              if a.system == "pysyncobj-tick" else {})
+    obj = TestObj(a.me, a.partners, SyncObjConf(**timing))
+    try:
+        while obj._getLeader() is None:
+            time.sleep(0.5)
+        time.sleep(a.settle)
+        tally, sent, overruns = Tally(), 0, 0
+        reasons = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
+
+        def done(t0: float, result: Any, error: Any) -> None:
+            tally.done(t0, None if error == FAIL_REASON.SUCCESS else reasons.get(error, str(error)))
+
+        c0 = cpu_s()
+        for _ in range(a.seconds):
+            st = time.perf_counter()
+            for _ in range(a.rate):
+                obj.count_one(random.randbytes(a.size),
+                          callback=functools.partial(done, time.perf_counter()))
+                sent += 1
+            delta = time.perf_counter() - st
+            overruns += delta > 1.0
+            time.sleep(max(0.0, 1.0 - delta))
+        time.sleep(a.drain)
+        print(msgspec.json.encode(tally.report(sent, overruns, cpu_s() - c0)).decode(),
+              flush=True)
+        sys.stdin.read()
+    finally:
+        obj.destroy()
+
+
+def child_main(encoded: str) -> None:
+    a = msgspec.json.decode(encoded, type=ChildArgs)
+    logging.basicConfig(level=logging.CRITICAL)  # links dropping at shutdown are expected
+    if a.system.startswith("quorum"):
+        try:
+            import uvloop  # as `quorum serve` does when it is installed
+        except ImportError:
+            asyncio.run(quorum_child(a))
+        else:
+            uvloop.run(quorum_child(a))
+    else:
+        pysyncobj_child(a)
+
+
+class RatePoint(msgspec.Struct):
+    system: str
+    rate: int  # offered, all nodes together
+    success: float  # mean over nodes of ok / sent
+    passed: bool
+    commits_s: float  # completed requests / issuing seconds
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # CPU of all node processes per completed request
+    errors: dict[str, int] = {}
+
+
+def rate_point(system: str, rate: int, args: argparse.Namespace, root: str) -> RatePoint:
+    """One run at an offered rate: three node processes, each issuing rate / 3 per second."""
+    addrs = list(loopback_peers((1, 2, 3)).values())
+    children = []
+    for i, me in enumerate(addrs):
+        ca = ChildArgs(system, rate // len(addrs), args.size, args.seconds, args.settle,
+                       args.drain, me, [x for x in addrs if x != me], f"{root}/n{i}",
+                       args.pysyncobj_tick or 0.005)
+        children.append(subprocess.Popen(
+            [sys.executable, __file__, "--child", msgspec.json.encode(ca).decode()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    reports: list[NodeReport | None] = []
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            reports.append(msgspec.json.decode(line, type=NodeReport) if line else None)
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    got = [r for r in reports if r is not None]
+    if len(got) < len(children):  # a node crashed: the run fails (as an assert in testobj)
+        return RatePoint(system, rate, 0.0, False, 0.0, 0.0, 0.0, 0.0)
+    success = statistics.fmean(r.ok / max(1, r.sent) for r in got)
+    ok = sum(r.ok for r in got)
+    lat = sorted(x for r in got for x in r.latencies_ms) or [0.0]
+    return RatePoint(
+        system, rate, success,
+        success >= 0.9 and not any(r.overruns for r in got),
+        ok / args.seconds,
+        lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        sum(r.cpu_s for r in got) / max(1, ok) * 1e6,
+        dict(sum((collections.Counter(r.errors) for r in got), collections.Counter())),
+    )
+
+
+def print_point(run: int, p: RatePoint) -> None:
+    print(f"run {run} {p.system:16s} offered {p.rate:6d}/s: success {p.success:6.1%} "
+          f"{'pass' if p.passed else 'FAIL'}  completed {p.commits_s:8.0f}/s  "
+          f"p50 {p.p50_ms:7.1f} ms  p99 {p.p99_ms:7.1f} ms  cpu {p.cpu_us:5.0f} us/req"
+          f"{'  errors ' + str(p.errors) if p.errors else ''}",
+          flush=True)
+
+
+def find_max(system: str, run: int, args: argparse.Namespace) -> tuple[int, RatePoint | None]:
+    """PySyncObj's doDetectMaxRps: bisect the offered rate on pass/fail."""
+    lo, hi = args.min_rate, args.max_rate
+    best: RatePoint | None = None
+    while hi - lo > args.resolution:
+        mid = lo + (hi - lo) // 2
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="ebench-") as tmp:
+            p = rate_point(system, mid, args, tmp)
+        print_point(run, p)
+        if p.passed:
+            lo, best = mid, p
+        else:
+            hi = mid
+    return lo, best
+
+
+RATE_SYSTEMS = {"quorum fsync": "quorum", "quorum no-fsync": "quorum-nofsync",
+                "pysyncobj": "pysyncobj", "pysyncobj tick": "pysyncobj-tick"}
+
+
+def rate_main(args: argparse.Namespace) -> None:
+    systems = ["quorum fsync"] + (["quorum no-fsync"] if args.no_fsync_too else [])
+    if have_pysyncobj():
+        systems.append("pysyncobj")
+        if args.pysyncobj_tick:
+            systems.append("pysyncobj tick")
+    else:
+        print("PySyncObj is not installed (pip install pysyncobj): skipping it")
+    if args.only:
+        systems = [s for s in systems if s in args.only]
+    label = {s: (f"pysyncobj tick {args.pysyncobj_tick:g}s" if s == "pysyncobj tick" else s)
+             for s in systems}
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    if args.rates:
+        points: dict[tuple[str, int], list[RatePoint]] = {}
+        for run in range(1, args.runs + 1):
+            for rate in args.rates:
+                for s in systems:
+                    with tempfile.TemporaryDirectory(dir=args.dir, prefix="ebench-") as tmp:
+                        p = rate_point(RATE_SYSTEMS[s], rate, args, tmp)
+                    print_point(run, p)
+                    points.setdefault((s, rate), []).append(p)
+        print(f"\nload average at end: {os.getloadavg()}\n")
+        print(f"| system | offered/s | success (median of {args.runs}) | runs passed | "
+              "completed/s | p50 ms | p99 ms | CPU µs/request (3 nodes) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for rate in args.rates:
+            for s in systems:
+                ps = points[(s, rate)]
+                med = statistics.median
+                print(f"| {label[s]} | {rate:,} | {med(p.success for p in ps):.1%} | "
+                      f"{sum(p.passed for p in ps)}/{len(ps)} | "
+                      f"{med(p.commits_s for p in ps):,.0f} | {med(p.p50_ms for p in ps):.1f} | "
+                      f"{med(p.p99_ms for p in ps):.1f} | {med(p.cpu_us for p in ps):,.0f} |")
+        return
+    maxima: dict[str, list[int]] = {}
+    for run in range(1, args.runs + 1):
+        for s in systems:
+            top, _ = find_max(RATE_SYSTEMS[s], run, args)
+            print(f"run {run} {label[s]}: max passing rate {top}/s", flush=True)
+            maxima.setdefault(s, []).append(top)
+    print(f"\nload average at end: {os.getloadavg()}\n")
+    print(f"| system | max rate at >= 90% success (median of {args.runs}) | runs |")
+    print("| --- | ---: | --- |")
+    for s in systems:
+        print(f"| {label[s]} | {statistics.median(maxima[s]):,.0f} | "
+              f"{', '.join(f'{m:,}' for m in maxima[s])} |")
+
+
 # --- driver ------------------------------------------------------------------------------------
 
 
@@ -182,7 +487,31 @@ def main() -> None:
                     help="also measure PySyncObj with both tick periods set to this (seconds)")
     ap.add_argument("--no-fsync-too", action="store_true",
                     help="also measure quorum with fsync off (unsafe mode, like PySyncObj's)")
+    ap.add_argument("--mode", choices=("closed", "rate"), default="closed",
+                    help="closed: N proposers with one increment each in flight; rate: "
+                         "PySyncObj's method (offered rate, callbacks, success ratio)")
+    ap.add_argument("--rates", type=int, nargs="*", default=[],
+                    help="rate mode: measure these offered rates (all nodes together); "
+                         "without it, bisect for the highest passing rate")
+    ap.add_argument("--min-rate", type=int, default=1_000)
+    ap.add_argument("--max-rate", type=int, default=65_000)
+    ap.add_argument("--resolution", type=int, default=1_000)
+    ap.add_argument("--size", type=int, default=200, help="rate mode: request bytes")
+    ap.add_argument("--settle", type=float, default=4.0,
+                    help="rate mode: wait after a leader is known (PySyncObj's 4 s)")
+    ap.add_argument("--drain", type=float, default=4.0,
+                    help="rate mode: wait for completions after the last burst (4 s)")
+    ap.add_argument("--only", nargs="*", default=[], choices=sorted(RATE_SYSTEMS),
+                    help="rate mode: measure only these systems")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child_main(args.child)
+        return
+    if args.mode == "rate":
+        args.seconds = int(args.seconds)
+        rate_main(args)
+        return
     logging.basicConfig(level=logging.ERROR)
     systems: list[str] = ["quorum fsync"]
     if args.no_fsync_too:

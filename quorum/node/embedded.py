@@ -41,7 +41,14 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from quorum.errors import ConfigError, LeaderChanged, NoLeader, ProposalDropped, RequestTimeout
+from quorum.errors import (
+    ConfigError,
+    LeaderChanged,
+    NodeStopped,
+    NoLeader,
+    ProposalDropped,
+    RequestTimeout,
+)
 from quorum.node.clock import SystemClock
 from quorum.node.config import split_addr
 from quorum.node.core import NodeCore, bootstrap_data
@@ -60,6 +67,9 @@ log = logging.getLogger("quorum.embedded")
 
 S = TypeVar("S", bound=StateMachine)
 T = TypeVar("T")
+
+# submit's completion: (result, None) once applied, or (None, error)
+Callback = Callable[[Any, BaseException | None], None]
 
 DEFAULT_CLUSTER_ID = 0x51_45_4D_42  # "QEMB": peers of different clusters refuse each other
 
@@ -203,6 +213,21 @@ class EmbeddedNode(Generic[S]):
         state machine raised for this command."""
         return await self.server.propose(command)
 
+    def submit(self, command: bytes, callback: Callback) -> None:
+        """Replicate ``command`` without a future: ``callback(result, None)`` once it is
+        applied here, or ``callback(None, error)`` with the error ``propose`` would raise.
+
+        For callers with many commands in flight (no task or future per command). Call it
+        from the event loop's thread; the callback runs there too, exactly once, possibly
+        before ``submit`` returns (a stopped node fails it at once). Commands submitted in
+        one loop turn go to Raft as one batch (one Ready, one fsync: group commit)."""
+        waiter = _CallbackWaiter(callback)
+        if not self._started:
+            waiter.fail(NodeStopped("node is not running"))
+            return
+        self.core.propose(command, waiter)
+        self.server.wake()
+
     async def read(self, query: Callable[[S], T]) -> T:
         """Run ``query(state_machine)`` linearizably: after a ReadIndex barrier (thesis §6.4)
         guaranteeing local state includes every write committed before this call."""
@@ -254,6 +279,32 @@ class EmbeddedNode(Generic[S]):
     def fatal_error(self) -> BaseException | None:
         """Set when a storage failure stopped the node (it then serves nothing)."""
         return self.server.fatal_error
+
+
+class _CallbackWaiter:
+    """NodeCore's Waiter for ``submit``: the first outcome calls back, later ones are ignored
+    (the Waiter contract is one outcome, but a callback must never run twice). An exception
+    raised by the callback is logged, never let into the Ready loop (it would stop the node)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback: Callback | None = callback
+
+    def resolve(self, value: Any) -> None:
+        self._call(value, None)
+
+    def fail(self, exc: BaseException) -> None:
+        self._call(None, exc)
+
+    def _call(self, value: Any, exc: BaseException | None) -> None:
+        callback, self.callback = self.callback, None
+        if callback is None:
+            return
+        try:
+            callback(value, exc)
+        except Exception:
+            log.exception("submit callback raised; ignored")
 
 
 async def start_embedded(node_id: int, peers: Mapping[int, str], data_dir: str,

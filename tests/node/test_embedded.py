@@ -210,6 +210,88 @@ def test_snapshot_catches_up_a_node_that_missed_compacted_entries(tmp_path: Path
     assert run(scenario()) == [60, 60, 60]
 
 
+def test_submit_with_callbacks_on_every_node(tmp_path: Path) -> None:
+    """submit: no future per command; every callback runs once with its command's result."""
+
+    async def body(nodes: list[Node]) -> tuple[list[int], list[tuple[int, Any, Any]]]:
+        outcomes: list[tuple[int, Any, Any]] = []
+        all_done = asyncio.Event()
+        total = 3 * 50
+
+        def make_callback(node_id: int) -> Callable[[Any, BaseException | None], None]:
+            def callback(result: Any, error: BaseException | None) -> None:
+                outcomes.append((node_id, result, error))
+                if len(outcomes) == total:
+                    all_done.set()
+            return callback
+
+        # one loop turn submits everything (a batch per node; followers forward theirs)
+        for n in nodes:
+            for _ in range(50):
+                n.submit(inc(n.id), make_callback(n.id))
+        await asyncio.wait_for(all_done.wait(), 30)
+        await asyncio.sleep(0.1)  # a second call of any callback would show up here
+        return await read_values(nodes), outcomes
+
+    values, outcomes = run(with_cluster(tmp_path, body))
+    expected = 50 * (1 + 2 + 3)
+    assert values == [expected] * 3
+    assert len(outcomes) == 150 and all(err is None for _, _, err in outcomes)
+    results = [r for _, r, _ in outcomes]
+    # each result is the counter right after that command: distinct prefix sums of one order
+    assert len(set(results)) == 150 and max(results) == expected
+
+
+def test_submit_on_a_stopped_node_calls_back_with_node_stopped(tmp_path: Path) -> None:
+    async def scenario() -> list[tuple[Any, Any]]:
+        node = await start_embedded(1, loopback_peers((1,)), str(tmp_path / "solo"),
+                                    CounterStateMachine(), FAST)
+        await node.wait_for_leader()
+        await node.stop()
+        got: list[tuple[Any, Any]] = []
+        node.submit(inc(1), lambda r, e: got.append((r, e)))
+        return got
+
+    got = run(scenario())
+    assert len(got) == 1 and got[0][0] is None and isinstance(got[0][1], NodeStopped)
+
+
+def test_a_raising_callback_does_not_stop_the_node(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int, BaseException | None]:
+        node = await start_embedded(1, loopback_peers((1,)), str(tmp_path / "solo"),
+                                    CounterStateMachine(), FAST)
+        try:
+            await node.wait_for_leader()
+            calls = 0
+
+            def bad(result: Any, error: BaseException | None) -> None:
+                nonlocal calls
+                calls += 1
+                raise RuntimeError("application bug")
+
+            for _ in range(3):
+                node.submit(inc(1), bad)
+            after: int = await node.propose(inc(10))  # applied after the three
+            return calls, after, node.fatal_error
+        finally:
+            await node.stop()
+
+    calls, after, fatal = run(scenario())
+    assert (calls, after, fatal) == (3, 13, None)
+
+
+def test_callback_waiter_calls_back_only_once() -> None:
+    """Planted double outcome (resolve, then fail, then resolve): one call, the first."""
+    from quorum.node.embedded import _CallbackWaiter
+
+    got: list[tuple[Any, Any]] = []
+    w = _CallbackWaiter(lambda r, e: got.append((r, e)))
+    w.resolve(7)
+    w.fail(NodeStopped("late"))
+    w.resolve(8)
+    assert got == [(7, None)]
+
+
 def test_stopped_node_rejects_calls(tmp_path: Path) -> None:
     async def scenario() -> None:
         node = await start_embedded(1, loopback_peers((1,)), str(tmp_path / "solo"),

@@ -248,13 +248,16 @@ def test_client_gone_while_a_request_waits_cancels_it_cleanly() -> None:
         conn = await RawConn.open(server)
         conn.send(m.Request(1, PutRequest(b"never", b"applied")))
         while not server.connections or not next(iter(server.connections))._inflight:
-            await asyncio.sleep(0.001)  # the put is parked at the gate, inside a task
+            await asyncio.sleep(0.001)  # the put is parked at the gate, waiting on its future
         (served,) = server.connections
-        task = next(iter(served._inflight))
         conn.writer.transport.abort()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
-        assert task.cancelled()
+        for _ in range(5000):  # the loss cancels what waits (bounded by the test's timeout)
+            if not served._inflight:
+                break
+            await asyncio.sleep(0.001)
+        assert not served._inflight
         gate.set()
+        await asyncio.sleep(0.01)  # a parked put that had survived would resume here
         other = await RawConn.open(server)
         other.send(m.Request(2, RangeRequest(b"never")))
         (answer,) = await other.answers(1)

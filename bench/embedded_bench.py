@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -61,7 +61,10 @@ class Sample:
 
 
 async def quorum_run(proposers: int, seconds: float, warmup: float, fsync: bool,
-                     root: str) -> Sample:
+                     root: str, futures: bool = False) -> Sample:
+    """``futures``: each proposer is a task awaiting ``propose`` (a future per increment);
+    else each proposer is a ``submit`` callback that submits its next increment, as the
+    PySyncObj proposers below are."""
     peers = loopback_peers((1, 2, 3))
     opts = EmbeddedOptions(fsync=fsync)
     nodes = [await start_embedded(i, peers, f"{root}/q{i}", CounterStateMachine(), opts)
@@ -69,8 +72,10 @@ async def quorum_run(proposers: int, seconds: float, warmup: float, fsync: bool,
     try:
         leader_id = await nodes[0].wait_for_leader()
         leader = nodes[leader_id - 1]
-        done = 0
+        done = errors = 0
         stop = False
+        in_flight = 0
+        drained = asyncio.Event()
 
         async def proposer() -> None:
             nonlocal done
@@ -78,16 +83,37 @@ async def quorum_run(proposers: int, seconds: float, warmup: float, fsync: bool,
                 await leader.propose(ONE)
                 done += 1
 
-        tasks = [asyncio.create_task(proposer()) for _ in range(proposers)]
+        def callback(result: Any, error: BaseException | None) -> None:
+            nonlocal done, errors, in_flight
+            if error is None:
+                done += 1
+            else:
+                errors += 1
+            if stop:
+                in_flight -= 1
+                if in_flight == 0:
+                    drained.set()
+            else:
+                leader.submit(ONE, callback)
+
+        tasks = []
+        if futures:
+            tasks = [asyncio.create_task(proposer()) for _ in range(proposers)]
+        else:
+            in_flight = proposers
+            for _ in range(proposers):
+                leader.submit(ONE, callback)
         await asyncio.sleep(warmup)
         n0, c0, t0 = done, cpu_s(), time.perf_counter()
         await asyncio.sleep(seconds)
         n1, c1, t1 = done, cpu_s(), time.perf_counter()
         stop = True
         await asyncio.gather(*tasks)
+        if not futures:
+            await asyncio.wait_for(drained.wait(), 30)
         # sanity: every returned increment is in the counter on every node
         values = [await n.read(lambda sm: sm.value) for n in nodes]
-        ok = len(set(values)) == 1 and values[0] == done
+        ok = errors == 0 and len(set(values)) == 1 and values[0] == done
         return Sample((n1 - n0) / (t1 - t0), (c1 - c0) / max(1, n1 - n0) * 1e6, ok)
     finally:
         for n in nodes:
@@ -165,6 +191,15 @@ def pysyncobj_run(proposers: int, seconds: float, warmup: float, root: str,
         for n in nodes:
             n.destroy()
         time.sleep(0.5)
+
+
+def run_loop(coro: Coroutine[Any, Any, Sample]) -> Sample:
+    """On uvloop when it is installed, as ``quorum serve`` runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def have_pysyncobj() -> bool:
@@ -487,6 +522,9 @@ def main() -> None:
                     help="also measure PySyncObj with both tick periods set to this (seconds)")
     ap.add_argument("--no-fsync-too", action="store_true",
                     help="also measure quorum with fsync off (unsafe mode, like PySyncObj's)")
+    ap.add_argument("--futures-too", action="store_true",
+                    help="closed mode: also measure quorum proposers awaiting propose() "
+                         "(a future per increment) instead of submit callbacks")
     ap.add_argument("--mode", choices=("closed", "rate"), default="closed",
                     help="closed: N proposers with one increment each in flight; rate: "
                          "PySyncObj's method (offered rate, callbacks, success ratio)")
@@ -514,6 +552,8 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.ERROR)
     systems: list[str] = ["quorum fsync"]
+    if args.futures_too:
+        systems.append("quorum fsync futures")
     if args.no_fsync_too:
         systems.append("quorum no-fsync")
     if have_pysyncobj():
@@ -532,8 +572,9 @@ def main() -> None:
                     elif system.startswith("pysyncobj"):
                         s = pysyncobj_run(n, args.seconds, args.warmup, tmp, args.pysyncobj_tick)
                     else:
-                        s = asyncio.run(quorum_run(n, args.seconds, args.warmup,
-                                                   system == "quorum fsync", tmp))
+                        s = run_loop(quorum_run(n, args.seconds, args.warmup,
+                                                   "no-fsync" not in system, tmp,
+                                                   futures="futures" in system))
                 results.setdefault((system, n), []).append(s)
                 print(f"run {run + 1} {system:16s} proposers {n:4d}: {s.rate:8.0f}/s "
                       f"cpu {s.cpu_us:6.0f} us/op {'ok' if s.value_ok else 'VALUE MISMATCH'}",

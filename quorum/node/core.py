@@ -22,8 +22,10 @@ import dataclasses
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+import msgspec
 
 from quorum.errors import (
     DiskFullError,
@@ -139,6 +141,11 @@ class NodeCore:
         self.conf_state = ConfState()
         self._rng = rng
         self._snapshot_due = False
+        # Set by an asyncio runtime: receives each captured snapshot to encode and write off
+        # the event loop (it later calls write_snapshot in the persist thread, then
+        # finish_snapshot here). None: snapshots are taken synchronously in advance().
+        self.start_background_snapshot: Callable[[SnapshotJob], None] | None = None
+        self.snapshot_in_flight: SnapshotJob | None = None
         self._recent = RecentRequests()
         self._boot(raft_config)
 
@@ -454,22 +461,64 @@ class NodeCore:
 
     def _maybe_snapshot(self) -> None:
         """Snapshot every ``snapshot_entries`` applied entries (keeping a catch-up tail), and
-        after a membership change that added a node."""
+        after a membership change that added a node. With ``start_background_snapshot`` set
+        (the asyncio runtime) only the capture happens here; the rest runs in a thread."""
+        if self.snapshot_in_flight is not None:
+            return  # one at a time; the next check comes at the next advance
         due = self._snapshot_due and self.applied > self.snapshot_index
         periodic = (self.snapshot_entries > 0
                     and self.applied - self.snapshot_index >= self.snapshot_entries)
-        if due or periodic:
-            self._snapshot_due = False
+        if not (due or periodic):
+            return
+        self._snapshot_due = False
+        if self.start_background_snapshot is None:
             self.take_snapshot()
+            return
+        job = self.capture_snapshot()
+        self.snapshot_in_flight = job
+        self.start_background_snapshot(job)
 
     def take_snapshot(self) -> Snapshot:
-        data = bootstrap_data(tuple(self.members.values()), self.sm, self._recent.dump())
-        snap = self.storage.create_snapshot(self.applied, self.conf_state, data)
-        self.snapshot_index = self.applied
-        compact_to = self.applied - self.snapshot_catchup_entries
+        """Capture, encode, write and install a snapshot now (synchronous path: simulator,
+        tests, and state machines driven without a runtime thread)."""
+        job = self.capture_snapshot()
+        snap = self.write_snapshot(job, job.encode())
+        self.finish_snapshot(job)
+        return snap
+
+    def capture_snapshot(self) -> SnapshotJob:
+        """A point-in-time view of the applied state, cheap enough for the event loop.
+
+        State machines that declare ``snapshot_captures_state`` (quorum's KV store: its
+        ``snapshot()`` copies pointers and encodes lazily) are encoded later, possibly in
+        another thread while applying goes on; any other state machine's chunks are
+        materialized here, since a lazy iterator might read state that applying changes."""
+        chunks: Iterable[bytes] = self.sm.snapshot()
+        if not getattr(self.sm, "snapshot_captures_state", False):
+            chunks = list(chunks)
+        return SnapshotJob(self.applied, self.conf_state, tuple(self.members.values()),
+                           self._recent.dump(), chunks)
+
+    def write_snapshot(self, job: SnapshotJob, data: bytes) -> Snapshot:
+        """Make the encoded snapshot durable (may run in the persist thread: it writes the WAL
+        marker, so it must never run concurrently with ``persist``). The storage writes a
+        temp file, fsyncs and renames it: a crash midway leaves the previous snapshot and the
+        WAL as they were. Raises SnapshotOutOfDate (a newer snapshot was installed from the
+        leader meanwhile), DiskFullError, FatalIOError."""
+        return self.storage.create_snapshot(job.index, job.conf_state, data)
+
+    def finish_snapshot(self, job: SnapshotJob, written: bool = True) -> None:
+        """On the core's thread, after ``write_snapshot`` (``written``) or once the job was
+        abandoned: advance the snapshot index and compact the log, keeping a catch-up tail.
+        Invariant: compaction never passes the newest durable snapshot."""
+        if self.snapshot_in_flight is job:
+            self.snapshot_in_flight = None
+        if not written or job.index <= self.snapshot_index:
+            return  # abandoned, or a newer snapshot was installed meanwhile
+        self.snapshot_index = job.index
+        compact_to = job.index - self.snapshot_catchup_entries
         if compact_to > self.storage.log.first_index():
             self.storage.compact(compact_to)
-        return snap
 
     # --- reads, leadership, timeouts -------------------------------------------------------
 
@@ -553,9 +602,43 @@ def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine,
                    recent: tuple[tuple[int, tuple[int, ...]], ...] = ()) -> bytes:
     """Snapshot data: the members' addresses, the state machine's image and the duplicate
     filter. With no filter it is what every member of a new cluster starts from."""
+    return _encode_snapshot(members, state_machine.snapshot(), recent)
+
+
+def _encode_snapshot(members: tuple[MemberInfo, ...], chunks: Iterable[bytes],
+                     recent: tuple[tuple[int, tuple[int, ...]], ...],
+                     between_chunks: Callable[[], None] | None = None) -> bytes:
     ordered = tuple(sorted(members, key=lambda m: m.id))
-    state = b"".join(state_machine.snapshot())
-    return envelope.encode(SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state, recent))
+    parts = []
+    for chunk in chunks:
+        parts.append(chunk)
+        if between_chunks is not None:
+            between_chunks()
+    state = b"".join(parts)
+    return _SNAPSHOT_ENCODER.encode(
+        SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state, recent))
+
+
+# Used only for snapshot envelopes (one snapshot is encoded at a time, possibly in a thread).
+_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotJob:
+    """A captured snapshot waiting to be encoded and written: everything in it is a value
+    that applying later entries does not change (see NodeCore.capture_snapshot)."""
+
+    index: int
+    conf_state: ConfState
+    members: tuple[MemberInfo, ...]
+    recent: tuple[tuple[int, tuple[int, ...]], ...]
+    chunks: Iterable[bytes]
+
+    def encode(self, between_chunks: Callable[[], None] | None = None) -> bytes:
+        """The snapshot data (safe in another thread; one call per job: ``chunks`` may be a
+        one-shot iterator). ``between_chunks`` runs after each state chunk (a thread passes
+        a yield of the GIL, so the event loop keeps its turns during a long encode)."""
+        return _encode_snapshot(self.members, self.chunks, self.recent, between_chunks)
 
 
 class RecentRequests:

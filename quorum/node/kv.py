@@ -16,6 +16,10 @@ class KvStateMachine:
     (the API layer wakes watchers and mirrors lease changes into the leader's tracker).
     """
 
+    # snapshot() captures the state at once (pointer copies) and encodes lazily from the
+    # capture, so the runtime may consume it in another thread while applying continues.
+    snapshot_captures_state = True
+
     def __init__(self, config: StateConfig | None = None, *,
                  split_txn_events_bug: bool = False) -> None:
         self.store = KvStore(config, split_txn_events_bug=split_txn_events_bug)

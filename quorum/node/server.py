@@ -3,6 +3,10 @@
 One task runs the Ready loop; a timer feeds ticks; the peer transport feeds inbound messages.
 fsync runs in a worker thread so the event loop keeps reading requests and messages meanwhile;
 whatever arrives during an fsync becomes the next batch (group commit).
+
+Automatic snapshots stay off the event loop too: the loop only captures the state (pointer
+copies), a snapshot thread encodes it, and the persist thread writes it between two Readies
+(it appends a WAL marker, so it must not overlap a persist); the loop then compacts the log.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from quorum.errors import DiskFullError, NodeStopped
+from quorum.errors import DiskFullError, NodeStopped, SnapshotOutOfDate
 from quorum.node.clock import Clock, SystemClock
-from quorum.node.core import NodeCore
+from quorum.node.core import NodeCore, SnapshotJob
+from quorum.node.persister import Persister
 from quorum.node.ready import process_ready
 from quorum.raft.types import ConfChange, ConfState, Message, Ready
 
@@ -58,6 +64,7 @@ class RaftServer:
         tick_s: float = 0.1,
         clock: Clock | None = None,
         fsync_in_thread: bool = True,
+        background_snapshots: bool = True,
     ) -> None:
         self.core = core
         self.tick_s = tick_s
@@ -65,13 +72,19 @@ class RaftServer:
         self.fsync_in_thread = fsync_in_thread
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"quorum-fsync-{core.id}"
-        )
+        # Storage writes (persist, snapshot files) run in order on one dedicated thread.
+        self._persister = Persister(f"quorum-persist-{core.id}")
         self._running = False
         self.on_tick: Callable[[], None] | None = None
         self.fatal_error: BaseException | None = None
         self.disk_full_retry_s = 1.0
+        # Snapshot encoding gets its own thread: a long encode must not hold up the fsyncs.
+        self._snapshot_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"quorum-snapshot-{core.id}"
+        )
+        self._encoded: tuple[SnapshotJob, bytes] | None = None  # waiting to be written
+        if background_snapshots:
+            core.start_background_snapshot = self._start_snapshot
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -93,7 +106,10 @@ class RaftServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
-        self._executor.shutdown(wait=True)
+        self._persister.close()
+        # An encode still running is abandoned (its result is dropped by _snapshot_encoded);
+        # nothing of it was written, so the previous snapshot and the WAL stay as they were.
+        self._snapshot_executor.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -148,10 +164,7 @@ class RaftServer:
             while self._running:
                 await self._wake.wait()
                 self._wake.clear()
-                core.drain()
-                while core.has_ready():
-                    await process_ready(core, core.ready(), self._persist)
-                    core.drain()
+                await self._cycle()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # storage failure: the node must stop (see docs)
@@ -159,6 +172,64 @@ class RaftServer:
             log.critical("node %d stopping after fatal error: %r", core.id, exc)
             self._running = False
             core.stop()
+
+    # --- snapshots off the event loop ----------------------------------------------------------
+
+    def _start_snapshot(self, job: SnapshotJob) -> None:
+        """NodeCore captured ``job`` (on the loop); encode it in the snapshot thread."""
+        loop = asyncio.get_running_loop()
+        fut = self._snapshot_executor.submit(job.encode, _yield_gil)
+
+        def done(f: concurrent.futures.Future[bytes]) -> None:  # runs in the snapshot thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: the node has stopped
+                loop.call_soon_threadsafe(self._snapshot_encoded, job, f)
+
+        fut.add_done_callback(done)
+
+    def _snapshot_encoded(self, job: SnapshotJob, fut: concurrent.futures.Future[bytes]) -> None:
+        if not self._running or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # a bug in a state machine's snapshot: keep serving, retry later
+            log.error("node %d: encoding the snapshot at %d failed: %r", self.core.id,
+                      job.index, exc)
+            self.core.finish_snapshot(job, written=False)
+            return
+        self._encoded = (job, fut.result())
+        self.wake()
+
+    async def _install_snapshot(self, job: SnapshotJob, data: bytes) -> None:
+        """Write the encoded snapshot in the persist thread (between two Readies, so it never
+        overlaps a persist), then compact on the loop. A snapshot made stale by one installed
+        from the leader meanwhile, or a full disk, abandons this one (the next is due after
+        ``snapshot_entries`` more entries); any other storage error is fatal, as in persist."""
+        self._encoded = None
+        written = True
+        try:
+            if self.fsync_in_thread:
+                await self._persister.run(self.core.write_snapshot, job, data)
+            else:
+                self.core.write_snapshot(job, data)
+        except SnapshotOutOfDate:
+            written = False
+        except DiskFullError as exc:
+            log.warning("node %d: snapshot at %d not written: %s", self.core.id, job.index, exc)
+            written = False
+        self.core.finish_snapshot(job, written)
+
+    async def _cycle(self) -> None:
+        """Process Readies until none is left. An encoded snapshot is written between two
+        Readies (never inside one), even when load keeps a Ready always waiting."""
+        core = self.core
+        core.drain()
+        while True:
+            if self._encoded is not None:
+                await self._install_snapshot(*self._encoded)
+                core.drain()
+            if not core.has_ready():
+                return
+            await process_ready(core, core.ready(), self._persist)
+            core.drain()
 
     async def _persist(self, rd: Ready) -> None:
         """Persist a Ready; while the disk is full, keep retrying the same Ready (nothing of
@@ -180,7 +251,12 @@ class RaftServer:
 
     async def _persist_once(self, rd: Ready) -> None:
         if rd.must_sync and self.core.fsync and self.fsync_in_thread:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.core.persist, rd)
+            await self._persister.run(self.core.persist, rd)
         else:
             self.core.persist(rd)
+
+
+def _yield_gil() -> None:
+    """Called by the snapshot thread between state chunks: sleeping releases the GIL, so the
+    event loop thread runs at least once per chunk instead of once per switch interval."""
+    time.sleep(0)

@@ -45,6 +45,11 @@ class PeerLink:
         plain = [m for m in messages if m.type != MessageType.SNAP]
         if plain:
             self.transport.send(plain)
+            # Written now, not at the next loop turn: the Ready loop calls this once for a
+            # leader's appends (before its fsync) and once for what waited for the fsync
+            # (append acks, votes) -- each is on some write's critical path, and the loop may
+            # go on applying a large batch before it yields.
+            self.transport.flush()
         if len(plain) != len(messages):
             for m in messages:
                 if m.type == MessageType.SNAP:

@@ -179,6 +179,11 @@ class _Link:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def flush_now(self) -> None:
+        """Flush at once if anything is queued (the scheduled flush then finds nothing)."""
+        if self._pending:
+            self._flush()
+
     def _flush(self) -> None:
         """Encode everything queued once and write it, unless the socket is backed up."""
         self._flush_scheduled = False
@@ -436,6 +441,13 @@ class PeerTransport:
             link = self._links.get(peer_id)
             if link is None or not link.enqueue(group):
                 self.report_unreachable(peer_id)
+
+    def flush(self) -> None:
+        """Write what is queued now instead of at the next loop turn (for messages on a
+        latency-critical path, such as append acks right after the fsync they promise).
+        Links that are connecting or backed up keep their queue, as ``send`` would."""
+        for link in self._links.values():
+            link.flush_now()
 
     def encode_batch(self, peer_id: int, batch: list[Message]) -> tuple[list[bytes], int]:
         """Encode a batch into frames; return them and how many messages they hold.

@@ -518,3 +518,27 @@ def test_frame_decoder_sees_one_hello_ack_per_handshake(loop_name: str) -> None:
         await b.transport.close()
 
     run(scenario(), loop_name)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_writes_at_once_instead_of_at_the_next_loop_turn(flush: bool) -> None:
+    """``flush()`` writes the queued messages before the caller yields (append acks leave
+    right after their fsync); without it they wait for the next loop turn."""
+
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: len(b.received) == 1, "the link is up")
+        stats = a.transport.link_stats()[2]
+        a.transport.send([app(1, 2, 2), app(1, 2, 3)])
+        if flush:
+            a.transport.flush()
+        written_before_yielding = stats.sent_messages
+        await eventually(lambda: len(b.received) == 3, "delivered")
+        assert written_before_yielding == (3 if flush else 1)
+        assert _indexes(b.received) == [1, 2, 3]
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario())

@@ -9,9 +9,12 @@ server allocate an arbitrary amount of memory.
 
 from __future__ import annotations
 
+import struct
+
 from quorum.errors import FrameTooLarge
 
 HEADER_BYTES = 4
+_HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024  # above etcd's 1.5 MiB request limit plus overhead
 
 
@@ -29,24 +32,33 @@ class FrameDecoder:
         self._buf = bytearray()
         self._max = max_frame_bytes
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data`` and return every frame body now complete, oldest first."""
-        buf = self._buf
-        buf += data
-        frames: list[bytes] = []
+    def feed(self, data: bytes) -> list[memoryview]:
+        """Add ``data`` and return every frame body now complete, oldest first, as read-only
+        views into the received bytes: no copy per frame, and they stay valid after later
+        calls (nothing they point into is ever written again)."""
+        if self._buf:  # an incomplete frame is held back: join it to the new bytes once
+            self._buf += data
+            src: bytes = bytes(self._buf)
+            self._buf.clear()
+        else:
+            src = data
+        view = memoryview(src)
+        frames: list[memoryview] = []
+        unpack = _HEADER.unpack_from
+        limit = self._max
         pos = 0
-        end = len(buf)
+        end = len(src)
         while end - pos >= HEADER_BYTES:
-            size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
-            if size > self._max:
-                raise FrameTooLarge(f"frame of {size} bytes over the {self._max} limit", size, self._max)
+            (size,) = unpack(src, pos)
+            if size > limit:
+                raise FrameTooLarge(f"frame of {size} bytes over the {limit} limit", size, limit)
             stop = pos + HEADER_BYTES + size
             if stop > end:
                 break
-            frames.append(bytes(buf[pos + HEADER_BYTES : stop]))
+            frames.append(view[pos + HEADER_BYTES : stop])
             pos = stop
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            self._buf += view[pos:]
         return frames
 
     def pending_bytes(self) -> int:

@@ -212,6 +212,12 @@ class NodeCore:
     def report_unreachable(self, peer: int) -> None:
         self.call(lambda rn: rn.report_unreachable(peer))
 
+    def leader_lost(self, peer: int) -> None:
+        """Evidence from the transport that ``peer`` is gone: if it is our leader, stop
+        honouring its lease so the followers elect a successor after only the random part of
+        the election timeout (Raft.leader_lost; ignored with lease-based reads)."""
+        self.call(lambda rn: rn.leader_lost(peer))
+
     def report_snapshot(self, peer: int, ok: bool) -> None:
         self.call(lambda rn: rn.report_snapshot(peer, ok))
 

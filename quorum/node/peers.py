@@ -35,10 +35,26 @@ class PeerLink:
 
     def __init__(self, server: RaftServer) -> None:
         self.server = server
-        self.transport: PeerTransport | None = None
+        self._transport: PeerTransport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # inbound snapshot streams: (peer, snapshot id) -> (SNAP message, chunks so far)
         self._inbound: dict[tuple[int, int], tuple[Message, list[bytes]]] = {}
+
+    @property
+    def transport(self) -> PeerTransport | None:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: PeerTransport | None) -> None:
+        self._transport = transport
+        if transport is not None:
+            transport.on_peer_closed = self.on_peer_closed
+
+    def on_peer_closed(self, peer: int) -> None:
+        """The peer closed its message stream to us; if it is our leader, it probably died
+        (a SIGKILL closes its sockets at once): see NodeCore.leader_lost."""
+        self.server.core.leader_lost(peer)
+        self.server.wake()
 
     def send(self, messages: list[Message]) -> None:
         assert self.transport is not None

@@ -248,6 +248,27 @@ class Raft:
         pr = self.trk.progress.get(self.id)
         return pr is not None and not pr.is_learner and self.raft_log.unstable.snapshot is None
 
+    def leader_lost(self, peer: int) -> None:
+        """The runtime has outside evidence that ``peer``, our leader, is gone (its connection
+        closed): stop honouring its lease and wait only the random part of the election
+        timeout. Ignored unless we are a follower of ``peer``, and with lease-based reads.
+
+        Safety does not depend on timing (votes still need an up-to-date log, §5.4.1), only
+        two timing-based promises do: leader stickiness (§4.2.3 of the thesis: a follower in
+        lease ignores vote requests, so a rejoining node cannot disrupt a healthy leader) and
+        lease reads (§6.4.1: a leader serves reads while no other leader can have been
+        elected). Wrongly dropping the first costs at most an unneeded election; the second
+        would allow a stale read, so lease-based reads disable this."""
+        if self.role != StateRole.FOLLOWER or self.lead != peer or peer == NONE:
+            return
+        if self.config.read_only_option == ReadOnlyOption.LEASE_BASED:
+            self.count("ignored.leader_lost_lease_reads")
+            return
+        self.count("leader_lost")
+        # in_lease() is false from here; the remaining wait is randomized - election_ticks,
+        # in [0, election_ticks): still random, so two followers rarely split the vote.
+        self.election_elapsed = max(self.election_elapsed, self.config.election_ticks)
+
     def in_lease(self) -> bool:
         """Leader stickiness (thesis §4.2.3): a follower that heard from a leader within the
         election timeout ignores vote requests, so a rejoining node cannot depose it."""

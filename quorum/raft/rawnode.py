@@ -142,6 +142,10 @@ class RawNode:
         """Hand leadership to ``target`` (ignored for self, learners and unknown nodes)."""
         self.raft.step(Message(type=MT.TRANSFER_LEADER, from_=target, term=0))
 
+    def leader_lost(self, peer: int) -> None:
+        """Outside evidence that ``peer``, this follower's leader, is gone (see Raft.leader_lost)."""
+        self.raft.leader_lost(peer)
+
     def report_unreachable(self, peer: int) -> None:
         self._local_feedback(Message(type=MT.UNREACHABLE, from_=peer))
 

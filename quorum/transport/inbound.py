@@ -64,6 +64,9 @@ class InboundServer:
         self.message_streams: dict[int, InboundConnection] = {}
         self.received_messages = 0
         self.rejected_connections = 0
+        # Called with a peer's id when its live message stream is closed by the peer (or the
+        # network), not by us: e.g. the peer process died. A failure detector hint only.
+        self.on_peer_closed: Callable[[int], None] | None = None
 
     def protocol(self) -> InboundConnection:
         return InboundConnection(self)
@@ -149,8 +152,16 @@ class InboundConnection(asyncio.Protocol):
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        closed_by_peer = not self._closed and self._kind == StreamKind.MESSAGES
+        live = closed_by_peer and not self._superseded()
         self._closed = True
         self._forget()
+        hook = self._server.on_peer_closed
+        if live and hook is not None:
+            try:
+                hook(self._from_id)
+            except Exception:
+                log.exception("on_peer_closed(%d) raised", self._from_id)
 
     # --- frames ---------------------------------------------------------------------------
 

@@ -370,6 +370,16 @@ class PeerTransport:
         self.update_peers(self._peers)
 
     @property
+    def on_peer_closed(self) -> Callable[[int], None] | None:
+        """Called (on the loop) with a peer's id when the peer, not we, closed its live
+        message stream: typically the peer process died. Set it before or after start()."""
+        return self._inbound.on_peer_closed
+
+    @on_peer_closed.setter
+    def on_peer_closed(self, hook: Callable[[int], None] | None) -> None:
+        self._inbound.on_peer_closed = hook
+
+    @property
     def received_messages(self) -> int:
         """Messages delivered to ``on_messages`` so far."""
         return self._inbound.received_messages

@@ -542,3 +542,24 @@ def test_flush_writes_at_once_instead_of_at_the_next_loop_turn(flush: bool) -> N
         await b.transport.close()
 
     run(scenario())
+
+
+def test_on_peer_closed_reports_a_peer_that_went_away_not_our_own_close(loop_name: str) -> None:
+    async def scenario() -> None:
+        a, b, c = Node(1), Node(2), Node(3)
+        closed: dict[int, list[int]] = {1: [], 2: [], 3: []}
+        for node in (a, b, c):
+            node.transport.on_peer_closed = closed[node.member_id].append
+        await cluster(a, b, c)  # every node dials every other: six live message streams
+        for src in (a, b, c):
+            src.transport.send([app(src.member_id, dst, 1) for dst in (1, 2, 3)
+                                if dst != src.member_id])
+        await eventually(lambda: all(len(n.received) == 2 for n in (a, b, c)), "links up")
+        await a.transport.close()  # node 1 goes away: both others notice
+        await eventually(lambda: closed[2] == [1] and closed[3] == [1], "1's streams closed")
+        await b.transport.close()  # our own close is not reported; node 3 sees 2 go
+        await eventually(lambda: closed[3] == [1, 2], "2's stream to 3 closed")
+        await c.transport.close()
+        assert closed == {1: [], 2: [1], 3: [1, 2]}
+
+    run(scenario(), loop_name)

@@ -1,22 +1,36 @@
 """Commit rate of a replicated counter: quorum's embedded mode against PySyncObj.
 
-Both systems run three nodes in this one process on loopback (so they share one interpreter
-and one GIL the same way) and are driven the same way: N concurrent proposers on the leader,
-each with one increment in flight (closed loop: a proposer issues its next increment when the
-previous one was applied on the leader and its result returned). The figure is increments
-returned per second over the measured window, after a warm-up.
+Two ways of driving both systems (``--mode``):
 
-- quorum: ``quorum.node.embedded`` + ``CounterStateMachine``, durable WAL, fsync on (one
-  fdatasync per group-committed batch on every node) unless ``--no-fsync``.
-- PySyncObj: a ``SyncObj`` subclass with a ``@replicated`` increment, default ``SyncObjConf``
-  plus a file journal (``journalFile``); optionally (``--pysyncobj-tick``) with shorter tick
-  periods, since its leader commits and answers only on a tick. PySyncObj's journal is an mmap'd file that is never
-  fsynced before an entry is acknowledged, so it is compared with quorum both ways.
-  ``pip install pysyncobj`` first; without it that part is skipped with a message.
+closed (default): three nodes in this one process on loopback (one interpreter and one GIL
+for all three, for both systems), N concurrent proposers on the leader, each with one
+increment in flight (a proposer issues its next increment from the completion callback of
+the previous one). The figure is increments completed per second over the measured window,
+after a warm-up.
 
-Runs of the systems are interleaved; the table shows medians over ``--runs``.
+rate: PySyncObj's own method (its repository's benchmarks/benchmarks.py and testobj.py).
+One process per node; every node (followers too) issues its share of an offered rate as a
+burst once a second for ``--seconds`` (PySyncObj: 25), each request with a completion
+callback and none awaited, then waits ``--drain`` seconds (4). A run passes when completed /
+issued, averaged over the nodes, is at least 90% and every burst was issued within its
+second; ``--rates`` measures given rates, otherwise the highest passing rate is bisected
+(PySyncObj's detectMaxRps). The state machine counts commands (PySyncObj's TestObj);
+requests carry ``--size`` random bytes (200: its cluster-size chart, 15K/s for 3 nodes).
 
-    .venv/bin/python bench/embedded_bench.py --proposers 1 32 --seconds 5 --runs 3
+- quorum: ``quorum.node.embedded`` (``submit`` with a callback), durable WAL, fsync on (one
+  fdatasync per group-committed batch on every node) unless ``--no-fsync-too``'s variant.
+  On uvloop when installed, as ``quorum serve``.
+- PySyncObj: a ``SyncObj`` with a ``@replicated`` method. Closed mode gives it a file journal
+  (``journalFile``: an mmap'd file, never fsynced before an acknowledgement); rate mode uses
+  ``SyncObjConf()`` as its benchmark does (log in memory). Default timing, and with
+  ``--pysyncobj-tick`` both tick periods set shorter (its leader commits and answers only on a
+  tick). ``pip install pysyncobj`` first; without it that part is skipped with a message.
+
+Runs of the systems are interleaved; the tables show medians over ``--runs``.
+
+    .venv/bin/python bench/embedded_bench.py --proposers 1 32 256 --seconds 5 --runs 3
+    .venv/bin/python bench/embedded_bench.py --mode rate --seconds 25 --runs 3 \
+        --pysyncobj-tick 0.005
 """
 
 from __future__ import annotations
@@ -283,6 +297,7 @@ class ChildArgs(msgspec.Struct):
     partners: list[str]
     data_dir: str
     tick_s: float
+    yield_every: int = 0  # quorum: submits between yields to the event loop (0 = never)
 
 
 async def quorum_child(a: ChildArgs) -> None:
@@ -298,10 +313,14 @@ async def quorum_child(a: ChildArgs) -> None:
         c0 = cpu_s()
         for _ in range(a.seconds):
             st = time.perf_counter()
-            for _ in range(a.rate):
+            for i in range(a.rate):
                 node.submit(random.randbytes(a.size),
                             functools.partial(quorum_done, tally, time.perf_counter()))
                 sent += 1
+                if a.yield_every and i % a.yield_every == a.yield_every - 1:
+                    # let the node's loop run, as PySyncObj's I/O thread runs while the
+                    # issuing thread loops (the interpreter switches threads every 5 ms)
+                    await asyncio.sleep(0)
             delta = time.perf_counter() - st
             overruns += delta > 1.0
             await asyncio.sleep(max(0.0, 1.0 - delta))
@@ -395,7 +414,7 @@ def rate_point(system: str, rate: int, args: argparse.Namespace, root: str) -> R
     for i, me in enumerate(addrs):
         ca = ChildArgs(system, rate // len(addrs), args.size, args.seconds, args.settle,
                        args.drain, me, [x for x in addrs if x != me], f"{root}/n{i}",
-                       args.pysyncobj_tick or 0.005)
+                       args.pysyncobj_tick or 0.005, args.yield_every)
         children.append(subprocess.Popen(
             [sys.executable, __file__, "--child", msgspec.json.encode(ca).decode()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -495,17 +514,24 @@ def rate_main(args: argparse.Namespace) -> None:
                       f"{med(p.p99_ms for p in ps):.1f} | {med(p.cpu_us for p in ps):,.0f} |")
         return
     maxima: dict[str, list[int]] = {}
+    tops: dict[str, list[RatePoint]] = {}
     for run in range(1, args.runs + 1):
         for s in systems:
-            top, _ = find_max(RATE_SYSTEMS[s], run, args)
+            top, best = find_max(RATE_SYSTEMS[s], run, args)
             print(f"run {run} {label[s]}: max passing rate {top}/s", flush=True)
             maxima.setdefault(s, []).append(top)
+            tops.setdefault(s, []).extend([best] if best else [])
     print(f"\nload average at end: {os.getloadavg()}\n")
-    print(f"| system | max rate at >= 90% success (median of {args.runs}) | runs |")
-    print("| --- | ---: | --- |")
+    print(f"| system | max rate at >= 90% success (median of {args.runs}) | runs | "
+          "p50 / p99 ms at that rate (medians) | CPU µs/request (3 nodes) |")
+    print("| --- | ---: | --- | ---: | ---: |")
     for s in systems:
+        ps = tops[s]
+        lat = (f"{statistics.median(p.p50_ms for p in ps):,.0f} / "
+               f"{statistics.median(p.p99_ms for p in ps):,.0f}" if ps else "-")
+        cpu = f"{statistics.median(p.cpu_us for p in ps):,.0f}" if ps else "-"
         print(f"| {label[s]} | {statistics.median(maxima[s]):,.0f} | "
-              f"{', '.join(f'{m:,}' for m in maxima[s])} |")
+              f"{', '.join(f'{m:,}' for m in maxima[s])} | {lat} | {cpu} |")
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -539,6 +565,9 @@ def main() -> None:
                     help="rate mode: wait after a leader is known (PySyncObj's 4 s)")
     ap.add_argument("--drain", type=float, default=4.0,
                     help="rate mode: wait for completions after the last burst (4 s)")
+    ap.add_argument("--yield-every", type=int, default=1000,
+                    help="rate mode, quorum: yield to the event loop every N submits of a "
+                         "burst (0 = issue the whole burst in one loop turn)")
     ap.add_argument("--only", nargs="*", default=[], choices=sorted(RATE_SYSTEMS),
                     help="rate mode: measure only these systems")
     ap.add_argument("--child", help=argparse.SUPPRESS)

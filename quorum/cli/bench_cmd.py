@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 from rich.progress import Progress
 
@@ -30,7 +28,7 @@ def bench(obj: object, target: str, endpoints: str | None, workload: str, client
           serializable: bool, pids: str) -> None:
     """Measure a running cluster (quorum's, or etcd's for comparison)."""
     from quorum.bench.load import BenchConfig
-    from quorum.bench.load import bench as run
+    from quorum.bench.load import run_bench_sync as run
 
     eps = tuple(e.strip() for e in (endpoints or ",".join(obj.endpoints)).split(",")  # type: ignore[attr-defined]
                 if e.strip())
@@ -40,12 +38,12 @@ def bench(obj: object, target: str, endpoints: str | None, workload: str, client
                       pids=tuple(int(p) for p in pids.split(",") if p))
     as_json = getattr(obj, "json", False)
     if as_json:
-        result = asyncio.run(run(cfg))
+        result = run(cfg)
         emit_json(result)
         return
     with Progress(transient=True) as progress:
         task = progress.add_task(f"{target} {workload} x{clients}", total=1.0)
-        result = asyncio.run(run(cfg, lambda f: progress.update(task, completed=f)))
+        result = run(cfg, lambda f: progress.update(task, completed=f))
     cpu = f"{result.server_cpu_us_per_op:.0f}" if result.server_cpu_us_per_op else "-"
     table(None, ("target", "workload", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms",
                  "errors", "server CPU us/op"),

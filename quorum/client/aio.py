@@ -224,6 +224,7 @@ class AsyncClient:
         self._leader_retry_at = 0.0  # loop time before which _last_tried is not retried
         self._draining: set[Connection] = set()  # retired, answering what is in flight
         self.leader_switches = 0  # leader connections opened (informational)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -296,7 +297,9 @@ class AsyncClient:
     # --- connections -----------------------------------------------------------------------
 
     def _deadline(self, timeout_s: float | None) -> float:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # bound on first use: the client may be created outside its loop
+            loop = self._loop = asyncio.get_running_loop()
         return loop.time() + (self.timeout_s if timeout_s is None else timeout_s)
 
     async def _connection(self, deadline: float) -> Connection:
@@ -494,8 +497,10 @@ class AsyncClient:
         return await self._session_write(body, deadline)
 
     async def _session_write(self, body: m.RequestBody, deadline: float) -> m.ResponseBody:
+        pool = self._sessions
         for first in (True, False):
-            session = await self._sessions.acquire(deadline)
+            # an idle session is taken without a coroutine (the common case under load)
+            session = pool._free.pop() if pool._free else await pool.acquire(deadline)
             session.last_seq += 1  # a fresh seq per write; its retries reuse it
             try:
                 resp = await self._attempts(

@@ -64,6 +64,7 @@ from quorum.state.mvcc import MVCCStore
 from quorum.state.sessions import Outcome, SessionTable
 from quorum.state.watch import WatchHub, WatchRequest, WatchResponse
 
+_MAX_LEASE_ID = (1 << 63) - 1  # records store the lease in 64 bits
 _COMMAND_SLACK_BYTES = 4096  # envelope and msgpack framing on top of the request's payload
 _OUTCOME_ENCODER = msgspec.msgpack.Encoder()
 
@@ -196,11 +197,11 @@ class StateMachine:
         return CompactionResponse(store.revision)
 
     def _lease_grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
-        """Raises InvalidTTL, InvalidRequest (negative id), LeaseExists."""
+        """Raises InvalidTTL, InvalidRequest (id not an int64 >= 0), LeaseExists."""
         if req.ttl <= 0 or req.ttl > self.config.max_lease_ttl_s:
             raise InvalidTTL()
-        if req.id < 0:
-            raise InvalidRequest("state: lease id must not be negative")
+        if req.id < 0 or req.id > _MAX_LEASE_ID:
+            raise InvalidRequest("state: lease id must be in 0..2**63-1 (an int64, as etcd's)")
         if req.id in self.leases.leases:
             raise LeaseExists()
         lease_id = req.id or self.leases.pick_id()

@@ -1,20 +1,28 @@
 """The multi-version key index: per-key revision histories, point-in-time reads, compaction.
 
-Representation (chosen for memory, see docs/state.md): ``_hist`` maps each key to its
-*entry*: the key's only record, or a list of its records, oldest first, when it has several.
-A record is a plain tuple::
+Representation (chosen for memory, see docs/state.md). A *record* is stored packed, as the
+value bytes followed by a fixed 36-byte trailer::
 
-    (mod_revision, create_revision, version, value, lease)     version 0 = tombstone (deleted)
+    value | mod_revision u64 | create_revision u64 | lease u64 | version u64 | len(value) u32
 
-Most keys have one record once history is compacted, and a bare tuple of atomic values costs
-no list (64 bytes) and is not tracked by the cyclic garbage collector.
+(big-endian; version 0 = tombstone). The records of a key, oldest first, are concatenated into
+*runs*: ``_hist`` maps each key to its *entry*, one run (a ``bytes``), or a list of runs when
+the history outgrows :data:`RUN_BYTES`. A key with one version is a single object of
+``len(value) + 36`` bytes (no tuple, no int objects, not tracked by the cyclic GC), and an
+overwritten key before compaction is still a single object. A trailer at the END of each
+record makes the newest record readable in O(1) and lets a run be walked from its end.
+Records are decoded into :data:`Record` tuples only when read (range, compare, watch, hash).
 
 Invariants:
 - a key has at most one record per revision, and records are in strictly increasing
   ``mod_revision`` order (the txn layer forbids writing one key twice in a revision);
-- entries only grow: a second record turns the tuple into a NEW list, lists are append-only,
-  and compaction builds a NEW entry instead of editing one in place, so a snapshot view
-  holding a shallow copy of the map stays a valid point-in-time image;
+- entries only grow: a write makes a NEW run object (runs are immutable bytes); a list entry
+  only gets runs appended or its last run replaced by a longer run starting with the same
+  records; compaction builds a NEW entry instead of editing one in place. So a snapshot view
+  holding a shallow copy of the map stays a valid point-in-time image (readers skip records
+  above the view's revision);
+- a run stops growing by concatenation once it is RUN_BYTES long, so a write copies at most
+  about RUN_BYTES plus its own record (no quadratic cost on a hot key's long history);
 - ``_keys`` plus ``_new_keys`` is exactly the key set of ``_hist`` (new keys are merged into the
   sorted index lazily, in bulk, before any ordered scan; a put of a new key is O(1));
 - ``_multi`` holds every key whose history has more than one record or ends in a tombstone,
@@ -25,17 +33,19 @@ This module knows nothing of requests, leases or watches; ``quorum.state.kv`` bu
 
 from __future__ import annotations
 
+import struct
 import zlib
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
-from operator import itemgetter, xor
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Final
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from quorum.errors import FutureRevision, RevisionCompacted
 
-Record = tuple[int, int, int, bytes, int]
+Record = tuple[int, int, int, bytes, int]  # decoded: (mod, create, version, value, lease)
 MOD: Final = 0
 CREATE: Final = 1
 VERSION: Final = 2
@@ -44,56 +54,126 @@ LEASE: Final = 4
 _MASK = (1 << 64) - 1
 mod_of = itemgetter(0)
 
+TRAILER: Final = struct.Struct(">QQQQI")  # mod, create, lease, version, len(value)
+TRAILER_SIZE: Final = TRAILER.size  # 36
+_MOD_FIELD: Final = struct.Struct(">Q")  # the trailer's first field
+_SIZE_FIELD: Final = struct.Struct(">I")  # the trailer's last field
+RUN_BYTES: Final = 1024  # a run grows by concatenation while shorter than this
+MAX_FIELD: Final = _MASK  # revisions, versions and lease ids must fit in 64 bits unsigned
 
-_K_CRC, _K_MOD, _K_CREATE, _K_VERSION, _K_LEASE = (
-    0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
-
-
-def record_digest(key: bytes, rec: Record) -> int:
-    """A 64-bit digest of one record; the store's running digest is their sum mod 2**64, so it
-    depends on the set of records only (not on the order they were written or compacted).
-    Revisions are mixed with the key/value crc by xor, so moving a revision between records
-    changes the sum. :func:`digest_columns` computes the same sum over many records."""
-    crc = zlib.crc32(rec[VALUE], zlib.crc32(key))
-    return (crc * _K_CRC + (crc ^ rec[MOD]) * _K_MOD + (crc ^ rec[CREATE]) * _K_CREATE
-            + rec[VERSION] * _K_VERSION + rec[LEASE] * _K_LEASE) & _MASK
+Entry = bytes | list[bytes]
 
 
-def digest_columns(keys: list[bytes], mods: list[int], creates: list[int], versions: list[int],
-                   values: list[bytes], leases: list[int]) -> int:
-    """Sum of :func:`record_digest` over records given column-wise (``keys[i]`` is the key of
-    record i), computed with C-level loops (snapshot restore)."""
-    crcs: list[int] = list(map(zlib.crc32, values, map(zlib.crc32, keys)))
-    mixed_mods: int = sum(map(xor, crcs, mods))
-    mixed_creates: int = sum(map(xor, crcs, creates))
-    total = (sum(crcs) * _K_CRC + mixed_mods * _K_MOD
-             + mixed_creates * _K_CREATE + sum(versions) * _K_VERSION
-             + sum(leases) * _K_LEASE)
-    return total & _MASK
+def pack(rec: Record) -> bytes:
+    """The packed form of a decoded record (one allocation besides the trailer's)."""
+    mod, create, version, value, lease = rec
+    return value + TRAILER.pack(mod, create, lease, version, len(value))
 
 
-Entry = Record | list[Record]
+def record_digest(key: bytes, packed: bytes | memoryview) -> int:
+    """Digest of one packed record of ``key``. The store's running digest is the sum of its
+    records' digests mod 2**64, so it depends on the set of records only (not on the order
+    they were written or compacted); every field is in the packed bytes, so moving a revision
+    between records changes the sum."""
+    return zlib.crc32(packed, zlib.crc32(key))
+
+
+def _decode(run: bytes, end: int) -> Record:
+    """The record of ``run`` that ends at offset ``end``."""
+    mod, create, lease, version, size = TRAILER.unpack_from(run, end - TRAILER_SIZE)
+    stop = end - TRAILER_SIZE
+    return mod, create, version, run[stop - size:stop], lease
+
+
+def record_ends(run: bytes) -> list[int]:
+    """End offsets of the records of ``run``, oldest first. Raises ValueError when the run is
+    not a sequence of whole records (damaged input; the store never builds one)."""
+    ends: list[int] = []
+    end = len(run)
+    while end > 0:
+        if end < TRAILER_SIZE:
+            raise ValueError("run ends inside a record trailer")
+        ends.append(end)
+        end -= TRAILER_SIZE + _SIZE_FIELD.unpack_from(run, end - 4)[0]
+    if end < 0 or not ends:
+        raise ValueError("run is not a sequence of whole records")
+    ends.reverse()
+    return ends
+
+
+def mod_at(run: bytes, end: int) -> int:
+    """mod_revision of the record of ``run`` ending at ``end``."""
+    return int(_MOD_FIELD.unpack_from(run, end - TRAILER_SIZE)[0])
+
+
+def _last_mod(run: bytes) -> int:
+    return int(_MOD_FIELD.unpack_from(run, len(run) - TRAILER_SIZE)[0])
+
+
+def runs_of(entry: Entry) -> list[bytes]:
+    return [entry] if isinstance(entry, bytes) else entry
 
 
 def records_of(entry: Entry) -> list[Record]:
-    """The records of an entry as a list (a new one for a single record). Do not modify."""
-    return [entry] if isinstance(entry, tuple) else entry
+    """The decoded records of an entry, oldest first (a new list)."""
+    return [_decode(run, end) for run in runs_of(entry) for end in record_ends(run)]
 
 
 def last_of(entry: Entry) -> Record:
-    return entry if isinstance(entry, tuple) else entry[-1]
+    run = entry if isinstance(entry, bytes) else entry[-1]
+    return _decode(run, len(run))
 
 
 def record_at(entry: Entry, revision: int) -> Record | None:
     """The record visible at ``revision`` (the newest with mod_revision <= revision)."""
-    if isinstance(entry, tuple):
-        return entry if entry[MOD] <= revision else None
-    hist = entry
-    last = hist[-1]
-    if last[MOD] <= revision:
-        return last
-    i = bisect_right(hist, revision, key=mod_of)
-    return hist[i - 1] if i else None
+    if isinstance(entry, bytes):
+        return _at_in_run(entry, revision)
+    i = bisect_right(entry, revision, key=_last_mod)  # entry[:i] end at or below revision
+    if i < len(entry):
+        rec = _at_in_run(entry[i], revision)
+        if rec is not None:
+            return rec
+    return _decode(entry[i - 1], len(entry[i - 1])) if i else None
+
+
+def _at_in_run(run: bytes, revision: int) -> Record | None:
+    end = len(run)
+    while end > 0:
+        mod, create, lease, version, size = TRAILER.unpack_from(run, end - TRAILER_SIZE)
+        stop = end - TRAILER_SIZE
+        if mod <= revision:
+            return mod, create, version, run[stop - size:stop], lease
+        end = stop - size
+    return None
+
+
+def join_records(pieces: Sequence[memoryview | bytes]) -> Entry:
+    """An entry holding the given packed records (oldest first, at least one), cut into runs
+    the way :meth:`MVCCStore.write` grows them."""
+    runs: list[bytes] = []
+    current: list[memoryview | bytes] = []
+    size = 0
+    for piece in pieces:
+        if size >= RUN_BYTES:
+            runs.append(b"".join(current))
+            current, size = [], 0
+        current.append(piece)
+        size += len(piece)
+    runs.append(b"".join(current))
+    return runs[0] if len(runs) == 1 else runs
+
+
+def entry_of(records: list[Record]) -> Entry:
+    """The entry for decoded records (oldest first, at least one)."""
+    return join_records([pack(rec) for rec in records])
+
+
+def prefix_upto(run: bytes, revision: int) -> bytes:
+    """The records of ``run`` with mod_revision <= ``revision`` (a prefix of the run)."""
+    end = len(run)
+    while end > 0 and mod_at(run, end) > revision:
+        end -= TRAILER_SIZE + _SIZE_FIELD.unpack_from(run, end - 4)[0]
+    return run if end == len(run) else run[:end]
 
 
 class MVCCStore:
@@ -116,7 +196,7 @@ class MVCCStore:
 
     def __init__(self) -> None:
         self._hist: dict[bytes, Entry] = {}
-        self._keys: SortedList = SortedList()
+        self._keys = SortedList()
         self._new_keys: list[bytes] = []
         self._multi: set[bytes] = set()
         self.revision = 0  # Invariant: never decreases
@@ -126,7 +206,8 @@ class MVCCStore:
         # O(revisions replayed) rather than O(keys in the watched range). Entries from
         # _log_head on are live. Invariant: every write revision >= max(log_from,
         # compact_revision) is in the log (a restored store starts it at its revision + 1).
-        self._log_revs: list[int] = []
+        # Revisions are kept in a machine-int array: no int object per write.
+        self._log_revs: array[int] = array("q")
         self._log_keys: list[bytes | tuple[bytes, ...]] = []
         self._log_head = 0
         self.log_from = 1
@@ -137,18 +218,23 @@ class MVCCStore:
     def write(self, key: bytes, rec: Record) -> None:
         """Append ``rec`` to ``key``'s history. The caller guarantees rec[MOD] is above every
         existing record of the key and that ``revision`` is advanced with :meth:`commit`."""
+        packed = pack(rec)
         self._written.append(key)
         entry = self._hist.get(key)
         if entry is None:
-            self._hist[key] = rec
+            self._hist[key] = packed
             self._new_keys.append(key)
-        elif isinstance(entry, tuple):
-            self._hist[key] = [entry, rec]
+        elif isinstance(entry, bytes):
+            self._hist[key] = entry + packed if len(entry) < RUN_BYTES else [entry, packed]
             self._multi.add(key)
         else:
-            entry.append(rec)
+            last = entry[-1]
+            if len(last) < RUN_BYTES:
+                entry[-1] = last + packed  # same records plus one: views stay valid
+            else:
+                entry.append(packed)
             self._multi.add(key)
-        self._digest = (self._digest + record_digest(key, rec)) & _MASK
+        self._digest = (self._digest + record_digest(key, packed)) & _MASK
 
     def commit(self, revision: int) -> None:
         """Make ``revision`` (the one the writes used) the current revision."""
@@ -176,8 +262,10 @@ class MVCCStore:
         entry = self._hist.get(key)
         if entry is None:
             return None
-        rec = entry if isinstance(entry, tuple) else entry[-1]
-        return rec if rec[VERSION] else None
+        run = entry if isinstance(entry, bytes) else entry[-1]
+        end = len(run) - TRAILER_SIZE
+        mod, create, lease, version, size = TRAILER.unpack_from(run, end)
+        return (mod, create, version, run[end - size:end], lease) if version else None
 
     def get(self, key: bytes, revision: int) -> Record | None:
         """The live record of ``key`` at ``revision`` (None when absent or deleted then)."""
@@ -204,18 +292,22 @@ class MVCCStore:
             return
         hist_of = self._hist
         current = revision >= self.revision
+        unpack = TRAILER.unpack_from
         for k in self.keys_in(key, range_end):
             entry = hist_of[k]
-            rec: Record | None
-            if isinstance(entry, tuple):
-                rec = entry if current or entry[MOD] <= revision else None
-            else:
-                rec = entry[-1] if current else record_at(entry, revision)
+            if current:  # the newest record, decoded inline (the hot path of a range)
+                run = entry if isinstance(entry, bytes) else entry[-1]
+                end = len(run) - TRAILER_SIZE
+                mod, create, lease, version, size = unpack(run, end)
+                if version:
+                    yield k, (mod, create, version, run[end - size:end], lease)
+                continue
+            rec = record_at(entry, revision)
             if rec is not None and rec[VERSION]:
                 yield k, rec
 
     def history(self, key: bytes) -> list[Record]:
-        """The retained records of ``key`` (oldest first); empty if none. Do not modify."""
+        """The retained records of ``key`` (oldest first, decoded); empty if none."""
         entry = self._hist.get(key)
         return [] if entry is None else records_of(entry)
 
@@ -241,8 +333,8 @@ class MVCCStore:
     def compact(self, revision: int) -> int:
         """Drop history below ``revision``: per key keep the records above it plus the newest
         one at or below it unless that one is a tombstone below ``revision`` (etcd's rule, so
-        every read at a revision >= ``revision`` still answers the same). Returns records removed. The caller
-        has validated ``compact_revision < revision <= self.revision``."""
+        every read at a revision >= ``revision`` still answers the same). Returns records
+        removed. The caller has validated ``compact_revision < revision <= self.revision``."""
         self.compact_revision = revision
         self._flush_new_keys()
         removed = 0
@@ -257,25 +349,34 @@ class MVCCStore:
         return removed
 
     def _compact_key(self, key: bytes, revision: int) -> int:
-        hist = records_of(self._hist[key])
-        i = bisect_right(hist, revision, key=mod_of)  # hist[:i] are <= revision
+        # (run, start, end) of every record, oldest first, without decoding values
+        pieces: list[tuple[bytes, int, int]] = []
+        for run in runs_of(self._hist[key]):
+            start = 0
+            for end in record_ends(run):
+                pieces.append((run, start, end))
+                start = end
+        mods = [mod_at(run, end) for run, _, end in pieces]
+        i = bisect_right(mods, revision)  # pieces[:i] are <= revision
         # A tombstone exactly AT the compact revision is kept too (until the next compaction):
         # history at and above the compact revision then stays complete for watch replay.
-        keep_from = i - 1 if i and (hist[i - 1][VERSION] or hist[i - 1][MOD] == revision) else i
+        at_or_below = pieces[i - 1] if i else None
+        keep_from = i - 1 if at_or_below is not None and (
+            _version_at(at_or_below[0], at_or_below[2]) or mods[i - 1] == revision) else i
         if keep_from <= 0:
             return 0
-        for rec in hist[:keep_from]:
-            self._digest = (self._digest - record_digest(key, rec)) & _MASK
-        kept = hist[keep_from:]  # a new entry: the old one stays intact for snapshot views
-        if len(kept) == 1:
-            self._hist[key] = kept[0]
-            if kept[0][VERSION]:
-                self._multi.discard(key)
-        elif kept:
-            self._hist[key] = kept
-        else:
+        key_crc = zlib.crc32(key)
+        for run, start, end in pieces[:keep_from]:
+            self._digest = (self._digest - zlib.crc32(memoryview(run)[start:end], key_crc)) & _MASK
+        kept = pieces[keep_from:]
+        if not kept:
             del self._hist[key]
             self._keys.remove(key)
+            self._multi.discard(key)
+            return keep_from
+        # a new entry: the old one stays intact for snapshot views
+        self._hist[key] = join_records([memoryview(run)[start:end] for run, start, end in kept])
+        if len(kept) == 1 and _version_at(kept[0][0], kept[0][2]):
             self._multi.discard(key)
         return keep_from
 
@@ -309,9 +410,8 @@ class MVCCStore:
     def load(self, keys: list[bytes], entries: list[Entry], multi: set[bytes],
              digest: int, revision: int, compact: int) -> None:
         """Bulk-load a restored image into an empty store: ``keys`` ascending and unique,
-        ``entries[i]`` the entry of ``keys[i]`` (a record, or a list of 2+ records), ``multi``
-        the keys with more than one record or a tombstone, ``digest`` their record digests'
-        sum."""
+        ``entries[i]`` the entry of ``keys[i]``, ``multi`` the keys with more than one record
+        or a tombstone, ``digest`` their record digests' sum."""
         self._hist = dict(zip(keys, entries))
         self._keys = SortedList(keys)
         self._multi = multi
@@ -324,3 +424,8 @@ class MVCCStore:
         if self._new_keys:
             self._keys.update(self._new_keys)
             self._new_keys.clear()
+
+
+def _version_at(run: bytes, end: int) -> int:
+    """version of the record of ``run`` ending at ``end`` (0 = tombstone)."""
+    return int(TRAILER.unpack_from(run, end - TRAILER_SIZE)[3])

@@ -11,17 +11,21 @@ Frames, in order:
 
 1. header: :class:`SnapshotHeader` (format version, applied index, revision, compact
    revision, key count, leases, sessions);
-2. zero or more key frames, column-wise: ``[keys, counts, mods, creates, versions, values,
-   leases]`` -- keys ascending, ``counts[i]`` records for ``keys[i]`` (an empty ``counts`` means
-   one each), then the five record fields of all records (oldest first per key) as parallel
-   arrays;
+2. zero or more key frames ``[keys, histories]``: keys ascending, ``histories[i]`` the
+   records of ``keys[i]`` (oldest first) in the store's packed form (see
+   ``quorum.state.mvcc``: each record is its value followed by a 36-byte trailer), so writing
+   copies the stored bytes as they are and restoring mostly keeps the decoded bytes objects
+   as the new store's entries;
 3. trailer: :class:`SnapshotTrailer` (key count and the store's record digest again), so a
    truncated or reordered stream is detected.
 
+Versions: 2 is written. A version 1 stream (column-wise key frames ``[keys, counts, mods,
+creates, versions, values, leases]``) is still read: its records are packed on restore.
+
 Point in time: :func:`capture` copies pointers only (sorted key list, a shallow copy of the
 history map, lease and session tuples). History entries only grow and compaction
-replaces them instead of editing them, so the captured lists keep describing the state at
-the captured revision; records above it are filtered out while streaming.
+replaces them instead of editing them, so the captured entries keep describing the state at
+the captured revision; records above it are cut off while streaming.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from operator import itemgetter
+from itertools import pairwise, repeat
+from operator import and_, getitem, rshift
 from typing import Protocol
 
 import msgspec
@@ -39,23 +44,25 @@ from quorum.state.commands import ErrorResponse, Response
 from quorum.state.config import StateConfig
 from quorum.state.lease import Lease, LeaseTable
 from quorum.state.mvcc import (
-    LEASE,
-    MOD,
-    VERSION,
+    MAX_FIELD,
+    RUN_BYTES,
+    TRAILER_SIZE,
     Entry,
     MVCCStore,
     Record,
-    digest_columns,
-    last_of,
-    mod_of,
-    records_of,
+    join_records,
+    mod_at,
+    pack,
+    prefix_upto,
+    record_digest,
+    record_ends,
 )
 from quorum.state.sessions import Session, SessionTable
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _FRAME = struct.Struct(">II")
 _HEADER_KIND, _KEYS_KIND, _TRAILER_KIND = b"H", b"K", b"T"  # first payload byte
-_FIELDS = [itemgetter(i) for i in range(5)]  # mod, create, version, value, lease
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -126,30 +133,20 @@ def stream(cap: Capture) -> Iterator[bytes]:
     keys = cap.keys
     for start in range(0, len(keys), cap.chunk_keys):
         batch = keys[start:start + cap.chunk_keys]
-        yield _frame(_KEYS_KIND, _ENCODER.encode(_columns(batch, cap)))
+        yield _frame(_KEYS_KIND, _ENCODER.encode((batch, _histories(batch, cap))))
     yield _frame(_TRAILER_KIND, _ENCODER.encode(SnapshotTrailer(len(keys), cap.digest)))
 
 
-def _columns(batch: list[bytes], cap: Capture) -> tuple[object, ...]:
-    """One key frame, column-wise: keys, records per key (empty when all are 1), then the
-    five record fields as parallel arrays (fast to encode and decode, no per-record maps)."""
-    rev = cap.header.revision
+def _histories(batch: list[bytes], cap: Capture) -> list[bytes]:
+    """The packed records of each key of a key frame, as of the captured revision. A ``bytes``
+    entry of the view is immutable and was current at capture: it is sent as it is. A list
+    entry may have grown since (its last run replaced by a longer one): it is joined and cut
+    at the captured revision."""
     entries = list(map(cap.hist.__getitem__, batch))
-    counts: list[int] = []
-    recs: list[Record] = []
-    if list not in set(map(type, entries)) and max(map(mod_of, entries)) <= rev:
-        recs = entries  # type: ignore[assignment]  # all bare records: one per key, all old
-    else:
-        for entry in entries:
-            records = records_of(entry)
-            if records[-1][MOD] > rev:  # written after the capture: not part of this image
-                records = [r for r in records if r[MOD] <= rev]
-            counts.append(len(records))
-            recs.extend(records)
-    # One C-level pass per field. (zip(*recs) would create an iterator object per record,
-    # and that many container allocations set off the cyclic GC over the whole heap.)
-    columns = [list(map(getter, recs)) for getter in _FIELDS]
-    return (batch, counts, *columns)
+    if list not in set(map(type, entries)):
+        return entries  # type: ignore[return-value]  # all bytes
+    rev = cap.header.revision
+    return [e if isinstance(e, bytes) else prefix_upto(b"".join(e), rev) for e in entries]
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:
@@ -180,8 +177,11 @@ def _frames(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 _HEADER = msgspec.msgpack.Decoder(SnapshotHeader)
 _TRAILER = msgspec.msgpack.Decoder(SnapshotTrailer)
-_KEYS = msgspec.msgpack.Decoder(tuple[list[bytes], list[int], list[int], list[int], list[int],
-                                      list[bytes], list[int]])
+_KEYS = msgspec.msgpack.Decoder(tuple[list[bytes], list[bytes]])
+_KEYS_V1 = msgspec.msgpack.Decoder(tuple[list[bytes], list[int], list[int], list[int], list[int],
+                                         list[bytes], list[int]])
+_TAIL = slice(-20, None)  # lease u64 | version u64 | len(value) u32 of a run's last record
+_U32, _U64 = (1 << 32) - 1, (1 << 64) - 1
 
 
 class _Image:
@@ -194,40 +194,77 @@ class _Image:
         self.digest = 0
         self.attached: list[tuple[int, bytes]] = []  # (lease, key) of live leased keys
 
-    def add(self, columns: tuple[list[bytes], list[int], list[int], list[int], list[int],
-                                 list[bytes], list[int]]) -> None:
+    def add(self, keys: list[bytes], histories: list[bytes]) -> None:
+        """Add one key frame. Most keys hold one live record: they are recognised, digested
+        and checked with C-level passes over the frame (the last 20 bytes of a history hold
+        the newest record's lease, version and value length; the history is that one record
+        iff its length is the value length plus the trailer), and their bytes objects become
+        the store's entries unchanged. Only the other keys are walked record by record."""
+        if len(histories) != len(keys):
+            raise CorruptionError("snapshot key frame has uneven columns")
+        if not keys:
+            return
+        sizes = list(map(len, histories))
+        if min(sizes) < TRAILER_SIZE:
+            raise CorruptionError("snapshot key history shorter than a record")
+        tails = list(map(int.from_bytes, map(getitem, histories, repeat(_TAIL))))
+        self.digest += sum(map(zlib.crc32, histories, map(zlib.crc32, keys)))
+        entries: list[Entry] = list(histories)
+        if sum(sizes) != TRAILER_SIZE * len(keys) + sum(map(and_, tails, repeat(_U32))) \
+                or not all(map(and_, map(rshift, tails, repeat(32)), repeat(_U64))):
+            self._add_multi(keys, entries, sizes, tails)
+        if any(map(rshift, tails, repeat(96))):
+            self.attached += [(tail >> 96, key) for key, tail in zip(keys, tails)
+                              if tail >> 96 and (tail >> 32) & _U64]
+        self.keys += keys
+        self.entries += entries
+
+    def _add_multi(self, keys: list[bytes], entries: list[Entry], sizes: list[int],
+                   tails: list[int]) -> None:
+        """Keys with several records or a tombstone: add them to ``multi``, digest them per
+        record, check the records' order, and cut long histories into runs."""
+        odd = [i for i, (size, tail) in enumerate(zip(sizes, tails))
+               if size != TRAILER_SIZE + (tail & _U32) or not (tail >> 32) & _U64]
+        for i in odd:
+            key, run = keys[i], entries[i]
+            assert isinstance(run, bytes)  # as decoded; replaced below only
+            self.multi.add(key)
+            try:
+                ends = record_ends(run)
+            except ValueError as exc:
+                raise CorruptionError(f"snapshot key history unreadable: {exc}") from None
+            if len(ends) == 1:
+                continue  # a lone tombstone
+            mods = [mod_at(run, end) for end in ends]
+            if any(a >= b for a, b in pairwise(mods)):
+                raise CorruptionError("snapshot key history out of revision order")
+            view = memoryview(run)
+            pieces = [view[start:end] for start, end in zip([0, *ends], ends)]
+            key_crc = zlib.crc32(key)
+            self.digest += sum(zlib.crc32(p, key_crc) for p in pieces) - record_digest(key, run)
+            if len(run) > RUN_BYTES:
+                entries[i] = join_records(pieces)
+
+    def add_v1(self, columns: tuple[list[bytes], list[int], list[int], list[int], list[int],
+                                    list[bytes], list[int]]) -> None:
+        """Add one key frame of a version 1 stream (column-wise records), packing them."""
         keys, counts, mods, creates, versions, values, leases = columns
         n = len(mods)
         if not n or any(len(col) != n for col in (creates, versions, values, leases)):
             raise CorruptionError("snapshot key frame has uneven columns")
         if len(counts if counts else mods) != len(keys) or (counts and sum(counts) != n):
             raise CorruptionError("snapshot key frame has inconsistent record counts")
-        # share the int object when create == mod (a key's first version): memory, not meaning
-        creates = [m if c == m else c for m, c in zip(mods, creates)]
+        if any(f > MAX_FIELD or f < 0 for col in (mods, creates, versions, leases) for f in col):
+            raise CorruptionError("snapshot record field out of range")
         recs: list[Record] = list(zip(mods, creates, versions, values, leases))
-        entries: list[Entry] = []
-        if counts:
-            rec_keys = [k for k, c in zip(keys, counts) for _ in range(c)]
-            at = 0
-            for key, count in zip(keys, counts):
-                if count < 1:
-                    raise CorruptionError("snapshot key without records")
-                entries.append(recs[at] if count == 1 else recs[at:at + count])
-                at += count
-                if count > 1 or not recs[at - 1][VERSION]:
-                    self.multi.add(key)
-        else:
-            rec_keys = keys
-            entries = recs  # type: ignore[assignment]  # one record per key: the bare tuple
-            if 0 in versions:
-                self.multi.update(k for k, v in zip(keys, versions) if not v)
-        self.digest += digest_columns(rec_keys, mods, creates, versions, values, leases)
-        if any(leases):
-            lasts = list(map(last_of, entries))
-            self.attached += [(rec[LEASE], key) for key, rec in zip(keys, lasts)
-                              if rec[LEASE] and rec[VERSION]]
-        self.keys += keys
-        self.entries += entries
+        histories: list[bytes] = []
+        at = 0
+        for count in counts or repeat(1, len(keys)):
+            if count < 1:
+                raise CorruptionError("snapshot key without records")
+            histories.append(b"".join(map(pack, recs[at:at + count])))
+            at += count
+        self.add(keys, histories)
 
 
 def load(chunks: Iterable[bytes],
@@ -244,10 +281,12 @@ def load(chunks: Iterable[bytes],
         try:
             if kind == _HEADER_KIND:
                 header = _HEADER.decode(body)
-                if header.version != SNAPSHOT_VERSION:
+                if header.version not in _READABLE_VERSIONS:
                     raise CorruptionError(f"unknown snapshot version {header.version}")
+            elif kind == _KEYS_KIND and header is not None and header.version == 1:
+                image.add_v1(_KEYS_V1.decode(body))
             elif kind == _KEYS_KIND:
-                image.add(_KEYS.decode(body))
+                image.add(*_KEYS.decode(body))
             elif kind == _TRAILER_KIND:
                 trailer = _TRAILER.decode(body)
             else:

@@ -351,7 +351,7 @@ def test_the_model_test_catches_a_planted_compaction_bug(monkeypatch: Any) -> No
     import pytest
     from hypothesis.stateful import run_state_machine_as_test
 
-    from quorum.state.mvcc import MVCCStore
+    from quorum.state.mvcc import MVCCStore, entry_of
 
     original = MVCCStore._compact_key
 
@@ -359,7 +359,7 @@ def test_the_model_test_catches_a_planted_compaction_bug(monkeypatch: Any) -> No
         removed = original(self, key, revision)
         records = self.history(key)
         if len(records) > 1 and records[0][0] <= revision:
-            self._hist[key] = records[1:] if len(records) > 2 else records[1]
+            self._hist[key] = entry_of(records[1:])
         return removed
 
     monkeypatch.setattr(MVCCStore, "_compact_key", lossy)

@@ -136,21 +136,22 @@ def test_unknown_snapshot_version_is_refused() -> None:
         StateMachine.from_snapshot([frame])
 
 
-def test_column_digest_equals_the_sum_of_record_digests() -> None:
+def test_record_digest_sees_every_field_and_moved_revisions() -> None:
     import random
 
-    from quorum.state.mvcc import _MASK, digest_columns, record_digest
+    from quorum.state.mvcc import _MASK, pack, record_digest
 
     rng = random.Random(5)
     recs = [(rng.randint(1, 10**6), rng.randint(1, 10**6), rng.randint(0, 5),
              rng.randbytes(rng.randint(0, 20)), rng.randint(0, 9)) for _ in range(500)]
     keys = [rng.randbytes(5) for _ in recs]
-    columns = [list(col) for col in zip(*recs)]
-    expected = sum(record_digest(k, r) for k, r in zip(keys, recs)) & _MASK
-    mods, creates, versions, values, leases = columns
-    assert digest_columns(keys, mods, creates, versions, values, leases) == expected
+    expected = sum(record_digest(k, pack(r)) for k, r in zip(keys, recs)) & _MASK
     moved = [(recs[1][0], *recs[0][1:]), (recs[0][0], *recs[1][1:]), *recs[2:]]
-    assert sum(record_digest(k, r) for k, r in zip(keys, moved)) & _MASK != expected
+    assert sum(record_digest(k, pack(r)) for k, r in zip(keys, moved)) & _MASK != expected
+    for field in range(5):  # each field alone changes a record's digest
+        rec = list(recs[0])
+        rec[field] = rec[field] + b"x" if field == 3 else rec[field] + 1  # type: ignore[operator]
+        assert record_digest(keys[0], pack(tuple(rec))) != record_digest(keys[0], pack(recs[0]))  # type: ignore[arg-type]
 
 
 _HASH_SCRIPT = """

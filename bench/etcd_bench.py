@@ -4,17 +4,33 @@ The server runs in its own process (``python -m quorum.api.etcd``); this process
 with ``--clients`` concurrent grpc.aio callers on one channel for ``--seconds`` each phase.
 
     .venv/bin/python bench/etcd_bench.py --clients 64 --seconds 5
+
+``--floor MODE,...`` instead measures the gRPC floor: a do-nothing KV.Put server (it answers
+a fixed PutResponse, optionally after ``--delay`` seconds, standing in for a Raft round trip)
+in each server configuration, started in its own process, with the server process's CPU
+time per call (user + system, all threads, from /proc) next to calls/s. Modes (joined
+with ``-``): ``aio`` (grpc.aio, the generated servicer), ``sync`` (grpc.server on a thread
+pool of ``--threads``), plus ``uvloop``, ``generic`` (a generic handler on raw bytes: no
+(de)serializer in grpc, the request parsed with the generated class in the handler),
+``opts`` (channelz off, BDP probing off, optimization_target=throughput), ``migration``
+(grpc.aio with a migration_thread_pool).
+
+    .venv/bin/python bench/etcd_bench.py --floor aio,aio-uvloop,sync --clients 256 --reps 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -93,6 +109,145 @@ async def cpu(n: int) -> None:
         print(f"{name:20s} {us:6.1f} us/request")
 
 
+# --- the gRPC floor: do-nothing servers ----------------------------------------------------
+
+FLOOR_RESPONSE = pb.PutResponse(
+    header=pb.ResponseHeader(cluster_id=1, member_id=2, revision=3, raft_term=4)
+)
+
+
+def floor_options(mode: str) -> list[tuple[str, Any]]:
+    opts: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+    if "opts" in mode.split("-"):
+        opts += [("grpc.enable_channelz", 0), ("grpc.http2.bdp_probe", 0),
+                 ("grpc.optimization_target", "throughput")]
+    return opts
+
+
+def floor_handlers(mode: str, delay: float) -> grpc.GenericRpcHandler:
+    """KV.Put answering FLOOR_RESPONSE, async or blocking, typed or on raw bytes."""
+    raw = "generic" in mode.split("-")
+    answer: Any = FLOOR_RESPONSE.SerializeToString() if raw else FLOOR_RESPONSE
+    parse = pb.PutRequest.FromString
+
+    if mode.startswith("sync"):
+        def put_sync(request: Any, context: Any) -> Any:
+            if raw:
+                parse(request)
+            if delay:
+                time.sleep(delay)
+            return answer
+        handler = put_sync
+    else:
+        async def put_async(request: Any, context: Any) -> Any:
+            if raw:
+                parse(request)
+            if delay:
+                await asyncio.sleep(delay)
+            return answer
+        handler = put_async  # type: ignore[assignment]
+    if raw:
+        method = grpc.unary_unary_rpc_method_handler(handler)
+    else:
+        method = grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=parse,
+            response_serializer=pb.PutResponse.SerializeToString)
+    return grpc.method_handlers_generic_handler("etcdserverpb.KV", {"Put": method})
+
+
+def floor_serve(mode: str, port_file: Path, delay: float, threads: int) -> None:
+    """Child process: serve the do-nothing Put in ``mode`` until terminated."""
+    handlers = (floor_handlers(mode, delay),)
+    if mode.startswith("sync"):
+        sync_server = grpc.server(futures.ThreadPoolExecutor(threads),
+                                  handlers=handlers, options=floor_options(mode))
+        port = sync_server.add_insecure_port("127.0.0.1:0")
+        sync_server.start()
+        port_file.write_text(str(port))
+        sync_server.wait_for_termination()
+        return
+
+    async def run() -> None:
+        pool = futures.ThreadPoolExecutor(threads) if "migration" in mode else None
+        server = grpc.aio.server(migration_thread_pool=pool, handlers=handlers,
+                                 options=floor_options(mode))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        port_file.write_text(str(port))
+        await server.wait_for_termination()
+
+    if "uvloop" in mode:
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+def process_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def floor_drive(port: int, clients: int, seconds: float, pid: int) -> tuple[float, float]:
+    """Calls/s and the server's CPU us per call, ``clients`` concurrent Puts over 8 channels
+    (the shape of ``quorum bench --target etcd``)."""
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(8)]
+    stubs = [rpc.KVStub(ch) for ch in channels]
+    value = b"x" * 100
+
+    async def worker(n: int, stop: float) -> int:
+        done, stub = 0, stubs[n % len(stubs)]
+        while time.monotonic() < stop:
+            await stub.Put(pb.PutRequest(key=b"bench/%012d" % done, value=value))
+            done += 1
+        return done
+
+    await asyncio.gather(*(worker(n, time.monotonic() + 0.5) for n in range(clients)))  # warm up
+    cpu0, t0 = process_cpu_s(pid), time.perf_counter()
+    stop = time.monotonic() + seconds
+    calls = sum(await asyncio.gather(*(worker(n, stop) for n in range(clients))))
+    elapsed, cpu = time.perf_counter() - t0, process_cpu_s(pid) - cpu0
+    for ch in channels:
+        await ch.close()
+    return calls / elapsed, cpu / max(1, calls) * 1e6
+
+
+def floor(args: argparse.Namespace) -> None:
+    """Every mode once per repetition (interleaved), then medians."""
+    import uvloop
+
+    modes = args.floor.split(",")
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for rep in range(args.reps):
+        for mode in modes:
+            with tempfile.TemporaryDirectory() as tmp:
+                port_file = Path(tmp) / "port"
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--floor-serve", mode, "--port-file",
+                     str(port_file), "--delay", str(args.delay), "--threads", str(args.threads)])
+                try:
+                    deadline = time.monotonic() + 30
+                    while not (port_file.exists() and port_file.read_text()):
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError(f"floor server {mode} did not start")
+                        time.sleep(0.05)
+                    port = int(port_file.read_text())
+                    rate, us = uvloop.run(floor_drive(port, args.clients[0], args.seconds, proc.pid))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+            results[mode].append((rate, us))
+            print(f"rep {rep + 1} {mode:24s} {rate:7,.0f} calls/s  server {us:6.1f} us/call",
+                  flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.reps}:")
+    for mode, rs in results.items():
+        print(f"{mode:24s} {statistics.median(r[0] for r in rs):7,.0f} calls/s  server "
+              f"{statistics.median(r[1] for r in rs):6.1f} us/call  "
+              f"(runs {', '.join(f'{r[1]:.0f}' for r in rs)} us)")
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.cpu:
         await cpu(args.cpu)
@@ -122,4 +277,19 @@ if __name__ == "__main__":
     parser.add_argument("--uvloop", action="store_true", help="server on uvloop")
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
                         help="instead: server CPU per request over N direct calls (no gRPC)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--floor", default="", metavar="MODES",
+                        help="instead: do-nothing Put servers in these modes (see above)")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="--floor: seconds each do-nothing Put waits before answering")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="--floor: thread pool size of sync / migration modes")
+    parser.add_argument("--reps", type=int, default=3, help="--floor: repetitions")
+    parser.add_argument("--floor-serve", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.floor_serve:
+        floor_serve(parsed.floor_serve, parsed.port_file, parsed.delay, parsed.threads)
+    elif parsed.floor:
+        floor(parsed)
+    else:
+        asyncio.run(main(parsed))

@@ -130,3 +130,33 @@ def test_member_client_urls_prefer_the_etcd_endpoints() -> None:
     assert list(member_pb(both).clientURLs) == ["http://etcd:3"]
     plain = Member(2, "n2", ("http://p:1",), ("http://c:2",))
     assert list(member_pb(plain).clientURLs) == ["http://c:2"]
+
+
+@pytest.mark.parametrize("ids", [(0, 0, 0), (0xABCDEF0123, 7, 3)])
+def test_headers_written_in_place_match_a_separately_built_header(ids: tuple[int, int, int]) -> None:
+    # fill_header writes the header fields into the response instead of copying a built
+    # header in; the bytes on the wire must be the same, including a present all-zero header.
+    from quorum.api.backend import ResponseHeader
+
+    cluster, member, term = ids
+    h = ResponseHeader(cluster, member, 99, term)
+    kv = sc.KeyValue(key=b"k", create_revision=2, mod_revision=4, version=2, value=b"v")
+    put = sc.PutResponse(revision=5, prev_kv=kv)
+    rng = sc.RangeResponse(revision=6, kvs=(kv,), more=True, count=3)
+    dele = sc.DeleteRangeResponse(revision=7, deleted=1, prev_kvs=(kv,))
+    txn = sc.TxnResponse(revision=8, succeeded=True, responses=(put, rng, dele))
+
+    def header(rev: int) -> pb.ResponseHeader:
+        return pb.ResponseHeader(cluster_id=cluster, member_id=member, revision=rev, raft_term=term)
+
+    expected_put = pb.PutResponse(header=header(5), prev_kv=convert.kv_pb(kv))
+    expected_rng = pb.RangeResponse(header=header(6), kvs=[convert.kv_pb(kv)], more=True, count=3)
+    expected_del = pb.DeleteRangeResponse(header=header(7), deleted=1, prev_kvs=[convert.kv_pb(kv)])
+    expected_txn = pb.TxnResponse(header=header(8), succeeded=True, responses=[
+        pb.ResponseOp(response_put=expected_put), pb.ResponseOp(response_range=expected_rng),
+        pb.ResponseOp(response_delete_range=expected_del)])
+    assert convert.put_pb(put, h).SerializeToString() == expected_put.SerializeToString()
+    assert convert.range_pb(rng, h).SerializeToString() == expected_rng.SerializeToString()
+    assert convert.delete_pb(dele, h).SerializeToString() == expected_del.SerializeToString()
+    assert convert.txn_pb(txn, h).SerializeToString() == expected_txn.SerializeToString()
+    assert convert.put_pb(put, h).HasField("header")

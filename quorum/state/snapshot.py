@@ -34,7 +34,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from itertools import pairwise, repeat
-from operator import and_, getitem, rshift
+from operator import add, and_, ge, getitem, rshift
 from typing import Protocol
 
 import msgspec
@@ -208,11 +208,15 @@ class _Image:
         if min(sizes) < TRAILER_SIZE:
             raise CorruptionError("snapshot key history shorter than a record")
         tails = list(map(int.from_bytes, map(getitem, histories, repeat(_TAIL))))
+        # the length of each history's newest record: the whole history iff it has one record
+        newest = list(map(add, map(and_, tails, repeat(_U32)), repeat(TRAILER_SIZE)))
+        if not all(map(ge, sizes, newest)):
+            raise CorruptionError("snapshot key history shorter than its newest record")
         self.digest += sum(map(zlib.crc32, histories, map(zlib.crc32, keys)))
         entries: list[Entry] = list(histories)
-        if sum(sizes) != TRAILER_SIZE * len(keys) + sum(map(and_, tails, repeat(_U32))) \
+        if sum(sizes) != sum(newest) \
                 or not all(map(and_, map(rshift, tails, repeat(32)), repeat(_U64))):
-            self._add_multi(keys, entries, sizes, tails)
+            self._add_multi(keys, entries, sizes, newest, tails)
         if any(map(rshift, tails, repeat(96))):
             self.attached += [(tail >> 96, key) for key, tail in zip(keys, tails)
                               if tail >> 96 and (tail >> 32) & _U64]
@@ -220,11 +224,11 @@ class _Image:
         self.entries += entries
 
     def _add_multi(self, keys: list[bytes], entries: list[Entry], sizes: list[int],
-                   tails: list[int]) -> None:
+                   newest: list[int], tails: list[int]) -> None:
         """Keys with several records or a tombstone: add them to ``multi``, digest them per
         record, check the records' order, and cut long histories into runs."""
-        odd = [i for i, (size, tail) in enumerate(zip(sizes, tails))
-               if size != TRAILER_SIZE + (tail & _U32) or not (tail >> 32) & _U64]
+        odd = [i for i, (size, last, tail) in enumerate(zip(sizes, newest, tails))
+               if size != last or not (tail >> 32) & _U64]
         for i in odd:
             key, run = keys[i], entries[i]
             assert isinstance(run, bytes)  # as decoded; replaced below only

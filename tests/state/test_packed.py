@@ -263,3 +263,28 @@ def test_lease_ids_beyond_int64_are_refused() -> None:
     with pytest.raises(InvalidRequest):
         sm.apply(1, LeaseGrantRequest(10, 1 << 63))
     assert sm.apply(2, LeaseGrantRequest(10, (1 << 63) - 1)).id == (1 << 63) - 1
+
+
+def test_restore_refuses_a_newest_record_longer_than_its_history() -> None:
+    """A history whose newest record claims more bytes than the history holds, in a frame
+    where another key's extra records make the frame's byte totals add up (and the trailer
+    digest made to match what a reader without the per-key length check would compute)."""
+    sm = StateMachine(StateConfig(snapshot_chunk_keys=10))
+    sm.apply(1, PutRequest(b"a", b"first"))
+    sm.apply(2, PutRequest(b"a", b"second"))
+    sm.apply(3, PutRequest(b"b", b"only"))
+    payloads = _frames(list(sm.snapshot()))
+    keys, histories = _KEY_FRAME.decode(payloads[1][1:])
+    assert keys == [b"a", b"b"]
+    a, b = histories
+    extra = len(records_of(a)[0][3]) + TRAILER_SIZE  # a's older record
+    size = struct.unpack(">I", b[-4:])[0]
+    damaged = b[:-4] + struct.pack(">I", size + extra)
+    payloads[1] = b"K" + msgspec.msgpack.encode((keys, [a, damaged]))
+    trailer = msgspec.msgpack.decode(payloads[-1][1:])
+    trailer[1] = (sm.store.digest - sum(record_digest(b"a", pack(r)) for r in records_of(a))
+                  + record_digest(b"a", a) - record_digest(b"b", b)
+                  + record_digest(b"b", damaged)) & _MASK
+    payloads[-1] = b"T" + msgspec.msgpack.encode(trailer)
+    with pytest.raises(CorruptionError, match="shorter than its newest record"):
+        StateMachine.from_snapshot(_reframe(payloads))

@@ -1,6 +1,11 @@
 """Single-thread benchmarks of quorum.state (see docs/benchmarks.md).
 
-    .venv/bin/python bench/state_bench.py [--keys 1000000] [--profile]
+    .venv/bin/python bench/state_bench.py [--keys 1000000] [--runs 3] [--profile]
+
+``--runs N`` repeats the whole measurement in N fresh processes and prints each figure's
+median and range. Before/after comparisons: run the same script with ``PYTHONPATH`` set to a
+checkout of the other version (``git archive <commit> quorum | tar -x -C /tmp/old``),
+alternating the two, in one sitting.
 
 Times are process CPU time (time.process_time): the VM is shared, wall time is noisy.
 Measures: puts/s applied (100-byte values, distinct 16-byte keys) through
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import json
 import os
 import pstats
 import subprocess
@@ -119,6 +125,7 @@ def bench_capture_ms(sm: StateMachine) -> float:
 
 
 def bench_snapshot(sm: StateMachine) -> tuple[float, float, int]:
+    """(write seconds, restore seconds, stream bytes)."""
     t0 = time.process_time()
     chunks = list(sm.snapshot())
     write_s = time.process_time() - t0
@@ -127,12 +134,58 @@ def bench_snapshot(sm: StateMachine) -> tuple[float, float, int]:
     restored = StateMachine.from_snapshot(chunks)
     restore_s = time.process_time() - t0
     assert restored.state_hash() == sm.state_hash()
-    return size / write_s / 1e6, size / restore_s / 1e6, size
+    return write_s, restore_s, size
+
+
+def measure(n: int) -> dict[str, float]:
+    """Every figure once, printed as it is measured; returned by name."""
+    out: dict[str, float] = {}
+    rate_bytes, sm = bench_apply_bytes(n)
+    out["puts_bytes"] = rate_bytes
+    print(f"put apply (encoded bytes): {rate_bytes:,.0f} puts/s over {n:,} distinct keys")
+    out["puts_structs"] = bench_apply_structs(n)
+    print(f"put apply (Structs):       {out['puts_structs']:,.0f} puts/s")
+    first_ms, median_ms, p99_ms = bench_range(sm, n)
+    out.update(range_ms=median_ms, range_p99_ms=p99_ms, range_first_ms=first_ms)
+    print(f"range of 1,000 keys:       {median_ms:.2f} ms median, {p99_ms:.2f} ms p99 "
+          f"(first after the bulk load: {first_ms:.0f} ms, merges the sorted key index)")
+    out["capture_ms"] = bench_capture_ms(sm)
+    print(f"snapshot capture (apply stalls): {out['capture_ms']:.0f} ms")
+    write_s, restore_s, size = bench_snapshot(sm)
+    out.update(snapshot_mb=size / 1e6, write_s=write_s, restore_s=restore_s,
+               write_mbs=size / write_s / 1e6, restore_mbs=size / restore_s / 1e6)
+    print(f"snapshot of {n:,} keys:  {size / 1e6:.0f} MB; write {out['write_mbs']:.0f} MB/s "
+          f"({write_s:.2f} s), restore {out['restore_mbs']:.0f} MB/s ({restore_s:.2f} s) "
+          "(default gc)")
+    gc.freeze()  # what a runtime can do after loading: long-lived objects leave the gc's scans
+    write_s, restore_s, size = bench_snapshot(sm)
+    out.update(write_mbs_frozen=size / write_s / 1e6, restore_mbs_frozen=size / restore_s / 1e6)
+    print(f"snapshot, after gc.freeze(): write {out['write_mbs_frozen']:.0f} MB/s, "
+          f"restore {out['restore_mbs_frozen']:.0f} MB/s")
+    gc.unfreeze()
+    del sm
+    for rounds in (1, 2):  # a fresh process each: freed memory of earlier steps would hide costs
+        rss = float(_run_self("--keys", str(n), "--memory", str(rounds)))
+        out[f"rss_{rounds}"] = rss
+        print(f"memory per key, {rounds} version(s) each, compacted: {rss:.0f} bytes (RSS growth)")
+    n_live = min(n, 200_000)
+    for rounds in (1, 2):
+        live = float(_run_self("--keys", str(n_live), "--memory", str(rounds), "--live"))
+        out[f"live_{rounds}"] = live
+        print(f"live bytes per key ({n_live:,} keys), {rounds} version(s), compacted: {live:.0f}")
+    return out
+
+
+def _run_self(*args: str) -> str:
+    return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=1, help="fresh-process runs; medians")
+    parser.add_argument("--json", action="store_true", help="one run, figures as JSON last")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory", type=int, default=0, help="only measure memory (rounds)")
     parser.add_argument("--live", action="store_true", help="--memory: live bytes, tracemalloc")
@@ -148,31 +201,21 @@ def main() -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(12)
         return
-    rate_bytes, sm = bench_apply_bytes(n)
-    print(f"put apply (encoded bytes): {rate_bytes:,.0f} puts/s over {n:,} distinct keys")
-    print(f"put apply (Structs):       {bench_apply_structs(n):,.0f} puts/s")
-    first_ms, median_ms, p99_ms = bench_range(sm, n)
-    print(f"range of 1,000 keys:       {median_ms:.2f} ms median, {p99_ms:.2f} ms p99 "
-          f"(first after the bulk load: {first_ms:.0f} ms, merges the sorted key index)")
-    print(f"snapshot capture (apply stalls): {bench_capture_ms(sm):.0f} ms")
-    write_mb, restore_mb, size = bench_snapshot(sm)
-    print(f"snapshot of {n:,} keys:  {size / 1e6:.0f} MB; write {write_mb:.0f} MB/s, "
-          f"restore {restore_mb:.0f} MB/s (default gc)")
-    gc.freeze()  # what a runtime can do after loading: long-lived objects leave the gc's scans
-    write_mb, restore_mb, size = bench_snapshot(sm)
-    print(f"snapshot, after gc.freeze(): write {write_mb:.0f} MB/s, restore {restore_mb:.0f} MB/s")
-    gc.unfreeze()
-    del sm
-    for rounds in (1, 2):  # a fresh process each: freed memory of earlier steps would hide costs
-        out = subprocess.run([sys.executable, __file__, "--keys", str(n), "--memory", str(rounds)],
-                             check=True, capture_output=True, text=True).stdout.strip()
-        print(f"memory per key, {rounds} version(s) each, compacted: {out} bytes (RSS growth)")
-    n_live = min(n, 200_000)
-    for rounds in (1, 2):
-        out = subprocess.run([sys.executable, __file__, "--keys", str(n_live), "--memory",
-                              str(rounds), "--live"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-        print(f"live bytes per key ({n_live:,} keys), {rounds} version(s), compacted: {out}")
+    if args.runs <= 1:
+        figures = measure(n)
+        if args.json:
+            print(json.dumps(figures))
+        return
+    runs = []
+    for i in range(args.runs):
+        print(f"--- run {i + 1} of {args.runs}", flush=True)
+        out = _run_self("--keys", str(n), "--json")
+        print(out.rsplit("\n", 1)[0], flush=True)
+        runs.append(json.loads(out.rsplit("\n", 1)[1]))
+    print(f"--- medians of {args.runs} runs [min-max]")
+    for name in runs[0]:
+        values = sorted(r[name] for r in runs)
+        print(f"{name:20s} {values[len(values) // 2]:12,.2f}  [{values[0]:,.2f} - {values[-1]:,.2f}]")
 
 
 if __name__ == "__main__":

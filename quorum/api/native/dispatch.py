@@ -38,6 +38,13 @@ class BackendDispatcher:
         # import the node runtime.
         self._core: Any = getattr(backend, "core", None)
         self.forwarded = 0  # writes and linearizable reads served while not the leader
+        # The node's ReadIndex barrier, when the backend has one (a Raft node's RaftServer).
+        # With it the connection serves a batch of linearizable reads after ONE barrier
+        # (see ``read_barrier``); without it each read goes through Backend.read.
+        self._barrier: Callable[[], Awaitable[int]] | None = getattr(
+            getattr(backend, "server", None), "read_barrier", None
+        )
+        self.batches_reads = self._barrier is not None
         self._handlers: dict[type, Handler] = {
             RangeRequest: self._read,
             TxnRequest: self._txn,
@@ -95,6 +102,18 @@ class BackendDispatcher:
         if m.txn_is_read_only(body):
             return self._read(body, session, seq, serializable)
         return self._write(body, session, seq, serializable)
+
+    async def read_barrier(self, reads: int) -> None:
+        """Wait until local state reflects every write committed before this call (Raft
+        thesis §6.4: ReadIndex). Reads that *arrived* before the call and are then served
+        from local state are linearizable, exactly as if each had waited for a barrier of
+        its own (which Backend.read does); ``reads`` is how many share this one. Only when
+        ``batches_reads``."""
+        if self._barrier is None:
+            raise UsageError("this backend has no read barrier")
+        if self.leader_hint():
+            self.forwarded += reads
+        await self._barrier()
 
     # --- leases ----------------------------------------------------------------------------
 

@@ -55,6 +55,16 @@ class Dispatcher(Protocol):
         """The leader's member id if another node leads, else 0 (no I/O; see Response)."""
         ...
 
+    @property
+    def batches_reads(self) -> bool:
+        """True if linearizable ranges may share one ``read_barrier`` (then served with
+        ``serializable=True``); False: each goes through ``handle`` on its own."""
+        ...
+
+    async def read_barrier(self, reads: int) -> None:
+        """One ReadIndex barrier for ``reads`` linearizable reads that arrived before it."""
+        ...
+
     def snapshot_chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
         """The state's snapshot in pieces of at most ``chunk_bytes``."""
         ...
@@ -82,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._can_write.set()
         self._closed = False
         self._peer = "?"
+        self._batch_reads = self._dispatcher.batches_reads
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -100,13 +111,20 @@ class _Connection(asyncio.Protocol):
             self.abort(f"bad frame: {exc}")
             return
         decode = self._request_decoder.decode
+        batch = self._batch_reads
+        reads: list[m.Request] = []
         for body in frames:
             try:
                 req = decode(body)
             except Exception as exc:  # DecodeError, and e.g. UnicodeDecodeError on bad tags
                 self.abort(f"undecodable request: {type(exc).__name__}: {exc}")
                 return
-            self._start(req)
+            if batch and type(req.body) is m.RangeRequest and not req.serializable:
+                reads.append(req)
+            else:
+                self._start(req)
+        if reads:
+            self._track(self._serve_reads(reads), True)
         self._maybe_pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -181,6 +199,31 @@ class _Connection(asyncio.Protocol):
             body = error_body(exc)
         # read at answer time: a leader change while the request waited is reported at once
         self.send(m.Response(req.id, body, self._dispatcher.leader_hint()))
+
+    async def _serve_reads(self, reads: list[m.Request]) -> None:
+        """Linearizable ranges that arrived in one read from the socket: one ReadIndex
+        barrier for all of them, then each is answered from local state (serializable,
+        which after the barrier is linearizable; see BackendDispatcher.read_barrier)."""
+        dispatcher = self._dispatcher
+        try:
+            await dispatcher.read_barrier(len(reads))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failed = error_body(exc)
+            hint = dispatcher.leader_hint()
+            for req in reads:
+                self.send(m.Response(req.id, failed, hint))
+            return
+        hint = dispatcher.leader_hint()
+        for req in reads:
+            try:
+                body = await dispatcher.handle(req.body, 0, 0, True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                body = error_body(exc)
+            self.send(m.Response(req.id, body, hint))
 
     async def _progress(self, req_id: int) -> None:
         """Ask every watcher of this connection for a progress notice. The notices travel in

@@ -265,3 +265,67 @@ def test_client_gone_while_a_request_waits_cancels_it_cleanly() -> None:
         await server.close()
 
     run(body())
+
+
+class _GatedRaft:
+    """Stands in for a node's RaftServer: ``read_barrier`` waits for the test's gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.calls = 0
+        self.error: Exception | None = None
+
+    async def read_barrier(self) -> int:
+        self.calls += 1
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return 0
+
+
+class _BarrierBackend(LocalBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.server = _GatedRaft()
+
+
+def test_reads_of_one_socket_read_share_a_barrier_and_wait_for_it() -> None:
+    """50 linearizable gets sent in one write: one barrier (not 50), and no answer before it
+    completes: a write committed while they waited is visible to every one of them. A
+    serializable get in the same write is answered without waiting."""
+
+    async def body() -> None:
+        backend = _BarrierBackend()
+        server = await serve_native(backend, "127.0.0.1", 0)
+        conn = await RawConn.open(server)
+        conn.send(*(m.Request(i, RangeRequest(b"k")) for i in range(1, 51)),
+                  m.Request(99, RangeRequest(b"k"), serializable=True))
+        early = await conn.answers(1)
+        assert [a.id for a in early] == [99] and not early[0].body.kvs  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        assert 1 <= backend.server.calls <= 2  # one socket read, maybe two: not one per read
+        await backend.write(PutRequest(b"k", b"committed before the barrier returned"))
+        backend.server.gate.set()
+        answers = await conn.answers(50)
+        assert sorted(a.id for a in answers) == list(range(1, 51))
+        assert all(isinstance(a.body, RangeResponse) and a.body.kvs for a in answers)
+        await server.close()
+
+    run(body())
+
+
+def test_a_failed_shared_barrier_fails_every_read_of_the_batch() -> None:
+    async def body() -> None:
+        from quorum.errors import NoLeader
+
+        backend = _BarrierBackend()
+        backend.server.error = NoLeader("no leader")
+        backend.server.gate.set()
+        server = await serve_native(backend, "127.0.0.1", 0)
+        conn = await RawConn.open(server)
+        conn.send(*(m.Request(i, RangeRequest(b"k")) for i in range(1, 11)))
+        answers = await conn.answers(10)
+        assert all(isinstance(a.body, m.ErrorResp) and a.body.code == "NoLeader" for a in answers)
+        await server.close()
+
+    run(body())

@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Final
@@ -305,6 +305,28 @@ class MVCCStore:
             rec = record_at(entry, revision)
             if rec is not None and rec[VERSION]:
                 yield k, rec
+
+    def written_at(self, key: bytes, revision: int) -> tuple[Record, Record | None] | None:
+        """(the record ``key`` got at ``revision``, the record before it) or None when the key
+        has no record at ``revision``. Cost: a bisect over the runs and a walk of one run (a
+        watch replays revision by revision; decoding a long history each time would not do)."""
+        entry = self._hist.get(key)
+        if entry is None:
+            return None
+        runs = runs_of(entry)
+        i = bisect_left(runs, revision, key=_last_mod)  # the first run ending at or above it
+        if i == len(runs):
+            return None
+        run = runs[i]
+        ends = record_ends(run)
+        j = bisect_left(ends, revision, key=lambda end: mod_at(run, end))
+        if j == len(ends) or mod_at(run, ends[j]) != revision:
+            return None
+        if j:
+            prev: Record | None = _decode(run, ends[j - 1])
+        else:
+            prev = _decode(runs[i - 1], len(runs[i - 1])) if i else None
+        return _decode(run, ends[j]), prev
 
     def history(self, key: bytes) -> list[Record]:
         """The retained records of ``key`` (oldest first, decoded); empty if none."""

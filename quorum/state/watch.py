@@ -30,7 +30,6 @@ Events of one revision are ordered by key (in live delivery and in replay alike)
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from itertools import groupby
@@ -41,7 +40,7 @@ from quorum.errors import InvalidRevision, UsageError, WatchNotFound
 from quorum.state.commands import Event, EventType, KeyValue, WatchFilter
 from quorum.state.config import StateConfig
 from quorum.state.kv import Change, to_kv, validate_range
-from quorum.state.mvcc import MOD, VERSION, MVCCStore, Record, mod_of
+from quorum.state.mvcc import MOD, VERSION, MVCCStore, Record
 
 _EVENT_OVERHEAD_BYTES = 48
 
@@ -355,9 +354,10 @@ class WatchHub:
         for rev, keys in store.logged_revisions(lo, hi):
             changes = []
             for key in sorted(k for k in keys if watcher.matches(k)):
-                change = _change_at(store.history(key), key, rev)
-                if change is not None:
-                    changes.append(change)
+                written = store.written_at(key, rev)
+                if written is not None:  # (None: compacted away meanwhile; the caller cancels)
+                    rec, prev = written
+                    changes.append((key, rec, prev if prev is not None and prev[VERSION] else None))
             if changes:
                 yield rev, changes
 
@@ -430,15 +430,6 @@ def _event(change: Change, with_prev: bool, cache: dict[tuple[bytes, bool], Even
                       to_kv(key, prev) if with_prev and prev is not None else None)
     cache[(key, with_prev)] = event
     return event
-
-
-def _change_at(hist: list[Record], key: bytes, rev: int) -> Change | None:
-    """The change ``key`` got at ``rev`` (its record then and the previous live one)."""
-    i = bisect_left(hist, rev, key=mod_of)
-    if i == len(hist) or hist[i][MOD] != rev:
-        return None  # compacted away meanwhile; the caller's compaction check cancels
-    prev = hist[i - 1] if i and hist[i - 1][VERSION] else None
-    return key, hist[i], prev
 
 
 def _size(events: tuple[Event, ...] | list[Event]) -> int:

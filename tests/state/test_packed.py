@@ -66,6 +66,12 @@ def _check(store: MVCCStore, model: Model) -> None:
         assert store.latest(key) == (last if last[VERSION] else None)
         for rev in range(max(store.compact_revision, 1), store.revision + 1):
             assert store.get(key, rev) == _visible(recs, rev), (key, rev)
+        for i, rec in enumerate(recs):  # what a watch replays revision by revision
+            assert store.written_at(key, rec[MOD]) == (rec, recs[i - 1] if i else None)
+        mods = {r[MOD] for r in recs}
+        for rev in range(max(store.compact_revision, 1), store.revision + 2):
+            if rev not in mods:
+                assert store.written_at(key, rev) is None
         expected_digest += sum(record_digest(key, pack(r)) for r in recs)
         entry = store._hist[key]
         for run in runs_of(entry)[:-1]:  # a run stops growing once RUN_BYTES long

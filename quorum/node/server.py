@@ -15,6 +15,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -178,7 +180,7 @@ class RaftServer:
     def _start_snapshot(self, job: SnapshotJob) -> None:
         """NodeCore captured ``job`` (on the loop); encode it in the snapshot thread."""
         loop = asyncio.get_running_loop()
-        fut = self._snapshot_executor.submit(job.encode, _yield_gil)
+        fut = self._snapshot_executor.submit(_encode_off_loop, job)
 
         def done(f: concurrent.futures.Future[bytes]) -> None:  # runs in the snapshot thread
             with contextlib.suppress(RuntimeError):  # the loop closed: the node has stopped
@@ -254,6 +256,32 @@ class RaftServer:
             await self._persister.run(self.core.persist, rd)
         else:
             self.core.persist(rd)
+
+
+# While a snapshot is encoded in its thread, the event loop thread waits for the GIL at most
+# this long when it wants it back (the default switch interval is 5 ms: up to 5 ms added to
+# every request the loop handles during the encode). Process-wide, so set by the first
+# running encode and restored by the last one (several nodes may share a process).
+ENCODE_SWITCH_INTERVAL_S = 0.0005
+_encodes_running = 0
+_encodes_lock = threading.Lock()
+_saved_switch_interval = 0.0
+
+
+def _encode_off_loop(job: SnapshotJob) -> bytes:
+    global _encodes_running, _saved_switch_interval
+    with _encodes_lock:
+        if _encodes_running == 0:
+            _saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_switch_interval, ENCODE_SWITCH_INTERVAL_S))
+        _encodes_running += 1
+    try:
+        return job.encode(_yield_gil)
+    finally:
+        with _encodes_lock:
+            _encodes_running -= 1
+            if _encodes_running == 0:
+                sys.setswitchinterval(_saved_switch_interval)
 
 
 def _yield_gil() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from quorum.errors import NodeStopped
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
-from quorum.node.server import RaftServer
+from quorum.node.server import ENCODE_SWITCH_INTERVAL_S, RaftServer
 from quorum.node.statemachine import CounterStateMachine, StateMachine
 from quorum.node.storage import DurableNodeStorage, MemoryNodeStorage, NodeStorage, bootstrap
 from quorum.raft import Config
@@ -39,6 +40,7 @@ class GatedCounter(CounterStateMachine):
         self.encoding = False
         self.encodes = 0
         self.applied_during_encode = 0
+        self.switch_interval_s = 0.0  # as seen by the encode
 
     def apply(self, index: int, data: bytes) -> int:
         if self.encoding:
@@ -51,6 +53,7 @@ class GatedCounter(CounterStateMachine):
         def encode() -> Iterator[bytes]:
             self.encoding = True
             self.encodes += 1
+            self.switch_interval_s = sys.getswitchinterval()
             self.gate.wait(self.gate_timeout_s)
             self.encoding = False
             yield image
@@ -83,6 +86,7 @@ def test_a_put_commits_while_the_snapshot_is_encoded(background: bool) -> None:
     nothing is applied meanwhile: the test tells the two apart."""
 
     async def scenario() -> None:
+        default_switch_s = sys.getswitchinterval()
         storage = MemoryNodeStorage()
         bootstrap(storage, (1,), bootstrap_data(MEMBERS, CounterStateMachine()))
         sm = GatedCounter(gate_timeout_s=10 if background else 0.3)
@@ -96,9 +100,12 @@ def test_a_put_commits_while_the_snapshot_is_encoded(background: bool) -> None:
         if background:
             assert sm.encoding and sm.applied_during_encode == before + 1
             assert core.snapshot_in_flight is not None
+            # the loop gets the GIL back quickly while the encode runs, and only then
+            assert sm.switch_interval_s == ENCODE_SWITCH_INTERVAL_S
             sm.gate.set()
             while core.snapshot_in_flight is not None:
                 await asyncio.sleep(0.005)
+            assert sys.getswitchinterval() == default_switch_s
         else:
             assert sm.applied_during_encode == 0
         snap_index = core.snapshot_index

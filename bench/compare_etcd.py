@@ -11,10 +11,11 @@ separate client process against:
 
 for each workload (put x256 clients, put x1 client, linearizable get x256 clients), repeated
 ``--reps`` times with targets interleaved inside each repetition. Every target gets the
-client endpoints of all three members (gRPC channels are spread over them; the native
-client connects to the first reachable one; followers forward writes and ReadIndex requests
-to the leader in both systems). Prints a table of medians and ratios, and writes it as markdown
-to ``--out``.
+client endpoints of all three members (gRPC channels are spread over them, and followers
+forward writes and ReadIndex requests to the leader; the native client's home connection
+goes to the first reachable one, and it sends writes and linearizable reads straight to the
+leader it learns from there). Prints a table of medians and ratios, and writes it as
+markdown to ``--out``.
 
 ``--profile SECONDS`` additionally records the quorum leader with py-spy during one extra
 put x256 run over the etcd API and over the native protocol, and prints the functions with

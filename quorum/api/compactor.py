@@ -4,11 +4,12 @@ Without compaction the MVCC history (and every snapshot) grows forever. Two poli
 etcd 3.4:
 
 * ``periodic`` — keep about the last ``retention`` of history (a duration: ``"1h"``, ``"30m"``,
-  ``"90s"``, ``"1h30m"``; a bare number means hours, as in etcd). Every node samples its
-  current revision every *step* = ``min(retention / 10, 1 h)``; each step the leader compacts
-  at the newest sample taken at least ``retention`` ago. Everything written since then stays
-  readable, so the retained window is between ``retention`` and ``retention + step`` long.
-  Nothing is compacted before a node has observed one full window.
+  ``"90s"``, ``"1h30m"``; a bare number means hours, as in etcd). Once per *interval* =
+  ``min(retention, 1 h)`` (etcd 3.4's schedule) the leader compacts at the newest revision
+  sample at least ``retention`` old; every node samples its revision ten times per interval.
+  Everything written since that sample stays readable: right after a compaction the history
+  spans ``retention`` to ``retention + interval / 10``, and it grows by one interval until
+  the next. Nothing is compacted before a node has observed one full window.
 * ``revision`` — keep the last ``retention`` revisions: every 5 minutes the leader compacts at
   ``current revision - retention``.
 
@@ -20,8 +21,13 @@ resuming from a pause cannot get a decision measured on its clock committed by t
 Every node keeps sampling while it follows, so a new leader picks up the schedule with the
 history of revisions it observed itself (a freshly started node waits one full window).
 
+A compaction dropping more than ``max_revisions_per_step`` (10,000) revisions is proposed as
+several commands, one after the other: each is applied on the event loop, and dropping an hour
+of a busy store's history in one command would stall the node past its election timeout.
+
 Failures (the revision was compacted meanwhile, leadership moved, a timeout) are logged and
-retried at the next step; they never stop the node.
+retried at the next sample (a tenth of the interval; in revision mode, the next check); they
+never stop the node.
 
 The decision logic is :class:`CompactionPlanner`, a pure class (inputs: now, current revision,
 last compacted revision; output: the revision to compact or ``None``); :class:`AutoCompactor`
@@ -46,11 +52,13 @@ log = logging.getLogger("quorum.api.compactor")
 Mode = Literal["periodic", "revision"]
 MODES: tuple[Mode, ...] = ("periodic", "revision")
 
-# etcd checks a revision retention every 5 minutes; a periodic step is a tenth of the window
-# (bounding the extra history kept to 10%), at most an hour.
+# etcd checks a revision retention every 5 minutes. A periodic retention is compacted once per
+# min(retention, 1 h) (as etcd 3.4 does), from revision samples taken ten times as often.
 REVISION_CHECK_S = 300.0
-PERIODIC_STEPS_PER_WINDOW = 10
-PERIODIC_STEP_MAX_S = 3600.0
+PERIODIC_INTERVAL_MAX_S = 3600.0
+SAMPLES_PER_INTERVAL = 10
+# About 40-60 ms of applying on this project's benchmark VM (docs/benchmarks.md).
+MAX_REVISIONS_PER_STEP = 10_000
 
 # Test-only switch (planted bug): compact at the current revision, ignoring the retention window.
 PLANTED_COMPACT_AT_CURRENT = "compact_at_current_revision"
@@ -61,20 +69,33 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class CompactionPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """What to keep. ``periodic`` uses ``retention_s``; ``revision`` uses
-    ``retention_revisions`` and checks every ``revision_check_s``."""
+    """What to keep. ``periodic`` uses ``retention_s`` (``compact_every_s`` 0 = the default
+    interval, min(retention, 1 h)); ``revision`` uses ``retention_revisions`` and checks every
+    ``revision_check_s``."""
 
     mode: Mode
     retention_s: float = 0.0
     retention_revisions: int = 0
     revision_check_s: float = REVISION_CHECK_S
+    compact_every_s: float = 0.0
+    # A compaction dropping more revisions is proposed as several commands of at most this
+    # many revisions each: a compaction is applied on the event loop, and one dropping a whole
+    # hour of a busy store's history at once would stall the node past its election timeout.
+    max_revisions_per_step: int = MAX_REVISIONS_PER_STEP
 
     @property
-    def step_s(self) -> float:
-        """Seconds between two decisions (and, in periodic mode, two revision samples)."""
+    def interval_s(self) -> float:
+        """Seconds between two compactions."""
         if self.mode == "revision":
             return self.revision_check_s
-        return min(self.retention_s / PERIODIC_STEPS_PER_WINDOW, PERIODIC_STEP_MAX_S)
+        return self.compact_every_s or min(self.retention_s, PERIODIC_INTERVAL_MAX_S)
+
+    @property
+    def sample_s(self) -> float:
+        """Seconds between two revision samples (periodic mode) or checks (revision mode)."""
+        if self.mode == "revision":
+            return self.revision_check_s
+        return min(self.interval_s, self.retention_s) / SAMPLES_PER_INTERVAL
 
     def describe(self) -> str:
         if self.mode == "revision":
@@ -115,55 +136,77 @@ def policy_from_config(mode: str, retention: str | int) -> CompactionPolicy | No
     return CompactionPolicy(mode="periodic", retention_s=seconds) if seconds > 0 else None
 
 
+def compaction_steps(compacted: int, target: int, max_step: int) -> list[int]:
+    """The revisions to compact at, in order, to go from ``compacted`` to ``target`` in
+    steps of at most ``max_step`` revisions (the last one is ``target``)."""
+    if target <= compacted:
+        return []
+    return [*range(compacted + max_step, target, max_step), target]
+
+
 class CompactionPlanner:
     """Decides when and where to compact. Pure: no clock, no I/O; the caller passes ``now``.
 
-    Call :meth:`decide` as often as you like; it acts once per step (``policy.step_s``) and
-    returns the revision to compact, or None (not due, window not yet observed, or nothing
-    new to compact). Every node calls it (samples are local observations); only the leader
-    acts on the answer.
+    Call :meth:`decide` as often as you like (:meth:`wait_s` says when it next has work). It
+    samples the revision every ``policy.sample_s`` and, once per ``policy.interval_s``,
+    returns the revision to compact; otherwise None (not due, window not yet observed, or
+    nothing new to compact). Every node calls it (samples are local observations); only the
+    leader acts on the answer.
     """
 
     def __init__(self, policy: CompactionPolicy, start_s: float,
                  planted_bugs: frozenset[str] = frozenset()) -> None:
         self.policy = policy
-        self._next_s = start_s + policy.step_s
+        self._next_sample_s = start_s + policy.sample_s
+        self._next_compact_s = start_s + policy.interval_s
         # (time, revision) samples; Invariant: times increase, and at most one sample is at
         # or before the current horizon (now - retention): the newest such one.
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._planted_at_current = PLANTED_COMPACT_AT_CURRENT in planted_bugs
 
     def wait_s(self, now_s: float) -> float:
-        """Seconds until the next decision is due (0 when due now)."""
-        return max(0.0, self._next_s - now_s)
+        """Seconds until :meth:`decide` next has work (0 when it has work now)."""
+        return max(0.0, min(self._next_sample_s, self._next_compact_s) - now_s)
 
     def decide(self, now_s: float, revision: int, compacted: int) -> int | None:
         """The revision to compact now, or None. ``revision`` is the store's current revision,
         ``compacted`` its compact revision; the answer is always in ``(compacted, revision]``."""
-        if now_s < self._next_s:
+        if now_s >= self._next_sample_s:
+            self._next_sample_s = now_s + self.policy.sample_s
+            self._sample(now_s, revision)
+        if now_s < self._next_compact_s:
             return None
-        self._next_s = now_s + self.policy.step_s
-        if self.policy.mode == "revision":
-            target: int | None = revision - self.policy.retention_revisions
-        else:
-            target = self._periodic_target(now_s, revision)
-        if self._planted_at_current:
-            target = revision  # the planted bug: no retention window at all
-        if target is None or target <= compacted:
-            return None
-        return target
+        target = self._target(now_s, revision)
+        if target is None:
+            return None  # no full window observed yet: try again at the next sample
+        self._next_compact_s = now_s + self.policy.interval_s
+        return target if target > compacted else None
 
-    def _periodic_target(self, now_s: float, revision: int) -> int | None:
-        """The revision current at the newest sample taken at least ``retention`` ago: every
-        revision written after that sample (all of the retention window) stays readable."""
+    def retry_soon(self, now_s: float) -> None:
+        """The last compaction failed: decide again at the next sample rather than a whole
+        interval later (etcd likewise retries at a tenth of its interval)."""
+        self._next_compact_s = min(self._next_compact_s, now_s + self.policy.sample_s)
+
+    def _target(self, now_s: float, revision: int) -> int | None:
+        if self._planted_at_current:
+            return revision  # the planted bug: no retention window at all
+        if self.policy.mode == "revision":
+            return revision - self.policy.retention_revisions
+        oldest_s, oldest_revision = self._samples[0] if self._samples else (now_s, 0)
+        if oldest_s > now_s - self.policy.retention_s:
+            return None  # this node has not yet observed a full retention window
+        # Every revision written after this sample (all of the retention window) stays readable.
+        return oldest_revision
+
+    def _sample(self, now_s: float, revision: int) -> None:
+        """Record the revision current now; forget samples no longer needed (all but the
+        newest one at least one retention old)."""
+        if self.policy.mode == "revision":
+            return
         self._samples.append((now_s, revision))
         horizon = now_s - self.policy.retention_s
         while len(self._samples) >= 2 and self._samples[1][0] <= horizon:
             self._samples.popleft()
-        oldest_s, oldest_revision = self._samples[0]
-        if oldest_s > horizon:
-            return None  # this node has not yet observed a full retention window
-        return oldest_revision
 
 
 class AutoCompactor:
@@ -190,32 +233,40 @@ class AutoCompactor:
         self._revisions = revisions
         self._is_leader = is_leader
         self._compact = compact
-        self.compactions = 0  # proposals that committed
-        self.failures = 0  # proposals that failed (retried at the next step)
+        self.compactions = 0  # compaction commands that committed
+        self.failures = 0  # compaction commands that failed (retried at the next sample)
 
     async def check(self) -> int | None:
-        """One decision: the revision compacted now, or None."""
+        """One decision: the revision compacted up to now, or None."""
         revision, compacted = self._revisions()
         target = self.planner.decide(self.clock.monotonic(), revision, compacted)
         if target is None or not self._is_leader():
             return None
-        log.info("auto-compaction at revision %d (%s)", target, self.policy.describe())
-        try:
-            await self._compact(target)
-        except Exception as exc:  # a failed compaction must never stop the node
-            self.failures += 1
-            log.warning("auto-compaction at revision %d failed (%s: %s); retrying next period",
-                        target, type(exc).__name__, exc)
-            return None
-        self.compactions += 1
-        return target
+        steps = compaction_steps(compacted, target, self.policy.max_revisions_per_step)
+        log.info("auto-compaction at revision %d in %d step(s) (%s)", target, len(steps),
+                 self.policy.describe())
+        done = None
+        for step in steps:
+            if not self._is_leader():
+                break  # deposed midway: the new leader continues on its own schedule
+            try:
+                await self._compact(step)
+            except Exception as exc:  # a failed compaction must never stop the node
+                self.failures += 1
+                self.planner.retry_soon(self.clock.monotonic())
+                log.warning("auto-compaction at revision %d failed (%s: %s); retrying soon",
+                            step, type(exc).__name__, exc)
+                return done
+            self.compactions += 1
+            done = step
+        return done
 
     async def run(self) -> None:
-        """Decide every step until cancelled."""
+        """Sample and decide on schedule until cancelled."""
         while True:
             await self.clock.sleep(self.planner.wait_s(self.clock.monotonic()))
             try:
                 await self.check()
             except Exception:  # check() contains its own failures; this guards the loop
                 log.exception("auto-compaction check failed; retrying next period")
-                await self.clock.sleep(self.policy.step_s)
+                await self.clock.sleep(self.policy.sample_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from quorum.api.compactor import (
-    PERIODIC_STEP_MAX_S,
+    PERIODIC_INTERVAL_MAX_S,
     PLANTED_COMPACT_AT_CURRENT,
     AutoCompactor,
     CompactionPlanner,
     CompactionPolicy,
+    compaction_steps,
     parse_duration_s,
     policy_from_config,
 )
@@ -96,7 +98,7 @@ def test_config_defaults_are_off_and_file_keys_work(tmp_path: Path) -> None:
     cfg = load_config(path)
     policy = policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
     assert policy == periodic(72 * 3600.0)
-    assert policy.step_s == PERIODIC_STEP_MAX_S  # a tenth of 72 h, capped at one hour
+    assert policy.interval_s == PERIODIC_INTERVAL_MAX_S  # compacted hourly, as etcd does
 
 
 def test_serve_refuses_bad_auto_compaction_flags(tmp_path: Path) -> None:
@@ -131,18 +133,19 @@ def test_revision_mode_keeps_the_last_n_revisions_every_check() -> None:
 
 
 def test_periodic_mode_waits_for_one_full_window() -> None:
-    planner = CompactionPlanner(periodic(10.0), start_s=0.0)  # step 1 s
+    planner = CompactionPlanner(periodic(10.0), start_s=0.0)  # samples every 1 s
     for t in range(1, 11):
         assert planner.decide(float(t), 100 * t, 0) is None, t
     # at t=11 the sample of t=1 is exactly one window old: everything after it is retained
     assert planner.decide(11.0, 1100, 0) == 100
 
 
-def test_periodic_mode_retains_between_retention_and_one_step_more() -> None:
+def test_periodic_mode_retains_between_retention_and_one_sample_more() -> None:
     """Feed an irregular write rate; every decision keeps every revision written during the
-    last ``retention`` seconds and at most one step more."""
-    retention, step = 60.0, 6.0
+    last ``retention`` seconds and at most one sample interval more, once per interval."""
+    retention, sample = 60.0, 6.0
     planner = CompactionPlanner(periodic(retention), start_s=0.0)
+    times: list[float] = []
     history: list[tuple[float, int]] = []  # (time, current revision then), every second
     compacted, revision = 0, 0
     decisions = 0
@@ -153,24 +156,56 @@ def test_periodic_mode_retains_between_retention_and_one_step_more() -> None:
         if target is None:
             continue
         decisions += 1
+        times.append(float(t))
         newest_outside = max(r for s, r in history if s <= t - retention)
         oldest_kept_s = min(s for s, r in history if r >= target)
         assert target <= newest_outside, "a revision of the retention window was compacted"
-        assert t - oldest_kept_s <= retention + step + 1, "more than one extra step was kept"
+        assert t - oldest_kept_s <= retention + sample + 1, "more than one sample more was kept"
         compacted = target
-    assert decisions >= (600 - retention) / step - 2
+    assert all(b - a >= retention for a, b in itertools.pairwise(times))  # once per interval
+    assert decisions >= (600 - retention) / retention - 1
 
 
 def test_the_planted_bug_compacts_at_the_current_revision() -> None:
     planner = CompactionPlanner(periodic(10.0), 0.0, frozenset({PLANTED_COMPACT_AT_CURRENT}))
-    assert planner.decide(1.0, 100, 0) == 100
+    assert planner.decide(10.0, 100, 0) == 100  # at the first interval, no window kept
 
 
-def test_step_is_a_tenth_of_the_window_capped_at_an_hour() -> None:
-    assert periodic(30 * 60.0).step_s == 180.0
-    assert periodic(10 * 3600.0).step_s == 3600.0
-    assert periodic(72 * 3600.0).step_s == 3600.0
-    assert CompactionPolicy(mode="revision", retention_revisions=5).step_s == 300.0
+def test_intervals_follow_etcd() -> None:
+    """Periodic: compact every min(retention, 1 h), sampling ten times per interval."""
+    def intervals(policy: CompactionPolicy) -> tuple[float, float]:
+        return policy.interval_s, policy.sample_s
+
+    assert intervals(periodic(30 * 60.0)) == (1800.0, 180.0)
+    assert intervals(periodic(10 * 3600.0)) == (3600.0, 360.0)
+    assert intervals(periodic(72 * 3600.0)) == (3600.0, 360.0)
+    assert intervals(CompactionPolicy(mode="periodic", retention_s=60.0,
+                                      compact_every_s=6.0)) == (6.0, 0.6)
+    assert intervals(CompactionPolicy(mode="revision", retention_revisions=5)) == (300.0, 300.0)
+
+
+def test_a_failure_is_retried_at_the_next_sample() -> None:
+    planner = CompactionPlanner(periodic(10.0), start_s=0.0)
+    for t in range(1, 11):
+        planner.decide(float(t), 100 * t, 0)
+    assert planner.decide(11.0, 1100, 0) == 100
+    assert planner.wait_s(11.0) == pytest.approx(1.0)  # the next sample; compaction at 21
+    planner.decide(12.0, 1200, 0)
+    assert planner.decide(13.0, 1300, 0) is None  # not due: compaction interval is 10 s
+    planner.retry_soon(13.0)
+    assert planner.decide(14.0, 1400, 0) == 400
+
+
+def test_compaction_steps_are_bounded_and_end_at_the_target() -> None:
+    assert compaction_steps(0, 25_000, 10_000) == [10_000, 20_000, 25_000]
+    assert compaction_steps(0, 10_000, 10_000) == [10_000]
+    assert compaction_steps(7, 8, 10_000) == [8]
+    assert compaction_steps(8, 8, 10_000) == []
+    for compacted, target, step in [(0, 1, 1), (3, 100, 7), (5, 1000, 1000), (10, 12345, 100)]:
+        steps = compaction_steps(compacted, target, step)
+        assert steps[-1] == target
+        diffs = [b - a for a, b in itertools.pairwise([compacted, *steps])]
+        assert all(0 < d <= step for d in diffs)
 
 
 # --- the runner ----------------------------------------------------------------------------------
@@ -213,10 +248,13 @@ def test_a_follower_samples_but_never_proposes_and_takes_over_as_leader() -> Non
             assert await compactor.check() is None
         assert node.proposed == []
         node.leader = True  # elected: the samples it took as a follower serve at once
-        clock.advance(1.0)
-        node.revision += 10
-        assert await compactor.check() == 210  # the revision current 10 s ago
-        assert node.compacted == 210 and compactor.compactions == 1
+        for _ in range(10):  # within one interval
+            clock.advance(1.0)
+            node.revision += 10
+            if await compactor.check() is not None:
+                break
+        assert node.proposed == [node.revision - 100]  # the revision current 10 s ago
+        assert compactor.compactions == 1
 
     _run(body())
 
@@ -234,13 +272,42 @@ def test_a_failed_compaction_is_logged_and_retried_next_period(
         clock.advance(300.0)
         assert await compactor.check() is None  # failed, did not raise
         assert compactor.failures == 1 and node.proposed == [4000]
-        assert "retrying next period" in caplog.text
+        assert "retrying soon" in caplog.text
         clock.advance(100.0)
         assert await compactor.check() is None and node.proposed == [4000]  # not yet due
         node.fail_with = None
         clock.advance(200.0)
         assert await compactor.check() == 4000  # retried at the next period
         assert node.compacted == 4000
+
+    _run(body())
+
+
+def test_a_large_compaction_is_proposed_in_steps_and_a_failure_stops_them() -> None:
+    async def body() -> None:
+        clock = FakeClock(0.0)
+        node = FakeNode(revision=35_000)
+        policy = CompactionPolicy(mode="revision", retention_revisions=1000)
+        compactor = node.compactor(policy, clock)
+        clock.advance(300.0)
+        assert await compactor.check() == 34_000
+        assert node.proposed == [10_000, 20_000, 30_000, 34_000]
+        assert compactor.compactions == 4
+
+        node.revision, node.proposed = 60_000, []
+        failing = node.compact
+
+        async def fail_second(revision: int) -> None:
+            if len(node.proposed) == 1:
+                node.proposed.append(revision)
+                raise LeaderChanged("moved")
+            await failing(revision)
+
+        compactor._compact = fail_second
+        clock.advance(300.0)
+        assert await compactor.check() == 44_000  # the first step committed, then it stopped
+        assert node.proposed == [44_000, 54_000] and node.compacted == 44_000
+        assert compactor.failures == 1
 
     _run(body())
 
@@ -376,7 +443,9 @@ RETENTION_S = 8.0
 
 async def scenario(procs: list[QuorumProcess], planted: frozenset[str]) -> Scenario:
     clock = FakeClock()
-    compactors = [p.backend.make_compactor(periodic(RETENTION_S), clock, planted) for p in procs]
+    # steps of at most 5 revisions: the cluster applies a compaction in several commands
+    policy = CompactionPolicy(mode="periodic", retention_s=RETENTION_S, max_revisions_per_step=5)
+    compactors = [p.backend.make_compactor(policy, clock, planted) for p in procs]
     proposals = [record_compaction_proposals(p) for p in procs]
     return Scenario(procs, clock, compactors, proposals)
 
@@ -427,6 +496,7 @@ def test_the_leader_compacts_below_the_window_and_a_new_leader_takes_over() -> N
             after = {p.config.id: len(seen) for p, seen in zip(procs, sc_.proposals)}
             grew = [i for i in after if after[i] > before[i]]
             assert grew == [target.config.id]
+            assert after[target.config.id] - before[target.config.id] >= 2  # in steps
 
     _run(body())
 
@@ -435,7 +505,7 @@ def test_planted_compaction_at_the_current_revision_breaks_the_retention_check()
     async def body() -> None:
         async with cluster() as procs:
             sc_ = await scenario(procs, frozenset({PLANTED_COMPACT_AT_CURRENT}))
-            for _ in range(3):
+            for _ in range(int(RETENTION_S) + 1):
                 await sc_.step()
             with pytest.raises(AssertionError, match="of the retention window was compacted"):
                 await check_retention(sc_)

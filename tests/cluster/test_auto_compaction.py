@@ -15,7 +15,7 @@ from quorum.verify.procs import ProcCluster
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("procs")]
 
-RETENTION = "3s"  # periodic mode: the leader compacts every 0.3 s, keeping at least 3 s
+RETENTION = "3s"  # periodic mode: the leader compacts every 3 s, keeping at least 3 s
 
 
 async def _compact_revisions(endpoints: list[str]) -> list[int]:

@@ -6,10 +6,8 @@ A write workload (100-byte values, the keys overwritten round-robin, one write p
 millisecond) runs under each policy of quorum.api.compactor; its CompactionPlanner decides on
 the simulated clock, and its compactions are applied as the leader's command would be. Per
 policy: the snapshot size at the end (what every snapshot and follower catch-up would carry),
-the number of compactions (and of compaction commands: a compaction dropping more than
-``max_revisions_per_step`` revisions is proposed in steps), the CPU time of one command (it
-is applied on the event loop: the stall it causes), and the compactions' CPU time relative to
-applying the writes. Times are process CPU time (the VM is shared).
+the number of compactions, the CPU time of one (it is applied on the event loop: the stall
+it causes), and the compactions' CPU time relative to applying the writes. Times are process CPU time (the VM is shared).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from quorum.api.compactor import CompactionPlanner, CompactionPolicy, compaction_steps
+from quorum.api.compactor import CompactionPlanner, CompactionPolicy
 from quorum.state import CompactionRequest, PutRequest, StateMachine
 
 VALUE = b"v" * 100
@@ -28,8 +26,7 @@ WRITE_S = 0.001  # simulated time per write
 def run(policy: CompactionPolicy | None, keys: int, writes: int) -> dict[str, float]:
     sm = StateMachine()
     planner = CompactionPlanner(policy, 0.0) if policy is not None else None
-    pauses: list[float] = []  # CPU time of each compaction command
-    compactions = 0
+    pauses: list[float] = []  # CPU time of each compaction
     apply_s = 0.0
     index = 0
     for i in range(writes):
@@ -42,18 +39,14 @@ def run(policy: CompactionPolicy | None, keys: int, writes: int) -> dict[str, fl
         target = planner.decide((i + 1) * WRITE_S, sm.revision, sm.compact_revision)
         if target is None:
             continue
-        assert policy is not None
-        compactions += 1
-        for step in compaction_steps(sm.compact_revision, target, policy.max_revisions_per_step):
-            index += 1
-            t0 = time.process_time()
-            sm.apply(index, CompactionRequest(step))
-            pauses.append(time.process_time() - t0)
+        index += 1
+        t0 = time.process_time()
+        sm.apply(index, CompactionRequest(target))
+        pauses.append(time.process_time() - t0)
     snapshot_bytes = sum(len(chunk) for chunk in sm.snapshot())
     return {
         "snapshot_mb": snapshot_bytes / 1e6,
-        "compactions": compactions,
-        "commands": len(pauses),
+        "compactions": len(pauses),
         "pause_ms_median": statistics.median(pauses) * 1000 if pauses else 0.0,
         "pause_ms_max": max(pauses) * 1000 if pauses else 0.0,
         "overhead_pct": 100 * sum(pauses) / apply_s,
@@ -68,27 +61,22 @@ def main() -> None:
     parser.add_argument("--retention-s", type=float, default=30.0,
                         help="periodic retention, in simulated seconds")
     args = parser.parse_args()
-    once = 10**9  # max_revisions_per_step: the whole compaction as one command
     ret = args.retention_s
     policies: list[tuple[str, CompactionPolicy | None]] = [
         ("off", None),
         ("revision 10000, checked every 10 s",
          CompactionPolicy(mode="revision", retention_revisions=10_000, revision_check_s=10.0)),
-        (f"periodic {ret:g}s (default: every {ret:g} s, steps of 10,000 revisions)",
+        (f"periodic {ret:g}s (default: every {ret:g} s)",
          CompactionPolicy(mode="periodic", retention_s=ret)),
-        (f"periodic {ret:g}s, steps of 50,000 revisions",
-         CompactionPolicy(mode="periodic", retention_s=ret, max_revisions_per_step=50_000)),
-        (f"periodic {ret:g}s, one command",
-         CompactionPolicy(mode="periodic", retention_s=ret, max_revisions_per_step=once)),
         (f"periodic {ret:g}s, every {ret / 10:g} s",
          CompactionPolicy(mode="periodic", retention_s=ret, compact_every_s=ret / 10)),
     ]
     print(f"{args.writes:,} writes over {args.keys:,} keys, 1 write per simulated ms")
-    print("policy | snapshot MB | compactions (commands) | ms per command median / max | "
+    print("policy | snapshot MB | compactions | ms per compaction median / max | "
           "CPU overhead | revisions kept")
     for name, policy in policies:
         r = run(policy, args.keys, args.writes)
-        print(f"{name} | {r['snapshot_mb']:.1f} | {r['compactions']:.0f} ({r['commands']:.0f}) | "
+        print(f"{name} | {r['snapshot_mb']:.1f} | {r['compactions']:.0f} | "
               f"{r['pause_ms_median']:.1f} / {r['pause_ms_max']:.1f} | "
               f"{r['overhead_pct']:.1f} % | {r['retained_revisions']:,.0f}")
 

@@ -21,10 +21,6 @@ resuming from a pause cannot get a decision measured on its clock committed by t
 Every node keeps sampling while it follows, so a new leader picks up the schedule with the
 history of revisions it observed itself (a freshly started node waits one full window).
 
-A compaction dropping more than ``max_revisions_per_step`` (10,000) revisions is proposed as
-several commands, one after the other: each is applied on the event loop, and dropping an hour
-of a busy store's history in one command would stall the node past its election timeout.
-
 Failures (the revision was compacted meanwhile, leadership moved, a timeout) are logged and
 retried at the next sample (a tenth of the interval; in revision mode, the next check); they
 never stop the node.
@@ -57,8 +53,6 @@ MODES: tuple[Mode, ...] = ("periodic", "revision")
 REVISION_CHECK_S = 300.0
 PERIODIC_INTERVAL_MAX_S = 3600.0
 SAMPLES_PER_INTERVAL = 10
-# About 40-60 ms of applying on this project's benchmark VM (docs/benchmarks.md).
-MAX_REVISIONS_PER_STEP = 10_000
 
 # Test-only switch (planted bug): compact at the current revision, ignoring the retention window.
 PLANTED_COMPACT_AT_CURRENT = "compact_at_current_revision"
@@ -78,10 +72,6 @@ class CompactionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     retention_revisions: int = 0
     revision_check_s: float = REVISION_CHECK_S
     compact_every_s: float = 0.0
-    # A compaction dropping more revisions is proposed as several commands of at most this
-    # many revisions each: a compaction is applied on the event loop, and one dropping a whole
-    # hour of a busy store's history at once would stall the node past its election timeout.
-    max_revisions_per_step: int = MAX_REVISIONS_PER_STEP
 
     @property
     def interval_s(self) -> float:
@@ -134,14 +124,6 @@ def policy_from_config(mode: str, retention: str | int) -> CompactionPolicy | No
         return CompactionPolicy(mode="revision", retention_revisions=revisions) if revisions else None
     seconds = parse_duration_s(text)
     return CompactionPolicy(mode="periodic", retention_s=seconds) if seconds > 0 else None
-
-
-def compaction_steps(compacted: int, target: int, max_step: int) -> list[int]:
-    """The revisions to compact at, in order, to go from ``compacted`` to ``target`` in
-    steps of at most ``max_step`` revisions (the last one is ``target``)."""
-    if target <= compacted:
-        return []
-    return [*range(compacted + max_step, target, max_step), target]
 
 
 class CompactionPlanner:
@@ -237,29 +219,24 @@ class AutoCompactor:
         self.failures = 0  # compaction commands that failed (retried at the next sample)
 
     async def check(self) -> int | None:
-        """One decision: the revision compacted up to now, or None."""
+        """One decision: the revision compacted now, or None."""
         revision, compacted = self._revisions()
         target = self.planner.decide(self.clock.monotonic(), revision, compacted)
         if target is None or not self._is_leader():
             return None
-        steps = compaction_steps(compacted, target, self.policy.max_revisions_per_step)
-        log.info("auto-compaction at revision %d in %d step(s) (%s)", target, len(steps),
-                 self.policy.describe())
-        done = None
-        for step in steps:
-            if not self._is_leader():
-                break  # deposed midway: the new leader continues on its own schedule
-            try:
-                await self._compact(step)
-            except Exception as exc:  # a failed compaction must never stop the node
-                self.failures += 1
-                self.planner.retry_soon(self.clock.monotonic())
-                log.warning("auto-compaction at revision %d failed (%s: %s); retrying soon",
-                            step, type(exc).__name__, exc)
-                return done
-            self.compactions += 1
-            done = step
-        return done
+        # One command per compaction: the store's compaction costs about as much as the
+        # history it keeps, so splitting one into steps multiplies the work (docs/benchmarks.md).
+        log.info("auto-compaction at revision %d (%s)", target, self.policy.describe())
+        try:
+            await self._compact(target)
+        except Exception as exc:  # a failed compaction must never stop the node
+            self.failures += 1
+            self.planner.retry_soon(self.clock.monotonic())
+            log.warning("auto-compaction at revision %d failed (%s: %s); retrying soon",
+                        target, type(exc).__name__, exc)
+            return None
+        self.compactions += 1
+        return target
 
     async def run(self) -> None:
         """Sample and decide on schedule until cancelled."""

@@ -22,7 +22,6 @@ from quorum.api.compactor import (
     AutoCompactor,
     CompactionPlanner,
     CompactionPolicy,
-    compaction_steps,
     parse_duration_s,
     policy_from_config,
 )
@@ -196,18 +195,6 @@ def test_a_failure_is_retried_at_the_next_sample() -> None:
     assert planner.decide(14.0, 1400, 0) == 400
 
 
-def test_compaction_steps_are_bounded_and_end_at_the_target() -> None:
-    assert compaction_steps(0, 25_000, 10_000) == [10_000, 20_000, 25_000]
-    assert compaction_steps(0, 10_000, 10_000) == [10_000]
-    assert compaction_steps(7, 8, 10_000) == [8]
-    assert compaction_steps(8, 8, 10_000) == []
-    for compacted, target, step in [(0, 1, 1), (3, 100, 7), (5, 1000, 1000), (10, 12345, 100)]:
-        steps = compaction_steps(compacted, target, step)
-        assert steps[-1] == target
-        diffs = [b - a for a, b in itertools.pairwise([compacted, *steps])]
-        assert all(0 < d <= step for d in diffs)
-
-
 # --- the runner ----------------------------------------------------------------------------------
 
 
@@ -279,35 +266,6 @@ def test_a_failed_compaction_is_logged_and_retried_next_period(
         clock.advance(200.0)
         assert await compactor.check() == 4000  # retried at the next period
         assert node.compacted == 4000
-
-    _run(body())
-
-
-def test_a_large_compaction_is_proposed_in_steps_and_a_failure_stops_them() -> None:
-    async def body() -> None:
-        clock = FakeClock(0.0)
-        node = FakeNode(revision=35_000)
-        policy = CompactionPolicy(mode="revision", retention_revisions=1000)
-        compactor = node.compactor(policy, clock)
-        clock.advance(300.0)
-        assert await compactor.check() == 34_000
-        assert node.proposed == [10_000, 20_000, 30_000, 34_000]
-        assert compactor.compactions == 4
-
-        node.revision, node.proposed = 60_000, []
-        failing = node.compact
-
-        async def fail_second(revision: int) -> None:
-            if len(node.proposed) == 1:
-                node.proposed.append(revision)
-                raise LeaderChanged("moved")
-            await failing(revision)
-
-        compactor._compact = fail_second
-        clock.advance(300.0)
-        assert await compactor.check() == 44_000  # the first step committed, then it stopped
-        assert node.proposed == [44_000, 54_000] and node.compacted == 44_000
-        assert compactor.failures == 1
 
     _run(body())
 
@@ -443,9 +401,7 @@ RETENTION_S = 8.0
 
 async def scenario(procs: list[QuorumProcess], planted: frozenset[str]) -> Scenario:
     clock = FakeClock()
-    # steps of at most 5 revisions: the cluster applies a compaction in several commands
-    policy = CompactionPolicy(mode="periodic", retention_s=RETENTION_S, max_revisions_per_step=5)
-    compactors = [p.backend.make_compactor(policy, clock, planted) for p in procs]
+    compactors = [p.backend.make_compactor(periodic(RETENTION_S), clock, planted) for p in procs]
     proposals = [record_compaction_proposals(p) for p in procs]
     return Scenario(procs, clock, compactors, proposals)
 
@@ -496,7 +452,6 @@ def test_the_leader_compacts_below_the_window_and_a_new_leader_takes_over() -> N
             after = {p.config.id: len(seen) for p, seen in zip(procs, sc_.proposals)}
             grew = [i for i in after if after[i] > before[i]]
             assert grew == [target.config.id]
-            assert after[target.config.id] - before[target.config.id] >= 2  # in steps
 
     _run(body())
 

@@ -13,7 +13,13 @@ Usage (one node per process, or several in one event loop on different ports)::
     await node.wait_for_leader()
     new_value = await node.propose((1).to_bytes(8, "big", signed=True))
     value = await node.read(lambda sm: sm.value)      # linearizable (ReadIndex)
+    node.submit(command, lambda result, error: ...)   # many in flight: no future each
     await node.stop()
+
+``propose`` suits a task per command; ``submit`` suits many commands in flight from one
+caller (no future and no task per command); commands submitted in one loop turn go to Raft
+as one batch. A caller submitting thousands in a row should yield to the loop now and then
+(``await asyncio.sleep(0)``): the node answers heartbeats only while the loop runs.
 
 Guarantees (see quorum.node.statemachine): ``propose`` returns the state machine's result for
 that command once it is committed and applied on this node; ``read`` runs the function on

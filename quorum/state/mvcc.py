@@ -371,9 +371,13 @@ class MVCCStore:
         return removed
 
     def _compact_key(self, key: bytes, revision: int) -> int:
-        # (run, start, end) of every record, oldest first, without decoding values
+        entry = self._hist[key]
+        if isinstance(entry, bytes):
+            return self._compact_run(key, entry, revision)
+        # A list of runs (a long history): (run, start, end) of every record, oldest first,
+        # without decoding values.
         pieces: list[tuple[bytes, int, int]] = []
-        for run in runs_of(self._hist[key]):
+        for run in entry:
             start = 0
             for end in record_ends(run):
                 pieces.append((run, start, end))
@@ -401,6 +405,40 @@ class MVCCStore:
         if len(kept) == 1 and _version_at(kept[0][0], kept[0][2]):
             self._multi.discard(key)
         return keep_from
+
+    def _compact_run(self, key: bytes, run: bytes, revision: int) -> int:
+        """:meth:`_compact_key` for a history held in one run (the common case), in one walk
+        from the run's end: past the records above ``revision``, to the newest one at or
+        below it, then over the dropped prefix to take its records out of the digest."""
+        unpack = TRAILER.unpack_from
+        end = len(run)
+        while True:
+            mod, _, _, version, size = unpack(run, end - TRAILER_SIZE)
+            start = end - TRAILER_SIZE - size
+            if mod <= revision:
+                break  # [start, end) is the newest record at or below revision
+            if not start:
+                return 0  # every record is above revision
+            end = start
+        keep = start if version or mod == revision else end  # same rule as _compact_key
+        if not keep:
+            return 0
+        key_crc, view, digest, removed, stop = zlib.crc32(key), memoryview(run), self._digest, 0, keep
+        while stop:
+            begin = stop - TRAILER_SIZE - _SIZE_FIELD.unpack_from(run, stop - 4)[0]
+            digest -= zlib.crc32(view[begin:stop], key_crc)
+            removed += 1
+            stop = begin
+        self._digest = digest & _MASK
+        if keep == len(run):
+            del self._hist[key]
+            self._keys.remove(key)
+            self._multi.discard(key)
+            return removed
+        self._hist[key] = run[keep:]  # a new entry: the old one stays intact for snapshot views
+        if keep == start and end == len(run) and version:
+            self._multi.discard(key)  # one live record left
+        return removed
 
     # --- hashing ------------------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ def test_store_matches_a_model_with_long_histories(seed: int) -> None:
     model: Model = {}
     keys = [b"k%d" % i for i in range(5)]
     views: list[tuple[int, list[bytes], dict[bytes, object], Model]] = []
+    saw_runs = False  # a history was cut into a list of runs at some point
     for rev in range(1, 500):
         key = rng.choice(keys)
         prev = store.latest(key)
@@ -100,8 +101,10 @@ def test_store_matches_a_model_with_long_histories(seed: int) -> None:
         store.write(key, rec)
         store.commit(rev)
         model.setdefault(key, []).append(rec)
+        saw_runs = saw_runs or isinstance(store._hist[key], list)
         if rng.random() < 0.02:
-            target = rng.randint(store.compact_revision + 1, rev)
+            # often the newest revision: it may be a tombstone, which is kept when AT it
+            target = rev if rng.random() < 0.5 else rng.randint(store.compact_revision + 1, rev)
             store.compact(target)
             _model_compact(model, target)
         if rng.random() < 0.03:
@@ -110,12 +113,32 @@ def test_store_matches_a_model_with_long_histories(seed: int) -> None:
         if rev % 50 == 0:
             _check(store, model)
     _check(store, model)
-    assert any(isinstance(entry, list) for entry in store._hist.values())  # runs were cut
+    assert saw_runs
     for rev, keys_then, hist, model_then in views:  # views still show their point in time
         assert keys_then == sorted(model_then)
         for key in keys_then:
             recs = [r for r in records_of(hist[key]) if r[MOD] <= rev]  # type: ignore[arg-type]
             assert recs == model_then[key]
+
+
+@pytest.mark.parametrize("versions", [1, 3, 40])  # one run, one run, a list of runs
+def test_a_tombstone_at_the_compact_revision_stays_until_the_next_compaction(
+        versions: int) -> None:
+    store = MVCCStore()
+    for rev in range(1, versions + 1):
+        store.write(b"k", (rev, 1, rev, b"v" * 50, 0))
+        store.commit(rev)
+    deleted = versions + 1
+    store.write(b"k", (deleted, 0, 0, b"", 0))
+    store.commit(deleted)
+    store.compact(deleted)  # watch replay from the compact revision still sees the delete
+    assert store.history(b"k") == [(deleted, 0, 0, b"", 0)]
+    assert store.written_at(b"k", deleted) == ((deleted, 0, 0, b"", 0), None)
+    assert store.digest == record_digest(b"k", pack((deleted, 0, 0, b"", 0)))
+    store.write(b"j", (deleted + 1, deleted + 1, 1, b"x", 0))
+    store.commit(deleted + 1)
+    store.compact(deleted + 1)
+    assert store.history(b"k") == [] and store.key_count() == 1
 
 
 def test_a_hot_key_copies_a_bounded_run_per_write() -> None:

@@ -53,6 +53,8 @@ MODES: tuple[Mode, ...] = ("periodic", "revision")
 REVISION_CHECK_S = 300.0
 PERIODIC_INTERVAL_MAX_S = 3600.0
 SAMPLES_PER_INTERVAL = 10
+# below this the compactor would wake more than ten times a second for little purpose
+PERIODIC_RETENTION_MIN_S = 1.0
 
 # Test-only switch (planted bug): compact at the current revision, ignoring the retention window.
 PLANTED_COMPACT_AT_CURRENT = "compact_at_current_revision"
@@ -123,6 +125,9 @@ def policy_from_config(mode: str, retention: str | int) -> CompactionPolicy | No
         revisions = int(text)
         return CompactionPolicy(mode="revision", retention_revisions=revisions) if revisions else None
     seconds = parse_duration_s(text)
+    if 0 < seconds < PERIODIC_RETENTION_MIN_S:
+        raise ConfigError(f"auto_compaction_retention {text!r}: a periodic retention must be at "
+                          f"least {PERIODIC_RETENTION_MIN_S:g}s (0 = off).")
     return CompactionPolicy(mode="periodic", retention_s=seconds) if seconds > 0 else None
 
 

@@ -79,8 +79,9 @@ def test_policy_from_config() -> None:
         mode="revision", retention_revisions=1000)
     assert policy_from_config("revision", "25") == CompactionPolicy(
         mode="revision", retention_revisions=25)
+    assert policy_from_config("periodic", "1s") == periodic(1.0)
     for mode, retention in [("hourly", "1h"), ("revision", "1h"), ("revision", "-5"),
-                            ("periodic", "soon")]:
+                            ("periodic", "soon"), ("periodic", "500ms")]:
         with pytest.raises(ConfigError):
             policy_from_config(mode, retention)
 

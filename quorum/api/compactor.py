@@ -165,7 +165,9 @@ class CompactionPlanner:
             return None
         target = self._target(now_s, revision)
         if target is None:
-            return None  # no full window observed yet: try again at the next sample
+            # no full window observed yet: try again at the next sample (and sleep till then)
+            self._next_compact_s = self._next_sample_s
+            return None
         self._next_compact_s = now_s + self.policy.interval_s
         return target if target > compacted else None
 

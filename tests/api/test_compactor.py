@@ -136,6 +136,7 @@ def test_periodic_mode_waits_for_one_full_window() -> None:
     planner = CompactionPlanner(periodic(10.0), start_s=0.0)  # samples every 1 s
     for t in range(1, 11):
         assert planner.decide(float(t), 100 * t, 0) is None, t
+        assert planner.wait_s(float(t)) == pytest.approx(1.0)  # sleeps until the next sample
     # at t=11 the sample of t=1 is exactly one window old: everything after it is retained
     assert planner.decide(11.0, 1100, 0) == 100
 
@@ -267,6 +268,32 @@ def test_a_failed_compaction_is_logged_and_retried_next_period(
         clock.advance(200.0)
         assert await compactor.check() == 4000  # retried at the next period
         assert node.compacted == 4000
+
+    _run(body())
+
+
+def test_run_loop_wakes_once_per_sample_before_the_first_window() -> None:
+    async def body() -> None:
+        clock = FakeClock(0.0)
+        calls = 0
+
+        def revisions() -> tuple[int, int]:
+            nonlocal calls
+            calls += 1
+            return 10 * calls, 0
+
+        compactor = AutoCompactor(periodic(100.0), clock, revisions=revisions,
+                                  is_leader=lambda: False, compact=FakeNode().compact)
+        task = asyncio.create_task(compactor.run())
+        for _ in range(10_000):  # a loop that stopped sleeping would spin here, time frozen
+            if clock.now >= 300.0:
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert clock.now >= 300.0, "the run loop spun without sleeping"
+        assert calls <= 31  # one check per 10 s sample
 
     _run(body())
 

@@ -106,3 +106,26 @@ def test_without_leader_preference_the_follower_forwards_every_request(tmp_path:
                 assert await _forwarded(cluster, follower) - before >= 2 * WRITES
 
     asyncio.run(scenario())
+
+
+def test_after_the_leader_is_killed_the_client_moves_to_the_new_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with ProcCluster(3, tmp_path) as cluster:
+            leader = await _leader(cluster)
+            endpoints = _follower_first(cluster, leader)
+            async with AsyncClient(endpoints, timeout_s=10) as client:
+                await client.connect()
+                await _work(client, b"a")
+                assert client.leader_endpoint == cluster.nodes[leader].client_url
+                cluster.kill(leader)
+                await _work(client, b"b")  # retried through home until a leader is known
+                new_leader = await _leader(cluster, not_=leader)
+                await _work(client, b"c")
+                assert client.leader_endpoint == cluster.nodes[new_leader].client_url
+                # settled: the remaining follower passes nothing on any more
+                others = [i for i in cluster.nodes if i not in (leader, new_leader)]
+                counts = {i: await _forwarded(cluster, i) for i in others}
+                await _work(client, b"d")
+                assert {i: await _forwarded(cluster, i) for i in others} == counts
+
+    asyncio.run(scenario())

@@ -48,6 +48,9 @@ class BenchResult(msgspec.Struct, kw_only=True):
     p99_ms: float
     max_ms: float
     server_cpu_us_per_op: float | None = None
+    # CPU of this load process per operation (all its threads): what the client costs the
+    # machine it shares with the servers
+    client_cpu_us_per_op: float | None = None
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -101,6 +104,7 @@ async def run_bench(cfg: BenchConfig, ops: Callable[[str], Op],
     await asyncio.sleep(cfg.warmup_s)
     counting = True
     cpu0, t0 = process_cpu_s(cfg.pids), time.perf_counter()
+    own0 = time.process_time()
     end = t0 + cfg.duration_s
     while time.perf_counter() < end:
         await asyncio.sleep(min(0.5, end - time.perf_counter()))
@@ -109,6 +113,7 @@ async def run_bench(cfg: BenchConfig, ops: Callable[[str], Op],
     counting = False
     elapsed = time.perf_counter() - t0
     cpu = process_cpu_s(cfg.pids) - cpu0
+    own = time.process_time() - own0
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
     lat = sorted(latencies)
@@ -119,6 +124,7 @@ async def run_bench(cfg: BenchConfig, ops: Callable[[str], Op],
         p50_ms=_percentile(lat, 0.5) * 1e3, p90_ms=_percentile(lat, 0.9) * 1e3,
         p99_ms=_percentile(lat, 0.99) * 1e3, max_ms=(lat[-1] * 1e3) if lat else 0.0,
         server_cpu_us_per_op=(cpu / n * 1e6) if (cfg.pids and n) else None,
+        client_cpu_us_per_op=(own / n * 1e6) if n else None,
     )
 
 

@@ -45,8 +45,9 @@ def bench(obj: object, target: str, endpoints: str | None, workload: str, client
         task = progress.add_task(f"{target} {workload} x{clients}", total=1.0)
         result = run(cfg, lambda f: progress.update(task, completed=f))
     cpu = f"{result.server_cpu_us_per_op:.0f}" if result.server_cpu_us_per_op else "-"
+    own = f"{result.client_cpu_us_per_op:.1f}" if result.client_cpu_us_per_op else "-"
     table(None, ("target", "workload", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms",
-                 "errors", "server CPU us/op"),
+                 "errors", "server CPU us/op", "client CPU us/op"),
           [(result.target, result.workload, result.clients, f"{result.ops_per_s:,.0f}",
             f"{result.p50_ms:.2f}", f"{result.p90_ms:.2f}", f"{result.p99_ms:.2f}",
-            result.errors, cpu)])
+            result.errors, cpu, own)])

@@ -19,6 +19,7 @@ def test_put_get_and_mixed_workloads_complete_without_errors() -> None:
                 r = await bench(_cfg(env.endpoint, workload))
                 assert r.errors == 0 and r.operations > 0, (workload, r)
                 assert r.p50_ms <= r.p99_ms <= r.max_ms
+                assert r.client_cpu_us_per_op is not None and r.client_cpu_us_per_op > 0
             # every write (puts and the get runs' preload) stays inside the 50-key space
             got = await env.client().get_prefix(b"bench/")
             assert got.count == 50

@@ -25,8 +25,9 @@ Invariants:
   about RUN_BYTES plus its own record (no quadratic cost on a hot key's long history);
 - ``_keys`` plus ``_new_keys`` is exactly the key set of ``_hist`` (new keys are merged into the
   sorted index lazily, in bulk, before any ordered scan; a put of a new key is O(1));
-- ``_multi`` holds every key whose history has more than one record or ends in a tombstone,
-  i.e. exactly the keys compaction may change, so compaction costs O(history), not O(keys).
+- ``_multi`` maps every key whose history has more than one record or ends in a tombstone,
+  i.e. exactly the keys compaction may change (so compaction costs O(history), not O(keys)),
+  to the one key object the revision log keeps for it.
 
 This module knows nothing of requests, leases or watches; ``quorum.state.kv`` builds on it.
 """
@@ -198,7 +199,7 @@ class MVCCStore:
         self._hist: dict[bytes, Entry] = {}
         self._keys = SortedList()
         self._new_keys: list[bytes] = []
-        self._multi: set[bytes] = set()
+        self._multi: dict[bytes, bytes] = {}  # key -> the key object the log shares
         self.revision = 0  # Invariant: never decreases
         self.compact_revision = 0  # Invariant: 0 <= compact_revision <= revision
         self._digest = 0
@@ -219,21 +220,24 @@ class MVCCStore:
         """Append ``rec`` to ``key``'s history. The caller guarantees rec[MOD] is above every
         existing record of the key and that ``revision`` is advanced with :meth:`commit`."""
         packed = pack(rec)
-        self._written.append(key)
         entry = self._hist.get(key)
         if entry is None:
             self._hist[key] = packed
             self._new_keys.append(key)
-        elif isinstance(entry, bytes):
-            self._hist[key] = entry + packed if len(entry) < RUN_BYTES else [entry, packed]
-            self._multi.add(key)
         else:
-            last = entry[-1]
-            if len(last) < RUN_BYTES:
-                entry[-1] = last + packed  # same records plus one: views stay valid
+            # One key object per key with history, shared with the revision log: the
+            # overwrites of a hot key do not each keep their request's copy of the key alive
+            # until compaction.
+            key = self._multi.setdefault(key, key)
+            if isinstance(entry, bytes):
+                self._hist[key] = entry + packed if len(entry) < RUN_BYTES else [entry, packed]
             else:
-                entry.append(packed)
-            self._multi.add(key)
+                last = entry[-1]
+                if len(last) < RUN_BYTES:
+                    entry[-1] = last + packed  # same records plus one: views stay valid
+                else:
+                    entry.append(packed)
+        self._written.append(key)
         self._digest = (self._digest + record_digest(key, packed)) & _MASK
 
     def commit(self, revision: int) -> None:
@@ -362,7 +366,7 @@ class MVCCStore:
         removed = 0
         for key in sorted(self._multi):
             removed += self._compact_key(key, revision)
-        self._multi = set(self._multi)  # a set's table never shrinks on discard: right-size it
+        self._multi = dict(self._multi)  # a table never shrinks on deletion: right-size it
         self._log_head = bisect_right(self._log_revs, revision - 1, lo=self._log_head)
         if self._log_head > 1024 and self._log_head * 2 > len(self._log_revs):
             del self._log_revs[: self._log_head]
@@ -398,12 +402,12 @@ class MVCCStore:
         if not kept:
             del self._hist[key]
             self._keys.remove(key)
-            self._multi.discard(key)
+            self._multi.pop(key, None)
             return keep_from
         # a new entry: the old one stays intact for snapshot views
         self._hist[key] = join_records([memoryview(run)[start:end] for run, start, end in kept])
         if len(kept) == 1 and _version_at(kept[0][0], kept[0][2]):
-            self._multi.discard(key)
+            self._multi.pop(key, None)
         return keep_from
 
     def _compact_run(self, key: bytes, run: bytes, revision: int) -> int:
@@ -433,11 +437,11 @@ class MVCCStore:
         if keep == len(run):
             del self._hist[key]
             self._keys.remove(key)
-            self._multi.discard(key)
+            self._multi.pop(key, None)
             return removed
         self._hist[key] = run[keep:]  # a new entry: the old one stays intact for snapshot views
         if keep == start and end == len(run) and version:
-            self._multi.discard(key)  # one live record left
+            self._multi.pop(key, None)  # one live record left
         return removed
 
     # --- hashing ------------------------------------------------------------------------------
@@ -474,7 +478,7 @@ class MVCCStore:
         or a tombstone, ``digest`` their record digests' sum."""
         self._hist = dict(zip(keys, entries))
         self._keys = SortedList(keys)
-        self._multi = multi
+        self._multi = dict(zip(multi, multi))
         self._digest = digest & _MASK
         self.revision = revision
         self.compact_revision = compact

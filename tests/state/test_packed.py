@@ -154,6 +154,17 @@ def test_a_hot_key_copies_a_bounded_run_per_write() -> None:
     assert store.get(b"hot", 1234) == (1234, 1, 1234, b"x" * 100, 0)
 
 
+def test_the_revision_log_keeps_one_key_object_per_overwritten_key() -> None:
+    """Each request decodes its own copy of the key; the log must not keep one per write."""
+    store = MVCCStore()
+    for rev in range(1, 101):
+        store.write(bytes(bytearray(b"hot")), (rev, 1, rev, b"v", 0))  # a new object each time
+        store.commit(rev)
+    logged = [key for _, keys in store.logged_revisions(1, 100) for key in keys]
+    assert len(logged) == 100 and logged == [b"hot"] * 100
+    assert len({id(key) for key in logged}) == 2  # the first put's key, then one for the rest
+
+
 def _long_history_machine() -> StateMachine:
     sm = StateMachine(StateConfig(snapshot_chunk_keys=2))
     sm.apply(1, LeaseGrantRequest(60, 5))

@@ -39,7 +39,6 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from operator import itemgetter
 from typing import Final
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
@@ -53,7 +52,6 @@ VERSION: Final = 2
 VALUE: Final = 3
 LEASE: Final = 4
 _MASK = (1 << 64) - 1
-mod_of = itemgetter(0)
 
 TRAILER: Final = struct.Struct(">QQQQI")  # mod, create, lease, version, len(value)
 TRAILER_SIZE: Final = TRAILER.size  # 36
@@ -118,11 +116,6 @@ def runs_of(entry: Entry) -> list[bytes]:
 def records_of(entry: Entry) -> list[Record]:
     """The decoded records of an entry, oldest first (a new list)."""
     return [_decode(run, end) for run in runs_of(entry) for end in record_ends(run)]
-
-
-def last_of(entry: Entry) -> Record:
-    run = entry if isinstance(entry, bytes) else entry[-1]
-    return _decode(run, len(run))
 
 
 def record_at(entry: Entry, revision: int) -> Record | None:

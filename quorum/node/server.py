@@ -208,7 +208,9 @@ class RaftServer:
         self._encoded = None
         written = True
         try:
-            if self.fsync_in_thread:
+            # As for persist: the thread only when the write syncs (with fsync off the storage
+            # is memory, where a write is quick and must not race the loop's reads)
+            if self.fsync_in_thread and self.core.fsync:
                 await self._persister.run(self.core.write_snapshot, job, data)
             else:
                 self.core.write_snapshot(job, data)

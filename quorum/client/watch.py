@@ -87,8 +87,14 @@ class Watcher:
                 body = m.WatchEvents(body.revision, events)
             if events:
                 self.next_revision = events[-1].kv.mod_revision + 1
+            elif body.revision + 1 < self.next_revision:
+                # A progress notice below what the reader was already told: a watch resumed
+                # on a node that has not applied that far yet reports its own revision. It
+                # says nothing new, and passing it on would put a bookmark after later
+                # events. Invariant: progress notices the reader sees never go backwards.
+                return None
             else:
-                self.next_revision = max(self.next_revision, body.revision + 1)
+                self.next_revision = body.revision + 1
             return body
         self._finish()
         if isinstance(body, m.WatchCanceled) and body.compact_revision > 0:

@@ -372,3 +372,20 @@ def test_invalid_watch_request_is_a_typed_error() -> None:
             await c.put(b"k", b"still usable")
 
     run(body())
+
+
+def test_a_progress_notice_below_what_the_reader_saw_is_dropped() -> None:
+    """A watch resumed on a node that has not applied as far as the reader got may report
+    its own, older revision as progress: the reader must not see a bookmark go backwards
+    (it would come after later events; found by quorum verify's watch workload)."""
+    from quorum.api.native import messages as m
+    from quorum.client.watch import Watcher
+
+    w = Watcher(AsyncClient(["127.0.0.1:1"]), m.WatchCreateReq(b"k"))
+    w.next_revision = 7952  # the reader has seen an event at 7951
+    assert w._handle(m.WatchEvents(6253)) is None
+    assert w.next_revision == 7952
+    same = w._handle(m.WatchEvents(7951))  # not backwards: passed on
+    assert same is not None and w.next_revision == 7952
+    later = w._handle(m.WatchEvents(8000))
+    assert later is not None and later.revision == 8000 and w.next_revision == 8001

@@ -135,7 +135,8 @@ async def quorum_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable
     """Ops over the native protocol (a few pipelined connections shared by all clients)."""
     from quorum.client.aio import AsyncClient
 
-    conns = [AsyncClient(list(cfg.endpoints), timeout_s=10) for _ in range(cfg.connections)]
+    conns = [AsyncClient(list(cfg.endpoints), timeout_s=10, prefer_leader=True)
+             for _ in range(cfg.connections)]
     for c in conns:
         await c.connect()
     value = b"x" * cfg.value_bytes

@@ -5,7 +5,7 @@ Failover: the client keeps one *home* connection at a time. When it is lost, goe
 NotLeader-type error, the client reconnects (to the hinted leader if the error names one,
 else to the next endpoint) and retries until the call's deadline.
 
-Leader preference (on by default when several endpoints are given): writes, linearizable
+Leader preference (``prefer_leader=True``; ``quorum bench`` uses it): writes, linearizable
 reads and lease keepalives need the leader, and a follower passes them on (Raft forwards the
 proposal, ReadIndex asks the leader), which costs a network hop and the follower's CPU. So
 the client learns the leader (the home node's status when it connects, then the ``leader``
@@ -188,15 +188,16 @@ class AsyncClient:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         connector: Connector = open_connection,
         dead_after_s: float = 1.0,
-        prefer_leader: bool | None = None,
+        prefer_leader: bool = False,
     ) -> None:
         """``connector`` opens a connection to an endpoint (the seam a simulator or a test
         proxy plugs into); it raises OSError or TimeoutError when it cannot.
         ``dead_after_s``: a connection with requests pending and not a byte received for
         that long is declared dead and the requests move to another endpoint.
         ``prefer_leader``: send writes and linearizable reads straight to the leader (see
-        the module docstring); default: when more than one endpoint is given (a client of
-        one endpoint talks to that node only, e.g. to read its status or hash)."""
+        the module docstring). Off by default: a client then talks to one node at a time,
+        which is what per-node checks want and what lets quorum verify's clients exercise
+        followers (its planted stale-read test needs reads served by followers)."""
         if not endpoints:
             raise UsageError("at least one endpoint is needed")
         self.endpoints: list[str] = list(endpoints)
@@ -215,7 +216,7 @@ class AsyncClient:
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
         self.failovers = 0  # how many times a connection was replaced (informational)
-        self.prefer_leader = len(self.endpoints) > 1 if prefer_leader is None else prefer_leader
+        self.prefer_leader = prefer_leader
         self._leader_id = 0  # the leader as last learned (0: unknown)
         self._leader_conn: Connection | None = None  # to the leader when it is not home
         self._leader_task: asyncio.Future[None] | None = None  # opening _leader_conn

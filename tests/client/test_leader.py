@@ -64,7 +64,7 @@ def test_writes_and_reads_go_to_the_leader_and_follow_a_transfer(tmp_path: Path)
             leader = await _leader(cluster)
             endpoints = _follower_first(cluster, leader)
             follower = next(i for i, n in cluster.nodes.items() if n.client_url == endpoints[0])
-            async with AsyncClient(endpoints, timeout_s=5) as client:
+            async with AsyncClient(endpoints, timeout_s=5, prefer_leader=True) as client:
                 await client.connect()
                 assert client.endpoint == endpoints[0]  # home is the follower...
                 assert client.leader_endpoint == cluster.nodes[leader].client_url  # ...
@@ -97,7 +97,7 @@ def test_without_leader_preference_the_follower_forwards_every_request(tmp_path:
             leader = await _leader(cluster)
             endpoints = _follower_first(cluster, leader)
             follower = next(i for i, n in cluster.nodes.items() if n.client_url == endpoints[0])
-            async with AsyncClient(endpoints, timeout_s=5, prefer_leader=False) as client:
+            async with AsyncClient(endpoints, timeout_s=5) as client:  # the default
                 await client.connect()
                 before = await _forwarded(cluster, follower)
                 await _work(client, b"a")
@@ -113,7 +113,7 @@ def test_after_the_leader_is_killed_the_client_moves_to_the_new_one(tmp_path: Pa
         with ProcCluster(3, tmp_path) as cluster:
             leader = await _leader(cluster)
             endpoints = _follower_first(cluster, leader)
-            async with AsyncClient(endpoints, timeout_s=10) as client:
+            async with AsyncClient(endpoints, timeout_s=10, prefer_leader=True) as client:
                 await client.connect()
                 await _work(client, b"a")
                 assert client.leader_endpoint == cluster.nodes[leader].client_url

@@ -2,8 +2,9 @@
 
 Three nodes on loopback, each with its own durable WAL (fsync on), replicate a
 CounterStateMachine (commands are signed 8-byte integers added to the counter). Increments are
-proposed on every node (followers forward them to the leader); each node then reads the
-counter linearizably (ReadIndex) and they all see the same value.
+proposed on every node (followers forward them to the leader), by tasks awaiting ``propose``
+and by a burst of ``submit`` callbacks; each node then reads the counter linearizably
+(ReadIndex) and they all see the same value.
 
     .venv/bin/python examples/counter.py                  # 3 nodes in this process
     .venv/bin/python examples/counter.py --processes      # 3 nodes, one process each
@@ -41,8 +42,30 @@ async def proposer(node: EmbeddedNode[CounterStateMachine], count: int) -> None:
         await propose_with_retry(node, increment())
 
 
-async def run_in_process(data_dir: str, proposers: int = 4, each: int = 25) -> list[int]:
-    """Start three nodes here, increment from ``proposers`` tasks per node, read on each."""
+async def submit_burst(node: EmbeddedNode[CounterStateMachine], count: int) -> int:
+    """Submit ``count`` increments at once with callbacks (no task or future each: the way to
+    keep many commands in flight); wait for every callback; return how many succeeded."""
+    if count == 0:
+        return 0
+    loop = asyncio.get_running_loop()
+    all_done: asyncio.Future[None] = loop.create_future()
+    outcomes: list[BaseException | None] = []
+
+    def callback(result: object, error: BaseException | None) -> None:
+        outcomes.append(error)
+        if len(outcomes) == count and not all_done.done():
+            all_done.set_result(None)
+
+    for _ in range(count):
+        node.submit(increment(), callback)
+    await all_done
+    return sum(error is None for error in outcomes)
+
+
+async def run_in_process(data_dir: str, proposers: int = 4, each: int = 25,
+                         burst: int = 100) -> list[int]:
+    """Start three nodes here, increment from ``proposers`` tasks per node and in one burst of
+    ``burst`` callbacks per node, then read on each."""
     peers = loopback_peers(NODE_IDS)
     nodes = [await start_embedded(i, peers, f"{data_dir}/node{i}", CounterStateMachine())
              for i in NODE_IDS]
@@ -50,6 +73,8 @@ async def run_in_process(data_dir: str, proposers: int = 4, each: int = 25) -> l
         leader = await nodes[0].wait_for_leader()
         print(f"leader: node {leader}")
         await asyncio.gather(*(proposer(n, each) for n in nodes for _ in range(proposers)))
+        ok = await asyncio.gather(*(submit_burst(n, burst) for n in nodes))
+        print(f"burst: {sum(ok)} of {burst * len(nodes)} submitted increments applied")
         values = [await n.read(lambda sm: sm.value) for n in nodes]
         for n, v in zip(nodes, values):
             print(f"node {n.id} reads counter = {v} (applied index {n.applied_index})")

@@ -367,9 +367,10 @@ def _load_example() -> Any:
 
 def test_counter_example_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     example = _load_example()
-    values = run(example.run_in_process(str(tmp_path), proposers=2, each=10))
-    assert values == [60, 60, 60]
-    assert capsys.readouterr().out.count("reads counter = 60") == 3
+    values = run(example.run_in_process(str(tmp_path), proposers=2, each=10, burst=10))
+    assert values == [90, 90, 90]  # 3 nodes x (2 proposers x 10 + a burst of 10)
+    out = capsys.readouterr().out
+    assert out.count("reads counter = 90") == 3 and "burst: 30 of 30" in out
 
 
 def test_counter_example_three_processes(tmp_path: Path) -> None:

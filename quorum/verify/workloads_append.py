@@ -35,6 +35,7 @@ from quorum.verify.history import Recorder, Status
 from quorum.verify.report import write_report
 from quorum.verify.workloads_base import (
     CALL_TIMEOUT_S,
+    READER_PAUSE_S,
     RunContext,
     Workload,
     WorkloadVerdict,
@@ -58,8 +59,9 @@ def _parse(kv: KeyValue | None) -> list[int]:
 
 class _AppendClient:
     def __init__(self, cid: int, client: AsyncClient, recorder: Recorder, keys: int,
-                 rng: random.Random, started: float) -> None:
+                 rng: random.Random, started: float, read_only: bool = False) -> None:
         self.cid = cid
+        self.read_only = read_only  # reads alone, paced, from the node its client is bound to
         self.client = client
         self.recorder = recorder
         self.keys = keys
@@ -70,13 +72,15 @@ class _AppendClient:
     async def run(self, until: float) -> None:
         while time.monotonic() < until:
             await self.one()
+            if self.read_only:
+                await asyncio.sleep(READER_PAUSE_S)
 
     def _txn(self) -> list[list[Any]]:
         base = int((time.monotonic() - self.started) / KEY_PERIOD_S)
         ops: list[list[Any]] = []
         for _ in range(self.rng.randint(1, MAX_MICRO_OPS)):
             key = f"append/{base + self.rng.randrange(self.keys)}"
-            if self.rng.random() < 0.5:
+            if not self.read_only and self.rng.random() < 0.5:
                 self.n += 1
                 ops.append(["append", key, self.cid * 10_000_000 + self.n])
             else:
@@ -154,6 +158,9 @@ class AppendWorkload(Workload):
         started = time.monotonic()
         self.workers = [_AppendClient(1000 + i, ctx.client(), self.recorder, max(keys, 2),
                                       ctx.rng_child(), started) for i in range(clients)]
+        self.workers += [_AppendClient(1100 + j, c, self.recorder, max(keys, 2), ctx.rng_child(),
+                                       started, read_only=True)
+                         for j, c in enumerate(ctx.pinned_readers())]
 
     async def run(self, until: float) -> None:
         await asyncio.gather(*(w.run(until) for w in self.workers))

@@ -24,6 +24,9 @@ from quorum.errors import NoEndpointAvailable, NoLeader, NotLeader, QuorumError
 # Errors a server returns before doing anything: the operation certainly did not happen.
 NOT_APPLIED = (NoLeader, NotLeader, NoEndpointAvailable)
 CALL_TIMEOUT_S = 5.0
+# Pause between two reads of a pinned read-only worker: enough reads to see a fault of half
+# a second, few enough that the histories stay cheap to check.
+READER_PAUSE_S = 0.02
 T = TypeVar("T")
 
 
@@ -74,6 +77,7 @@ class RunContext:
         # nemesis skews clocks); time-based checks (lease expiry) allow for it.
         self.clock_rate_bound = clock_rate_bound
         self.clients: list[AsyncClient] = []
+        self._pinned: set[int] = set()  # id() of clients bound to one node
         self._made = 0
 
     def client(self, timeout_s: float = 3.0) -> AsyncClient:
@@ -86,16 +90,25 @@ class RunContext:
         return c
 
     def single_node_client(self, endpoint: str, timeout_s: float = 3.0) -> AsyncClient:
-        """A client bound to one node only (reads that must come from that node)."""
+        """A client bound to one node only (reads that must come from that node): it never
+        fails over, and a node that joins later is not added to it."""
         c = AsyncClient([endpoint], timeout_s=timeout_s)
         self.clients.append(c)
+        self._pinned.add(id(c))
         return c
+
+    def pinned_readers(self, timeout_s: float = 3.0) -> list[AsyncClient]:
+        """One client bound to each node, for read-only workers. Clients that fail over leave
+        a node cut off from the majority at their first failed write, so they rarely read
+        from it; a reader that stays there for the whole fault is what shows whether such a
+        node answers reads it must not (as Jepsen binds each client to one node)."""
+        return [self.single_node_client(e, timeout_s) for e in self.endpoints]
 
     def add_endpoint(self, endpoint: str) -> None:
         if endpoint not in self.endpoints:
             self.endpoints.append(endpoint)
         for c in self.clients:
-            if endpoint not in c.endpoints:
+            if id(c) not in self._pinned and endpoint not in c.endpoints:
                 c.endpoints.append(endpoint)
 
     def remove_endpoint(self, endpoint: str) -> None:

@@ -19,6 +19,7 @@ from quorum.verify.report import write_report
 from quorum.verify.workloads_base import (
     CALL_TIMEOUT_S,
     NOT_APPLIED,
+    READER_PAUSE_S,
     RunContext,
     Workload,
     WorkloadVerdict,
@@ -27,11 +28,13 @@ from quorum.verify.workloads_base import (
 
 
 class _RegisterClient:
-    """One sequential client: random read / write / cas on a few keys."""
+    """One sequential client: random read / write / cas on a few keys (``read_only``: reads
+    alone, paced, from the one node its client is bound to)."""
 
     def __init__(self, cid: int, client: AsyncClient, recorder: Recorder, keys: list[str],
-                 rng: random.Random) -> None:
+                 rng: random.Random, read_only: bool = False) -> None:
         self.cid = cid
+        self.read_only = read_only
         self.client = client
         self.recorder = recorder
         self.keys = keys
@@ -47,9 +50,11 @@ class _RegisterClient:
         key = self.rng.choice(self.keys)
         self.n += 1
         value = self.cid * 1_000_000 + self.n
-        roll = self.rng.random()
+        roll = 0.0 if self.read_only else self.rng.random()
         if roll < 0.4:
             await self._op("read", key, None, lambda: self._read(key))
+            if self.read_only:
+                await asyncio.sleep(READER_PAUSE_S)
         elif roll < 0.8:
             await self._op("write", key, value,
                            lambda: self.client.put(key.encode(), str(value).encode()))
@@ -92,6 +97,9 @@ class RegisterWorkload(Workload):
         names = [f"reg/{i}" for i in range(keys)]
         self.workers = [_RegisterClient(i, ctx.client(), self.recorder, names, ctx.rng_child())
                         for i in range(clients)]
+        self.workers += [_RegisterClient(100 + j, c, self.recorder, names, ctx.rng_child(),
+                                         read_only=True)
+                         for j, c in enumerate(ctx.pinned_readers())]
 
     async def run(self, until: float) -> None:
         await asyncio.gather(*(w.run(until) for w in self.workers))

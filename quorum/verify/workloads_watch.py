@@ -11,7 +11,8 @@ committed history.
 * the same clients read the prefix every ~0.2 s; the revisions of those reads and of the
   writer's answers are checked for real-time monotonicity (``check_revisions``): a read from
   a node that fell behind (a stale read) reports an older revision than a write that had
-  already completed.
+  already completed. One more reader per node, bound to that node, reads the prefix every
+  20 ms, so a node cut off from the majority is read during the whole fault.
 
 After healing, each watcher is asked for progress until it has observed the final
 revision. The committed history is then read back by watching the prefix from the start
@@ -46,6 +47,7 @@ from quorum.verify.workloads import (
 )
 from quorum.verify.workloads_base import (
     CALL_TIMEOUT_S,
+    READER_PAUSE_S,
     RunContext,
     Workload,
     WorkloadVerdict,
@@ -129,6 +131,26 @@ class _Watcher:
             self.work.observe(call, resp.revision)
 
 
+class _PinnedObserver:
+    """Prefix reads from the one node its client is bound to, paced; each read's revision is
+    checked in real time against completed writes (see RunContext.pinned_readers)."""
+
+    def __init__(self, client: AsyncClient, work: WatchWorkload) -> None:
+        self.client = client
+        self.work = work
+
+    async def read_loop(self, until: float) -> None:
+        while time.monotonic() < until:
+            await asyncio.sleep(READER_PAUSE_S)
+            call = time.monotonic()
+            try:
+                resp = await asyncio.wait_for(self.client.range(PREFIX, prefix_end(PREFIX)),
+                                              CALL_TIMEOUT_S)
+            except (TimeoutError, QuorumError, OSError):
+                continue
+            self.work.observe(call, resp.revision)
+
+
 class WatchWorkload(Workload):
     name = "watch"
 
@@ -139,6 +161,7 @@ class WatchWorkload(Workload):
         self.watchers = [_Watcher(i, ctx.client(), self, ctx.rng_child())
                          for i in range(watchers)]
         self.rng = ctx.rng_child()
+        self.observers = [_PinnedObserver(c, self) for c in ctx.pinned_readers()]
         self.observations: list[RevisionObservation] = []
         self.start_revision = 0
         self.writes = 0
@@ -155,7 +178,8 @@ class WatchWorkload(Workload):
         self.start_revision = head.revision + 1
         self._tasks = [asyncio.ensure_future(w.follow(self.start_revision))
                        for w in self.watchers]
-        await asyncio.gather(self._write_loop(until), *(w.read_loop(until) for w in self.watchers))
+        await asyncio.gather(self._write_loop(until), *(w.read_loop(until) for w in self.watchers),
+                             *(o.read_loop(until) for o in self.observers))
 
     async def _write_loop(self, until: float) -> None:
         n = 0

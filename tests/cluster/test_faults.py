@@ -177,7 +177,7 @@ def test_learner_joins_by_snapshot_under_load_then_is_promoted(tmp_path: Path) -
                     except QuorumError:
                         await asyncio.sleep(0.2)
                 assert promoted is not None, "learner never became ready for promotion"
-                members = {m.member_id: m for m in await client.member_list()}
+                members = {m.member_id: m for m in await client.member_list(linearizable=True)}
                 assert not members[new_id].is_learner
             h = await converged_hashes(cluster)
             assert len(set(h.values())) == 1, h
@@ -199,7 +199,7 @@ def test_removing_the_leader_elects_another(tmp_path: Path) -> None:
                 new_leader = await leader_of(cluster, not_=leader)
                 assert new_leader != leader
                 await client.put(b"after", b"2")
-                members = {m.member_id for m in await client.member_list()}
+                members = {m.member_id for m in await client.member_list(linearizable=True)}
                 assert leader not in members and len(members) == 2
                 assert (await client.get(b"before")) is not None
 

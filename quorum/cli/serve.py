@@ -180,12 +180,23 @@ def cluster() -> None:
               help="Node i: peer base+i, native base+100+i, etcd base+200+i.")
 @click.option("--tick-ms", default=100, show_default=True)
 @click.option("--no-fsync", is_flag=True, help="UNSAFE: skip fsync.")
-def cluster_up(nodes: int, data_dir: str, base_port: int, tick_ms: int, no_fsync: bool) -> None:
+@click.option("--auto-compaction-mode", default="periodic", show_default=True,
+              help="Passed to every server (see quorum serve).")
+@click.option("--auto-compaction-retention", default="0", show_default=True,
+              help="Passed to every server; 0 = off (see quorum serve).")
+def cluster_up(nodes: int, data_dir: str, base_port: int, tick_ms: int, no_fsync: bool,
+               auto_compaction_mode: str, auto_compaction_retention: str) -> None:
     """Start NODES servers on this machine; Ctrl-C stops them all cleanly."""
+    try:  # checked here so a bad value is one clear error, not N servers exiting at start
+        policy_from_config(auto_compaction_mode, auto_compaction_retention)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     specs = cluster_specs(nodes, base_port)
-    extra = ("--tick-ms", str(tick_ms), *(("--no-fsync",) if no_fsync else ()))
+    extra = ("--tick-ms", str(tick_ms), *(("--no-fsync",) if no_fsync else ()),
+             "--auto-compaction-mode", auto_compaction_mode,
+             "--auto-compaction-retention", auto_compaction_retention)
     procs = []
     for spec in specs:
         log = open(root / f"node{spec.id}.log", "ab")  # noqa: SIM115 - lives as long as the child

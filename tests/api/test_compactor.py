@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import quorum.cli.serve as serve_module
 from quorum.api.compactor import (
     PERIODIC_INTERVAL_MAX_S,
     PLANTED_COMPACT_AT_CURRENT,
@@ -26,7 +27,7 @@ from quorum.api.compactor import (
     policy_from_config,
 )
 from quorum.api.process import QuorumProcess
-from quorum.cli.serve import serve
+from quorum.cli.serve import cluster_up, serve
 from quorum.errors import ConfigError, LeaderChanged, RevisionCompacted
 from quorum.node.config import NodeConfig, PeerSpec, load_config
 from quorum.node.storage import MemoryNodeStorage
@@ -110,6 +111,35 @@ def test_serve_refuses_bad_auto_compaction_flags(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output  # a usage error: the server never started
         assert "auto_compaction" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_cluster_up_refuses_bad_flags_and_passes_good_ones_to_every_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(cluster_up, ["--data-dir", str(tmp_path / "d"),
+                                             "--auto-compaction-retention", "soon"])
+    assert result.exit_code == 2, result.output
+    assert "auto_compaction" in result.output
+    assert not (tmp_path / "d").exists()  # refused before any server was started
+
+    started: list[list[str]] = []
+
+    class _Child:
+        pid = 0
+
+        def __init__(self, argv: list[str], **_: object) -> None:
+            started.append(argv)
+
+    monkeypatch.setattr(serve_module.subprocess, "Popen", _Child)
+    monkeypatch.setattr(serve_module, "_supervise", lambda procs: None)
+    result = CliRunner().invoke(cluster_up, [
+        "--data-dir", str(tmp_path / "d"), "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "500"])
+    assert result.exit_code == 0, result.output
+    assert len(started) == 3
+    for argv in started:
+        params = serve.make_context("serve", argv[argv.index("serve") + 1:]).params
+        assert params["auto_compaction_mode"] == "revision"
+        assert params["auto_compaction_retention"] == "500"
 
 
 def test_quorum_process_refuses_a_bad_policy() -> None:

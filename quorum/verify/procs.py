@@ -7,6 +7,7 @@ Every process writes its log to ``<base_dir>/nodeN.log``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -209,6 +210,26 @@ class ProcCluster:
 
     def etcd_endpoints(self) -> list[str]:
         return [n.etcd_url for n in self.nodes.values() if n.alive and not n.paused]
+
+    async def agreed_leader(self, timeout_s: float = 10.0, not_: int = 0) -> int:
+        """The member id every live node reports as leader (other than ``not_``), polled
+        until they agree; AssertionError if they do not within ``timeout_s``."""
+        from quorum.client.aio import AsyncClient  # the client is needed only here
+        from quorum.errors import QuorumError
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen: set[int] = set()
+            for ep in self.endpoints():
+                try:
+                    async with AsyncClient([ep], timeout_s=0.5) as c:
+                        seen.add((await c.status()).leader_id)
+                except QuorumError:
+                    seen.add(-1)
+            if len(seen) == 1 and not seen & {0, -1, not_}:
+                return seen.pop()
+            await asyncio.sleep(0.1)
+        raise AssertionError("no agreed leader")
 
     def log_text(self, node_id: int) -> str:
         path = self.base_dir / f"node{node_id}.log"

@@ -9,13 +9,11 @@ leadership transfer the client follows the new leader.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from quorum.client.aio import AsyncClient
-from quorum.errors import QuorumError
 from quorum.verify.procs import ProcCluster
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("procs")]
@@ -25,19 +23,7 @@ WRITES = 40
 
 async def _leader(cluster: ProcCluster, not_: int = 0, timeout_s: float = 15.0) -> int:
     """The leader every node agrees on (other than ``not_``)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        seen: set[int] = set()
-        for ep in cluster.endpoints():
-            try:
-                async with AsyncClient([ep], timeout_s=0.5) as c:
-                    seen.add((await c.status()).leader_id)
-            except QuorumError:
-                seen.add(-1)
-        if len(seen) == 1 and not seen & {0, -1, not_}:
-            return seen.pop()
-        await asyncio.sleep(0.1)
-    raise AssertionError("no agreed leader")
+    return await cluster.agreed_leader(timeout_s, not_)
 
 
 async def _forwarded(cluster: ProcCluster, node_id: int) -> int:

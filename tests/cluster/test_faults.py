@@ -21,19 +21,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("procs")]
 
 async def leader_of(cluster: ProcCluster, timeout_s: float = 10.0, not_: int = 0) -> int:
     """The member id every live node agrees is the leader (other than ``not_``)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        seen = set()
-        for ep in cluster.endpoints():
-            try:
-                async with AsyncClient([ep], timeout_s=0.5) as c:
-                    seen.add((await c.status()).leader_id)
-            except QuorumError:
-                seen.add(-1)
-        if len(seen) == 1 and not seen & {0, -1, not_}:
-            return seen.pop()
-        await asyncio.sleep(0.1)
-    raise AssertionError("no agreed leader")
+    return await cluster.agreed_leader(timeout_s, not_)
 
 
 async def hashes(cluster: ProcCluster) -> dict[int, tuple[int, int]]:

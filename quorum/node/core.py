@@ -662,10 +662,13 @@ class RecentRequests:
 
     def seen(self, origin: int, request_id: int) -> bool:
         """True if already applied; otherwise record it and return False."""
-        ids = self._ids.setdefault(origin, set())
-        if request_id in ids:
+        ids = self._ids.get(origin)
+        if ids is None:  # (not setdefault: that builds a set and a deque per applied entry)
+            ids = self._ids[origin] = set()
+            self._order[origin] = collections.deque()
+        elif request_id in ids:
             return True
-        order = self._order.setdefault(origin, collections.deque())
+        order = self._order[origin]
         ids.add(request_id)
         order.append(request_id)
         if len(order) > self.window:

@@ -34,7 +34,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from itertools import pairwise, repeat
-from operator import add, and_, ge, getitem, rshift
+from operator import add, and_, ge, getitem, rshift, xor
 from typing import Protocol
 
 import msgspec
@@ -193,6 +193,7 @@ class _Image:
         self.multi: set[bytes] = set()
         self.digest = 0
         self.attached: list[tuple[int, bytes]] = []  # (lease, key) of live leased keys
+        self.digest_v1 = 0  # a version 1 stream's records under version 1's digest
 
     def add(self, keys: list[bytes], histories: list[bytes]) -> None:
         """Add one key frame. Most keys hold one live record: they are recognised, digested
@@ -260,6 +261,9 @@ class _Image:
             raise CorruptionError("snapshot key frame has inconsistent record counts")
         if any(f > MAX_FIELD or f < 0 for col in (mods, creates, versions, leases) for f in col):
             raise CorruptionError("snapshot record field out of range")
+        rec_keys = [k for k, c in zip(keys, counts or repeat(1, len(keys))) for _ in range(c)]
+        self.digest_v1 = (self.digest_v1
+                          + _digest_v1(rec_keys, mods, creates, versions, values, leases)) & _U64
         recs: list[Record] = list(zip(mods, creates, versions, values, leases))
         histories: list[bytes] = []
         at = 0
@@ -269,6 +273,25 @@ class _Image:
             histories.append(b"".join(map(pack, recs[at:at + count])))
             at += count
         self.add(keys, histories)
+
+
+# Version 1's record digest (its trailer carries their sum): per record, crc = crc32(value,
+# crc32(key)) mixed with the revisions by xor and with the other fields by odd multipliers.
+_V1_K = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
+         0x27D4EB2F165667C5)
+
+
+def _digest_v1(keys: list[bytes], mods: list[int], creates: list[int], versions: list[int],
+               values: list[bytes], leases: list[int]) -> int:
+    """Sum of version 1 record digests over column-wise records (``keys[i]`` owns record i)."""
+    if len(keys) != len(mods):
+        raise CorruptionError("snapshot key frame has inconsistent record counts")
+    crcs: list[int] = list(map(zlib.crc32, values, map(zlib.crc32, keys)))
+    k_crc, k_mod, k_create, k_version, k_lease = _V1_K
+    total: int = (sum(crcs) * k_crc + sum(map(xor, crcs, mods)) * k_mod
+             + sum(map(xor, crcs, creates)) * k_create + sum(versions) * k_version
+             + sum(leases) * k_lease)
+    return total & _U64
 
 
 def load(chunks: Iterable[bytes],
@@ -312,7 +335,9 @@ def _build(header: SnapshotHeader, image: _Image, trailer: SnapshotTrailer | Non
                header.compact_revision)
     if store.key_count() != count:
         raise CorruptionError("snapshot repeats a key", "<snapshot>", -1)
-    if store.digest != trailer.digest:
+    # a version 1 trailer holds version 1's digest; the store keeps the current one
+    expected = image.digest_v1 if header.version == 1 else store.digest
+    if expected != trailer.digest:
         raise CorruptionError("snapshot record digest mismatch", "<snapshot>", -1)
     leases = LeaseTable()
     leases.next_id = header.next_lease_id

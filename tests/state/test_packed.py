@@ -4,10 +4,12 @@ views that outlive later writes, and the snapshot format's checks on packed hist
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -35,6 +37,7 @@ from quorum.state.mvcc import (
     records_of,
     runs_of,
 )
+from quorum.state.snapshot import _digest_v1
 
 Model = dict[bytes, list[Record]]
 
@@ -280,6 +283,7 @@ def _v1_stream(sm: StateMachine) -> list[bytes]:
     header[0] = 1
     out = [b"H" + msgspec.msgpack.encode(header)]
     keys = sorted(sm.store._hist)
+    digest = 0
     for start in range(0, len(keys), 3):
         batch = keys[start:start + 3]
         histories = [sm.store.history(k) for k in batch]
@@ -287,8 +291,42 @@ def _v1_stream(sm: StateMachine) -> list[bytes]:
         counts = [len(h) for h in histories]
         columns = [[r[i] for r in recs] for i in range(5)]
         out.append(b"K" + msgspec.msgpack.encode((batch, counts, *columns)))
-    out.append(payloads[-1])
+        rec_keys = [k for k, h in zip(batch, histories) for _ in h]
+        digest += _digest_v1(rec_keys, *columns)  # (the format 1 writer's trailer digest)
+    out.append(b"T" + msgspec.msgpack.encode((len(keys), digest & (2**64 - 1))))
     return _reframe(out)
+
+
+V1_DATA = Path(__file__).parent / "data"
+
+
+def test_a_snapshot_written_by_the_version_1_writer_restores_with_its_answers() -> None:
+    # v1_snapshot.bin was written by the format 1 code itself (data/make_v1_snapshot.py run
+    # against commit ec25af5), and v1_snapshot.json holds the answers that machine gave; its
+    # trailer carries format 1's digest, which a restore must check as format 1's.
+    stream = (V1_DATA / "v1_snapshot.bin").read_bytes()
+    expected = json.loads((V1_DATA / "v1_snapshot.json").read_text())
+    sm = StateMachine.from_snapshot([stream[i:i + 100] for i in range(0, len(stream), 100)])
+    assert [sm.revision, sm.compact_revision, sm.applied_index] == [
+        expected["revision"], expected["compact_revision"], expected["applied_index"]]
+    assert list(sm.hash_kv()) == expected["hash_kv"]
+    for rev, kvs in zip(range(sm.compact_revision, sm.revision + 1), expected["ranges"],
+                        strict=True):
+        resp = sm.range(RangeRequest(b"\0", b"\0", revision=rev))
+        assert [[kv.key.hex(), kv.value.hex(), kv.create_revision, kv.mod_revision, kv.version,
+                 kv.lease] for kv in resp.kvs] == kvs
+
+
+def test_a_version_1_snapshot_with_a_changed_record_is_refused() -> None:
+    # a value changed inside a key frame whose frame checksum was recomputed: only the
+    # format 1 digest in the trailer can tell
+    payloads = _frames([(V1_DATA / "v1_snapshot.bin").read_bytes()])
+    keys, counts, mods, creates, versions, values, leases = msgspec.msgpack.decode(payloads[1][1:])
+    values[0] = values[0][:-1] + b"!"
+    payloads[1] = b"K" + msgspec.msgpack.encode((keys, counts, mods, creates, versions, values,
+                                                 leases))
+    with pytest.raises(CorruptionError, match="digest mismatch"):
+        StateMachine.from_snapshot(_reframe(payloads))
 
 
 def test_a_version_1_stream_still_restores_to_an_equal_state() -> None:

@@ -20,14 +20,14 @@ from typing import Any
 from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
 from quorum.node.clock import SystemClock
-from quorum.node.config import NodeConfig, split_addr
+from quorum.node.config import NodeConfig, raft_config, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
 from quorum.node.peers import PeerLink, peer_addresses
 from quorum.node.server import RaftServer
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
-from quorum.raft import PLANTED_BUGS, Config, ReadOnlyOption
+from quorum.raft import PLANTED_BUGS, Config
 from quorum.state import StateConfig
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import OsFileSystem
@@ -75,13 +75,8 @@ class QuorumProcess:
 
     def _raft_config(self) -> Config:
         cfg = self.config
-        return Config(
-            id=cfg.id,
-            election_ticks=cfg.election_ticks,
-            heartbeat_ticks=cfg.heartbeat_ticks,
-            pre_vote=cfg.pre_vote,
-            check_quorum=cfg.check_quorum,
-            read_only_option=ReadOnlyOption.LEASE_BASED if cfg.lease_reads else ReadOnlyOption.SAFE,
+        return raft_config(
+            cfg.id, cfg,
             max_inflight_msgs=cfg.max_inflight_msgs,
             max_size_per_msg=cfg.max_size_per_msg,
             planted_bugs=self.planted_bugs & PLANTED_BUGS,

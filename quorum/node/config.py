@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from quorum.errors import ConfigError
+from quorum.raft.config import Config, ReadOnlyOption
 
 
 class PeerSpec(msgspec.Struct, frozen=True):
@@ -104,6 +105,34 @@ class NodeConfig(msgspec.Struct, kw_only=True):
             return self.initial_cluster
         return (PeerSpec(self.id, self.peer_listen, self.client_listen, self.etcd_listen,
                          self.name),)
+
+
+class RaftOptions(Protocol):
+    """The Raft settings a runtime's options carry (NodeConfig, EmbeddedOptions)."""
+
+    @property
+    def election_ticks(self) -> int: ...
+    @property
+    def heartbeat_ticks(self) -> int: ...
+    @property
+    def pre_vote(self) -> bool: ...
+    @property
+    def check_quorum(self) -> bool: ...
+    @property
+    def lease_reads(self) -> bool: ...
+
+
+def raft_config(node_id: int, opts: RaftOptions, **extra: Any) -> Config:
+    """The core's Config for a runtime's options; ``extra`` sets further Config fields."""
+    return Config(
+        id=node_id,
+        election_ticks=opts.election_ticks,
+        heartbeat_ticks=opts.heartbeat_ticks,
+        pre_vote=opts.pre_vote,
+        check_quorum=opts.check_quorum,
+        read_only_option=ReadOnlyOption.LEASE_BASED if opts.lease_reads else ReadOnlyOption.SAFE,
+        **extra,
+    )
 
 
 def _is_addr(addr: str) -> bool:

@@ -56,14 +56,14 @@ from quorum.errors import (
     RequestTimeout,
 )
 from quorum.node.clock import SystemClock
-from quorum.node.config import split_addr
+from quorum.node.config import raft_config, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
 from quorum.node.envelope import MemberInfo
 from quorum.node.peers import PeerLink, peer_addresses
 from quorum.node.server import RaftServer
 from quorum.node.statemachine import StateMachine
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
-from quorum.raft import Config, ReadOnlyOption
+from quorum.raft import Config
 from quorum.raft.types import StateRole
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import OsFileSystem
@@ -198,16 +198,7 @@ class EmbeddedNode(Generic[S]):
         self.storage.close()
 
     def _raft_config(self) -> Config:
-        opts = self.options
-        return Config(
-            id=self.id,
-            election_ticks=opts.election_ticks,
-            heartbeat_ticks=opts.heartbeat_ticks,
-            pre_vote=opts.pre_vote,
-            check_quorum=opts.check_quorum,
-            read_only_option=(ReadOnlyOption.LEASE_BASED if opts.lease_reads
-                              else ReadOnlyOption.SAFE),
-        )
+        return raft_config(self.id, self.options)
 
     # --- the application's API -------------------------------------------------------------
 

@@ -167,6 +167,9 @@ def floor_handlers(mode: str, delay: float) -> grpc.GenericRpcHandler:
 
 def floor_serve(mode: str, port_file: Path, delay: float, threads: int) -> None:
     """Child process: serve the do-nothing Put in ``mode`` until terminated."""
+    if mode.startswith("h2"):
+        floor_serve_h2(mode, port_file, delay)
+        return
     handlers = (floor_handlers(mode, delay),)
     if mode.startswith("sync"):
         sync_server = grpc.server(futures.ThreadPoolExecutor(threads),
@@ -185,6 +188,31 @@ def floor_serve(mode: str, port_file: Path, delay: float, threads: int) -> None:
         await server.start()
         port_file.write_text(str(port))
         await server.wait_for_termination()
+
+    if "uvloop" in mode:
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+def floor_serve_h2(mode: str, port_file: Path, delay: float) -> None:
+    """The do-nothing Put on quorum's own gRPC server (quorum.api.h2grpc)."""
+    from quorum.api.h2grpc import GrpcServer
+
+    class KV:
+        async def Put(self, request: Any, context: Any) -> Any:
+            if delay:
+                await asyncio.sleep(delay)
+            return FLOOR_RESPONSE
+
+    async def run() -> None:
+        server = GrpcServer()
+        server.add_service(pb.DESCRIPTOR.services_by_name["KV"], KV())
+        port = await server.start("127.0.0.1", 0)
+        port_file.write_text(str(port))
+        await asyncio.Event().wait()
 
     if "uvloop" in mode:
         import uvloop

@@ -26,6 +26,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lease-check-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--progress-notify-interval", type=float, default=600.0, help="seconds")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
+    p.add_argument("--engine", choices=("h2", "grpcio"), default="h2",
+                   help="gRPC server: quorum's own (h2) or grpcio's grpc.aio")
     p.add_argument("--cert-file", help="serve TLS with this certificate (PEM)")
     p.add_argument("--key-file", help="the certificate's private key (PEM)")
     p.add_argument("--trusted-ca-file", default="",
@@ -42,7 +44,8 @@ async def _serve(args: argparse.Namespace) -> None:
     tls = None
     if args.cert_file or args.key_file:
         tls = EtcdTls(args.cert_file or "", args.key_file or "", args.trusted_ca_file)
-    server, port = await serve_etcd(backend, args.host, args.port, tls=tls)
+    server, port = await serve_etcd(backend, args.host, args.port, tls=tls,
+                                      engine=args.engine)
     scheme = "https" if tls else "http"
     backend.advertise_client_urls((f"{scheme}://{args.host}:{port}",))
     logging.getLogger("quorum.api.etcd").info("serving the etcd API on %s:%d", args.host, port)

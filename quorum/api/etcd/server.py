@@ -1,8 +1,14 @@
-"""``serve_etcd``: a grpc.aio server exposing every etcd v3 service on one Backend."""
+"""``serve_etcd``: every etcd v3 service on one Backend, over quorum's own gRPC server
+(``quorum.api.h2grpc``, the default) or grpcio's grpc.aio server (``engine="grpcio"``).
+
+Both engines run the same servicers; the tests run the etcd API suite against both.
+"""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -10,13 +16,19 @@ from quorum.api.backend import Backend
 from quorum.api.etcd.auth import AuthServicer
 from quorum.api.etcd.concurrency import ElectionServicer, LockServicer
 from quorum.api.etcd.config import EtcdApiConfig, EtcdTls
+from quorum.api.etcd.gen import etcd_election_pb2 as election_pb2
 from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
+from quorum.api.etcd.gen import etcd_lock_pb2 as lock_pb2
 from quorum.api.etcd.gen import etcd_lock_pb2_grpc as lrpc
+from quorum.api.etcd.gen import etcd_rpc_pb2 as rpc_pb2
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.etcd.kv import KVServicer
 from quorum.api.etcd.lease import LeaseServicer
 from quorum.api.etcd.maintenance import ClusterServicer, MaintenanceServicer
 from quorum.api.etcd.watch import WatchServicer
+from quorum.api.h2grpc import GrpcServer
+
+ENGINES = ("h2", "grpcio")
 
 
 def _grpc_options(config: EtcdApiConfig) -> list[tuple[str, int]]:
@@ -52,16 +64,65 @@ def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.
     return server
 
 
+def _servicers(backend: Backend, config: EtcdApiConfig) -> list[tuple[str, Any, object]]:
+    """(service name, generated module, servicer) for every service served."""
+    return [
+        ("KV", rpc, KVServicer(backend, config)),
+        ("Watch", rpc, WatchServicer(backend, config)),
+        ("Lease", rpc, LeaseServicer(backend)),
+        ("Cluster", rpc, ClusterServicer(backend)),
+        ("Maintenance", rpc, MaintenanceServicer(backend)),
+        ("Auth", rpc, AuthServicer()),
+        ("Lock", lrpc, LockServicer(backend)),
+        ("Election", erpc, ElectionServicer(backend)),
+    ]
+
+
+def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> GrpcServer:
+    """quorum's own gRPC server with all etcd services registered, not yet started."""
+    config = config or EtcdApiConfig()
+    config.validate()
+    server = GrpcServer(
+        max_receive_message_length=config.max_request_bytes + config.grpc_overhead_bytes,
+    )
+    pb2 = {rpc: rpc_pb2, lrpc: lock_pb2, erpc: election_pb2}
+    for name, module, servicer in _servicers(backend, config):
+        server.add_service(pb2[module].DESCRIPTOR.services_by_name[name], servicer)
+    return server
+
+
+def _ssl_context(tls: EtcdTls) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    ctx.set_alpn_protocols(["h2"])  # gRPC clients require HTTP/2 by ALPN
+    if tls.client_ca_file:
+        ctx.load_verify_locations(tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 async def serve_etcd(
     backend: Backend, host: str = "127.0.0.1", port: int = 2379,
-    config: EtcdApiConfig | None = None, tls: EtcdTls | None = None,
-) -> tuple[grpc.aio.Server, int]:
+    config: EtcdApiConfig | None = None, tls: EtcdTls | None = None, engine: str = "h2",
+) -> tuple[Any, int]:
     """Start serving the etcd API on ``host:port`` (port 0 = any free port), over TLS when
-    ``tls`` is given.
+    ``tls`` is given, with the gRPC ``engine`` ("h2": quorum's server; "grpcio": grpc.aio).
 
     Returns the started server and the bound port. Stop it with ``await server.stop(grace)``.
-    Raises RuntimeError if the address cannot be bound, OSError if a TLS file is unreadable.
+    Raises RuntimeError if the address cannot be bound, OSError if a TLS file is unreadable,
+    ValueError for an unknown engine.
     """
+    if engine == "h2":
+        h2 = build_h2_server(backend, config)
+        context = _ssl_context(tls) if tls is not None else None  # OSError: unreadable file
+        try:
+            bound = await h2.start(host, port, context)
+        except OSError as exc:
+            raise RuntimeError(f"etcd api: cannot bind {host}:{port}: {exc}") from exc
+        return h2, bound
+    if engine != "grpcio":
+        raise ValueError(f"unknown gRPC engine {engine!r} (expected one of {ENGINES})")
     server = build_server(backend, config)
     address = f"{host}:{port}"
     if tls is None:

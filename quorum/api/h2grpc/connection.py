@@ -1,0 +1,757 @@
+"""One HTTP/2 connection carrying gRPC calls (an asyncio Protocol).
+
+Reading: ``data_received`` splits frames straight out of one buffer and handles them inline;
+a unary request is parsed and its handler task started as soon as its last DATA frame is in.
+Writing: frames are queued and written with one ``transport.write`` per event-loop turn, so a
+burst of answers costs one system call.
+
+Flow control (RFC 9113 §5.2). Receiving: the connection window is credited back as data
+arrives (a gRPC server's usual policy), a stream's window as its bytes are consumed: a unary
+request's bytes at once (one message, bounded by the size limit), a streaming request's when
+the handler reads the message, so a client cannot queue more than one window of unread
+messages. Sending: DATA never exceeds the client's connection and stream windows; a sender
+with no window waits for the client's WINDOW_UPDATE.
+
+Every protocol violation closes the connection with GOAWAY and a logged reason; a bad call
+ends that call with a gRPC status; neither reaches other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import hpack
+
+from quorum.api.h2grpc import wire as w
+from quorum.api.h2grpc.status import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    AbortError,
+)
+
+if TYPE_CHECKING:
+    from quorum.api.h2grpc.server import GrpcServer, Method
+
+log = logging.getLogger(__name__)
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+_HEADER_CACHE_SIZE = 64
+_MAX_HEADER_BLOCK = 64 * 1024
+
+
+class ConnectionError_(Exception):
+    """A connection-level protocol error: GOAWAY with ``code``, then close."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Stream:
+    """One call. ``inbox`` holds the messages of a streaming request not yet read."""
+
+    __slots__ = (
+        "buf",
+        "compressed_ok",
+        "deadline",
+        "discard",
+        "done",
+        "headers_sent",
+        "id",
+        "inbox",
+        "metadata",
+        "method",
+        "recv_closed",
+        "send_window",
+        "task",
+        "timed_out",
+        "unacked",
+        "waiter",
+    )
+
+    def __init__(self, stream_id: int, method: Method | None, send_window: int) -> None:
+        self.id = stream_id
+        self.method = method
+        self.buf = bytearray()
+        self.recv_closed = False
+        self.send_window = send_window
+        self.headers_sent = False
+        self.done = False  # trailers sent or stream reset: nothing more is written
+        self.task: asyncio.Task[None] | None = None
+        self.inbox: deque[bytes | None] = deque()
+        self.waiter: asyncio.Future[None] | None = None  # a reader waiting on inbox
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.deadline: asyncio.TimerHandle | None = None
+        self.timed_out = False
+        self.unacked = 0  # bytes consumed but not yet credited back to the client
+        self.discard = False  # answered already (bad call): later DATA is dropped
+        self.compressed_ok = False
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Context:
+    """The servicer-facing call context (the subset of grpc.aio.ServicerContext quorum's
+    servicers use)."""
+
+    __slots__ = ("_code", "_conn", "_details", "_stream")
+
+    def __init__(self, conn: H2Connection, stream: Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._code: Any = None
+        self._details = ""
+
+    async def abort(self, code: Any, details: str = "") -> None:
+        raise AbortError(code, details)
+
+    def set_code(self, code: Any) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._stream.metadata
+
+    def peer(self) -> str:
+        return self._conn.peer
+
+    def cancelled(self) -> bool:
+        return self._stream.done and self._conn.closed
+
+    def done(self) -> bool:
+        return self._stream.done
+
+    def time_remaining(self) -> float | None:
+        handle = self._stream.deadline
+        if handle is None:
+            return None
+        return max(0.0, handle.when() - asyncio.get_running_loop().time())
+
+
+class _RequestIterator:
+    """The request messages of a client-streaming call, in order, until the client half-closes."""
+
+    def __init__(self, conn: H2Connection, stream: Stream, parse: Callable[[bytes], Any]) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._parse = parse
+
+    def __aiter__(self) -> _RequestIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        stream = self._stream
+        while not stream.inbox:
+            stream.waiter = self._conn.loop.create_future()
+            await stream.waiter
+            stream.waiter = None
+        raw = stream.inbox.popleft()
+        if raw is None:
+            stream.inbox.append(None)  # stays at the end for any later read
+            raise StopAsyncIteration
+        self._conn.credit(stream, len(raw) + 5)
+        try:
+            return self._parse(raw)
+        except Exception as exc:
+            raise AbortError(INTERNAL, "grpc: error unmarshalling request") from exc
+
+
+class H2Connection(asyncio.Protocol):
+    def __init__(self, server: GrpcServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.closed = False
+        self._buf = bytearray()
+        self._preface = False
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = server.max_header_list_size
+        self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._continuation: tuple[int, int, bytearray] | None = None
+        self.streams: dict[int, Stream] = {}
+        self._last_stream = 0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        # what the client allows us to send
+        self._send_window = w.DEFAULT_WINDOW
+        self._peer_initial_window = w.DEFAULT_WINDOW
+        self._peer_max_frame = w.DEFAULT_MAX_FRAME
+        self._send_waiters: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        # what we allow the client to send
+        self._recv_window = server.connection_window
+        self._conn_unacked = 0
+        self._goaway_sent = False
+        self._handlers: tuple[Callable[[int, int, bytes], None], ...] = (
+            self._on_data, self._on_headers, self._on_priority, self._on_rst_stream,
+            self._on_settings, self._on_push_promise, self._on_ping, self._on_goaway,
+            self._on_window_update, self._on_continuation,
+        )
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.connections.add(self)
+        s = self.server
+        self._write(w.settings_frame({
+            w.SETTINGS_MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
+            w.SETTINGS_INITIAL_WINDOW_SIZE: s.stream_window,
+            w.SETTINGS_MAX_FRAME_SIZE: s.max_frame_size,
+            w.SETTINGS_MAX_HEADER_LIST_SIZE: s.max_header_list_size,
+        }))
+        self._write(w.window_update(0, s.connection_window - w.DEFAULT_WINDOW))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for stream in list(self.streams.values()):
+            self._reset(stream)
+        self.streams.clear()
+        self._wake_senders()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_senders()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        buf = self._buf
+        buf += data
+        try:
+            pos = self._read_preface(buf) if not self._preface else 0
+            pos = self._read_frames(buf, pos)
+            if pos:
+                del buf[:pos]
+            if self._conn_unacked >= self.server.connection_window // 4:
+                self._write(w.window_update(0, self._conn_unacked))
+                self._recv_window += self._conn_unacked
+                self._conn_unacked = 0
+        except ConnectionError_ as exc:
+            self._fail(exc.code, str(exc))
+        except Exception:  # a bug here must cost this connection only, never the server
+            log.exception("grpc connection %s: internal error", self.peer)
+            self._fail(w.INTERNAL_ERROR, "internal error")
+        self._flush()
+
+    # --- framing -----------------------------------------------------------------------------
+
+    def _read_preface(self, buf: bytearray) -> int:
+        n = len(w.PREFACE)
+        if len(buf) < n:
+            if not w.PREFACE.startswith(bytes(buf)):
+                raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            return 0
+        if bytes(buf[:n]) != w.PREFACE:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+        self._preface = True
+        return n
+
+    def _read_frames(self, buf: bytearray, pos: int) -> int:
+        if not self._preface:
+            return pos
+        unpack = w.FRAME_HEADER.unpack_from
+        handlers = self._handlers
+        limit = self.server.max_frame_size
+        end_buf = len(buf)
+        while end_buf - pos >= 9 and not self.closed:
+            hi, lo, ftype, flags, sid = unpack(buf, pos)
+            length = (hi << 16) | lo
+            if length > limit:
+                raise ConnectionError_(w.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            end = pos + 9 + length
+            if end > end_buf:
+                break
+            payload = bytes(buf[pos + 9:end])
+            pos = end
+            if self._continuation is not None and ftype != w.CONTINUATION:
+                raise ConnectionError_(w.PROTOCOL_ERROR, "expected CONTINUATION")
+            if ftype < 10:
+                handlers[ftype](flags, sid & 0x7FFFFFFF, payload)
+            # unknown frame types are ignored (RFC 9113 §4.1)
+        return pos
+
+    # --- frame handlers ---------------------------------------------------------------------
+
+    def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "DATA on stream 0")
+        n = len(payload)
+        self._recv_window -= n
+        if self._recv_window < 0:
+            raise ConnectionError_(w.FLOW_CONTROL_ERROR, "connection window exceeded")
+        self._conn_unacked += n
+        stream = self.streams.get(sid)
+        if stream is None:
+            if sid > self._last_stream:
+                raise ConnectionError_(w.PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # a stream we already answered or reset: its data is dropped
+        if stream.recv_closed:
+            self._write(w.rst_stream(sid, w.STREAM_CLOSED))
+            self._reset(stream)
+            return
+        if flags & w.PADDED:
+            payload = _strip_padding(payload)
+            stream.unacked += n - len(payload)
+        if not stream.discard:
+            stream.buf += payload
+            self._take_messages(stream)
+        else:
+            stream.unacked += len(payload)
+        if flags & w.END_STREAM:
+            self._end_of_request(stream)
+        elif stream.unacked >= self.server.stream_window // 4:
+            self._ack_stream(stream)
+
+    def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "HEADERS on stream 0")
+        if flags & w.PADDED:
+            payload = _strip_padding(payload)
+        if flags & w.PRIORITY_FLAG:
+            payload = payload[5:]
+        if flags & w.END_HEADERS:
+            self._headers_complete(sid, flags, payload)
+        else:
+            self._continuation = (sid, flags, bytearray(payload))
+
+    def _on_continuation(self, flags: int, sid: int, payload: bytes) -> None:
+        cont = self._continuation
+        if cont is None or cont[0] != sid:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        block = cont[2]
+        block += payload
+        if len(block) > _MAX_HEADER_BLOCK:
+            raise ConnectionError_(w.ENHANCE_YOUR_CALM, "header block too large")
+        if flags & w.END_HEADERS:
+            self._continuation = None
+            self._headers_complete(sid, cont[1], bytes(block))
+
+    def _on_priority(self, flags: int, sid: int, payload: bytes) -> None:
+        if len(payload) != 5:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "PRIORITY frame of wrong size")
+
+    def _on_rst_stream(self, flags: int, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "RST_STREAM frame of wrong size")
+        if sid == 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self._reset(stream)
+
+    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid != 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & w.ACK:
+            if payload:
+                raise ConnectionError_(w.FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
+            return
+        if len(payload) % 6:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "SETTINGS frame of wrong size")
+        for key, value in w.parse_settings(payload):
+            self._apply_setting(key, value)
+        self._write(w.frame(w.SETTINGS, w.ACK, 0))
+
+    def _apply_setting(self, key: int, value: int) -> None:
+        if key == w.SETTINGS_INITIAL_WINDOW_SIZE:
+            if value > w.MAX_WINDOW:
+                raise ConnectionError_(w.FLOW_CONTROL_ERROR, "initial window too large")
+            delta = value - self._peer_initial_window
+            self._peer_initial_window = value
+            for stream in self.streams.values():
+                stream.send_window += delta
+            if delta > 0:
+                self._wake_senders()
+        elif key == w.SETTINGS_MAX_FRAME_SIZE:
+            if not w.DEFAULT_MAX_FRAME <= value <= w.MAX_FRAME_LIMIT:
+                raise ConnectionError_(w.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+            self._peer_max_frame = value
+        elif key == w.SETTINGS_ENABLE_PUSH and value > 1:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
+        # header table size: responses use no table; others need no action
+
+    def _on_push_promise(self, flags: int, sid: int, payload: bytes) -> None:
+        raise ConnectionError_(w.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+
+    def _on_ping(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid != 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "PING frame of wrong size")
+        if not flags & w.ACK:
+            self._write(w.frame(w.PING, w.ACK, 0, payload))
+
+    def _on_goaway(self, flags: int, sid: int, payload: bytes) -> None:
+        # The client starts no new call; the ones in flight finish, then it closes.
+        if len(payload) < 8:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "GOAWAY frame too short")
+
+    def _on_window_update(self, flags: int, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(w.FRAME_SIZE_ERROR, "WINDOW_UPDATE frame of wrong size")
+        increment = w.read_u32(payload) & 0x7FFFFFFF
+        if sid == 0:
+            if increment == 0:
+                raise ConnectionError_(w.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > w.MAX_WINDOW:
+                raise ConnectionError_(w.FLOW_CONTROL_ERROR, "connection window overflow")
+        else:
+            stream = self.streams.get(sid)
+            if stream is None:
+                return
+            if increment == 0 or stream.send_window + increment > w.MAX_WINDOW:
+                self._write(w.rst_stream(sid, w.FLOW_CONTROL_ERROR))
+                self._reset(stream)
+                return
+            stream.send_window += increment
+        self._wake_senders()
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def _decode_headers(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """HPACK-decode ``block``. A block of one-byte indexed fields only changes no table
+        state, so its decoding is cached until a block that may change the table arrives
+        (which shifts every dynamic index, so the cache is dropped)."""
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        try:
+            headers = cast("list[tuple[bytes, bytes]]", self._decoder.decode(block, raw=True))
+        except Exception as exc:
+            raise ConnectionError_(w.COMPRESSION_ERROR, f"header block: {exc}") from exc
+        if block.translate(None, _HIGH_BYTES):
+            self._header_cache.clear()
+        elif len(self._header_cache) < _HEADER_CACHE_SIZE:
+            self._header_cache[block] = headers
+        return headers
+
+    def _headers_complete(self, sid: int, flags: int, block: bytes) -> None:
+        headers = self._decode_headers(block)  # always: it keeps the HPACK table in step
+        stream = self.streams.get(sid)
+        if stream is not None:  # trailers of a request: gRPC sends none, but they are legal
+            if flags & w.END_STREAM:
+                self._end_of_request(stream)
+            else:
+                raise ConnectionError_(w.PROTOCOL_ERROR, "second HEADERS without END_STREAM")
+            return
+        if sid % 2 == 0 or sid <= self._last_stream:
+            raise ConnectionError_(w.PROTOCOL_ERROR, f"HEADERS on closed or even stream {sid}")
+        self._last_stream = sid
+        if self._goaway_sent or len(self.streams) >= self.server.max_concurrent_streams:
+            self._write(w.rst_stream(sid, w.REFUSED_STREAM))
+            return
+        self._open_call(sid, flags, headers)
+
+    def _open_call(self, sid: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
+        path = ctype = timeout = encoding = b""
+        method_name = b""
+        metadata: list[tuple[str, str]] = []
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method_name = value
+            elif name == b"content-type":
+                ctype = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name[:1] != b":" and name not in _TRANSPORT_HEADERS:
+                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+        method = self.server.methods.get(path)
+        stream = Stream(sid, method, self._peer_initial_window)
+        stream.metadata = tuple(metadata)
+        self.streams[sid] = stream
+        if flags & w.END_STREAM:
+            stream.recv_closed = True
+        if method_name != b"POST" or not ctype.startswith(b"application/grpc"):
+            self._answer_error(stream, INTERNAL, "not a gRPC request")
+        elif method is None:
+            self._answer_error(stream, UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
+        elif encoding not in (b"", b"identity", b"gzip", b"deflate"):
+            self._answer_error(stream, UNIMPLEMENTED,
+                               f"grpc: decompressor for {encoding.decode('latin-1')} not installed")
+        else:
+            stream.compressed_ok = encoding in (b"gzip", b"deflate")
+            if timeout:
+                self._set_deadline(stream, timeout)
+            if method.client_streaming:
+                self._start(stream, self.server.run_streaming_request(self, stream, Context(self, stream)))
+        if stream.recv_closed and not stream.discard:
+            self._end_of_request(stream)
+
+    def _set_deadline(self, stream: Stream, value: bytes) -> None:
+        seconds = w.parse_timeout(value)
+        if seconds is None:
+            self._answer_error(stream, INTERNAL, "malformed grpc-timeout")
+            return
+        stream.deadline = self.loop.call_later(seconds, self._expire, stream)
+
+    def _expire(self, stream: Stream) -> None:
+        stream.timed_out = True
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        elif not stream.done:
+            self.finish(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def _take_messages(self, stream: Stream) -> None:
+        """Move complete length-prefixed messages from the stream's buffer to its inbox."""
+        buf = stream.buf
+        limit = self.server.max_receive_message_length
+        while len(buf) >= 5:
+            size = int.from_bytes(buf[1:5], "big")
+            if size > limit:
+                self._answer_error(stream, RESOURCE_EXHAUSTED,
+                                   f"grpc: received message larger than max ({size} vs. {limit})")
+                return
+            if len(buf) < 5 + size:
+                break
+            flag = buf[0]
+            raw = bytes(buf[5:5 + size])
+            del buf[:5 + size]
+            if flag:
+                inflated = self._decompress(stream, raw)
+                if inflated is None:
+                    return
+                raw = inflated
+            if stream.method is not None and stream.method.client_streaming:
+                stream.inbox.append(raw)
+                stream.wake()
+            else:
+                stream.unacked += size + 5
+                stream.inbox.append(raw)
+
+    def _decompress(self, stream: Stream, raw: bytes) -> bytes | None:
+        if not stream.compressed_ok:
+            self._answer_error(stream, INTERNAL,
+                               "grpc: compressed flag set with identity or empty encoding")
+            return None
+        import zlib
+
+        try:
+            return zlib.decompress(raw, 47)  # gzip or zlib header, detected
+        except zlib.error:
+            self._answer_error(stream, INTERNAL, "grpc: failed to decompress the request")
+            return None
+
+    def _end_of_request(self, stream: Stream) -> None:
+        stream.recv_closed = True
+        if stream.discard:
+            return
+        if stream.buf:
+            self._answer_error(stream, INTERNAL, "grpc: request ends inside a message")
+            return
+        method = stream.method
+        assert method is not None
+        if method.client_streaming:
+            stream.inbox.append(None)
+            stream.wake()
+            return
+        if len(stream.inbox) != 1:
+            self._answer_error(stream, UNIMPLEMENTED if not stream.inbox else INTERNAL,
+                               "grpc: a unary request needs exactly one message")
+            return
+        raw = stream.inbox.popleft()
+        assert raw is not None
+        try:
+            request = method.parse(raw)
+        except Exception:
+            self._answer_error(stream, INTERNAL, "grpc: error unmarshalling request")
+            return
+        ctx = Context(self, stream)
+        if method.server_streaming:
+            self._start(stream, self.server.run_stream_response(self, stream, method, request, ctx))
+        else:
+            self._start(stream, self.server.run_unary(self, stream, method, request, ctx))
+
+    def _start(self, stream: Stream, coro: Any) -> None:
+        stream.task = self.loop.create_task(coro)
+
+    # --- writing answers -----------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.closed:
+            out = self._out
+            self._out = []
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def send_unary(self, stream: Stream, payload: bytes) -> bool:
+        """Headers, the one answer message and OK trailers, at once if the windows allow
+        (the usual case); False if the caller must take the flow-controlled path."""
+        if stream.done:
+            return True
+        n = len(payload) + 5
+        if n > self._send_window or n > stream.send_window or n > self._peer_max_frame:
+            return False
+        self._send_window -= n
+        stream.send_window -= n
+        sid = stream.id
+        pack = w.FRAME_HEADER.pack
+        self._write(b"".join((
+            pack(0, len(w.RESPONSE_HEADERS), w.HEADERS, w.END_HEADERS, sid), w.RESPONSE_HEADERS,
+            pack(n >> 16, n & 0xFFFF, w.DATA, 0, sid), b"\x00", (n - 5).to_bytes(4, "big"), payload,
+            pack(0, len(w.TRAILERS_OK), w.HEADERS, w.END_HEADERS | w.END_STREAM, sid),
+            w.TRAILERS_OK,
+        )))
+        self._close_stream(stream)
+        return True
+
+    async def send_message(self, stream: Stream, payload: bytes) -> None:
+        """One message of an answer, within the client's windows (waits for them)."""
+        if not stream.headers_sent:
+            self._send_headers(stream)
+        data = memoryview(w.grpc_message(payload))
+        while data:
+            if stream.done:
+                raise asyncio.CancelledError()
+            room = min(self._send_window, stream.send_window, self._peer_max_frame)
+            if room <= 0 or self._write_paused:
+                await self._wait_for_window()
+                continue
+            chunk = bytes(data[:room])
+            data = data[room:]
+            self._send_window -= len(chunk)
+            stream.send_window -= len(chunk)
+            self._write(w.frame(w.DATA, 0, stream.id, chunk))
+
+    def _send_headers(self, stream: Stream) -> None:
+        stream.headers_sent = True
+        self._write(w.frame(w.HEADERS, w.END_HEADERS, stream.id, w.RESPONSE_HEADERS))
+
+    async def _wait_for_window(self) -> None:
+        fut = self.loop.create_future()
+        self._send_waiters.append(fut)
+        await fut
+
+    def _wake_senders(self) -> None:
+        waiters, self._send_waiters = self._send_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def finish(self, stream: Stream, code: int, message: str = "") -> None:
+        """End the call with a status: trailers after an answer's headers, or a trailers-only
+        response if nothing was sent yet."""
+        if stream.done:
+            return
+        block = w.status_block(code, message)
+        if not stream.headers_sent:
+            block = w.RESPONSE_HEADERS + block
+        self._write(w.header_frames(stream.id, block, True, self._peer_max_frame))
+        self._close_stream(stream)
+
+    def _answer_error(self, stream: Stream, code: int, message: str) -> None:
+        """A call refused before its handler ran; its remaining request data is dropped."""
+        stream.discard = True
+        stream.buf.clear()
+        stream.unacked += sum(len(m) + 5 for m in stream.inbox if m is not None)
+        stream.inbox.clear()
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        self.finish(stream, code, message)
+
+    def _close_stream(self, stream: Stream) -> None:
+        stream.done = True
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+        if not stream.recv_closed:
+            # The answer is complete before the request: tell the client to stop sending
+            # (RFC 9113 §8.1: RST_STREAM NO_ERROR after a complete response).
+            self._write(w.rst_stream(stream.id, w.NO_ERROR))
+        self.streams.pop(stream.id, None)
+        self._maybe_close_after_goaway()
+
+    def _reset(self, stream: Stream) -> None:
+        """The client cancelled the call (or the connection ended): stop its handler."""
+        stream.done = True
+        if stream.deadline is not None:
+            stream.deadline.cancel()
+        self.streams.pop(stream.id, None)
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+        stream.wake()
+
+    def credit(self, stream: Stream, n: int) -> None:
+        """``n`` bytes of the stream were consumed by its handler: let the client send more."""
+        stream.unacked += n
+        if stream.unacked >= self.server.stream_window // 4 and not stream.recv_closed:
+            self._ack_stream(stream)
+
+    def _ack_stream(self, stream: Stream) -> None:
+        if stream.unacked and not stream.recv_closed and not stream.done:
+            self._write(w.window_update(stream.id, stream.unacked))
+        stream.unacked = 0
+
+    # --- closing -----------------------------------------------------------------------------
+
+    def goaway(self) -> None:
+        """Refuse new calls (the server is stopping); close once the calls in flight end."""
+        if self._goaway_sent or self.closed:
+            return
+        self._goaway_sent = True
+        self._write(w.goaway(self._last_stream, w.NO_ERROR))
+        self._flush()
+        self._maybe_close_after_goaway()
+
+    def _maybe_close_after_goaway(self) -> None:
+        if self._goaway_sent and not self.streams and self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, cancelling every call."""
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.connection_lost(None)
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.warning("grpc connection %s closed: %s", self.peer, reason)
+        self._write(w.goaway(self._last_stream, code, reason.encode()[:256]))
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.connection_lost(None)
+
+
+_TRANSPORT_HEADERS = frozenset({
+    b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
+    b"user-agent", b"content-length",
+})
+
+
+def _strip_padding(payload: bytes) -> bytes:
+    if not payload:
+        raise ConnectionError_(w.PROTOCOL_ERROR, "padded frame without a pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ConnectionError_(w.PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1:len(payload) - pad]
+

@@ -1,6 +1,7 @@
 """quorum's etcd gRPC surface in-process, through its own stubs: error codes and texts for bad
 input, watch streams (several watchers, ids, cancel, progress, fragments, compaction), leases,
-Lock and Election services, maintenance. Each test runs a fresh LocalBackend and server."""
+Lock and Election services, maintenance. Each test runs a fresh LocalBackend and server, once
+on each gRPC engine (quorum's own h2 server, the default, and grpcio's grpc.aio)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ from quorum.api.local import LocalBackend
 from quorum.state import LeaseRevokeRequest, PutRequest, RangeRequest, StateConfig, StateMachine
 
 STEP_S = 10.0  # generous bound on any single awaited step (never a timing assertion)
+ENGINE = ["h2"]  # set per test by the fixture below
+
+
+@pytest.fixture(autouse=True, params=["h2", "grpcio"])
+def engine(request: pytest.FixtureRequest) -> str:
+    ENGINE[0] = request.param
+    return str(request.param)
 
 
 class ManualClock:
@@ -61,7 +69,7 @@ async def env(
 ) -> AsyncIterator[Env]:
     clock = ManualClock()
     backend = backend_cls(clock=clock)  # no background tasks: tests drive lease expiry
-    server, port = await serve_etcd(backend, "127.0.0.1", 0, config)
+    server, port = await serve_etcd(backend, "127.0.0.1", 0, config, engine=ENGINE[0])
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 << 20)]
     )

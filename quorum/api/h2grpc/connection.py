@@ -68,6 +68,7 @@ class Stream:
         "metadata",
         "method",
         "recv_closed",
+        "recv_window",
         "send_window",
         "task",
         "timed_out",
@@ -75,11 +76,13 @@ class Stream:
         "waiter",
     )
 
-    def __init__(self, stream_id: int, method: Method | None, send_window: int) -> None:
+    def __init__(self, stream_id: int, method: Method | None, send_window: int,
+                 recv_window: int = w.DEFAULT_WINDOW) -> None:
         self.id = stream_id
         self.method = method
         self.buf = bytearray()
         self.recv_closed = False
+        self.recv_window = recv_window  # what the client may still send on this stream
         self.send_window = send_window
         self.headers_sent = False
         self.done = False  # trailers sent or stream reset: nothing more is written
@@ -190,7 +193,8 @@ class H2Connection(asyncio.Protocol):
         self._send_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         # what we allow the client to send
-        self._recv_window = server.connection_window
+        # a connection window starts at 65,535 whatever the settings (RFC 9113 §6.9.2)
+        self._recv_window = max(server.connection_window, w.DEFAULT_WINDOW)
         self._conn_unacked = 0
         self._goaway_sent = False
         self._handlers: tuple[Callable[[int, int, bytes], None], ...] = (
@@ -213,7 +217,8 @@ class H2Connection(asyncio.Protocol):
             w.SETTINGS_MAX_FRAME_SIZE: s.max_frame_size,
             w.SETTINGS_MAX_HEADER_LIST_SIZE: s.max_header_list_size,
         }))
-        self._write(w.window_update(0, s.connection_window - w.DEFAULT_WINDOW))
+        if s.connection_window > w.DEFAULT_WINDOW:
+            self._write(w.window_update(0, s.connection_window - w.DEFAULT_WINDOW))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -305,6 +310,13 @@ class H2Connection(asyncio.Protocol):
             return  # a stream we already answered or reset: its data is dropped
         if stream.recv_closed:
             self._write(w.rst_stream(sid, w.STREAM_CLOSED))
+            self._reset(stream)
+            return
+        stream.recv_window -= n
+        if stream.recv_window < 0:
+            # More than the stream window granted (RFC 9113 §6.9.1): a stream error, so
+            # unread messages of a streaming call never pile up past one window.
+            self._write(w.rst_stream(sid, w.FLOW_CONTROL_ERROR))
             self._reset(stream)
             return
         if flags & w.PADDED:
@@ -479,7 +491,9 @@ class H2Connection(asyncio.Protocol):
             elif name[:1] != b":" and name not in _TRANSPORT_HEADERS:
                 metadata.append((name.decode("latin-1"), value.decode("latin-1")))
         method = self.server.methods.get(path)
-        stream = Stream(sid, method, self._peer_initial_window)
+        # Until the client acknowledges our SETTINGS it may assume the default stream window.
+        stream = Stream(sid, method, self._peer_initial_window,
+                        max(self.server.stream_window, w.DEFAULT_WINDOW))
         stream.metadata = tuple(metadata)
         self.streams[sid] = stream
         if flags & w.END_STREAM:
@@ -495,7 +509,7 @@ class H2Connection(asyncio.Protocol):
             stream.compressed_ok = encoding in (b"gzip", b"deflate")
             if timeout:
                 self._set_deadline(stream, timeout)
-            if method.client_streaming:
+            if method.client_streaming and not stream.discard:  # not if refused just above
                 self._start(stream, self.server.run_streaming_request(self, stream, Context(self, stream)))
         if stream.recv_closed and not stream.discard:
             self._end_of_request(stream)
@@ -548,11 +562,23 @@ class H2Connection(asyncio.Protocol):
             return None
         import zlib
 
+        # The size limit applies to the inflated message: inflate at most one byte past it,
+        # so a small compressed request cannot expand into gigabytes.
+        limit = self.server.max_receive_message_length
+        inflater = zlib.decompressobj(47)  # gzip or zlib header, detected
         try:
-            return zlib.decompress(raw, 47)  # gzip or zlib header, detected
+            out = inflater.decompress(raw, limit + 1)
         except zlib.error:
+            out = None
+        if out is not None and len(out) > limit:
+            self._answer_error(stream, RESOURCE_EXHAUSTED,
+                               f"grpc: received message after decompression larger than max "
+                               f"(more than {limit})")
+            return None
+        if out is None or not inflater.eof:  # corrupt, or cut short
             self._answer_error(stream, INTERNAL, "grpc: failed to decompress the request")
             return None
+        return out
 
     def _end_of_request(self, stream: Stream) -> None:
         stream.recv_closed = True
@@ -707,6 +733,7 @@ class H2Connection(asyncio.Protocol):
     def _ack_stream(self, stream: Stream) -> None:
         if stream.unacked and not stream.recv_closed and not stream.done:
             self._write(w.window_update(stream.id, stream.unacked))
+            stream.recv_window += stream.unacked
         stream.unacked = 0
 
     # --- closing -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from quorum.api.h2grpc import GrpcServer
 STEP_S = 10.0  # generous bound on one awaited step: a hang fails the test, never a timing check
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SNAPSHOT_CHUNK = 64 * 1024
+OPEN_WINDOW = 1 << 30
 
 KV_PUT = "/etcdserverpb.KV/Put"
 KV_RANGE = "/etcdserverpb.KV/Range"
@@ -106,7 +107,8 @@ class KVServicer:
 
 
 class WatchServicer:
-    """Bidirectional echo: one answer per request, watch_id = the request's start_revision."""
+    """Bidirectional echo: one answer per request, watch_id = the request's start_revision.
+    With metadata ``x-hold: 1`` it reads nothing until ``probe.release`` is set."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -115,6 +117,8 @@ class WatchServicer:
         self.probe.calls.append("Watch")
         self.probe.started.set()
         try:
+            if ("x-hold", "1") in context.invocation_metadata():
+                await self.probe.release.wait()  # reads nothing until released
             async for req in requests:
                 create = req.create_request
                 yield pb.WatchResponse(
@@ -240,14 +244,18 @@ class RawClient:
         self.writer = writer
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
-        self.frames: list[Frame] = []
+        self.frames: list[Frame] = []  # every frame read, in order
+        self.unread: list[Frame] = []  # read but not yet taken by ``until``
 
     @classmethod
     async def connect(cls, port: int, preface: bool = True) -> RawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = cls(reader, writer)
         if preface:
-            client.send(PREFACE + raw_frame(0x4, 0, 0))  # preface + empty SETTINGS
+            # The client never reads its windows down, so it opens them wide at once: a
+            # response is never held back by flow control unless a test asks for it.
+            client.send(PREFACE + raw_frame(0x4, 0, 0, struct.pack(">HL", 0x4, OPEN_WINDOW))
+                        + raw_frame(0x8, 0, 0, struct.pack(">L", OPEN_WINDOW)))
         return client
 
     def send(self, data: bytes) -> None:
@@ -282,12 +290,17 @@ class RawClient:
         return frame
 
     async def until(self, match: Callable[[Frame], bool]) -> Frame:
-        """Read frames until one matches (fails at end of stream)."""
+        """The first frame not yet taken that matches, reading more as needed (fails at end
+        of stream). Frames passed over stay for later calls (another stream's answer)."""
+        for i, frame in enumerate(self.unread):
+            if match(frame):
+                return self.unread.pop(i)
         while True:
             frame = await self.read_frame()
             assert frame is not None, f"connection closed; frames: {self.frames}"
             if match(frame):
                 return frame
+            self.unread.append(frame)
 
     async def goaway(self) -> GoAwayFrame:
         """The server's GOAWAY, after which it must close the connection."""
@@ -364,3 +377,55 @@ async def raw_client(port: int, preface: bool = True) -> AsyncIterator[RawClient
         yield client
     finally:
         await client.close()
+
+
+# --- an h2 (python-hyper) client ---------------------------------------------------------
+
+
+class H2Client:
+    """The ``h2`` library's client state machine over one asyncio connection: an HTTP/2
+    implementation independent of both the server and grpcio."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 settings: dict[int, int] | None) -> None:
+        import h2.config
+        import h2.connection
+
+        self.reader = reader
+        self.writer = writer
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.pending: list[Any] = []  # events not yet looked at by ``until``
+        self.seen: list[Any] = []  # events ``until`` went past, in order
+        self.flush()
+
+    @classmethod
+    async def connect(cls, port: int, settings: dict[int, int] | None = None) -> H2Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, settings)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+
+    async def until(self, match: Callable[[Any], bool]) -> Any:
+        """Feed the server's bytes to h2 until an event matches; returns that event."""
+        while True:
+            while self.pending:
+                event = self.pending.pop(0)
+                self.seen.append(event)
+                if match(event):
+                    return event
+            data = await asyncio.wait_for(self.reader.read(65536), STEP_S)
+            assert data, "connection closed"
+            self.pending = list(self.conn.receive_data(data))
+            self.flush()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()

@@ -725,9 +725,14 @@ class H2Connection(asyncio.Protocol):
         stream.wake()
 
     def credit(self, stream: Stream, n: int) -> None:
-        """``n`` bytes of the stream were consumed by its handler: let the client send more."""
+        """``n`` bytes of the stream were consumed by its handler: let the client send more.
+
+        Credit is batched up to a quarter window, but not held once the handler has read
+        everything: the window holds one largest message, not one plus the uncredited bytes,
+        so the client may need exactly those bytes to finish its next message."""
         stream.unacked += n
-        if stream.unacked >= self.server.stream_window // 4 and not stream.recv_closed:
+        if ((stream.unacked >= self.server.stream_window // 4 or not stream.inbox)
+                and not stream.recv_closed):
             self._ack_stream(stream)
 
     def _ack_stream(self, stream: Stream) -> None:

@@ -241,3 +241,25 @@ def test_stop_with_grace_finishes_in_flight_and_refuses_new() -> None:
             assert "Put" not in s.probe.calls[1:]
 
     run(body)
+
+
+def test_stream_window_credit_after_small_messages() -> None:
+    """A small message, then one of the largest allowed size, on a bidi stream whose window
+    barely holds the largest: the small one's bytes must be credited back once the handler
+    has read it, or the large one waits forever for window."""
+
+    async def body() -> None:
+        async with serving(max_receive_message_length=1000, stream_window=1000) as s, \
+                channel(s.target) as ch:
+            call = rpc.WatchStub(ch).Watch()
+            for i, size in enumerate((10, 900, 50, 950, 1, 990)):
+                req = pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                    key=b"k" * size, start_revision=i))
+                assert req.ByteSize() <= 1000
+                await asyncio.wait_for(call.write(req), STEP_S)
+                got = await asyncio.wait_for(call.read(), STEP_S)
+                assert got.watch_id == i
+            await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
+
+    run(body)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from quorum.state import Request, Response, StateConfig, decode_command
+from quorum.errors import QuorumError
+from quorum.state import Envelope, Request, Response, StateConfig, decode_command
 from quorum.state import StateMachine as KvStore
 
 
@@ -31,6 +32,29 @@ class KvStateMachine:
         if self.on_apply is not None:
             self.on_apply(envelope.request, result)
         return result
+
+    def apply_batch(self, index: int, commands: list[bytes]) -> list[Response | QuorumError]:
+        """The commands of one entry, in order (quorum.node.statemachine.BatchStateMachine).
+        A command that does not decode fails alone, like one that breaks a state rule."""
+        decoded: list[Envelope | QuorumError] = []
+        for data in commands:
+            try:
+                decoded.append(decode_command(data))
+            except QuorumError as exc:
+                decoded.append(exc)
+        valid = [e for e in decoded if isinstance(e, Envelope)]
+        results = iter(self.store.apply_batch(index, valid) if valid else ())
+        out: list[Response | QuorumError] = []
+        on_apply = self.on_apply
+        for item in decoded:
+            if isinstance(item, QuorumError):
+                out.append(item)
+                continue
+            result = next(results)
+            if on_apply is not None and not isinstance(result, QuorumError):
+                on_apply(item.request, result)
+            out.append(result)
+        return out
 
     def snapshot(self) -> Iterator[bytes]:
         return self.store.snapshot()

@@ -4,6 +4,10 @@ Implement this to use quorum as an embeddable Raft library for your own state (s
 examples/counter.py). The runtime guarantees: ``apply`` is called once per committed entry, in
 log order, with strictly increasing indexes (after ``restore``, from the snapshot index + 1);
 ``snapshot`` is called between applies and must capture the state as of ``applied_index``.
+
+A state machine may also offer ``apply_batch`` (:class:`BatchStateMachine`): the runtime then
+packs the proposals of one loop turn into one entry, and the commands of that entry arrive in
+one call, in order, sharing the entry's index. Without it, every entry carries one command.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ class StateMachine(Protocol):
 
     def restore(self, chunks: Iterable[bytes]) -> None:
         """Replace the whole state with a snapshot produced by ``snapshot``."""
+        ...
+
+
+class BatchStateMachine(StateMachine, Protocol):
+    def apply_batch(self, index: int, commands: list[bytes]) -> list[Any]:
+        """Apply the commands of one committed entry, in order, all at ``index``.
+
+        Returns one result per command. A command that fails with a QuorumError (the state
+        unchanged by it, as for ``apply``) has that exception object in its place and the
+        following commands still apply; any other exception propagates, as from ``apply``.
+        """
         ...
 
 

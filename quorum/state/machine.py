@@ -13,7 +13,7 @@ usable after every error it raises.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
 import msgspec
@@ -100,6 +100,27 @@ class StateMachine:
         StateError subclasses as documented on each request (state unchanged, index consumed).
         """
         self._advance(index)
+        return self._apply_command(index, command)
+
+    def apply_batch(
+        self, index: int, commands: Sequence[bytes | Envelope | Request]
+    ) -> list[Response | StateError]:
+        """Apply several commands that share the committed entry at ``index``, in order.
+
+        Each command behaves as in ``apply``; one that raises a StateError leaves the state
+        as it was and has the error in its place in the result, and the next ones still
+        apply (the entry is consumed once). Raises UsageError if ``index`` does not grow.
+        """
+        self._advance(index)
+        out: list[Response | StateError] = []
+        for command in commands:
+            try:
+                out.append(self._apply_command(index, command))
+            except StateError as exc:
+                out.append(exc)
+        return out
+
+    def _apply_command(self, index: int, command: bytes | Envelope | Request) -> Response:
         if isinstance(command, (bytes, bytearray, memoryview)):
             if len(command) > self.config.max_request_bytes + _COMMAND_SLACK_BYTES:
                 raise RequestTooLarge()

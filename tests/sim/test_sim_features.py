@@ -122,9 +122,9 @@ def test_a_learner_joining_a_quiet_cluster_catches_up() -> None:
     world.run_until(500)
     leader = world.nodes[world.leader()]
     assert leader.core is not None
-    for i in range(50):
+    for i in range(50):  # one loop turn each: 50 entries (one turn's proposals share one)
         leader.core.propose(sc.encode_command(sc.PutRequest(b"k", str(i).encode())), _Ignore())
-    world.drive(leader)
+        world.drive(leader)
     world.run_until(1500)
     assert leader.core.storage.log.first_index() > 2  # compacted: only a snapshot helps
     new = world.add_node()

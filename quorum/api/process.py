@@ -140,7 +140,8 @@ class QuorumProcess:
             from quorum.api.etcd.server import serve_etcd
 
             host, port = split_addr(cfg.etcd_listen)
-            self.etcd, _port = await serve_etcd(self.backend, host, port)
+            self.etcd, _port = await serve_etcd(self.backend, host, port,
+                                                engine=cfg.etcd_engine)
 
     async def _publish_addresses(self) -> None:
         """Make the cluster's member list carry this node's client addresses (a node added by

@@ -80,6 +80,8 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--peer-listen", help="host:port for peer traffic.")
 @click.option("--client-listen", help="host:port for the native client protocol ('' = off).")
 @click.option("--etcd-listen", help="host:port for the etcd v3 gRPC API ('' = off).")
+@click.option("--etcd-engine", type=click.Choice(["h2", "grpcio"]),
+              help="gRPC server of the etcd port: quorum's own (h2, default) or grpcio's.")
 @click.option("--initial-cluster", help="1=host:peer[/client[/etcd]],2=... (new clusters).")
 @click.option("--join", is_flag=True, default=None,
               help="Start empty and wait to be added (quorum member add) by a running cluster.")
@@ -100,7 +102,7 @@ async def _watch_fatal(proc: object) -> None:
               help="TESTS ONLY: break safety rules on purpose (see docs/verify.md).")
 def serve(config_path: str | None, node_id: int | None, name: str | None, data_dir: str | None,
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
-          initial_cluster: str | None, join: bool | None, tick_ms: int | None,
+          etcd_engine: str | None, initial_cluster: str | None, join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
           auto_compaction_retention: str | None, log_level: str, planted_bugs: str) -> None:
@@ -109,8 +111,8 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, object] = {
         "id": node_id, "name": name, "data_dir": data_dir, "peer_listen": peer_listen,
-        "client_listen": client_listen, "etcd_listen": etcd_listen, "join": join,
-        "tick_ms": tick_ms, "election_ticks": election_ticks,
+        "client_listen": client_listen, "etcd_listen": etcd_listen, "etcd_engine": etcd_engine,
+        "join": join, "tick_ms": tick_ms, "election_ticks": election_ticks,
         "snapshot_entries": snapshot_entries, "lease_reads": lease_reads,
         "auto_compaction_mode": auto_compaction_mode,
         "auto_compaction_retention": auto_compaction_retention,

@@ -61,6 +61,8 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     # "revision" (retention = revisions to keep); retention 0 = off, the default
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str | int = "0"
+    # the etcd port's gRPC server: "h2" (quorum.api.h2grpc, the default) or "grpcio"
+    etcd_engine: str = "h2"
 
     def validate(self) -> NodeConfig:
         """Check every rule; raise ConfigError naming the first broken one. Returns self."""
@@ -73,6 +75,7 @@ class NodeConfig(msgspec.Struct, kw_only=True):
              "client_listen must be host:port or empty."),
             (not self.etcd_listen or _is_addr(self.etcd_listen),
              "etcd_listen must be host:port or empty."),
+            (self.etcd_engine in ("h2", "grpcio"), "etcd_engine must be 'h2' or 'grpcio'."),
             (self.tick_ms >= 1, "tick_ms must be at least 1."),
             (self.heartbeat_ticks >= 1, "heartbeat_ticks must be at least 1."),
             (self.election_ticks > self.heartbeat_ticks,

@@ -42,6 +42,7 @@ from quorum.errors import (
     RequestTooLarge,
 )
 from quorum.node.clock import Clock
+from quorum.node.core import Waiter
 from quorum.node.envelope import MemberInfo
 from quorum.node.kv import KvStateMachine
 from quorum.node.server import RaftServer
@@ -127,6 +128,15 @@ class ClusterBackend(LocalBackend):
             raise RequestTooLarge()
         result: sc.Response = await self.server.propose(data)
         return result
+
+    def submit_write(self, request: sc.Request, session_id: int, seq: int, waiter: Waiter) -> None:
+        """``write`` for callers that take the outcome in a callback: the waiter gets the
+        state machine's response or the error (the same ones ``write`` raises)."""
+        data = sc.encode_envelope(sc.Envelope(request, session_id, seq))
+        if len(data) > self.max_request_bytes + _SLACK_BYTES:
+            waiter.fail(RequestTooLarge())
+            return
+        self.server.submit(data, waiter)
 
     async def _write_as_leader(self, request: sc.Request) -> sc.Response:
         """A lease decision measured on this leader's clock: appended only while this node

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from quorum.errors import DiskFullError, NodeStopped, SnapshotOutOfDate
 from quorum.node.clock import Clock, SystemClock
-from quorum.node.core import NodeCore, SnapshotJob
+from quorum.node.core import NodeCore, SnapshotJob, Waiter
 from quorum.node.persister import Persister
 from quorum.node.ready import process_ready
 from quorum.raft.types import ConfChange, ConfState, Message, Ready
@@ -134,6 +134,16 @@ class RaftServer:
         self.core.propose(payload, FutureWaiter(fut), leader_only=leader_only)
         self.wake()
         return await fut
+
+    def submit(self, payload: bytes, waiter: Waiter) -> None:
+        """``propose`` without a future or a coroutine: the waiter gets the result (or the
+        error) straight from the Ready loop when the entry is applied here. For callers
+        that answer from a callback (the native protocol's writes)."""
+        if not self._running:
+            waiter.fail(NodeStopped("node is not running"))
+            return
+        self.core.propose(payload, waiter)
+        self.wake()
 
     async def read_barrier(self) -> int:
         """Wait until local state reflects every write committed before the call (ReadIndex)."""

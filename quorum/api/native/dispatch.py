@@ -45,6 +45,11 @@ class BackendDispatcher:
             getattr(backend, "server", None), "read_barrier", None
         )
         self.batches_reads = self._barrier is not None
+        # A backend that takes writes with a callback waiter (ClusterBackend.submit_write):
+        # the connection then answers a write from the waiter, with no coroutine or future.
+        self._submit: Callable[[Any, int, int, Any], None] | None = getattr(
+            backend, "submit_write", None)
+        self.submits_writes = self._submit is not None
         self._handlers: dict[type, Handler] = {
             RangeRequest: self._read,
             TxnRequest: self._txn,
@@ -92,6 +97,16 @@ class BackendDispatcher:
             self.forwarded += 1  # Raft forwards the proposal to the leader: one more hop
         # a retried (session, seq) returns the recorded outcome, or raises the recorded error
         return await self.backend.write(body, session, seq)
+
+    def submit_write(self, body: Any, session: int, seq: int, waiter: Any) -> None:
+        """Start a write whose outcome goes to ``waiter`` (``resolve(response)`` or
+        ``fail(exc)``, once). Only when ``submits_writes``; for the bodies of
+        ``DIRECT_WRITES`` (their handler is ``_write``)."""
+        if self._submit is None:
+            raise UsageError("this backend has no callback writes")
+        if self._core is not None and self.leader_hint():
+            self.forwarded += 1  # Raft forwards the proposal to the leader: one more hop
+        self._submit(body, session, seq, waiter)
 
     async def _read(self, body: Any, _session: int, _seq: int, serializable: bool) -> Any:
         if not serializable and self._core is not None and self.leader_hint():

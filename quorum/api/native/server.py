@@ -83,7 +83,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out = bytearray()
         self._flush_scheduled = False
-        self._inflight: set[asyncio.Task[None] | _Waiting] = set()
+        self._inflight: set[asyncio.Task[None] | _Waiting | _WriteWaiter] = set()
         self._watches: dict[int, asyncio.Task[None]] = {}  # watch id -> its pump task
         self._watchers: dict[int, Watch] = {}  # watch id -> backend watcher, once created
         self._reading_paused = False
@@ -93,6 +93,8 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._peer = "?"
         self._batch_reads = self._dispatcher.batches_reads
+        # writes answered from a callback waiter when the dispatcher offers it (a Raft node)
+        self._direct_writes = getattr(self._dispatcher, "submits_writes", False)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class _Connection(asyncio.Protocol):
             return
         decode = self._request_decoder.decode
         batch = self._batch_reads
+        direct = self._direct_writes
         reads: list[m.Request] = []
         for body in frames:
             try:
@@ -119,8 +122,11 @@ class _Connection(asyncio.Protocol):
             except Exception as exc:  # DecodeError, and e.g. UnicodeDecodeError on bad tags
                 self.abort(f"undecodable request: {type(exc).__name__}: {exc}")
                 return
-            if batch and type(req.body) is m.RangeRequest and not req.serializable:
+            kind = type(req.body)
+            if batch and kind is m.RangeRequest and not req.serializable:
                 reads.append(req)
+            elif direct and kind in _DIRECT_WRITES:
+                self._submit_write(req)
             else:
                 self._start(req)
         if reads:
@@ -164,6 +170,27 @@ class _Connection(asyncio.Protocol):
             self._track(self._stream_snapshot(req.id, body.chunk_bytes))
         else:
             self._track(self._serve(req), type(body) in _KV_BODIES)
+
+    def _submit_write(self, req: m.Request) -> None:
+        """A write answered by a _WriteWaiter when it is applied (or fails)."""
+        waiter = _WriteWaiter(self, req.id)
+        self._inflight.add(waiter)
+        try:
+            self._dispatcher.submit_write(  # type: ignore[attr-defined]
+                req.body, req.session, req.seq, waiter)
+        except Exception as exc:
+            waiter.fail(exc)
+
+    def _answer_write(self, waiter: _WriteWaiter, body: m.ResponseBody) -> None:
+        """Runs inside the node's Ready loop (apply): it must not raise."""
+        self._inflight.discard(waiter)
+        try:
+            self.send(m.Response(waiter.req_id, body, self._dispatcher.leader_hint()))
+        except Exception as exc:
+            log.error("answering write %d failed", waiter.req_id, exc_info=exc)
+            self.abort(f"answer could not be sent: {type(exc).__name__}")
+        if self._reading_paused:
+            self._maybe_resume_reading()
 
     def _track(self, coro: Coroutine[Any, Any, None], light: bool = False) -> None:
         """Run ``coro`` eagerly up to its first suspension. A request the backend answers
@@ -359,6 +386,35 @@ class _Connection(asyncio.Protocol):
 # Requests whose handlers (Backend.write / Backend.read) only ever wait on futures: they need
 # no current task (no asyncio.timeout inside), so _Waiting can drive them.
 _KV_BODIES = frozenset(m.WRITE_BODIES) | {m.RangeRequest}
+
+
+# Writes whose dispatcher handler is BackendDispatcher._write (a TxnRequest may be a read:
+# it goes through the dispatcher's _txn) and that the backend may take with a callback.
+_DIRECT_WRITES = frozenset({m.PutRequest, m.DeleteRangeRequest})
+
+
+class _WriteWaiter:
+    """NodeCore's Waiter for one write of one connection: the first outcome is answered,
+    a later one (or any after ``cancel``, when the connection is gone) is dropped."""
+
+    __slots__ = ("_conn", "req_id")
+
+    def __init__(self, conn: _Connection, req_id: int) -> None:
+        self._conn: _Connection | None = conn
+        self.req_id = req_id
+
+    def resolve(self, value: Any) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn._answer_write(self, value)
+
+    def fail(self, exc: BaseException) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn._answer_write(self, error_body(exc))
+
+    def cancel(self) -> None:
+        self._conn = None
 
 
 class _Waiting:

@@ -38,14 +38,19 @@ from quorum.errors import BadFrame, FrameError, FrameTooLarge
 from quorum.raft.types import LOCAL_MESSAGES, Message, MessageType
 
 MAGIC: Final = b"QT"
-PROTOCOL_VERSION: Final = 1
+# Version 2: entries may carry several commands (quorum.node.envelope.ProposalBatch) and
+# snapshots use state format 2, neither of which a version-1 node can apply. Peers of another
+# version are refused at the first frame (logged), so a mixed-version cluster never ships a
+# node an entry it would skip: during a rolling upgrade the upgraded nodes form their own
+# majority once there are enough of them (docs/node.md, "Upgrades").
+PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("!2sBBBBII")
 HEADER_BYTES: Final = HEADER.size
 _PREFIX: Final = struct.Struct("!2sBBBBI")  # the header without its CRC field
 _CRC: Final = struct.Struct("!I")
 MIB: Final = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * MIB
-KNOWN_FLAGS: Final = 0  # no flag bits are defined in protocol version 1
+KNOWN_FLAGS: Final = 0  # no flag bits are defined (protocol versions 1 and 2)
 _U32_MAX: Final = 0xFFFFFFFF
 
 NodeId = Annotated[int, msgspec.Meta(ge=1)]

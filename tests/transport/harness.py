@@ -12,6 +12,7 @@ import pytest
 
 from quorum.raft.types import Entry, Message, MessageType
 from quorum.transport.codec import (
+    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
     FrameEncoder,
@@ -111,10 +112,10 @@ def app(frm: int, to: int, index: int, payload: int = 100) -> Message:
 
 async def raw_handshake(
     address: Address, *, cluster_id: int = 7, from_id: int = 9, to_id: int = 1,
-    kind: StreamKind = StreamKind.MESSAGES,
+    kind: StreamKind = StreamKind.MESSAGES, version: int = PROTOCOL_VERSION,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Frame]:
     reader, writer = await asyncio.open_connection(*address)
-    writer.write(FrameEncoder().encode(Hello(cluster_id, from_id, to_id, 1, kind)))
+    writer.write(FrameEncoder().encode(Hello(cluster_id, from_id, to_id, version, kind)))
     decoder = FrameDecoder()
     while True:
         data = await reader.read(65536)

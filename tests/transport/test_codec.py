@@ -49,7 +49,7 @@ def _app(i: int, size: int = 100) -> Message:
     return Message(MessageType.APP, to=2, from_=1, term=1, index=i - 1, entries=(entry,))
 
 
-def _raw_frame(ftype: int, body: bytes, *, magic: bytes = MAGIC, version: int = 1,
+def _raw_frame(ftype: int, body: bytes, *, magic: bytes = MAGIC, version: int = PROTOCOL_VERSION,
                flags: int = 0, crc: int | None = None, length: int | None = None) -> bytes:
     length = len(body) if length is None else length
     prefix = HEADER.pack(magic, version, ftype, flags, 0, length, 0)[:10]
@@ -161,6 +161,9 @@ def test_bad_magic() -> None:
 def test_bad_version() -> None:
     with pytest.raises(BadFrame, match="version"):
         FrameDecoder().feed(_raw_frame(FrameType.PING, b"\x91\x01", version=9))
+    # version 1 nodes cannot apply batched entries or format 2 snapshots: refused too
+    with pytest.raises(BadFrame, match="version 1"):
+        FrameDecoder().feed(_raw_frame(FrameType.PING, b"\x91\x01", version=1))
 
 
 def test_unknown_frame_type_and_flags() -> None:

@@ -13,6 +13,7 @@ from quorum.raft.types import Message, MessageType
 from quorum.transport.codec import (
     HEADER,
     MAGIC,
+    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
     FrameEncoder,
@@ -111,6 +112,21 @@ def test_wrong_cluster_id_is_rejected_and_reported(
     assert "cluster id 1 is not 2" in caplog.text
 
 
+def test_a_version_1_peer_is_refused(loop_name: str) -> None:
+    """Version 1 nodes cannot apply batched entries or format 2 snapshots: a HELLO claiming
+    version 1 gets a REJECT naming it, and the connection closes."""
+    async def scenario() -> None:
+        b = Node(2)
+        await cluster(b)
+        reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=2, version=1)
+        assert isinstance(reply, Reject) and "protocol version 1 unsupported" in reply.reason
+        assert await read_until_eof(reader) == b""
+        writer.close()
+        await b.transport.close()
+
+    run(scenario(), loop_name)
+
+
 def test_wrong_member_id_gets_reject_frame_and_close(loop_name: str) -> None:
     async def scenario() -> None:
         b = Node(2)
@@ -161,7 +177,7 @@ def test_oversized_frame_closes_the_connection(
         await cluster(b)
         reader, writer, reply = await raw_handshake(b.address, from_id=1, to_id=2)
         assert isinstance(reply, HelloAck)
-        writer.write(HEADER.pack(MAGIC, 1, FrameType.MESSAGES, 0, 0, 64 * 1024 + 1, 0))
+        writer.write(HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.MESSAGES, 0, 0, 64 * 1024 + 1, 0))
         assert await read_until_eof(reader) == b""
         writer.close()
         await b.transport.close()

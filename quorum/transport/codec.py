@@ -42,7 +42,7 @@ MAGIC: Final = b"QT"
 # snapshots use state format 2, neither of which a version-1 node can apply. Peers of another
 # version are refused at the first frame (logged), so a mixed-version cluster never ships a
 # node an entry it would skip: during a rolling upgrade the upgraded nodes form their own
-# majority once there are enough of them (docs/node.md, "Upgrades").
+# majority once there are enough of them (docs/transport.md, "Versions").
 PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("!2sBBBBII")
 HEADER_BYTES: Final = HEADER.size

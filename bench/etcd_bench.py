@@ -1,9 +1,10 @@
-"""Unary etcd Put/s and Range/s through quorum's grpc.aio server on a LocalBackend.
+"""Unary etcd Put/s and Range/s through quorum's etcd API on a LocalBackend.
 
-The server runs in its own process (``python -m quorum.api.etcd``); this process drives it
-with ``--clients`` concurrent grpc.aio callers on one channel for ``--seconds`` each phase.
+The server runs in its own process (``python -m quorum.api.etcd --engine h2|grpcio``); this
+process drives it with ``--clients`` concurrent grpc.aio callers on one channel for
+``--seconds`` each phase.
 
-    .venv/bin/python bench/etcd_bench.py --clients 64 --seconds 5
+    .venv/bin/python bench/etcd_bench.py --clients 64 --seconds 5 --uvloop --engine h2
 
 ``--floor MODE,...`` instead measures the gRPC floor: a do-nothing KV.Put server (it answers
 a fixed PutResponse, optionally after ``--delay`` seconds, standing in for a Raft round trip)
@@ -13,18 +14,11 @@ with ``-``): ``aio`` (grpc.aio, the generated servicer), ``sync`` (grpc.server o
 pool of ``--threads``), plus ``uvloop``, ``generic`` (a generic handler on raw bytes: no
 (de)serializer in grpc, the request parsed with the generated class in the handler),
 ``opts`` (channelz off, BDP probing off, optimization_target=throughput), ``migration``
-(grpc.aio with a migration_thread_pool).
+(grpc.aio with a migration_thread_pool); ``h2`` is quorum's own gRPC server
+(quorum.api.h2grpc) instead of grpcio's.
 
-    .venv/bin/python bench/etcd_bench.py --floor aio,aio-uvloop,sync --clients 256 --reps 3
+    .venv/bin/python bench/etcd_bench.py --floor aio-uvloop,h2-uvloop,sync --clients 256 --reps 3
 
-``--frontend`` measures the out-of-process front-end design against the in-process etcd
-port on one 3-node cluster (``quorum serve`` processes as bench/compare_etcd.py starts them):
-next to each node runs a prototype front-end process (grpc.aio on uvloop) that answers only
-KV.Put, through the native protocol to its own node on a local connection. ``quorum bench
---target etcd`` put runs alternate between the nodes' etcd ports and the front ends; server
-CPU covers the three nodes, plus the three front ends in the front-end runs.
-
-    .venv/bin/python bench/etcd_bench.py --frontend --clients 256 1 --seconds 5 --reps 5
 """
 
 from __future__ import annotations
@@ -32,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,12 +41,12 @@ from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 
 
-def start_server(workdir: Path, uvloop: bool) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(workdir: Path, uvloop: bool, engine: str) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / "port"
     extra = ["--uvloop"] if uvloop else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "quorum.api.etcd", "--port", "0", "--port-file", str(port_file),
-         *extra],
+         "--engine", engine, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
@@ -286,89 +279,12 @@ def floor(args: argparse.Namespace) -> None:
               f"(runs {', '.join(f'{r[1]:.0f}' for r in rs)} us)")
 
 
-# --- the out-of-process front end (prototype, KV.Put only) ----------------------------------
-
-
-def frontend_serve(native: str, listen: str) -> None:
-    """Child process: KV.Put on ``listen`` forwarded to the node at ``native``."""
-    import uvloop
-
-    from quorum.client.aio import AsyncClient
-
-    async def run() -> None:
-        # one session per concurrent call: the pool must not cap the calls in flight
-        client = AsyncClient([native], max_sessions=4096)
-        await client.connect()
-
-        async def put(raw: bytes, context: Any) -> bytes:
-            req = pb.PutRequest.FromString(raw)
-            res = await client.put(req.key, req.value, lease=req.lease, prev_kv=req.prev_kv,
-                                   ignore_value=req.ignore_value, ignore_lease=req.ignore_lease)
-            out = pb.PutResponse()
-            out.header.revision = res.revision
-            return out.SerializeToString()
-
-        method = grpc.unary_unary_rpc_method_handler(put)
-        server = grpc.aio.server(
-            handlers=(grpc.method_handlers_generic_handler("etcdserverpb.KV", {"Put": method}),))
-        server.add_insecure_port(listen)
-        await server.start()
-        await server.wait_for_termination()
-
-    uvloop.run(run())
-
-
-def frontend(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from compare_etcd import bench, free_ports, start_quorum, wait_ready
-
-    root = Path(tempfile.mkdtemp(prefix="etcd-frontend-"))
-    cluster = start_quorum(root)
-    fronts: list[subprocess.Popen[bytes]] = []
-    try:
-        wait_ready("quorum-etcd", cluster.client_endpoints)
-        wait_ready("quorum-native", cluster.native_endpoints)
-        ports = free_ports(3)
-        for native, port in zip(cluster.native_endpoints, ports):
-            fronts.append(subprocess.Popen(
-                [sys.executable, __file__, "--frontend-serve", native, f"127.0.0.1:{port}"]))
-        front_endpoints = [f"127.0.0.1:{p}" for p in ports]
-        wait_ready("quorum-etcd", front_endpoints)
-        targets = {
-            "in-process": (cluster.client_endpoints, cluster.pids),
-            "front end": (front_endpoints, cluster.pids + [f.pid for f in fronts]),
-        }
-        results: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        for rep in range(args.reps):
-            for clients in args.clients:
-                for name, (endpoints, pids) in targets.items():
-                    r = bench("quorum-etcd", endpoints, "put", clients, args.seconds, pids)
-                    results.setdefault((clients, name), []).append(r)
-                    print(f"rep {rep + 1} put x{clients:<3d} {name:10s} {r['ops_per_s']:7,.0f}/s "
-                          f"p50 {r['p50_ms']:6.2f} ms server {r['server_cpu_us_per_op']:5.0f} "
-                          f"us/op errors {r['errors']}", flush=True)
-        print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.reps}:")
-        for (clients, name), rs in results.items():
-            med = {k: statistics.median(r[k] for r in rs)
-                   for k in ("ops_per_s", "p50_ms", "server_cpu_us_per_op")}
-            runs = ", ".join(f"{r['ops_per_s']:,.0f}" for r in rs)
-            print(f"put x{clients:<3d} {name:10s} {med['ops_per_s']:7,.0f}/s "
-                  f"p50 {med['p50_ms']:6.2f} ms server {med['server_cpu_us_per_op']:5.0f} us/op "
-                  f"(runs {runs})")
-    finally:
-        for f in fronts:
-            f.terminate()
-            f.wait(10)
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 async def main(args: argparse.Namespace) -> None:
     if args.cpu:
         await cpu(args.cpu)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp), args.uvloop)
+        proc, port = start_server(Path(tmp), args.uvloop, args.engine)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 kv = rpc.KVStub(channel)
@@ -399,17 +315,12 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=8,
                         help="--floor: thread pool size of sync / migration modes")
     parser.add_argument("--reps", type=int, default=3, help="--floor: repetitions")
-    parser.add_argument("--frontend", action="store_true",
-                        help="instead: in-process etcd port against out-of-process front ends")
+    parser.add_argument("--engine", choices=("h2", "grpcio"), default="h2",
+                        help="the dev server's gRPC engine")
     parser.add_argument("--floor-serve", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--frontend-serve", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parsed = parser.parse_args()
-    if parsed.frontend_serve:
-        frontend_serve(*parsed.frontend_serve)
-    elif parsed.frontend:
-        frontend(parsed)
-    elif parsed.floor_serve:
+    if parsed.floor_serve:
         floor_serve(parsed.floor_serve, parsed.port_file, parsed.delay, parsed.threads)
     elif parsed.floor:
         floor(parsed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,19 @@ def extract_release(commit: str, dest: Path) -> Code:
         with tarfile.open(DATA / f"quorum-{commit}.tar.gz") as tar:
             tar.extractall(root, filter="data")
     return Code(commit, root)
+
+
+def patched_current(dest: Path, name: str, path: str, old: str, new: str) -> Code:
+    """A copy of the current package under ``dest`` with the one occurrence of ``old`` in
+    ``quorum/<path>`` replaced by ``new``: a planted bug. Fails loudly if ``old`` is not
+    there exactly once (the code moved: update the planted test, do not drop it)."""
+    shutil.copytree(ROOT / "quorum", dest / "quorum",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = dest / "quorum" / path
+    source = target.read_text()
+    assert source.count(old) == 1, f"{path} no longer holds {old!r}; update the planted bug"
+    target.write_text(source.replace(old, new))
+    return Code(name, dest)
 
 
 def free_port(ip: str, rng: random.Random) -> int:

@@ -13,14 +13,20 @@ node started) fails the first of these tests; test_planted_format1_digest_bug sh
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
 
 from quorum.client.aio import AsyncClient
 
-from .cluster import CURRENT, FORMAT1_COMMIT, PREBATCH_COMMIT, ROOT, Code, UpgradeCluster
+from .cluster import (
+    CURRENT,
+    FORMAT1_COMMIT,
+    PREBATCH_COMMIT,
+    Code,
+    UpgradeCluster,
+    patched_current,
+)
 from .workload import NodeState, Written, converged, write_after, write_history
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("procs")]
@@ -66,6 +72,7 @@ async def check_new(cluster: UpgradeCluster, new: Code, written: Written,
 async def upgrade_and_check(tmp_path: Path, subnet: int, old: Code, new: Code) -> None:
     with UpgradeCluster(tmp_path, subnet) as cluster:
         written, before = await run_old(cluster, old)
+        old_snaps = {i: set(snapshot_files(cluster.data_dir(i))) for i in cluster.nodes}
         await check_new(cluster, new, written, before)
         async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
             last = await write_after(client, "new")
@@ -74,6 +81,8 @@ async def upgrade_and_check(tmp_path: Path, subnet: int, old: Code, new: Code) -
         assert grown.hash != before.hash
         assert grown.probe == before.probe  # old history is untouched by new writes
         assert cluster.stop_all() == {1: 0, 2: 0, 3: 0}
+        for node_id in cluster.nodes:  # the second restart starts from a new-code snapshot
+            assert set(snapshot_files(cluster.data_dir(node_id))) - old_snaps[node_id]
         # a second restart reads what the new code wrote (format 2 snapshots, new WAL) on
         # top of what the old code wrote
         again = await check_new(cluster, new, written, grown)
@@ -99,14 +108,9 @@ FIX_LINE = "    expected = image.digest_v1 if header.version == 1 else store.dig
 
 def code_with_format1_digest_bug(dest: Path) -> Code:
     """The current code with d3df6f3 undone: format 1 snapshots checked against the current
-    digest. Fails loudly if the line it reverts is gone (then update it, do not drop it)."""
-    shutil.copytree(ROOT / "quorum", dest / "quorum",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    path = dest / "quorum" / "state" / "snapshot.py"
-    source = path.read_text()
-    assert source.count(FIX_LINE) == 1, "the format 1 digest check moved; update this test"
-    path.write_text(source.replace(FIX_LINE, "    expected = store.digest\n"))
-    return Code("current-with-format1-digest-bug", dest)
+    digest."""
+    return patched_current(dest, "current-with-format1-digest-bug", "state/snapshot.py",
+                           FIX_LINE, "    expected = store.digest\n")
 
 
 def test_planted_format1_digest_bug(tmp_path: Path, releases: dict[str, Code]) -> None:

@@ -27,7 +27,14 @@ import pytest
 from quorum.client.aio import AsyncClient
 from quorum.errors import QuorumError
 
-from .cluster import CURRENT, FORMAT1_COMMIT, PREBATCH_COMMIT, Code, UpgradeCluster
+from .cluster import (
+    CURRENT,
+    FORMAT1_COMMIT,
+    PREBATCH_COMMIT,
+    Code,
+    UpgradeCluster,
+    patched_current,
+)
 from .workload import ALL, NodeState, Written, converged, read_state, write_history
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("procs")]
@@ -91,6 +98,18 @@ async def no_divergence(cluster: UpgradeCluster) -> dict[int, int]:
     return revisions
 
 
+async def settled(cluster: UpgradeCluster, timeout_s: float = 10.0) -> None:
+    """Once writes stop, every node reaches the same revision (and, by no_divergence, the
+    same HashKV there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        revisions = await no_divergence(cluster)
+        if len(set(revisions.values())) == 1:
+            return
+        assert time.monotonic() < deadline, f"nodes diverge: revisions {revisions} never meet"
+        await asyncio.sleep(0.2)
+
+
 async def refused_each_other(cluster: UpgradeCluster, new: set[int], old: set[int],
                              timeout_s: float = 15.0) -> None:
     """Each new node logged refusing protocol 1 and each old node refusing protocol 2 (every
@@ -136,7 +155,7 @@ async def next_to_upgrade(cluster: UpgradeCluster, old: set[int], leader_first: 
 
 
 async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
-                  leader_first: bool) -> None:
+                  leader_first: bool, refusal_wait_s: float = 15.0) -> None:
     cluster.start_all(old_code)
     await cluster.leader_among({1, 2, 3})
     async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
@@ -160,7 +179,7 @@ async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
                 await cluster.leader_among(majority)
                 await writer.progress(40)  # the majority's version serves writes
                 if minority:
-                    await refused_each_other(cluster, new=new, old=old)
+                    await refused_each_other(cluster, new, old, refusal_wait_s)
                     for m in minority:
                         await stays_put(cluster, m, writer)
                 await no_divergence(cluster)
@@ -170,6 +189,7 @@ async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
                 await asyncio.wait_for(load, 15)
 
     assert await missing_acked(cluster.endpoints(), writer.acked) == []
+    await settled(cluster)
     states = await converged(cluster.endpoints(), written)
     assert len(set(states.values())) == 1, f"nodes diverge after the upgrade: {states}"
     final = next(iter(states.values()))
@@ -179,20 +199,94 @@ async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
     assert final.compact_revision == history.compact_revision
 
 
-ORDERS = {"leader-first": True, "followers-first": False}
+LEADER_FIRST, FOLLOWERS_FIRST = True, False
 
 
-@pytest.mark.parametrize("order", list(ORDERS))
-def test_rolling_upgrade_from_protocol1(tmp_path: Path, releases: dict[str, Code],
-                                        order: str) -> None:
-    """dedeab2 -> current: the protocol change alone (the snapshots are format 2 on both)."""
-    with UpgradeCluster(tmp_path, 21 + ORDERS[order]) as cluster:
-        asyncio.run(rolling(cluster, releases[PREBATCH_COMMIT], CURRENT, ORDERS[order]))
+def test_rolling_upgrade_from_protocol1_leader_first(tmp_path: Path,
+                                                     releases: dict[str, Code]) -> None:
+    """dedeab2 -> current, the protocol change alone (format 2 snapshots on both sides); each
+    step upgrades the node leading the old ones, so every step forces an election."""
+    with UpgradeCluster(tmp_path, 21) as cluster:
+        asyncio.run(rolling(cluster, releases[PREBATCH_COMMIT], CURRENT, LEADER_FIRST))
 
 
-@pytest.mark.parametrize("order", list(ORDERS))
-def test_rolling_upgrade_from_format1(tmp_path: Path, releases: dict[str, Code],
-                                      order: str) -> None:
-    """ec25af5 -> current: also format 1 snapshots on the old nodes."""
-    with UpgradeCluster(tmp_path, 23 + ORDERS[order]) as cluster:
-        asyncio.run(rolling(cluster, releases[FORMAT1_COMMIT], CURRENT, ORDERS[order]))
+def test_rolling_upgrade_from_format1_followers_first(tmp_path: Path,
+                                                      releases: dict[str, Code]) -> None:
+    """ec25af5 -> current, format 1 snapshots on the old nodes too; the old leader goes
+    last, so the new majority forms while it still believes it leads."""
+    with UpgradeCluster(tmp_path, 22) as cluster:
+        asyncio.run(rolling(cluster, releases[FORMAT1_COMMIT], CURRENT, FOLLOWERS_FIRST))
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("attempt", range(5))
+@pytest.mark.parametrize("commit", [FORMAT1_COMMIT, PREBATCH_COMMIT])
+@pytest.mark.parametrize("leader_first", [LEADER_FIRST, FOLLOWERS_FIRST],
+                         ids=["leader-first", "followers-first"])
+def test_rolling_upgrade_campaign(tmp_path: Path, releases: dict[str, Code], commit: str,
+                                  leader_first: bool, attempt: int) -> None:
+    """Every release and order, repeated: elections and link timing differ each run."""
+    subnet = 100 + 20 * leader_first + 10 * (commit == FORMAT1_COMMIT) + attempt
+    with UpgradeCluster(tmp_path, subnet) as cluster:
+        asyncio.run(rolling(cluster, releases[commit], CURRENT, leader_first))
+
+
+# --- the same checks against the bug they exist for -----------------------------------------
+
+VERSION_LINE = "PROTOCOL_VERSION: Final = 2\n"
+
+
+def code_speaking_protocol1(dest: Path) -> Code:
+    """The current code with the version bump undone: it writes batched entries and talks to
+    version 1 nodes."""
+    return patched_current(dest, "current-speaking-protocol-1", "transport/codec.py",
+                           VERSION_LINE, "PROTOCOL_VERSION: Final = 1\n")
+
+
+def test_planted_no_version_bump_fails_the_rolling_upgrade(tmp_path: Path,
+                                                           releases: dict[str, Code]) -> None:
+    """Without the bump, nothing refuses anything: the first step's check fails."""
+    buggy = code_speaking_protocol1(tmp_path / "buggy")
+    with UpgradeCluster(tmp_path / "cluster", 25) as cluster, \
+            pytest.raises(AssertionError, match="no logged refusal"):
+        # the refusals appear within a second when they happen; this waits 3
+        asyncio.run(rolling(cluster, releases[PREBATCH_COMMIT], buggy, LEADER_FIRST, 3.0))
+
+
+async def lead_from(cluster: UpgradeCluster, members: set[int]) -> int:
+    """Make a node of ``members`` the leader (moving leadership if needed); return it."""
+    for _ in range(5):
+        leader = await cluster.leader_among(set(cluster.nodes))
+        if leader in members:
+            return leader
+        async with AsyncClient([cluster.nodes[leader].client_url], timeout_s=5) as c:
+            with contextlib.suppress(QuorumError):
+                await c.move_leader(min(members))
+    raise AssertionError(f"leadership did not move to {sorted(members)}")
+
+
+async def mixed_cluster(cluster: UpgradeCluster, old_code: Code, buggy: Code) -> None:
+    for node_id, code in ((1, buggy), (2, buggy), (3, old_code)):
+        cluster.start(node_id, code)
+    cluster.wait_ports()
+    await lead_from(cluster, {1, 2})
+    async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
+        writer = Writer(client)
+        load = asyncio.create_task(writer.run(tasks=8))
+        try:
+            await writer.progress(300)
+        finally:
+            writer.stop()
+            with contextlib.suppress(QuorumError):
+                await asyncio.wait_for(load, 15)
+    assert "undecodable entry" in cluster.log_text(3), "the old node skipped nothing"
+    with pytest.raises(AssertionError, match="diverge"):
+        await settled(cluster)
+
+
+def test_planted_mixed_versions_diverge(tmp_path: Path, releases: dict[str, Code]) -> None:
+    """What the refusal prevents, and that the divergence checks see it: an old follower of
+    a leader that batches (here allowed to talk to it) skips the batched entries."""
+    buggy = code_speaking_protocol1(tmp_path / "buggy")
+    with UpgradeCluster(tmp_path / "cluster", 26) as cluster:
+        asyncio.run(mixed_cluster(cluster, releases[PREBATCH_COMMIT], buggy))

@@ -29,7 +29,7 @@ from quorum.api.backend import (
     Status,
 )
 from quorum.api.compactor import AutoCompactor, CompactionPolicy
-from quorum.api.local import LocalBackend
+from quorum.api.local import RECORD_OVERHEAD_BYTES, LocalBackend
 from quorum.errors import (
     BadLeaderTransferee,
     LeaderChanged,
@@ -155,6 +155,11 @@ class ClusterBackend(LocalBackend):
     def _after_apply(self, request: sc.Request, result: sc.Response) -> None:
         """Runs on every node for every applied command (called by KvStateMachine). Watchers
         are woken once per applied batch instead (``_after_batch``): one wake-up per Ready."""
+        if type(request) is sc.PutRequest:  # the common case: only the size estimate moves
+            if self._db_size_estimate is not None:
+                self._db_size_estimate += (len(request.key) + len(request.value)
+                                           + RECORD_OVERHEAD_BYTES)
+            return
         self._mirror_apply(request, result)
 
     def _after_batch(self, rd: Ready) -> None:

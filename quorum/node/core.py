@@ -43,7 +43,6 @@ from quorum.node.envelope import (
     MemberInfo,
     Proposal,
     ProposalBatch,
-    SnapshotEnvelope,
 )
 from quorum.node.statemachine import StateMachine
 from quorum.node.storage import NodeStorage
@@ -707,15 +706,32 @@ def bootstrap_data(members: tuple[MemberInfo, ...], state_machine: StateMachine,
 def _encode_snapshot(members: tuple[MemberInfo, ...], chunks: Iterable[bytes],
                      recent: tuple[tuple[int, tuple[int, ...]], ...],
                      between_chunks: Callable[[], None] | None = None) -> bytes:
+    """The msgpack form of ``SnapshotEnvelope(FORMAT_VERSION, members, state, recent)``
+    (array_like: a 4-element array) written piece by piece, so the state (megabytes) is
+    copied once, by the final join, instead of joined and then copied again by the encoder.
+    Byte-identical to encoding the struct (tests/node/test_snapshot_encoding.py)."""
     ordered = tuple(sorted(members, key=lambda m: m.id))
-    parts = []
+    parts: list[bytes] = []
+    size = 0
     for chunk in chunks:
         parts.append(chunk)
+        size += len(chunk)
         if between_chunks is not None:
             between_chunks()
-    state = b"".join(parts)
-    return _SNAPSHOT_ENCODER.encode(
-        SnapshotEnvelope(envelope.FORMAT_VERSION, ordered, state, recent))
+    enc = _SNAPSHOT_ENCODER.encode
+    head = b"\x94" + enc(envelope.FORMAT_VERSION) + enc(ordered) + _msgpack_bin_header(size)
+    return b"".join([head, *parts, enc(recent)])
+
+
+def _msgpack_bin_header(size: int) -> bytes:
+    """The header msgpack (and msgspec) writes before ``size`` bytes of binary data."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 1 << 32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise ValueError(f"snapshot state of {size} bytes exceeds msgpack's 4 GiB binary limit")
 
 
 # Used only for snapshot envelopes (one snapshot is encoded at a time, possibly in a thread).

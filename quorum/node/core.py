@@ -477,8 +477,7 @@ class NodeCore:
             return
         origin, first, payloads = batch.origin, batch.first_request_id, batch.payloads
         self._commands_applied += len(payloads) - 1  # the entry itself counts 1
-        seen = self._recent.seen
-        fresh = [i for i in range(len(payloads)) if not seen(origin, first + i)]
+        fresh = self._recent.fresh(origin, first, len(payloads))
         if not fresh:
             return
         commands = list(payloads) if len(fresh) == len(payloads) else [payloads[i] for i in fresh]
@@ -784,6 +783,27 @@ class RecentRequests:
         if len(order) > self.window:
             ids.discard(order.popleft())
         return False
+
+    def fresh(self, origin: int, first: int, count: int) -> list[int]:
+        """``seen`` for request ids ``first .. first + count - 1`` of one batch: the
+        positions not applied before (each is recorded now). Same final state as calling
+        ``seen`` for each in order: the ids of a batch are distinct, so trimming the window
+        once at the end evicts the same ids."""
+        ids = self._ids.get(origin)
+        if ids is None:
+            ids = self._ids[origin] = set()
+            self._order[origin] = collections.deque()
+        order = self._order[origin]
+        out: list[int] = []
+        for i in range(count):
+            request_id = first + i
+            if request_id not in ids:
+                ids.add(request_id)
+                order.append(request_id)
+                out.append(i)
+        while len(order) > self.window:
+            ids.discard(order.popleft())
+        return out
 
     def dump(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
         return tuple((origin, tuple(self._order[origin])) for origin in sorted(self._order))

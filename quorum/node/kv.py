@@ -36,25 +36,26 @@ class KvStateMachine:
     def apply_batch(self, index: int, commands: list[bytes]) -> list[Response | QuorumError]:
         """The commands of one entry, in order (quorum.node.statemachine.BatchStateMachine).
         A command that does not decode fails alone, like one that breaks a state rule."""
-        decoded: list[Envelope | QuorumError] = []
-        for data in commands:
+        decoded: list[Envelope] = []
+        undecodable: dict[int, QuorumError] | None = None  # position -> its error
+        for position, data in enumerate(commands):
             try:
                 decoded.append(decode_command(data))
             except QuorumError as exc:
-                decoded.append(exc)
-        valid = [e for e in decoded if isinstance(e, Envelope)]
-        results = iter(self.store.apply_batch(index, valid) if valid else ())
-        out: list[Response | QuorumError] = []
+                if undecodable is None:
+                    undecodable = {}
+                undecodable[position] = exc
+        results = self.store.apply_batch(index, decoded) if decoded else []
         on_apply = self.on_apply
-        for item in decoded:
-            if isinstance(item, QuorumError):
-                out.append(item)
-                continue
-            result = next(results)
-            if on_apply is not None and not isinstance(result, QuorumError):
-                on_apply(item.request, result)
-            out.append(result)
-        return out
+        if on_apply is not None:
+            for envelope, result in zip(decoded, results):
+                if not isinstance(result, QuorumError):
+                    on_apply(envelope.request, result)
+        if undecodable is None:
+            return list(results)
+        applied = iter(results)
+        return [undecodable[p] if p in undecodable else next(applied)
+                for p in range(len(commands))]
 
     def snapshot(self) -> Iterator[bytes]:
         return self.store.snapshot()

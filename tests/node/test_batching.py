@@ -133,7 +133,8 @@ def test_planted_bug_without_the_duplicate_filter_a_twice_forwarded_batch_applie
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The check above fails when the filter is broken: this is what it protects against."""
-    monkeypatch.setattr(RecentRequests, "seen", lambda self, origin, request_id: False)
+    monkeypatch.setattr(RecentRequests, "fresh",
+                        lambda self, origin, first, count: list(range(count)))
     net = BatchNet(3)
     leader = net.elect()
     follower = 1 if leader != 1 else 2
@@ -143,6 +144,16 @@ def test_planted_bug_without_the_duplicate_filter_a_twice_forwarded_batch_applie
     net.queue.extend([m for m in net.queue if m.type == MessageType.PROP])
     net.pump()
     assert {sm.value for sm in net.sms.values()} == {12}
+
+
+def test_fresh_matches_seen_one_by_one_including_the_window() -> None:
+    """The batch form of the filter leaves the same state as ``seen`` per id, also when a
+    batch is longer than the window or overlaps ids applied before."""
+    one, many = RecentRequests(window=5), RecentRequests(window=5)
+    for origin, first, count in [(1, 1, 3), (1, 3, 4), (2, 10, 8), (1, 100, 2), (1, 2, 1)]:
+        expected = [i for i in range(count) if not one.seen(origin, first + i)]
+        assert many.fresh(origin, first, count) == expected
+        assert many.dump() == one.dump()
 
 
 def test_only_the_commands_already_applied_are_skipped() -> None:

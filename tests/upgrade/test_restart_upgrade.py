@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from quorum.client.aio import AsyncClient
+from quorum.storage.inspect import inspect
 
 from .cluster import (
     CURRENT,
@@ -36,11 +37,42 @@ def snapshot_files(data_dir: Path) -> list[Path]:
     return sorted(data_dir.rglob("*.snap"))
 
 
+def snapshot_index(path: Path) -> int:
+    """The log index a snapshot file covers: its name is <index>-<term>.snap, in hex."""
+    return int(path.name.split("-", 1)[0], 16)
+
+
 def one_state(states: dict[str, NodeState]) -> NodeState:
     """The state every node holds; fails naming the nodes that differ."""
     distinct = set(states.values())
     assert len(distinct) == 1, f"nodes diverge: {states}"
     return distinct.pop()
+
+
+async def wal_tails(cluster: UpgradeCluster) -> dict[int, int]:
+    """Per node, how many applied entries lie past its newest snapshot (live)."""
+    tails = {}
+    for node_id, node in cluster.nodes.items():
+        async with AsyncClient([node.client_url], timeout_s=5) as c:
+            applied = (await c.status()).raft_applied_index
+        snaps = snapshot_files(cluster.data_dir(node_id))
+        tails[node_id] = applied - (snapshot_index(snaps[-1]) if snaps else 0)
+    return tails
+
+
+async def leave_wal_tail(cluster: UpgradeCluster, client: AsyncClient, head: int) -> int:
+    """Put a pad key until every node is 5..15 entries past its newest snapshot (interval
+    25), so that stopping (which may add an election's no-op or two) cannot end on a snapshot
+    boundary: the new code must restore an old snapshot and replay old WAL entries after
+    it. Returns the head revision."""
+    tails: dict[int, int] = {}
+    for _ in range(3 * cluster.snapshot_entries):
+        tails = await wal_tails(cluster)
+        if all(5 <= tail <= 15 for tail in tails.values()):
+            return head
+        head = (await client.put(b"pad", b"%d" % head)).revision
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no moment with a WAL tail on every node: {tails}")
 
 
 async def run_old(cluster: UpgradeCluster, old: Code) -> tuple[Written, NodeState]:
@@ -49,13 +81,22 @@ async def run_old(cluster: UpgradeCluster, old: Code) -> tuple[Written, NodeStat
     await cluster.leader_among(set(cluster.nodes))
     async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
         written = await write_history(client)
+        head = await leave_wal_tail(cluster, client, written.head)
     before = one_state(await converged(cluster.endpoints(), written))
-    assert before.revision == written.head
+    assert before.revision == head
     assert before.compact_revision == written.compacted_at
     assert before.lease[1] == tuple(f"lease/keep/{i}".encode() for i in range(5))
     assert cluster.stop_all() == {1: 0, 2: 0, 3: 0}, "old nodes did not stop cleanly"
-    for node_id in cluster.nodes:  # the new code must restore a snapshot written by the old
-        assert snapshot_files(cluster.data_dir(node_id)), f"node {node_id} wrote no snapshot"
+    for node_id in cluster.nodes:
+        # what the new code will find: a snapshot the old code wrote, and committed WAL
+        # entries the old code wrote after it (read offline with the storage inspector)
+        report = inspect(str(cluster.data_dir(node_id)))
+        assert report.ok, report.problems
+        assert report.snapshots, f"node {node_id} wrote no snapshot"
+        assert report.hard_state is not None
+        newest = max(snap.index for snap in report.snapshots)
+        assert newest < report.hard_state.commit <= report.log_last_index, (
+            f"node {node_id}: no committed WAL tail after snapshot {newest}: {report}")
     return written, before
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hpack
 
 from quorum.api.h2grpc import wire as w
+from quorum.api.h2grpc.http1 import Http1Session, looks_like_http1
 from quorum.api.h2grpc.status import (
     DEADLINE_EXCEEDED,
     INTERNAL,
@@ -197,6 +198,7 @@ class H2Connection(asyncio.Protocol):
         self._recv_window = max(server.connection_window, w.DEFAULT_WINDOW)
         self._conn_unacked = 0
         self._goaway_sent = False
+        self._http1: Http1Session | None = None  # set if the client speaks HTTP/1.x
         self._handlers: tuple[Callable[[int, int, bytes], None], ...] = (
             self._on_data, self._on_headers, self._on_priority, self._on_rst_stream,
             self._on_settings, self._on_push_promise, self._on_ping, self._on_goaway,
@@ -210,6 +212,10 @@ class H2Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.connections.add(self)
+        # Our SETTINGS wait for the client's preface (RFC 9113 §3.4 allows it): an HTTP/1
+        # client on this port must not read binary frames before its answer.
+
+    def _send_preface(self) -> None:
         s = self.server
         self._write(w.settings_frame({
             w.SETTINGS_MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
@@ -223,6 +229,8 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self._http1 is not None:
+            self._http1.close()
         for stream in list(self.streams.values()):
             self._reset(stream)
         self.streams.clear()
@@ -238,8 +246,16 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._http1 is not None:
+            self._http1.feed(data)
+            return
         buf = self._buf
         buf += data
+        if not self._preface and looks_like_http1(buf):
+            self._http1 = Http1Session(self, self.server.http1_handler)
+            self._http1.feed(buf)
+            buf.clear()
+            return
         try:
             pos = self._read_preface(buf) if not self._preface else 0
             pos = self._read_frames(buf, pos)
@@ -267,6 +283,7 @@ class H2Connection(asyncio.Protocol):
         if bytes(buf[:n]) != w.PREFACE:
             raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
         self._preface = True
+        self._send_preface()
         return n
 
     def _read_frames(self, buf: bytearray, pos: int) -> int:
@@ -627,6 +644,23 @@ class H2Connection(asyncio.Protocol):
             out = self._out
             self._out = []
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes for the HTTP/1 session (no framing)."""
+        self._write(data)
+
+    async def drain(self) -> None:
+        """Flush, then wait while the transport's buffer is over its high-water mark."""
+        self._flush()
+        while self._write_paused and not self.closed:
+            await self._wait_for_window()
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+
+    def close_transport(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def send_unary(self, stream: Stream, payload: bytes) -> bool:
         """Headers, the one answer message and OK trailers, at once if the windows allow

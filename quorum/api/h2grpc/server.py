@@ -19,6 +19,7 @@ from google.protobuf import message_factory  # type: ignore[import-untyped]
 from google.protobuf.descriptor import ServiceDescriptor  # type: ignore[import-untyped]
 
 from quorum.api.h2grpc.connection import Context, H2Connection, Stream, _RequestIterator
+from quorum.api.h2grpc.http1 import Handler
 from quorum.api.h2grpc.status import DEADLINE_EXCEEDED, OK, UNKNOWN, AbortError, code_number
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,11 @@ class GrpcServer:
     def __init__(self, *, max_receive_message_length: int = 4 * MIB,
                  max_concurrent_streams: int = 10_000, stream_window: int = 4 * MIB,
                  connection_window: int = 16 * MIB, max_frame_size: int = 1 * MIB,
-                 max_header_list_size: int = 64 * 1024) -> None:
+                 max_header_list_size: int = 64 * 1024,
+                 http1_handler: Handler | None = None) -> None:
         self.methods: dict[bytes, Method] = {}
+        # answers connections that speak HTTP/1.x instead of gRPC (404 for all if None)
+        self.http1_handler = http1_handler
         self.max_receive_message_length = max_receive_message_length
         self.max_concurrent_streams = max_concurrent_streams
         # Invariant: a stream window holds a whole message of the largest size, so a partly

@@ -85,6 +85,8 @@ async def run_old(cluster: UpgradeCluster, old: Code) -> tuple[Written, NodeStat
     before = one_state(await converged(cluster.endpoints(), written))
     assert before.revision == head
     assert before.compact_revision == written.compacted_at
+    assert before.compacted_refused
+    assert len(before.events) >= 40 and before.events[-1].kv.mod_revision == head
     assert before.lease[1] == tuple(f"lease/keep/{i}".encode() for i in range(5))
     assert cluster.stop_all() == {1: 0, 2: 0, 3: 0}, "old nodes did not stop cleanly"
     for node_id in cluster.nodes:

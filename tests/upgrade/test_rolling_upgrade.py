@@ -197,6 +197,7 @@ async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
     assert final.probe == history.probe
     assert final.lease == history.lease
     assert final.compact_revision == history.compact_revision
+    assert final.events[:len(history.events)] == history.events
 
 
 LEADER_FIRST, FOLLOWERS_FIRST = True, False

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from quorum.client import txn as t
 from quorum.client.aio import AsyncClient
-from quorum.errors import QuorumError
-from quorum.state.commands import KeyValue
+from quorum.errors import QuorumError, RevisionCompacted
+from quorum.state.commands import Event, KeyValue
 
 ALL = b"\0"  # as key and range_end: every key
 LEASE_TTL_S = 3600  # far beyond any test: the leased keys must survive the whole upgrade
@@ -43,6 +43,8 @@ class NodeState:
     hash: int  # HashKV: digest of the history at ``revision`` (etcd's HashKV)
     compact_revision: int
     lease: tuple[int, tuple[bytes, ...]]  # (granted TTL, attached keys) of Written.lease_id
+    events: tuple[Event, ...]  # a watch from just above the compaction to ``revision``
+    compacted_refused: bool  # a read below the compaction raises RevisionCompacted
 
 
 async def write_history(client: AsyncClient, rounds: int = 3) -> Written:
@@ -77,14 +79,38 @@ async def write_history(client: AsyncClient, rounds: int = 3) -> Written:
 
 
 async def read_state(endpoint: str, written: Written) -> NodeState:
-    """Read one node's state with serializable (local) reads only."""
+    """Read one node's state with serializable (local) reads and a watch on that node."""
     async with AsyncClient([endpoint], timeout_s=5) as c:
         now = await c.range(ALL, ALL, serializable=True)
         probe = await c.range(ALL, ALL, revision=written.probe_revision, serializable=True)
         hkv = await c.hash_kv(now.revision)
         ttl = await c.lease_time_to_live(written.lease_id, keys=True)
+        events = await watched(c, written.compacted_at + 1, now.revision)
+        try:
+            await c.range(ALL, ALL, revision=written.compacted_at - 1, serializable=True)
+            refused = False
+        except RevisionCompacted:
+            refused = True
     return NodeState(now.revision, now.kvs, probe.kvs, hkv.hash, hkv.compact_revision,
-                     (ttl.granted_ttl_s, tuple(sorted(ttl.keys))))
+                     (ttl.granted_ttl_s, tuple(sorted(ttl.keys))), events, refused)
+
+
+async def watched(client: AsyncClient, start: int, head: int) -> tuple[Event, ...]:
+    """Every event (with its previous version) of revisions ``start``..``head``, replayed
+    from history by a watch."""
+    watcher = client.watch(ALL, ALL, start_revision=start, prev_kv=True)
+    events: list[Event] = []
+    try:
+        async with asyncio.timeout(10):
+            async for batch in watcher:
+                events += batch.events
+                # a batch without events is a progress notice: all up to its revision sent
+                done_to = events[-1].kv.mod_revision if batch.events else batch.revision
+                if done_to >= head:
+                    break
+    finally:
+        await watcher.cancel()
+    return tuple(e for e in events if e.kv.mod_revision <= head)
 
 
 async def converged(endpoints: list[str], written: Written,

@@ -114,7 +114,7 @@ class Http1Session:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             return _error(411, "chunked request bodies are not supported; send Content-Length")
         length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
+        if not (length_text.isascii() and length_text.isdigit()):  # "²" is a digit to isdigit
             return _error(400, "bad Content-Length")
         length = int(length_text)
         if length > MAX_BODY:

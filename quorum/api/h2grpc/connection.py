@@ -448,7 +448,9 @@ class H2Connection(asyncio.Protocol):
             if stream is None:
                 return
             if increment == 0 or stream.send_window + increment > w.MAX_WINDOW:
-                self._write(w.rst_stream(sid, w.FLOW_CONTROL_ERROR))
+                # RFC 9113 §6.9: an increment of 0 is a PROTOCOL_ERROR, an overflow §6.9.1's
+                code = w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR
+                self._write(w.rst_stream(sid, code))
                 self._reset(stream)
                 return
             stream.send_window += increment

@@ -611,3 +611,96 @@ def test_hpack_state_carries_across_requests() -> None:
             assert all(m["x-same"] == "s" for m in seen)
 
     run(main)
+
+
+# --- floods and stalls ----------------------------------------------------------------------
+
+
+def test_rapid_reset_leaves_no_call_behind() -> None:
+    """Thousands of calls opened and reset at once (the "rapid reset" pattern): every handler
+    started is cancelled, no stream or task is left, and the connection still serves."""
+
+    async def main() -> None:
+        async with serving() as s, raw_client(s.port) as c:
+            before = len(asyncio.all_tasks())
+            body = grpc_msg(pb.RangeRequest(key=b"sleep").SerializeToString())
+            n = 2000
+            burst = b""
+            for i in range(n):
+                sid = 2 * i + 1
+                burst += raw_frame(HEADERS, END_HEADERS, sid, block(c, KV_RANGE))
+                burst += raw_frame(DATA, END_STREAM, sid, body)
+                burst += raw_frame(RST, 0, sid, struct.pack(">L", 0x8))
+            c.send(burst)
+            c.call(2 * n + 1, KV_PUT, put(b"after"))
+            assert (await c.response(2 * n + 1)).status == OK
+            for _ in range(10):  # cancelled handlers finish within a few loop turns
+                await asyncio.sleep(0)
+            (conn,) = s.server.connections
+            assert conn.streams == {}
+            assert len(asyncio.all_tasks()) <= before
+
+    run(main)
+
+
+def test_deadline_while_the_request_is_incomplete() -> None:
+    """The client sends headers with a deadline and never the message: the call ends with
+    DEADLINE_EXCEEDED all the same (no handler ran)."""
+
+    async def main() -> None:
+        async with serving() as s, raw_client(s.port) as c:
+            c.headers(1, request_headers(KV_PUT, **{"grpc-timeout": "50m"}))
+            c.data(1, put(b"k")[:3])
+            resp = await c.response(1)
+            assert resp.status == 4  # DEADLINE_EXCEEDED
+            c.call(3, KV_PUT, put(b"k"))
+            assert (await c.response(3)).status == OK
+            assert s.probe.calls == ["Put"]
+
+    run(main)
+
+
+def test_endless_continuation_is_refused() -> None:
+    async def main() -> None:
+        async with serving() as s:
+            async with raw_client(s.port) as c:
+                c.send(raw_frame(HEADERS, 0, 1, block(c)[:2]))
+                # 64 KiB of header block is the limit; the frame that crosses it is the last
+                # one sent, so the server has read everything when it closes
+                c.send(raw_frame(CONT, 0, 1, b"\x00" * 16_000) * 4)
+                c.send(raw_frame(CONT, 0, 1, b"\x00" * 2_000))
+                goaway = await c.goaway()
+                assert goaway.error_code == 0xB  # ENHANCE_YOUR_CALM
+            await still_serving(s.target)
+
+    run(main)
+
+
+def test_header_list_over_the_advertised_limit() -> None:
+    async def main() -> None:
+        async with serving(max_header_list_size=4096) as s:
+            async with raw_client(s.port) as c:
+                settings = await c.until(lambda f: isinstance(f, SettingsFrame))
+                assert settings.settings[SettingsFrame.MAX_HEADER_LIST_SIZE] == 4096
+                c.headers(1, request_headers(KV_PUT, **{"x-big": "b" * 8000}), end_stream=True)
+                goaway = await c.goaway()
+                assert goaway.error_code == COMPRESSION_ERROR
+            await still_serving(s.target)
+
+    run(main)
+
+
+def test_stream_window_update_of_zero_resets_the_stream() -> None:
+    """RFC 9113 §6.9: an increment of 0 on a stream is a stream error of type
+    PROTOCOL_ERROR; the connection goes on."""
+
+    async def main() -> None:
+        async with serving() as s, raw_client(s.port) as c:
+            c.headers(1, request_headers(WATCH))
+            c.send(raw_frame(WINDOW, 0, 1, struct.pack(">L", 0)))
+            rst = await c.until(lambda f: isinstance(f, RstStreamFrame))
+            assert (rst.stream_id, rst.error_code) == (1, PROTOCOL_ERROR)
+            c.call(3, KV_PUT, put(b"k"))
+            assert (await c.response(3)).status == OK
+
+    run(main)

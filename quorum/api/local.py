@@ -81,20 +81,25 @@ class LocalWatch:
         return self._responses()
 
     async def _responses(self) -> AsyncIterator[WatchResponse]:
-        while not self._done:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            batch = self._backend._drain(self._id)
-            for resp in batch:
-                if resp.canceled:
-                    self._done = True  # before yielding: the consumer may stop right here
+        try:
+            while not self._done:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                batch = self._backend._drain(self._id)
+                for resp in batch:
+                    if resp.canceled:
+                        self._done = True  # before yielding: the consumer may stop right here
+                        yield resp
+                        return
                     yield resp
-                    return
-                yield resp
-            if batch:
-                # A lagging watcher catches up from history in bounded steps: drain again
-                # until a drain comes back empty (cheap for a watcher that is up to date).
-                self.wakeup.set()
+                if batch:
+                    # A lagging watcher catches up from history in bounded steps: drain again
+                    # until a drain comes back empty (cheap for a watcher that is up to date).
+                    self.wakeup.set()
+        finally:
+            if not self._done:  # the consumer stopped before the end (cancelled, closed)
+                self._done = True
+                self._backend._abandon(self._id)
 
     async def cancel(self) -> None:
         if not self._done:
@@ -246,6 +251,15 @@ class LocalBackend:
         with contextlib.suppress(WatchNotFound):
             self._sm.cancel_watch(watch_id)
         self._wake(watch_id)
+
+    def _abandon(self, watch_id: int) -> None:
+        """Forget a watcher nobody will read again (its consumer stopped iterating, or never
+        started): the state machine frees a canceled watcher only once its last response is
+        drained, so without this every vanished client left one behind for good."""
+        self._watches.pop(watch_id, None)
+        with contextlib.suppress(WatchNotFound):
+            self._sm.cancel_watch(watch_id)
+            self._sm.drain_watch(watch_id)  # a canceled watcher skips catch-up: cheap
 
     def _request_progress(self, watch_id: int) -> None:
         with contextlib.suppress(WatchNotFound):

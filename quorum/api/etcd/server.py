@@ -16,6 +16,7 @@ from quorum.api.backend import Backend
 from quorum.api.etcd.auth import AuthServicer
 from quorum.api.etcd.concurrency import ElectionServicer, LockServicer
 from quorum.api.etcd.config import EtcdApiConfig, EtcdTls
+from quorum.api.etcd.gateway import Gateway
 from quorum.api.etcd.gen import etcd_election_pb2 as election_pb2
 from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
 from quorum.api.etcd.gen import etcd_lock_pb2 as lock_pb2
@@ -79,15 +80,19 @@ def _servicers(backend: Backend, config: EtcdApiConfig) -> list[tuple[str, Any, 
 
 
 def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> GrpcServer:
-    """quorum's own gRPC server with all etcd services registered, not yet started."""
+    """quorum's own gRPC server with all etcd services registered, not yet started. HTTP/1
+    requests on the same port go to the JSON gateway (/v3/..., /health, /version, /metrics)."""
     config = config or EtcdApiConfig()
     config.validate()
+    pb2 = {rpc: rpc_pb2, lrpc: lock_pb2, erpc: election_pb2}
+    services = [(pb2[module].DESCRIPTOR.services_by_name[name], servicer)
+                for name, module, servicer in _servicers(backend, config)]
     server = GrpcServer(
         max_receive_message_length=config.max_request_bytes + config.grpc_overhead_bytes,
+        http1_handler=Gateway(backend, services).handle,
     )
-    pb2 = {rpc: rpc_pb2, lrpc: lock_pb2, erpc: election_pb2}
-    for name, module, servicer in _servicers(backend, config):
-        server.add_service(pb2[module].DESCRIPTOR.services_by_name[name], servicer)
+    for descriptor, servicer in services:
+        server.add_service(descriptor, servicer)
     return server
 
 

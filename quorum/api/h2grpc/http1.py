@@ -167,10 +167,16 @@ class Http1Session:
             return
         head.append("Transfer-Encoding: chunked")
         conn.write_raw(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        async for chunk in response.stream:
-            if chunk:
-                conn.write_raw(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                await conn.drain()
+        stream = response.stream
+        try:
+            async for chunk in stream:
+                if chunk:
+                    conn.write_raw(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    await conn.drain()
+        finally:  # also when the client went away: the producer's cleanup runs now
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
         conn.write_raw(b"0\r\n\r\n")
 
 

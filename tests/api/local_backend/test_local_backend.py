@@ -216,3 +216,35 @@ def test_db_size_estimate_grows_with_writes_and_is_remeasured_by_defragment() ->
         assert (await b.status()).db_size_bytes < before + 10_000  # re-measured: history gone
 
     run(body)
+
+
+def test_a_watch_whose_consumer_stops_is_freed() -> None:
+    """A consumer that stops iterating before the final canceled response (a client gone,
+    its pump task cancelled) leaves nothing behind: the state machine frees a canceled
+    watcher only when its last response is drained, and nobody would drain it."""
+    async def body(b: LocalBackend, _: ManualClock) -> None:
+        w = await b.watch(WatchCreate(b"k"))
+        await b.write(PutRequest(b"k", b"1"))
+        got: list[WatchResponse] = []
+
+        async def pump() -> None:
+            async for resp in w:
+                got.append(resp)
+
+        task = asyncio.create_task(pump())
+        while not got:
+            await asyncio.sleep(0.01)
+        await w.cancel()  # what a server does when the client goes away...
+        task.cancel()  # ...before the pump read the canceled response
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert b._sm.watches.watcher_ids() == []
+        await b.write(PutRequest(b"k", b"2"))  # nothing is buffered for it any more
+        assert b._sm.watches.watcher_ids() == [] and not b._watches
+        # a consumer that reads to the end frees it the ordinary way
+        w2 = await b.watch(WatchCreate(b"k"))
+        await w2.cancel()
+        assert [r.canceled for r in await take(w2, 1)] == [True]
+        assert b._sm.watches.watcher_ids() == [] and not b._watches
+
+    run(body)

@@ -30,7 +30,7 @@ from .cluster import (
 )
 from .workload import NodeState, Written, converged, write_after, write_history
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("procs")]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("upgrade")]
 
 
 def snapshot_files(data_dir: Path) -> list[Path]:

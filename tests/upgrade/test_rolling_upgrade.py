@@ -37,7 +37,7 @@ from .cluster import (
 )
 from .workload import ALL, NodeState, Written, converged, read_state, write_history
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("procs")]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("upgrade")]
 
 PREFIX = b"roll/"
 

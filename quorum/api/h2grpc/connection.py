@@ -237,10 +237,17 @@ class H2Connection(asyncio.Protocol):
         self._wake_senders()
 
     def pause_writing(self) -> None:
+        # The client is not reading: stop reading it too. Every frame it sends may owe an
+        # answer (PING ACK, SETTINGS ACK, a call's headers and trailers), so reading on would
+        # queue answers in memory without bound.
         self._write_paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
         self._wake_senders()
 
     def data_received(self, data: bytes) -> None:

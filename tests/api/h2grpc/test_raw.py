@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import struct
 from collections.abc import Callable
 
@@ -702,5 +703,42 @@ def test_stream_window_update_of_zero_resets_the_stream() -> None:
             assert (rst.stream_id, rst.error_code) == (1, PROTOCOL_ERROR)
             c.call(3, KV_PUT, put(b"k"))
             assert (await c.response(3)).status == OK
+
+    run(main)
+
+
+def test_a_client_that_never_reads_cannot_grow_the_server_buffer() -> None:
+    """A PING flood from a client that reads nothing: every PING owes an ACK, and with the
+    client's socket full the ACKs queue in the server. The server must stop reading that
+    client (backpressure) instead of buffering answers without bound."""
+
+    async def main() -> None:
+        bound = 1 << 20
+        async with serving() as s:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", s.port))
+            _reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                writer.write(PREFACE + raw_frame(SETTINGS, 0, 0))
+                while not s.server.connections:
+                    await asyncio.sleep(0.01)
+                (conn,) = s.server.connections
+                transport = conn.transport
+                assert transport is not None
+                transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+                writer.write(raw_frame(PING, 0, 0, b"flooding") * (32 * (1 << 20) // 17))
+                # wait (bounded) until the server stops reading us or its buffer passes the bound
+                for _ in range(1000):
+                    if not transport.is_reading() or transport.get_write_buffer_size() > bound:
+                        break
+                    await asyncio.sleep(0.01)
+                assert transport.get_write_buffer_size() <= bound
+                assert not transport.is_reading()
+            finally:
+                writer.transport.abort()
+            await still_serving(s.target)
 
     run(main)

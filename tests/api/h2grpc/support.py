@@ -140,11 +140,16 @@ class MaintenanceServicer:
     async def Snapshot(self, request: pb.SnapshotRequest,
                        context: Any) -> AsyncIterator[pb.SnapshotResponse]:
         self.probe.calls.append("Snapshot")
-        for i in range(self.chunks):
-            yield pb.SnapshotResponse(
-                remaining_bytes=(self.chunks - i - 1) * SNAPSHOT_CHUNK,
-                blob=blob(i, SNAPSHOT_CHUNK),
-            )
+        self.probe.started.set()
+        try:
+            for i in range(self.chunks):
+                yield pb.SnapshotResponse(
+                    remaining_bytes=(self.chunks - i - 1) * SNAPSHOT_CHUNK,
+                    blob=blob(i, SNAPSHOT_CHUNK),
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.probe.cancelled.set()  # stopped before its last chunk
+            raise
 
 
 def _kv(key: bytes, value: bytes) -> Any:

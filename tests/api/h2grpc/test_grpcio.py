@@ -172,15 +172,15 @@ def test_large_unary_answer_under_a_small_window() -> None:
     run(body)
 
 
-def test_gzip_compressed_requests() -> None:
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests(compression: grpc.Compression) -> None:
     async def body() -> None:
         async with serving() as s, channel(s.target) as ch:
             kv = rpc.KVStub(ch)
             value = b"compressible " * 10_000
-            got = await kv.Put(pb.PutRequest(key=b"z", value=value),
-                               compression=grpc.Compression.Gzip)
+            got = await kv.Put(pb.PutRequest(key=b"z", value=value), compression=compression)
             assert got.prev_kv.value == value
-            call = rpc.WatchStub(ch).Watch(compression=grpc.Compression.Gzip)
+            call = rpc.WatchStub(ch).Watch(compression=compression)
             for i in range(5):
                 await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
                     key=b"g" * 1000, start_revision=i)))
@@ -261,5 +261,43 @@ def test_stream_window_credit_after_small_messages() -> None:
                 assert got.watch_id == i
             await call.done_writing()
             assert await call.code() == grpc.StatusCode.OK
+
+    run(body)
+
+
+def test_client_cancel_stops_a_server_stream_waiting_for_window() -> None:
+    """The client reads one chunk of a large snapshot and cancels: the server's generator,
+    blocked on the client's window, is stopped and its stream released."""
+
+    async def body() -> None:
+        async with serving(snapshot_chunks=128) as s, \
+                channel(s.target, ("grpc.http2.bdp_probe", 0)) as ch:
+            call = rpc.MaintenanceStub(ch).Snapshot(pb.SnapshotRequest())
+            first = await asyncio.wait_for(call.read(), STEP_S)
+            assert first.blob == blob(0, SNAPSHOT_CHUNK)
+            assert call.cancel()
+            await asyncio.wait_for(s.probe.cancelled.wait(), STEP_S)
+            got = await rpc.KVStub(ch).Range(pb.RangeRequest(key=b"after"))
+            assert got.kvs[0].key == b"after"
+            (conn,) = s.server.connections
+            assert conn.streams == {}
+
+    run(body)
+
+
+def test_stop_after_grace_ends_a_call_that_does_not_finish() -> None:
+    """A bidi call that never ends: stop(grace) waits, then cancels the handler and closes;
+    the client sees the call fail rather than hang."""
+
+    async def body() -> None:
+        async with serving() as s, channel(s.target) as ch:
+            call = rpc.WatchStub(ch).Watch()
+            await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a")))
+            assert (await asyncio.wait_for(call.read(), STEP_S)).cancel_reason == "a"
+            await asyncio.wait_for(s.server.stop(grace=0.2), STEP_S)
+            await asyncio.wait_for(s.probe.cancelled.wait(), STEP_S)
+            assert not s.server.connections
+            code = await asyncio.wait_for(call.code(), STEP_S)
+            assert code == grpc.StatusCode.UNAVAILABLE  # the connection went away
 
     run(body)

@@ -10,7 +10,7 @@ OUT=quorum/api/etcd/gen
 rm -f "$OUT"/*_pb2.py "$OUT"/*_pb2_grpc.py "$OUT"/*_pb2.pyi
 "$PY" -m grpc_tools.protoc -I "$SRC" --python_out="$OUT" --pyi_out="$OUT" \
     --grpc_python_out="$OUT" "$SRC"/*.proto
-sed -i -E 's/^import (etcd_[a-z_]+_pb2)( as .*)?$/from . import \1\2/' "$OUT"/*.py "$OUT"/*.pyi
+sed -i -E 's/^import ([a-z_]+_pb2)( as .*)?$/from . import \1\2/' "$OUT"/*.py "$OUT"/*.pyi
 # Register the descriptors in a pool of quorum's own, not protobuf's process-wide default one:
 # etcd client libraries define the same message names (etcdserverpb.*, mvccpb.*), and one pool
 # cannot hold two definitions of a name. With a private pool both can live in one process.

@@ -23,6 +23,9 @@ from quorum.api.etcd.gen import etcd_lock_pb2 as lock_pb2
 from quorum.api.etcd.gen import etcd_lock_pb2_grpc as lrpc
 from quorum.api.etcd.gen import etcd_rpc_pb2 as rpc_pb2
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
+from quorum.api.etcd.gen import grpc_health_pb2 as health_pb2
+from quorum.api.etcd.gen import grpc_health_pb2_grpc as hrpc
+from quorum.api.etcd.health import HealthServicer
 from quorum.api.etcd.kv import KVServicer
 from quorum.api.etcd.lease import LeaseServicer
 from quorum.api.etcd.maintenance import ClusterServicer, MaintenanceServicer
@@ -54,14 +57,8 @@ def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.
     config = config or EtcdApiConfig()
     config.validate()
     server = grpc.aio.server(options=_grpc_options(config))
-    rpc.add_KVServicer_to_server(KVServicer(backend, config), server)
-    rpc.add_WatchServicer_to_server(WatchServicer(backend, config), server)
-    rpc.add_LeaseServicer_to_server(LeaseServicer(backend), server)
-    rpc.add_ClusterServicer_to_server(ClusterServicer(backend), server)
-    rpc.add_MaintenanceServicer_to_server(MaintenanceServicer(backend), server)
-    rpc.add_AuthServicer_to_server(AuthServicer(), server)
-    lrpc.add_LockServicer_to_server(LockServicer(backend), server)
-    erpc.add_ElectionServicer_to_server(ElectionServicer(backend), server)
+    for name, module, servicer in _servicers(backend, config):
+        getattr(module, f"add_{name}Servicer_to_server")(servicer, server)
     return server
 
 
@@ -76,6 +73,7 @@ def _servicers(backend: Backend, config: EtcdApiConfig) -> list[tuple[str, Any, 
         ("Auth", rpc, AuthServicer()),
         ("Lock", lrpc, LockServicer(backend)),
         ("Election", erpc, ElectionServicer(backend)),
+        ("Health", hrpc, HealthServicer(backend)),
     ]
 
 
@@ -84,7 +82,7 @@ def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> Gr
     requests on the same port go to the JSON gateway (/v3/..., /health, /version, /metrics)."""
     config = config or EtcdApiConfig()
     config.validate()
-    pb2 = {rpc: rpc_pb2, lrpc: lock_pb2, erpc: election_pb2}
+    pb2 = {rpc: rpc_pb2, lrpc: lock_pb2, erpc: election_pb2, hrpc: health_pb2}
     services = [(pb2[module].DESCRIPTOR.services_by_name[name], servicer)
                 for name, module, servicer in _servicers(backend, config)]
     server = GrpcServer(

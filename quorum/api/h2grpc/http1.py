@@ -79,6 +79,14 @@ class Http1Session:
 
     def feed(self, data: bytes | bytearray) -> None:
         self._buf += data
+        if self._task is not None and len(self._buf) > MAX_HEAD + MAX_BODY:
+            # More pipelined bytes than the largest request while one is being answered:
+            # cut the client off rather than buffer without bound.
+            log.warning("http client %s pipelined over %d bytes", self._conn.peer,
+                        MAX_HEAD + MAX_BODY)
+            self._buf.clear()
+            self._conn.close_transport()
+            return
         self._next()
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from .support import (
     KV_PUT,
     KV_RANGE,
     PREFACE,
+    STEP_S,
     WATCH,
     H2Client,
     RawClient,
@@ -739,6 +740,40 @@ def test_a_client_that_never_reads_cannot_grow_the_server_buffer() -> None:
                 assert not transport.is_reading()
             finally:
                 writer.transport.abort()
+            await still_serving(s.target)
+
+    run(main)
+
+
+def test_http1_pipelining_behind_a_slow_answer_is_bounded() -> None:
+    """While one HTTP/1 request is being answered, later bytes wait in the session's buffer;
+    a client that sends more than the largest request in the meantime is cut off instead
+    of being buffered without bound."""
+    from quorum.api.h2grpc.http1 import MAX_BODY, MAX_HEAD, Request, Response
+
+    async def main() -> None:
+        cancelled = asyncio.Event()
+
+        async def slow(req: Request) -> Response:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return Response(200, b"late")
+
+        async with serving(http1_handler=slow) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"X" * (MAX_HEAD + MAX_BODY + (1 << 20)))
+            try:
+                while await asyncio.wait_for(reader.read(65536), STEP_S):
+                    pass
+            except ConnectionResetError:
+                pass  # closed with our bytes unread: a reset instead of an end of stream
+            finally:
+                writer.transport.abort()
+            await asyncio.wait_for(cancelled.wait(), STEP_S)
             await still_serving(s.target)
 
     run(main)

@@ -113,6 +113,8 @@ class GrpcServer:
                         ctx: Context) -> None:
         try:
             response = await method.handler(request, ctx)
+            if _set_error(conn, stream, ctx):
+                return
             payload = response.SerializeToString()
         except BaseException as exc:
             self._end_with(conn, stream, exc)
@@ -144,6 +146,8 @@ class GrpcServer:
             return
         try:
             response = await method.handler(requests, ctx)
+            if _set_error(conn, stream, ctx):
+                return
             payload = response.SerializeToString()
             await conn.send_message(stream, payload)
         except BaseException as exc:
@@ -182,3 +186,14 @@ class GrpcServer:
             log.error("grpc call %s failed", stream.method.name if stream.method else "?",
                       exc_info=exc)
             conn.finish(stream, UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+
+
+def _set_error(conn: H2Connection, stream: Stream, ctx: Context) -> bool:
+    """End the call if its handler set an error code with set_code and returned instead of
+    raising: as with grpc.aio, that code and the details are the call's status, whatever
+    the handler returned."""
+    code = ctx._code
+    if code is None or code_number(code) == OK:
+        return False
+    conn.finish(stream, code_number(code), ctx._details)
+    return True

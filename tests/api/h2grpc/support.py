@@ -67,6 +67,7 @@ class KVServicer:
     ``abort``: abort with FAILED_PRECONDITION and the text in range_end (UTF-8);
     ``raise``: raise an unexpected exception; ``sleep``: wait to be cancelled;
     ``slow``: wait for ``probe.release``; ``meta``: answer the invocation metadata;
+    ``setcode``: set NOT_FOUND and the text in range_end with set_code/set_details;
     ``big``: one value of ``limit`` bytes. Txn and the others are not served."""
 
     def __init__(self, probe: Probe) -> None:
@@ -97,6 +98,10 @@ class KVServicer:
             except asyncio.CancelledError:
                 self.probe.cancelled.set()
                 raise
+        if key == b"setcode":  # grpc.aio's other way to fail a call: a code, no exception
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details(request.range_end.decode("utf-8"))
+            return pb.RangeResponse()
         if key == b"meta":
             md = tuple(context.invocation_metadata())
             self.probe.metadata.append(md)
@@ -108,7 +113,8 @@ class KVServicer:
 
 class WatchServicer:
     """Bidirectional echo: one answer per request, watch_id = the request's start_revision.
-    With metadata ``x-hold: 1`` it reads nothing until ``probe.release`` is set."""
+    With metadata ``x-hold: 1`` it reads nothing until ``probe.release`` is set; a request
+    with key ``abort`` aborts the call, one with key ``raise`` raises."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -121,6 +127,10 @@ class WatchServicer:
                 await self.probe.release.wait()  # reads nothing until released
             async for req in requests:
                 create = req.create_request
+                if create.key == b"abort":
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE, "stream aborted")
+                if create.key == b"raise":
+                    raise ValueError("stream failed")
                 yield pb.WatchResponse(
                     watch_id=create.start_revision, created=True,
                     cancel_reason=create.key.decode("latin-1"),

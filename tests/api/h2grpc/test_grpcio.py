@@ -301,3 +301,42 @@ def test_stop_after_grace_ends_a_call_that_does_not_finish() -> None:
             assert code == grpc.StatusCode.UNAVAILABLE  # the connection went away
 
     run(body)
+
+
+def test_set_code_without_raising() -> None:
+    """A unary handler that sets a code and details and returns: the call ends with that
+    status, as with grpc.aio."""
+
+    async def body() -> None:
+        async with serving() as s, channel(s.target) as ch:
+            err = await _error(rpc.KVStub(ch).Range(
+                pb.RangeRequest(key=b"setcode", range_end=b"no such key")))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert err.details() == "no such key"
+
+    run(body)
+
+
+@pytest.mark.parametrize(("key", "code", "text"), [
+    (b"abort", grpc.StatusCode.OUT_OF_RANGE, "stream aborted"),
+    (b"raise", grpc.StatusCode.UNKNOWN, "stream failed"),
+])
+def test_stream_ends_with_status_after_messages(key: bytes, code: grpc.StatusCode,
+                                               text: str) -> None:
+    """Answers already sent arrive, then the status of the failure, in the trailers."""
+
+    async def body() -> None:
+        async with serving() as s, channel(s.target) as ch:
+            call = rpc.WatchStub(ch).Watch()
+            for i in range(3):
+                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                    key=b"ok", start_revision=i)))
+            got = [await asyncio.wait_for(call.read(), STEP_S) for _ in range(3)]
+            assert [r.watch_id for r in got] == [0, 1, 2]
+            await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=key)))
+            err = await _error(call.read())
+            assert err.code() == code
+            assert text in (err.details() or "")
+            await still_serving(s.target)
+
+    run(body)

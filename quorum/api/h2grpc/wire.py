@@ -135,7 +135,9 @@ _PLAIN = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
 def percent_encode(text: str) -> bytes:
-    raw = text.encode("utf-8", "replace")[:_MAX_MESSAGE]
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > _MAX_MESSAGE:  # cut at a character boundary: a split one garbles it all
+        raw = raw[:_MAX_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
     if all(b in _PLAIN for b in raw):
         return raw
     return b"".join(bytes([b]) if b in _PLAIN else b"%%%02X" % b for b in raw)

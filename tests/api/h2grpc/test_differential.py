@@ -1,0 +1,171 @@
+"""The same servicers on grpc.aio's server and on quorum.api.h2grpc, the same calls from
+grpcio's client: the outcomes (answer, status code, details) must match, so a servicer
+written against grpc.aio behaves the same on quorum's server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+
+from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
+from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
+
+from .support import (
+    STEP_S,
+    KVServicer,
+    MaintenanceServicer,
+    Probe,
+    WatchServicer,
+    channel,
+    run,
+    serving,
+)
+
+
+def _grpcio_handlers(service: Any, servicer: object) -> grpc.GenericRpcHandler:
+    """grpc.aio handlers for the methods ``servicer`` defines (others: UNIMPLEMENTED)."""
+    handlers = {}
+    for m in service.methods:
+        fn = getattr(servicer, m.name, None)
+        if fn is None:
+            continue
+        parse = message_factory.GetMessageClass(m.input_type).FromString
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[m.client_streaming, m.server_streaming]
+        handlers[m.name] = make(fn, request_deserializer=parse,
+                                response_serializer=lambda r: r.SerializeToString())
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+@contextlib.asynccontextmanager
+async def grpcio_serving(**options: Any) -> AsyncIterator[str]:
+    probe = Probe()
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", options.get("max_receive_message_length", 4 << 20)),
+    ])
+    services = pb.DESCRIPTOR.services_by_name
+    server.add_generic_rpc_handlers((
+        _grpcio_handlers(services["KV"], KVServicer(probe)),
+        _grpcio_handlers(services["Watch"], WatchServicer(probe)),
+        _grpcio_handlers(services["Maintenance"], MaintenanceServicer(probe, 3)),
+    ))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def quorum_serving(**options: Any) -> AsyncIterator[str]:
+    async with serving(snapshot_chunks=3, **options) as s:
+        yield s.target
+
+
+Outcome = tuple[str, Any, str]
+Scenario = Callable[[grpc.aio.Channel], Awaitable[Any]]
+
+
+async def outcome(scenario: Scenario, target: str) -> Outcome:
+    async with channel(target) as ch:
+        try:
+            answer = await asyncio.wait_for(scenario(ch), STEP_S)
+        except grpc.aio.AioRpcError as err:
+            return ("error", err.code(), err.details() or "")
+    return ("ok", answer, "")
+
+
+def _range(key: bytes, range_end: bytes = b"", **kw: Any) -> Scenario:
+    async def call(ch: grpc.aio.Channel) -> Any:
+        return await rpc.KVStub(ch).Range(pb.RangeRequest(key=key, range_end=range_end), **kw)
+    return call
+
+
+def _abort(text: str) -> Scenario:
+    return _range(b"abort", text.encode())
+
+
+async def _put_echo(ch: grpc.aio.Channel) -> Any:
+    return await rpc.KVStub(ch).Put(pb.PutRequest(key=b"k", value=bytes(range(256))))
+
+
+async def _txn(ch: grpc.aio.Channel) -> Any:
+    return await rpc.KVStub(ch).Txn(pb.TxnRequest())
+
+
+async def _unknown_service(ch: grpc.aio.Channel) -> Any:
+    return await rpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=1))
+
+
+async def _too_big(ch: grpc.aio.Channel) -> Any:
+    return await rpc.KVStub(ch).Put(pb.PutRequest(key=b"k", value=bytes(5 << 20)))
+
+
+async def _metadata(ch: grpc.aio.Channel) -> Any:
+    got = await rpc.KVStub(ch).Range(pb.RangeRequest(key=b"meta"),
+                                     metadata=(("x-a", "1"), ("x-b", "two words")))
+    # transport headers differ between servers (user-agent, te...): compare the caller's own
+    return sorted((kv.key, kv.value) for kv in got.kvs if kv.key.startswith(b"x-"))
+
+
+async def _snapshot(ch: grpc.aio.Channel) -> Any:
+    return [r.blob[:8] async for r in rpc.MaintenanceStub(ch).Snapshot(pb.SnapshotRequest())]
+
+
+async def _watch_then_raise(ch: grpc.aio.Channel) -> Any:
+    call = rpc.WatchStub(ch).Watch()
+    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a")))
+    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"raise")))
+    return [r.cancel_reason async for r in call]
+
+
+_SCENARIOS: dict[str, tuple[Scenario, bool | str]] = {
+    # name: (scenario, whether the details text must match too; "prefix": quorum's may be
+    # cut (it keeps a status message under 4 KiB) but must be the start of grpc's, whole
+    # characters only)
+    "unary echo": (_put_echo, True),
+    "abort ascii": (_abort("key not found"), True),
+    "abort percent": (_abort("100% done, 50%% left, %41"), True),
+    "abort unicode": (_abort("ключ ✓ 日本"), True),
+    "abort controls": (_abort("line1\nline2\ttab\x01"), True),
+    "abort empty": (_abort(""), True),
+    "abort long": (_abort("x" * 3001 + "é" * 1000), "prefix"),
+    "set_code": (_range(b"setcode", b"gone"), True),
+    "handler raises": (_range(b"raise"), True),
+    "method not served": (_txn, False),
+    "service not served": (_unknown_service, False),
+    "request too large": (_too_big, False),
+    "deadline": (_range(b"sleep", timeout=0.1), True),
+    "metadata": (_metadata, True),
+    "server stream": (_snapshot, True),
+    "bidi then raise": (_watch_then_raise, False),
+}
+
+
+@pytest.mark.parametrize("name", list(_SCENARIOS))
+def test_same_outcome_as_grpcio_server(name: str) -> None:
+    scenario, details_too = _SCENARIOS[name]
+
+    async def body() -> None:
+        async with grpcio_serving() as reference:
+            want = await outcome(scenario, reference)
+        async with quorum_serving() as target:
+            got = await outcome(scenario, target)
+        assert got[:2] == want[:2], (got, want)
+        if details_too == "prefix":
+            assert got[2] and want[2].startswith(got[2]), (got, want)
+        elif details_too:
+            assert got[2] == want[2], (got, want)
+
+    run(body)

@@ -19,6 +19,8 @@ ends that call with a gRPC status; neither reaches other connections.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -90,7 +92,7 @@ class Stream:
         self.task: asyncio.Task[None] | None = None
         self.inbox: deque[bytes | None] = deque()
         self.waiter: asyncio.Future[None] | None = None  # a reader waiting on inbox
-        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
         self.deadline: asyncio.TimerHandle | None = None
         self.timed_out = False
         self.unacked = 0  # bytes consumed but not yet credited back to the client
@@ -123,7 +125,7 @@ class Context:
     def set_details(self, details: str) -> None:
         self._details = details
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._stream.metadata
 
     def peer(self) -> str:
@@ -502,7 +504,7 @@ class H2Connection(asyncio.Protocol):
     def _open_call(self, sid: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
         path = ctype = timeout = encoding = b""
         method_name = b""
-        metadata: list[tuple[str, str]] = []
+        metadata: list[tuple[str, str | bytes]] = []
         for name, value in headers:
             if name == b":path":
                 path = value
@@ -515,7 +517,7 @@ class H2Connection(asyncio.Protocol):
             elif name == b"grpc-encoding":
                 encoding = value
             elif name[:1] != b":" and name not in _TRANSPORT_HEADERS:
-                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+                metadata.append((name.decode("latin-1"), _metadata_value(name, value)))
         method = self.server.methods.get(path)
         # Until the client acknowledges our SETTINGS it may assume the default stream window.
         stream = Stream(sid, method, self._peer_initial_window,
@@ -820,6 +822,17 @@ _TRANSPORT_HEADERS = frozenset({
     b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
     b"user-agent", b"content-length",
 })
+
+
+def _metadata_value(name: bytes, value: bytes) -> str | bytes:
+    """A metadata value as grpc.aio hands it over: text, or for a "-bin" key the bytes its
+    base64 text (sent unpadded) stands for; undecodable base64 is passed on as is."""
+    if not name.endswith(b"-bin"):
+        return value.decode("latin-1")
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+    except binascii.Error:
+        return value
 
 
 def _strip_padding(payload: bytes) -> bytes:

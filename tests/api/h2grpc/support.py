@@ -52,7 +52,7 @@ class Probe:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
-    metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
+    metadata: list[tuple[tuple[str, str | bytes], ...]] = field(default_factory=list)
 
 
 def blob(index: int, size: int) -> bytes:
@@ -105,7 +105,8 @@ class KVServicer:
         if key == b"meta":
             md = tuple(context.invocation_metadata())
             self.probe.metadata.append(md)
-            return pb.RangeResponse(kvs=[_kv(k.encode(), v.encode()) for k, v in md])
+            return pb.RangeResponse(kvs=[
+                _kv(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in md])
         if key == b"big":
             return pb.RangeResponse(kvs=[_kv(b"big", blob(0, request.limit))])
         return pb.RangeResponse(count=1, kvs=[_kv(key, key)])

@@ -119,6 +119,12 @@ async def _metadata(ch: grpc.aio.Channel) -> Any:
     return sorted((kv.key, kv.value) for kv in got.kvs if kv.key.startswith(b"x-"))
 
 
+async def _binary_metadata(ch: grpc.aio.Channel) -> Any:
+    got = await rpc.KVStub(ch).Range(pb.RangeRequest(key=b"meta"), metadata=(
+        ("x-id-bin", bytes(range(256))), ("x-one-bin", b"\x00"), ("x-text", "plain")))
+    return sorted((kv.key, kv.value) for kv in got.kvs if kv.key.startswith(b"x-"))
+
+
 async def _snapshot(ch: grpc.aio.Channel) -> Any:
     return [r.blob[:8] async for r in rpc.MaintenanceStub(ch).Snapshot(pb.SnapshotRequest())]
 
@@ -148,6 +154,7 @@ _SCENARIOS: dict[str, tuple[Scenario, bool | str]] = {
     "request too large": (_too_big, False),
     "deadline": (_range(b"sleep", timeout=0.1), True),
     "metadata": (_metadata, True),
+    "binary metadata": (_binary_metadata, True),
     "server stream": (_snapshot, True),
     "bidi then raise": (_watch_then_raise, False),
 }

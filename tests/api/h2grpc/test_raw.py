@@ -6,12 +6,15 @@ and leave the connection usable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import random
 import socket
 import struct
 from collections.abc import Callable
 
 import h2.events
+import h2.exceptions
 import h2.settings
 import hpack
 import pytest
@@ -29,6 +32,8 @@ from .support import (
     KV_PUT,
     KV_RANGE,
     PREFACE,
+    SNAPSHOT,
+    SNAPSHOT_CHUNK,
     STEP_S,
     WATCH,
     H2Client,
@@ -40,6 +45,7 @@ from .support import (
     request_headers,
     run,
     serving,
+    split_messages,
     still_serving,
 )
 
@@ -775,5 +781,71 @@ def test_http1_pipelining_behind_a_slow_answer_is_bounded() -> None:
                 writer.transport.abort()
             await asyncio.wait_for(cancelled.wait(), STEP_S)
             await still_serving(s.target)
+
+    run(main)
+
+
+def _credit(rng: random.Random, owed: int, room: int) -> int:
+    """A WINDOW_UPDATE increment: some of the bytes owed, sometimes more (growing the
+    window), never 0."""
+    if room == 0 or rng.random() < 0.2:
+        return owed + rng.randrange(1, 20_000)
+    return rng.randrange(1, owed + 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_windows_and_frame_sizes(seed: int) -> None:
+    """The h2 client advertises a random stream window and max frame size and opens its
+    windows in random steps while a server stream of ~200 KB arrives: h2 itself rejects any
+    frame over its limits or its windows, so the stream arriving intact shows the server
+    kept to both."""
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        window = rng.choice([1, 7, 1000, rng.randrange(1, 70_000)])
+        max_frame = rng.choice([16_384, rng.randrange(16_384, 100_000)])
+        async with serving(snapshot_chunks=3) as s:
+            c = await H2Client.connect(s.port, {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: max_frame,
+            })
+            try:
+                await c.until(lambda e: isinstance(e, h2.events.SettingsAcknowledged))
+                await _h2_call(c, 1, SNAPSHOT, grpc_msg(b""))
+                stream_room, conn_room = window, 65_535  # what the server may still send
+                owed_stream = owed_conn = 0  # received, not yet credited back
+                data = b""
+                while True:
+                    e = await c.until(lambda e: isinstance(
+                        e, (h2.events.DataReceived, h2.events.StreamEnded)))
+                    if isinstance(e, h2.events.StreamEnded):
+                        break
+                    n = e.flow_controlled_length
+                    assert len(e.data) <= max_frame
+                    data += e.data
+                    stream_room -= n
+                    conn_room -= n
+                    owed_stream += n
+                    owed_conn += n
+                    # credit at random (part of what was received, or more: the window
+                    # grows), and always when a window is shut (else: deadlock)
+                    if stream_room == 0 or rng.random() < 0.3:
+                        step = _credit(rng, owed_stream, stream_room)
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            c.conn.increment_flow_control_window(step, stream_id=1)
+                        stream_room += step
+                        owed_stream = max(0, owed_stream - step)
+                    if conn_room == 0 or rng.random() < 0.3:
+                        step = _credit(rng, owed_conn, conn_room)
+                        c.conn.increment_flow_control_window(step)
+                        conn_room += step
+                        owed_conn = max(0, owed_conn - step)
+                    c.flush()
+                trailers = [e for e in c.seen if isinstance(e, h2.events.TrailersReceived)]
+                assert dict(trailers[0].headers)[b"grpc-status"] == b"0"
+                blobs = [pb.SnapshotResponse.FromString(m).blob for m in split_messages(data)]
+                assert blobs == [blob(i, SNAPSHOT_CHUNK) for i in range(3)]
+            finally:
+                await c.close()
 
     run(main)

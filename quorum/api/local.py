@@ -37,6 +37,7 @@ from quorum.api.backend import (
     WatchCreate,
     WatchResponse,
 )
+from quorum.api.compaction import compact_in_steps, is_whole
 from quorum.errors import LeaseNotFound, NotSupported, UsageError, WatchNotFound
 from quorum.state import commands as sc
 from quorum.state.config import StateConfig
@@ -198,6 +199,15 @@ class LocalBackend:
 
     # --- key-value ------------------------------------------------------------------------
     async def write(self, request: sc.Request, session_id: int = 0, seq: int = 0) -> sc.Response:
+        if is_whole(request):  # a large compaction must not hold the loop: in steps
+            assert isinstance(request, sc.CompactionRequest)
+            return await compact_in_steps(
+                lambda r, first: self._write_one(r, *((session_id, seq) if first else (0, 0))),
+                request)
+        return await self._write_one(request, session_id, seq)
+
+    async def _write_one(self, request: sc.Request, session_id: int = 0,
+                         seq: int = 0) -> sc.Response:
         self._applied_index += 1
         result = self._sm.apply(self._applied_index, sc.Envelope(request, session_id, seq))
         self._after_apply(request, result)

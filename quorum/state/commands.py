@@ -154,8 +154,18 @@ RequestOp: TypeAlias = RangeRequest | PutRequest | DeleteRangeRequest | TxnReque
 
 
 class CompactionRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="compact"):
+    """Compact the history below ``revision``. With ``limit`` > 0 the physical work is done
+    in steps: the command that starts a compaction (``start`` empty) makes it take effect at
+    once (reads and watches below ``revision`` are refused) and drops the old records of the
+    first ``limit`` keys; each following step (``start`` = the previous answer's ``next``,
+    same ``revision``) does the next ``limit`` keys. Each step is a log entry of its own, so
+    every replica is in the same state at every index, and no step holds the state machine
+    longer than ``limit`` keys take. ``limit`` 0 = every key in one command."""
+
     revision: int
-    physical: bool = False  # accepted for etcd compatibility; compaction is always immediate
+    physical: bool = False  # accepted for etcd compatibility; the callers wait for every step
+    start: bytes = b""  # empty = start a compaction; else continue it from this key
+    limit: int = 0  # keys examined per step; 0 = all
 
 
 class LeaseGrantRequest(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_grant"):
@@ -251,6 +261,7 @@ ResponseOp: TypeAlias = RangeResponse | PutResponse | DeleteRangeResponse | TxnR
 
 class CompactionResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="compact"):
     revision: int
+    next: bytes = b""  # where the next step starts; empty = the compaction is complete
 
 
 class LeaseGrantResponse(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="lease_grant"):

@@ -204,18 +204,30 @@ class StateMachine:
     # --- compaction and leases ----------------------------------------------------------------
 
     def _compact(self, req: CompactionRequest) -> CompactionResponse:
-        """Raises InvalidRevision (< 0), RevisionCompacted (<= compact revision),
-        FutureRevision (> current)."""
+        """Start a compaction (``start`` empty) or take its next step (see CompactionRequest).
+        Raises InvalidRevision (< 0), RevisionCompacted (<= compact revision; for a step: a
+        newer compaction superseded it), FutureRevision (> current), InvalidRequest (a step of
+        a compaction that is not the current one, a negative limit)."""
         store = self.store
+        if req.limit < 0:
+            raise InvalidRequest("state: compaction step limit must not be negative")
+        if req.start:
+            if req.revision < store.compact_revision:
+                raise RevisionCompacted(store.compact_revision)
+            if req.revision != store.compact_revision:
+                raise InvalidRequest("state: a compaction step continues the current compaction")
+            _, following = store.compact_keys(req.revision, req.start, req.limit)
+            return CompactionResponse(store.revision, following)
         if req.revision < 0:
             raise InvalidRevision()
         if req.revision <= store.compact_revision:
             raise RevisionCompacted(store.compact_revision)
         if req.revision > store.revision:
             raise FutureRevision(store.revision)
-        store.compact(req.revision)
+        store.begin_compaction(req.revision)
         self.watches.compacted()
-        return CompactionResponse(store.revision)
+        _, following = store.compact_keys(req.revision, b"", req.limit)
+        return CompactionResponse(store.revision, following)
 
     def _lease_grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
         """Raises InvalidTTL, InvalidRequest (id not an int64 >= 0), LeaseExists."""

@@ -34,6 +34,7 @@ This module knows nothing of requests, leases or watches; ``quorum.state.kv`` bu
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from array import array
@@ -168,6 +169,18 @@ def prefix_upto(run: bytes, revision: int) -> bytes:
     while end > 0 and mod_at(run, end) > revision:
         end -= TRAILER_SIZE + _SIZE_FIELD.unpack_from(run, end - 4)[0]
     return run if end == len(run) else run[:end]
+
+
+def _kept_from(records: list[Record], compact: int) -> int:
+    """Index of the first of ``records`` (oldest first) that a compaction at ``compact``
+    keeps: the newest record at or below it stays unless it is a tombstone below it (the
+    rule of ``MVCCStore._compact_key``)."""
+    i = 0
+    while i < len(records) and records[i][MOD] <= compact:
+        i += 1
+    if i and (records[i - 1][VERSION] or records[i - 1][MOD] == compact):
+        return i - 1
+    return i
 
 
 class MVCCStore:
@@ -354,18 +367,42 @@ class MVCCStore:
         one at or below it unless that one is a tombstone below ``revision`` (etcd's rule, so
         every read at a revision >= ``revision`` still answers the same). Returns records
         removed. The caller has validated ``compact_revision < revision <= self.revision``."""
+        self.begin_compaction(revision)
+        removed, _ = self.compact_keys(revision, b"", 0)
+        return removed
+
+    def begin_compaction(self, revision: int) -> None:
+        """Make a compaction at ``revision`` take effect: reads and watch replays below it are
+        refused from now on. The records it drops stay until :meth:`compact_keys` reaches
+        their keys (reads at or above ``revision`` answer the same either way)."""
         self.compact_revision = revision
-        self._flush_new_keys()
-        removed = 0
-        for key in sorted(self._multi):
-            removed += self._compact_key(key, revision)
-        self._multi = dict(self._multi)  # a table never shrinks on deletion: right-size it
         self._log_head = bisect_right(self._log_revs, revision - 1, lo=self._log_head)
         if self._log_head > 1024 and self._log_head * 2 > len(self._log_revs):
             del self._log_revs[: self._log_head]
             del self._log_keys[: self._log_head]
             self._log_head = 0
-        return removed
+
+    def compact_keys(self, revision: int, start: bytes, limit: int) -> tuple[int, bytes]:
+        """Drop the records of compaction ``revision`` (the current one) from the keys
+        ``>= start``, examining at most ``limit`` keys (0 = all). Returns (records removed,
+        the key to continue from or b"" when no key is left). Deterministic: the keys are
+        taken in order from the sorted key set, which every replica holds alike."""
+        self._flush_new_keys()
+        multi = self._multi
+        if limit:
+            keys = self._keys.irange(start) if start else iter(self._keys)
+            # materialized first: compacting a key may remove it from the sorted set
+            batch = list(itertools.islice(keys, limit + 1))
+            following = batch.pop() if len(batch) > limit else b""
+            batch = [key for key in batch if key in multi]
+        else:  # every key: only those with history can lose records
+            batch, following = sorted(k for k in multi if k >= start), b""
+        removed = 0
+        for key in batch:
+            removed += self._compact_key(key, revision)
+        if not following:
+            self._multi = dict(self._multi)  # a table never shrinks on deletion: right-size it
+        return removed, following
 
     def _compact_key(self, key: bytes, revision: int) -> int:
         entry = self._hist[key]
@@ -440,14 +477,18 @@ class MVCCStore:
     # --- hashing ------------------------------------------------------------------------------
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
-        """(crc32, compact_revision, revision) over every retained record with mod_revision <=
-        ``revision`` in key order (etcd's HashKV role: equal on replicas at equal revisions).
-        ``revision`` 0 = current. Raises RevisionCompacted / FutureRevision."""
+        """(crc32, compact_revision, revision) over every record with mod_revision <=
+        ``revision`` that the compaction keeps, in key order (etcd's HashKV role: equal on
+        replicas at equal revisions). Records a stepped compaction has not yet dropped are
+        skipped, so the hash does not depend on how far it got. ``revision`` 0 = current.
+        Raises RevisionCompacted / FutureRevision."""
         rev = self.revision if revision <= 0 else revision
         self.check_revision(rev)
+        compact = self.compact_revision
         crc = zlib.crc32(b"quorum-kv")
         for key in self.keys_in(b"", b"\0"):
-            for rec in records_of(self._hist[key]):
+            records = records_of(self._hist[key])
+            for rec in records[_kept_from(records, compact):]:
                 if rec[MOD] > rev:
                     break
                 crc = zlib.crc32(key, crc)

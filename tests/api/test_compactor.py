@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import quorum.cli.serve as serve_module
+from quorum.api import compaction
 from quorum.api.compactor import (
     PERIODIC_INTERVAL_MAX_S,
     PLANTED_COMPACT_AT_CURRENT,
@@ -592,3 +593,45 @@ def test_check_helpers_can_fail() -> None:
 
     _run(body())
 
+
+# --- compactions in steps (quorum.api.compaction) ---------------------------------------
+
+
+def test_a_compaction_is_proposed_in_steps_and_replicas_agree(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compaction, "STEP_KEYS", 4)
+
+    async def main() -> None:
+        async with cluster() as procs:
+            leader = await leader_of(procs)
+            for round_ in range(3):
+                for k in range(30):
+                    await leader.backend.write(sc.PutRequest(b"key%02d" % k, b"v%d" % round_))
+            steps: list[Any] = []
+            original = leader.server.propose
+
+            async def propose(payload: bytes, *, leader_only: bool = False) -> Any:
+                request = sc.decode_command(payload).request
+                if isinstance(request, sc.CompactionRequest):
+                    steps.append(request)
+                return await original(payload, leader_only=leader_only)
+
+            leader.server.propose = propose  # type: ignore[method-assign]
+            revision = leader.backend.header().revision - 10
+            res = await leader.backend.write(sc.CompactionRequest(revision))
+            assert isinstance(res, sc.CompactionResponse)
+            assert len(steps) == 30 // 4 + 1  # 30 keys, 4 per step
+            assert [s.start for s in steps[:2]] == [b"", b"key04"]
+            assert all(s.revision == revision and s.limit == 4 for s in steps)
+            await caught_up(procs)
+            hashes = {p.backend._sm.state_hash() for p in procs}
+            assert len(hashes) == 1
+            kv_hashes = {await p.backend.hash_kv(revision) for p in procs}
+            assert len(kv_hashes) == 1
+            for p in procs:
+                assert p.backend._sm.compact_revision == revision
+                with pytest.raises(RevisionCompacted):
+                    await p.backend.read(sc.RangeRequest(b"key00", revision=revision - 1),
+                                         serializable=True)
+
+    asyncio.run(main())

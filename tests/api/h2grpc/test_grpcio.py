@@ -340,3 +340,19 @@ def test_stream_ends_with_status_after_messages(key: bytes, code: grpc.StatusCod
             await still_serving(s.target)
 
     run(body)
+
+
+def test_oversized_message_inside_a_stream_is_resource_exhausted() -> None:
+    async def body() -> None:
+        async with serving(max_receive_message_length=64 * 1024) as s, channel(s.target) as ch:
+            call = rpc.WatchStub(ch).Watch()
+            await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a")))
+            assert (await asyncio.wait_for(call.read(), STEP_S)).cancel_reason == "a"
+            await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                key=b"b" * 100_000)))
+            err = await _error(call.read())
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.wait_for(s.probe.cancelled.wait(), STEP_S)
+            await still_serving(s.target)
+
+    run(body)

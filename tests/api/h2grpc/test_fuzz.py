@@ -299,7 +299,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[i:j] for i, j in itertools.pairwise(points) if j > i] or [b""]
 
 
-_settings = settings(max_examples=250, deadline=None,
+_settings = settings(max_examples=200, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture,
                                             HealthCheck.too_slow])
 
@@ -328,6 +328,16 @@ def test_frame_mutations(harness: Harness, frames: list[bytes],
                          mutations: list[tuple[str, int, Any]], cuts: list[int]) -> None:
     """Framing intact, so most frames reach their handlers with wrong sizes, flags, types
     and streams."""
+    harness.feed(split(mutate(frames, mutations), cuts))
+
+
+@pytest.mark.torture
+@settings(_settings, max_examples=30_000)
+@given(frames=sessions(), mutations=st.one_of(_FRAME_MUTATIONS, _MUTATIONS),
+       cuts=st.lists(st.integers(0, 10**6), max_size=6))
+def test_mutation_campaign(harness: Harness, frames: list[bytes],
+                           mutations: list[tuple[str, int, Any]], cuts: list[int]) -> None:
+    """The two mutation tests above at 30,000 examples (make torture)."""
     harness.feed(split(mutate(frames, mutations), cuts))
 
 

@@ -88,7 +88,7 @@ def check_decoding(conn: H2Connection, blocks: Blocks,
     return hits
 
 
-_settings = settings(max_examples=300, deadline=None,
+_settings = settings(max_examples=200, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -331,7 +331,7 @@ class H2Connection(asyncio.Protocol):
         self._conn_unacked += n
         stream = self.streams.get(sid)
         if stream is None:
-            if sid > self._last_stream:
+            if self._idle(sid):
                 raise ConnectionError_(w.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we already answered or reset: its data is dropped
         if stream.recv_closed:
@@ -383,6 +383,8 @@ class H2Connection(asyncio.Protocol):
             self._headers_complete(sid, cont[1], bytes(block))
 
     def _on_priority(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise ConnectionError_(w.FRAME_SIZE_ERROR, "PRIORITY frame of wrong size")
 
@@ -391,9 +393,15 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(w.FRAME_SIZE_ERROR, "RST_STREAM frame of wrong size")
         if sid == 0:
             raise ConnectionError_(w.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if self._idle(sid):  # RFC 9113 §6.4
+            raise ConnectionError_(w.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self.streams.get(sid)
         if stream is not None:
             self._reset(stream)
+
+    def _idle(self, sid: int) -> bool:
+        """A stream the client never opened (RFC 9113 §5.1): the server opens none itself."""
+        return sid % 2 == 0 or sid > self._last_stream
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid != 0:
@@ -416,6 +424,8 @@ class H2Connection(asyncio.Protocol):
             self._peer_initial_window = value
             for stream in self.streams.values():
                 stream.send_window += delta
+                if stream.send_window > w.MAX_WINDOW:  # RFC 9113 §6.9.2
+                    raise ConnectionError_(w.FLOW_CONTROL_ERROR, "stream window overflow")
             if delta > 0:
                 self._wake_senders()
         elif key == w.SETTINGS_MAX_FRAME_SIZE:
@@ -439,6 +449,8 @@ class H2Connection(asyncio.Protocol):
 
     def _on_goaway(self, flags: int, sid: int, payload: bytes) -> None:
         # The client starts no new call; the ones in flight finish, then it closes.
+        if sid != 0:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
             raise ConnectionError_(w.FRAME_SIZE_ERROR, "GOAWAY frame too short")
 
@@ -455,6 +467,8 @@ class H2Connection(asyncio.Protocol):
         else:
             stream = self.streams.get(sid)
             if stream is None:
+                if self._idle(sid):  # RFC 9113 §5.1
+                    raise ConnectionError_(w.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
                 return
             if increment == 0 or stream.send_window + increment > w.MAX_WINDOW:
                 # RFC 9113 §6.9: an increment of 0 is a PROTOCOL_ERROR, an overflow §6.9.1's
@@ -488,6 +502,10 @@ class H2Connection(asyncio.Protocol):
         headers = self._decode_headers(block)  # always: it keeps the HPACK table in step
         stream = self.streams.get(sid)
         if stream is not None:  # trailers of a request: gRPC sends none, but they are legal
+            if stream.recv_closed:  # the request had ended (RFC 9113 §5.1, half-closed)
+                self._write(w.rst_stream(sid, w.STREAM_CLOSED))
+                self._reset(stream)
+                return
             if flags & w.END_STREAM:
                 self._end_of_request(stream)
             else:

@@ -168,19 +168,24 @@ _BODIES = [
 ]
 
 
-def _controls(sid: int) -> list[bytes]:
-    """Control frames a client may send at any point of a session (valid as sent)."""
-    return [
+def _controls(sid: int | None) -> list[bytes]:
+    """Control frames a client may send at any point of a session (valid as sent); with
+    ``sid``, also frames for that stream, which must be open already."""
+    frames = [
         raw_frame(PING, 0, 0, b"pingpong"),
         raw_frame(PING, 1, 0, b"pingpong"),
         raw_frame(WINDOW, 0, 0, struct.pack(">L", 1000)),
-        raw_frame(WINDOW, 0, sid, struct.pack(">L", 1000)),
-        raw_frame(PRIORITY, 0, sid, b"\x00\x00\x00\x00\x10"),
-        raw_frame(RST, 0, sid, struct.pack(">L", 8)),
         raw_frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 100_000)),
         raw_frame(SETTINGS, 1, 0),
         raw_frame(GOAWAY, 0, 0, struct.pack(">LL", 0, 0)),
     ]
+    if sid is not None:
+        frames += [
+            raw_frame(WINDOW, 0, sid, struct.pack(">L", 1000)),
+            raw_frame(PRIORITY, 0, sid, b"\x00\x00\x00\x00\x10"),
+            raw_frame(RST, 0, sid, struct.pack(">L", 8)),
+        ]
+    return frames
 
 
 @st.composite
@@ -192,7 +197,7 @@ def sessions(draw: st.DrawFn) -> list[bytes]:
         struct.pack(">HL", k, v) for k, v in draw(st.lists(st.tuples(
             st.sampled_from([1, 2, 3, 4, 5, 6]), st.sampled_from([0, 1, 100, 16_384, 65_535])),
             max_size=3)) if not (k == 5 and v < 16_384) and not (k == 2 and v > 1))))
-    out += draw(st.lists(st.sampled_from(_controls(1)), max_size=3))
+    out += draw(st.lists(st.sampled_from(_controls(None)), max_size=3))
     for i in range(draw(st.integers(1, 4))):
         sid = 2 * i + 1
         extra = {"grpc-timeout": draw(st.sampled_from(["", "1m", "1S", "x"]))}

@@ -129,8 +129,41 @@ def _reused_stream_id(c: RawClient) -> None:
     c.headers(1, request_headers(KV_PUT))
 
 
+def _rst_on_idle_stream(c: RawClient) -> None:
+    c.send(raw_frame(RST, 0, 5, struct.pack(">L", 0x8)))
+
+
+def _window_update_on_idle_stream(c: RawClient) -> None:
+    c.send(raw_frame(WINDOW, 0, 9, struct.pack(">L", 100)))
+
+
+def _data_on_even_stream_below_the_last(c: RawClient) -> None:
+    c.call(3, KV_PUT, put(b"a"))
+    c.data(2, put(b"b"), end_stream=True)
+
+
+def _priority_on_stream_0(c: RawClient) -> None:
+    c.send(raw_frame(PRIORITY, 0, 0, b"\x00\x00\x00\x01\x10"))
+
+
+def _goaway_on_a_stream(c: RawClient) -> None:
+    c.send(raw_frame(GOAWAY, 0, 1, struct.pack(">LL", 0, 0)))
+
+
+def _initial_window_overflowing_a_stream(c: RawClient) -> None:
+    c.headers(1, request_headers(WATCH))  # open; its send window is the client's initial one
+    c.send(raw_frame(WINDOW, 0, 1, struct.pack(">L", 2**31 - 1 - (1 << 30))))
+    c.send(raw_frame(SETTINGS, 0, 0, struct.pack(">HL", 0x4, 2**31 - 1)))
+
+
 @pytest.mark.parametrize(("attack", "code"), [
     (_headers_on_even, PROTOCOL_ERROR),
+    (_rst_on_idle_stream, PROTOCOL_ERROR),
+    (_window_update_on_idle_stream, PROTOCOL_ERROR),
+    (_data_on_even_stream_below_the_last, PROTOCOL_ERROR),
+    (_priority_on_stream_0, PROTOCOL_ERROR),
+    (_goaway_on_a_stream, PROTOCOL_ERROR),
+    (_initial_window_overflowing_a_stream, FLOW_CONTROL_ERROR),
     (_data_on_stream_0, PROTOCOL_ERROR),
     (_bad_hpack, COMPRESSION_ERROR),
     (_truncated_hpack, COMPRESSION_ERROR),
@@ -878,5 +911,23 @@ def test_messages_split_across_frames_anyhow(seed: int) -> None:
             answers = [pb.WatchResponse.FromString(m) for m in resp.messages]
             assert [a.watch_id for a in answers] == list(range(len(keys)))
             assert [a.cancel_reason.encode("latin-1") for a in answers] == keys
+
+    run(main)
+
+
+def test_headers_after_the_request_ended_reset_the_stream() -> None:
+    """A second HEADERS (with END_STREAM) on a call whose request has ended: a stream error
+    STREAM_CLOSED (RFC 9113 §5.1); the handler is cancelled, the connection goes on."""
+
+    async def main() -> None:
+        async with serving() as s, raw_client(s.port) as c:
+            c.call(1, KV_RANGE, grpc_msg(pb.RangeRequest(key=b"sleep").SerializeToString()))
+            await asyncio.wait_for(s.probe.started.wait(), STEP_S)
+            c.headers(1, [("x-late", "1")], end_stream=True)
+            rst = await c.until(lambda f: isinstance(f, RstStreamFrame))
+            assert (rst.stream_id, rst.error_code) == (1, 0x5)  # STREAM_CLOSED
+            await asyncio.wait_for(s.probe.cancelled.wait(), STEP_S)
+            c.call(3, KV_PUT, put(b"k"))
+            assert (await c.response(3)).status == OK
 
     run(main)

@@ -187,7 +187,6 @@ def test_connection_error_goaway(attack: Attack, code: int) -> None:
                 assert goaway.error_code == code, goaway
                 assert goaway.additional_data, "GOAWAY gives no reason"
             await still_serving(s.target)
-            assert not s.server.connections - {next(iter(s.server.connections), None)}
 
     run(body)
 

@@ -115,7 +115,10 @@ class UpgradeCluster:
     started is killed on exit, whatever happened."""
 
     def __init__(self, base_dir: Path, subnet: int, n: int = 3, *, snapshot_entries: int = 25,
-                 tick_ms: int = 50, election_ticks: int = 10) -> None:
+                 tick_ms: int = 50, election_ticks: int = 10, fsync: bool = False,
+                 log_level: str = "") -> None:
+        """``fsync`` off is enough for clean stops (the kernel keeps what was written);
+        tests that SIGKILL nodes turn it on so that Raft's durability assumption holds."""
         assert 1 <= subnet <= 254
         self.base_dir = base_dir
         self.scratch = base_dir / "cwd"  # the servers' working directory: no quorum/ here
@@ -126,6 +129,9 @@ class UpgradeCluster:
         self.snapshot_entries = snapshot_entries
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
+        self.fsync = fsync
+        # warning shows the refusals; QUORUM_UPGRADE_LOG_LEVEL=info (or debug) to dig
+        self.log_level = log_level or os.environ.get("QUORUM_UPGRADE_LOG_LEVEL", "warning")
 
     def __enter__(self) -> UpgradeCluster:
         return self
@@ -161,8 +167,8 @@ class UpgradeCluster:
             "--etcd-listen", f"{node.ip}:{node.etcd_port}",
             "--initial-cluster", self.initial,
             "--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks),
-            "--snapshot-entries", str(self.snapshot_entries), "--no-fsync",
-            "--log-level", "warning",
+            "--snapshot-entries", str(self.snapshot_entries), "--log-level", self.log_level,
+            *(() if self.fsync else ("--no-fsync",)),
         ]
         env = code_env(code)
         with open(self.log_path(node_id), "ab") as log:
@@ -190,6 +196,13 @@ class UpgradeCluster:
             node.proc.kill()
             node.proc.wait()
             return -9
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL: the node dies mid-flight, as in a crash or a forced service stop."""
+        node = self.nodes[node_id]
+        if node.proc is not None and node.alive:
+            node.proc.kill()
+            node.proc.wait()
 
     def stop_all(self) -> dict[int, int]:
         return {node_id: self.stop(node_id) for node_id in self.nodes}
@@ -220,18 +233,23 @@ class UpgradeCluster:
 
     async def leader_among(self, members: set[int], timeout_s: float = 20.0) -> int:
         """The leader every node of ``members`` reports, once they agree on one in
-        ``members``; AssertionError if they do not within ``timeout_s``."""
+        ``members``; AssertionError if they do not within ``timeout_s``, with what each node
+        last reported (leader, term, last index, applied index) to start the diagnosis."""
         deadline = time.monotonic() + timeout_s
-        seen: set[int] = set()
+        seen: dict[int, object] = {}
         while time.monotonic() < deadline:
-            seen = set()
+            seen = {}
             for node_id in members:
                 try:
                     async with AsyncClient([self.nodes[node_id].client_url], timeout_s=1) as c:
-                        seen.add((await c.status()).leader_id)
-                except QuorumError:
-                    seen.add(-1)
-            if len(seen) == 1 and seen <= members:
-                return seen.pop()
+                        st = await c.status()
+                    seen[node_id] = (st.leader_id, st.raft_term, st.raft_index,
+                                     st.raft_applied_index)
+                except QuorumError as exc:
+                    seen[node_id] = repr(exc)
+            leaders = {v[0] if isinstance(v, tuple) else -1 for v in seen.values()}
+            if len(leaders) == 1 and leaders <= members:
+                return leaders.pop()
             await asyncio.sleep(0.1)
-        raise AssertionError(f"nodes {sorted(members)} agree on no leader among them: {seen}")
+        raise AssertionError(f"nodes {sorted(members)} agree on no leader among them; "
+                             f"node: (leader, term, index, applied): {seen}")

@@ -133,8 +133,12 @@ async def stays_put(cluster: UpgradeCluster, node_id: int, writer: Writer) -> No
     assert await revision_of(cluster, node_id) == before
 
 
-async def upgrade(cluster: UpgradeCluster, node_id: int, new: Code) -> None:
-    assert cluster.stop(node_id) == 0, f"node {node_id} did not stop cleanly"
+async def upgrade(cluster: UpgradeCluster, node_id: int, new: Code, crash: bool) -> None:
+    """Stop ``node_id`` (SIGTERM, or SIGKILL if ``crash``) and start it on ``new``."""
+    if crash:
+        cluster.kill(node_id)
+    else:
+        assert cluster.stop(node_id) == 0, f"node {node_id} did not stop cleanly"
     cluster.start(node_id, new)
     cluster.wait_ports(only=node_id)
 
@@ -155,7 +159,8 @@ async def next_to_upgrade(cluster: UpgradeCluster, old: set[int], leader_first: 
 
 
 async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
-                  leader_first: bool, refusal_wait_s: float = 15.0) -> None:
+                  leader_first: bool, refusal_wait_s: float = 15.0,
+                  crash: bool = False) -> None:
     cluster.start_all(old_code)
     await cluster.leader_among({1, 2, 3})
     async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
@@ -171,7 +176,7 @@ async def rolling(cluster: UpgradeCluster, old_code: Code, new_code: Code,
             await no_divergence(cluster)
             while old:
                 node_id = await next_to_upgrade(cluster, old, leader_first)
-                await upgrade(cluster, node_id, new_code)
+                await upgrade(cluster, node_id, new_code, crash)
                 old.remove(node_id)
                 new.add(node_id)
                 majority = new if len(new) > len(old) else old
@@ -220,16 +225,18 @@ def test_rolling_upgrade_from_format1_followers_first(tmp_path: Path,
 
 
 @pytest.mark.torture
-@pytest.mark.parametrize("attempt", range(5))
+@pytest.mark.parametrize("attempt", range(3))
 @pytest.mark.parametrize("commit", [FORMAT1_COMMIT, PREBATCH_COMMIT])
 @pytest.mark.parametrize("leader_first", [LEADER_FIRST, FOLLOWERS_FIRST],
                          ids=["leader-first", "followers-first"])
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
 def test_rolling_upgrade_campaign(tmp_path: Path, releases: dict[str, Code], commit: str,
-                                  leader_first: bool, attempt: int) -> None:
-    """Every release and order, repeated: elections and link timing differ each run."""
-    subnet = 100 + 20 * leader_first + 10 * (commit == FORMAT1_COMMIT) + attempt
-    with UpgradeCluster(tmp_path, subnet) as cluster:
-        asyncio.run(rolling(cluster, releases[commit], CURRENT, leader_first))
+                                  leader_first: bool, crash: bool, attempt: int) -> None:
+    """Every release and order, each node stopped cleanly or killed (fsync on then),
+    repeated: elections and link timing differ each run."""
+    subnet = 100 + 40 * crash + 20 * leader_first + 10 * (commit == FORMAT1_COMMIT) + attempt
+    with UpgradeCluster(tmp_path, subnet, fsync=crash) as cluster:
+        asyncio.run(rolling(cluster, releases[commit], CURRENT, leader_first, crash=crash))
 
 
 # --- the same checks against the bug they exist for -----------------------------------------

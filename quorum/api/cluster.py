@@ -28,7 +28,7 @@ from quorum.api.backend import (
     ResponseHeader,
     Status,
 )
-from quorum.api.compaction import compact_in_steps, is_whole
+from quorum.api.compaction import compact_in_steps
 from quorum.api.compactor import AutoCompactor, CompactionPolicy
 from quorum.api.local import RECORD_OVERHEAD_BYTES, LocalBackend
 from quorum.errors import (
@@ -123,16 +123,10 @@ class ClusterBackend(LocalBackend):
 
     # --- key-value ------------------------------------------------------------------------
 
-    async def write(self, request: sc.Request, session_id: int = 0, seq: int = 0) -> sc.Response:
-        if is_whole(request):  # a large compaction must not stall the node: in steps
-            assert isinstance(request, sc.CompactionRequest)
-            return await compact_in_steps(
-                lambda r, first: self._write_one(r, *((session_id, seq) if first else (0, 0))),
-                request)
-        return await self._write_one(request, session_id, seq)
-
     async def _write_one(self, request: sc.Request, session_id: int = 0,
                          seq: int = 0) -> sc.Response:
+        """One command through the log (``LocalBackend.write`` runs compactions in steps of
+        these)."""
         data = sc.encode_envelope(sc.Envelope(request, session_id, seq))
         if len(data) > self.max_request_bytes + _SLACK_BYTES:
             raise RequestTooLarge()

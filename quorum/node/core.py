@@ -115,6 +115,11 @@ class NodeCore:
         self.max_batch_bytes = max_batch_bytes
         self._commands_applied = 0  # every applied entry counts 1, a batch of n counts n
         self._commands_at_snapshot = 0  # _commands_applied at the newest snapshot
+        # (index, _commands_applied after it) per applied entry, oldest first: compaction
+        # keeps snapshot_catchup_entries COMMANDS below a snapshot (not entries, which would
+        # keep ~100x more log under load). Bounded: losing the oldest marks only makes
+        # compaction keep more.
+        self._marks: collections.deque[tuple[int, int]] = collections.deque(maxlen=1 << 16)
         self.snapshot_catchup_entries = snapshot_catchup_entries
         self.request_timeout_ticks = request_timeout_ticks
         self.members: dict[int, MemberInfo] = {m.id: m for m in members}
@@ -439,6 +444,7 @@ class NodeCore:
             else:
                 self._apply_proposal(entry)
         self._commands_applied += 1
+        self._marks.append((entry.index, self._commands_applied))
         self.applied = entry.index
         if self.on_applied is not None:
             self.on_applied(entry.index)
@@ -551,6 +557,7 @@ class NodeCore:
         self.applied = snap.metadata.index
         self.snapshot_index = snap.metadata.index
         self._commands_at_snapshot = self._commands_applied
+        self._marks.clear()  # the log below the snapshot is gone
         if self.on_members_changed is not None:
             self.on_members_changed(dict(self.members))
 
@@ -613,9 +620,20 @@ class NodeCore:
             return  # abandoned, or a newer snapshot was installed meanwhile
         self.snapshot_index = job.index
         self._commands_at_snapshot = max(self._commands_at_snapshot, job.commands)
-        compact_to = job.index - self.snapshot_catchup_entries
+        compact_to = self._catchup_start(job)
         if compact_to > self.storage.log.first_index():
             self.storage.compact(compact_to)
+
+    def _catchup_start(self, job: SnapshotJob) -> int:
+        """The newest index at or below the snapshot that still leaves at least
+        ``snapshot_catchup_entries`` commands above it (0: none). With one command per entry
+        this is ``job.index - snapshot_catchup_entries``, as before batches existed."""
+        target = job.commands - self.snapshot_catchup_entries
+        marks = self._marks
+        compact_to = 0
+        while marks and marks[0][1] <= target and marks[0][0] <= job.index:
+            compact_to = marks.popleft()[0]
+        return compact_to
 
     # --- reads, leadership, timeouts -------------------------------------------------------
 

@@ -276,3 +276,52 @@ def test_kv_nodes_pack_batches_and_agree() -> None:
     hashes = {net.sms[i].store.state_hash() for i in ids}  # type: ignore[attr-defined]
     assert len(hashes) == 1
     assert sum(d[0] == BATCH_MARKER for d in _entries(net, leader)) == 3  # one per origin
+
+
+def test_compaction_keeps_the_catchup_tail_in_commands() -> None:
+    """The log kept below a snapshot for lagging followers is counted in commands, as the
+    interval is: counted in entries, a tail of 20 entries of 30 commands each would keep 600
+    commands, and nothing would be compacted here."""
+    net = BatchNet(3)
+    for core in net.cores.values():
+        core.snapshot_entries, core.snapshot_catchup_entries = 50, 40
+    leader = net.elect()
+    for _ in range(10):  # 10 entries of 30 commands
+        for _ in range(30):
+            net.cores[leader].propose(add(1), Box())
+        net.pump()
+    for i, core in net.cores.items():
+        log = net.storages[i].log
+        assert core.snapshot_index > 0, i
+        assert log.first_index() > 5, i  # compacted well past the first batches
+        kept = [e for e in log.entries(log.first_index(), core.snapshot_index + 1)
+                if e.type == EntryType.NORMAL and e.data]
+        commands = sum(len(envelope.decode_batch(e.data).payloads) if e.data[0] == BATCH_MARKER
+                       else 1 for e in kept)
+        # at least the tail (40) survives below the snapshot, and not much more than one
+        # entry beyond it (compaction stops at an entry boundary)
+        assert 40 <= commands < 40 + 30, (i, commands)
+        assert net.sms[i].value == 300
+
+
+def test_compaction_without_batches_is_index_arithmetic() -> None:
+    """One command per entry: compaction lands exactly where it did before batches."""
+    net = Net(3)
+    for core in net.cores.values():
+        core.snapshot_entries, core.snapshot_catchup_entries = 20, 5
+    leader = net.elect()
+    for _ in range(45):
+        net.cores[leader].propose(add(1), Box())
+        net.pump()
+    for i, core in net.cores.items():
+        assert net.storages[i].log.first_index() == core.snapshot_index - 5 + 1, i
+
+
+def test_planted_bug_a_tail_counted_in_entries_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tail check above fails when compaction counts entries (the rule before batches)."""
+    monkeypatch.setattr(NodeCore, "_catchup_start",
+                        lambda self, job: job.index - self.snapshot_catchup_entries)
+    with pytest.raises(AssertionError):
+        test_compaction_keeps_the_catchup_tail_in_commands()

@@ -17,6 +17,7 @@ from functools import partial
 
 import msgspec
 
+from quorum.sim.compaction import Compactor
 from quorum.sim.membership import Reconfigurer
 from quorum.sim.watch import WatchWorkload
 from quorum.sim.workload import Client, finish_pending
@@ -30,7 +31,8 @@ RAFT_BUGS = frozenset({"commit_old_term", "skip_vote_log_check", "forget_vote",
                        "read_index_no_quorum"})
 NODE_BUGS = frozenset({"stale_read"})
 STORAGE_BUGS = frozenset({"ack_before_fsync"})
-STATE_BUGS = frozenset({"split_txn_events"})  # watch hub splits a revision's events
+# the watch hub splits a revision's events; odd-id replicas skip a key per compaction step
+STATE_BUGS = frozenset({"split_txn_events", "skip_compaction_key"})
 KNOWN_BUGS = RAFT_BUGS | NODE_BUGS | STORAGE_BUGS | STATE_BUGS
 
 
@@ -67,6 +69,12 @@ class SimOptions(msgspec.Struct, kw_only=True):
     profile: str = "default"  # the name the options came from (for the replay command)
     delay_ms: tuple[int, int] = (1, 10)  # network delay range (until a "lossy" fault)
     duplicate_proposals: bool = False  # see NetConfig.duplicate_proposals
+    # the compaction actor (quorum.sim.compaction): a compaction every compaction_every_ms,
+    # up to compaction_lag revisions behind the leader's, compaction_step_keys keys a step
+    compaction: bool = True
+    compaction_every_ms: tuple[int, int] = (150, 500)
+    compaction_lag: int = 30
+    compaction_step_keys: tuple[int, int] = (1, 3)
 
 
 # Fault profiles. "default" mixes every fault; the others bias the nemesis toward the
@@ -143,7 +151,11 @@ class SimResult(msgspec.Struct, kw_only=True):
     lin_verdict: str = ""  # OK, ILLEGAL or UNKNOWN (search budget exhausted)
     conf_changes: int = 0  # membership changes proposed
     watch_responses: int = 0  # watch responses delivered to the watchers
-    watch_resumes: int = 0  # watch streams reopened after a slow-consumer cancel
+    watch_resumes: int = 0  # watch streams reopened after a cancel
+    watch_compacted: int = 0  # of those, cancelled because their start was compacted
+    compactions: int = 0  # compactions started by the compaction actor
+    compaction_steps: int = 0  # compaction steps answered (first steps included)
+    compactions_completed: int = 0  # series that reached the last key
     history: list[Operation] = msgspec.field(default_factory=list)
 
 
@@ -331,7 +343,8 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   check_quorum=options.check_quorum,
                   bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
                   split_txn_events_bug="split_txn_events" in options.bugs,
-                  state_config=_state_config(options))
+                  state_config=_state_config(options),
+                  skip_compaction_key_bug="skip_compaction_key" in options.bugs)
     world.net.min_delay_ms, world.net.max_delay_ms = options.delay_ms
     world.net.duplicate_proposals = options.duplicate_proposals
     rng = random.Random(world.rng.getrandbits(64))
@@ -344,6 +357,11 @@ def run_seed(seed: int, options: SimOptions | None = None,
                       recent=recent) for c in range(options.clients)]
     nemesis = Nemesis(world, random.Random(rng.getrandbits(64)), options)
     watches = WatchWorkload(world, random.Random(rng.getrandbits(64)), options.watch_writers)
+    compactor = Compactor(world, random.Random(rng.getrandbits(64)),
+                          every_ms=options.compaction_every_ms, max_lag=options.compaction_lag,
+                          step_keys=options.compaction_step_keys)
+    if options.watch:
+        compactor.before_compaction = watches.harvest
     result = SimResult(seed=seed, ok=True, replay=replay_command(seed, options))
     try:
         for c in clients:
@@ -351,7 +369,10 @@ def run_seed(seed: int, options: SimOptions | None = None,
         if options.watch:
             watches.start()
         nemesis.start()
+        if options.compaction:
+            compactor.start()
         world.run_until(options.safety_ms)
+        compactor.stop()
         nemesis.stop_and_heal()
         world.trace("--- liveness phase: healed ---")
         _liveness(world, clients, watches, options, nemesis.membership.retire_removed)
@@ -368,6 +389,10 @@ def run_seed(seed: int, options: SimOptions | None = None,
     result.conf_changes = nemesis.membership.changes
     result.watch_responses = watches.responses
     result.watch_resumes = watches.resumed
+    result.watch_compacted = watches.compacted
+    result.compactions = compactor.series
+    result.compaction_steps = compactor.steps
+    result.compactions_completed = compactor.completed
     result.messages = world.messages_sent
     if result.ok and options.check_linearizability:
         verdict = check(RegisterModel(), history, max_steps=options.lin_max_steps)

@@ -9,7 +9,14 @@ the committed history (ordered, unique, atomic, reliable, resumable, no phantoms
 
 The committed history is read from the MVCC store of the converged replicas (every key's
 retained records); the run has already checked that replicas agree (equal state hashes at equal
-applied index), and the watch hub that is under test is not involved in building it.
+applied index), and the watch hub that is under test is not involved in building it. Compaction
+drops old records, so before each compaction (``harvest``, called by the compaction actor) the
+records it may drop are saved from the leader's store: every record at or below the leader's
+revision, which is at or above the compaction's.
+
+A watcher whose resume point was compacted is cancelled with the compaction revision and resumes
+there; the checker excuses the compacted gap only for a stream that started below it, and the
+workload checks that the revision the hub named is one at which a compaction was applied.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from quorum.sim.world import SimNode, World
+from quorum.sim.world import SimNode, Violation, World
 from quorum.state import commands as sc
 from quorum.state.watch import WatchRequest
 from quorum.state.watch import WatchResponse as StateWatchResponse
@@ -61,7 +68,11 @@ class WatchWorkload:
         self.active = True
         self.txns = 0
         self.responses = 0
-        self.resumed = 0  # streams reopened after a cancel (slow consumer)
+        self.resumed = 0  # streams reopened after a cancel (slow consumer or compacted)
+        self.compacted = 0  # streams cancelled because their start revision was compacted
+        # history saved before compactions dropped it: revision -> key -> event
+        self.harvested: dict[int, dict[str, WatchEvent]] = {}
+        self.harvested_to = 0  # every committed record at or below this was saved
 
     def start(self) -> None:
         previous = self.world.on_node_started
@@ -125,13 +136,41 @@ class WatchWorkload:
             stream.responses.append(WatchResponse(progress_revision=resp.revision))
             w.last_seen = max(w.last_seen, resp.revision)
         if resp.canceled:
-            # A slow-consumer cancel names where to resume; compaction never happens here
-            # (the workload issues none), so a compacted cancel is recorded for the checker.
+            # A slow consumer resumes after what it saw; a compacted one at the compaction
+            # revision (what lies below is gone; the checker excuses that gap only).
             stream.compact_revision = resp.compact_revision
             if resp.compact_revision:
+                self._check_compacted(node, w, resp.compact_revision)
                 w.last_seen = max(w.last_seen, resp.compact_revision - 1)
             self.resumed += 1
             self._open(node, w)
+
+    def _check_compacted(self, node: SimNode, w: _Watch, compact_revision: int) -> None:
+        """A compacted cancel must name a compaction that was applied (else the watcher would
+        skip events that still exist, and the checker would excuse the gap)."""
+        self.compacted += 1
+        if compact_revision not in self.world.compactions:
+            raise Violation("watch-compacted",
+                            f"{w.log.watcher_id} on n{node.id} cancelled as compacted at "
+                            f"{compact_revision}; compactions applied: "
+                            f"{sorted(self.world.compactions)[-5:]}")
+
+    # --- history kept across compactions -----------------------------------------------------
+
+    def harvest(self, node: SimNode) -> None:
+        """Save the committed records of ``node`` (the leader about to propose a compaction)
+        that are newer than the last harvest. Sound because every compaction goes through
+        here first: a record a compaction drops is at or below its revision, which is at or
+        below this node's revision now, and is either still on this node or was dropped by an
+        earlier compaction, whose harvest saved it."""
+        if node.kv is None:
+            return
+        store = node.kv.store
+        for rev, events in _records(node, self.harvested_to).items():
+            bucket = self.harvested.setdefault(rev, {})
+            for ev in events:
+                bucket[ev.key] = ev
+        self.harvested_to = max(self.harvested_to, store.revision)
 
     # --- transaction writers ----------------------------------------------------------------
 
@@ -164,7 +203,7 @@ class WatchWorkload:
         """Drain what is left, then check every watcher against the committed history."""
         for node in self.world.nodes.values():
             self.drain(node)
-        committed = committed_history(self.world)
+        committed = committed_history(self.world, self.harvested)
         logs = [w.log for ws in self.watches.values() for w in ws]
         return check_watches(committed, logs)
 
@@ -196,20 +235,35 @@ def _event(e: sc.Event) -> WatchEvent:
     return WatchEvent(revision=e.kv.mod_revision, key=e.kv.key.decode(), type="delete")
 
 
-def committed_history(world: World) -> dict[int, list[WatchEvent]]:
-    """revision -> events, from the MVCC records of the most advanced live replica."""
+def committed_history(world: World, harvested: dict[int, dict[str, WatchEvent]] | None = None,
+                      ) -> dict[int, list[WatchEvent]]:
+    """revision -> events: the MVCC records of the most advanced live replica, plus those
+    ``harvested`` before compactions dropped them."""
+    merged: dict[int, dict[str, WatchEvent]] = {
+        rev: dict(events) for rev, events in (harvested or {}).items()}
     nodes = [n for n in world.nodes.values() if n.kv is not None and n.core is not None]
-    if not nodes:
-        return {}
-    node = max(nodes, key=lambda n: (n.kv.store.revision if n.kv else 0, n.id))
+    if nodes:
+        node = max(nodes, key=lambda n: (n.kv.store.revision if n.kv else 0, n.id))
+        for rev, events in _records(node, 0).items():
+            bucket = merged.setdefault(rev, {})
+            for ev in events:
+                if bucket.setdefault(ev.key, ev) != ev:
+                    raise Violation("watch-history", f"{ev.key!r}@{rev} differs between the "
+                                    f"saved history and n{node.id}'s records")
+    return {rev: sorted(events.values(), key=lambda e: e.key)
+            for rev, events in merged.items()}
+
+
+def _records(node: SimNode, after: int) -> dict[int, list[WatchEvent]]:
+    """revision -> events of the records ``node`` retains above revision ``after``."""
     assert node.kv is not None
     mvcc = node.kv.store.store
     out: dict[int, list[WatchEvent]] = {}
     for key in mvcc.keys_in(b"\0", b"\0"):
         for mod, _create, version, value, _lease in mvcc.history(key):
+            if mod <= after:
+                continue
             ev = (WatchEvent(revision=mod, key=key.decode(), type="put", value=value.decode())
                   if version else WatchEvent(revision=mod, key=key.decode(), type="delete"))
             out.setdefault(mod, []).append(ev)
-    for events in out.values():
-        events.sort(key=lambda e: e.key)
     return out

@@ -22,7 +22,7 @@ from quorum.node.ready import process_ready, run_sync
 from quorum.node.storage import DurableNodeStorage, bootstrap
 from quorum.raft import Config, ReadOnlyOption
 from quorum.raft.types import Entry, Message, MessageType, Ready, Snapshot
-from quorum.state import StateConfig
+from quorum.state import CompactionRequest, Request, Response, StateConfig
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.simfs import SimFileSystem, SimulatedCrash
 
@@ -79,10 +79,14 @@ class World:
                  max_entries_per_msg: int = 4096, pre_vote: bool = True,
                  check_quorum: bool = True, bounce_after_vote: bool = False,
                  lease_reads: bool = False, split_txn_events_bug: bool = False,
-                 state_config: StateConfig | None = None) -> None:
+                 state_config: StateConfig | None = None,
+                 skip_compaction_key_bug: bool = False) -> None:
         self.seed = seed
         self.state_config = state_config
         self.split_txn_events_bug = split_txn_events_bug
+        # planted bug: the replicas with an odd id skip a key in each compaction step
+        self.skip_compaction_key_bug = skip_compaction_key_bug
+        self.compactions: set[int] = set()  # revisions of compactions some replica applied
         self.lease_reads = lease_reads
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
@@ -186,6 +190,8 @@ class World:
             return
         node.kv = KvStateMachine(self.state_config,
                                  split_txn_events_bug=self.split_txn_events_bug)
+        node.kv.store.skip_compaction_key_bug = self.skip_compaction_key_bug and node_id % 2 == 1
+        node.kv.on_apply = self._applied_command
         cfg = Config(id=node_id, election_ticks=self.election_ticks, heartbeat_ticks=1,
                      max_entries_per_msg=self.max_entries_per_msg, pre_vote=self.pre_vote,
                      check_quorum=self.check_quorum, planted_bugs=self.raft_bugs,
@@ -238,6 +244,12 @@ class World:
                     f"another node applied an entry of term {seen[0]}")
 
         node.core.on_entry_applied = applied
+
+    def _applied_command(self, request: Request, _result: Response) -> None:
+        """Record the revision of every compaction a replica starts (the watch workload
+        checks that a watcher cancelled as compacted names one of them)."""
+        if isinstance(request, CompactionRequest) and not request.start:
+            self.compactions.add(request.revision)
 
     def crash(self, node_id: int, torn: bool = True) -> None:
         """Power loss: the process dies and unsynced writes are lost (maybe torn)."""

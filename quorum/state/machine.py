@@ -12,6 +12,7 @@ usable after every error it raises.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
@@ -73,9 +74,11 @@ class StateMachine:
     """MVCC key-value store with txns, compaction, leases, client sessions and watches."""
 
     def __init__(self, config: StateConfig | None = None, *,
-                 split_txn_events_bug: bool = False) -> None:
+                 split_txn_events_bug: bool = False,
+                 skip_compaction_key_bug: bool = False) -> None:
         """Raises ConfigError for an invalid config. ``split_txn_events_bug`` plants a watch
-        atomicity bug (tests only)."""
+        atomicity bug (tests only). ``skip_compaction_key_bug`` plants a compaction bug (tests
+        only; see :meth:`_compact_keys`): set it on some replicas only and they diverge."""
         self.config = (config or StateConfig()).validate()
         self.store = MVCCStore()
         self.leases = LeaseTable()
@@ -83,6 +86,7 @@ class StateMachine:
         self.kv = KV(self.store, self.leases, self.config)
         self.watches = WatchHub(self.store, self.config, split_txn_events_bug)
         self.applied_index = 0  # Invariant: the index of the last entry applied or skipped
+        self.skip_compaction_key_bug = skip_compaction_key_bug
 
     # --- applying the log ---------------------------------------------------------------------
 
@@ -216,8 +220,8 @@ class StateMachine:
                 raise RevisionCompacted(store.compact_revision)
             if req.revision != store.compact_revision:
                 raise InvalidRequest("state: a compaction step continues the current compaction")
-            _, following = store.compact_keys(req.revision, req.start, req.limit)
-            return CompactionResponse(store.revision, following)
+            return CompactionResponse(store.revision,
+                                      self._compact_keys(req.revision, req.start, req.limit))
         if req.revision < 0:
             raise InvalidRevision()
         if req.revision <= store.compact_revision:
@@ -226,8 +230,24 @@ class StateMachine:
             raise FutureRevision(store.revision)
         store.begin_compaction(req.revision)
         self.watches.compacted()
-        _, following = store.compact_keys(req.revision, b"", req.limit)
-        return CompactionResponse(store.revision, following)
+        return CompactionResponse(store.revision,
+                                  self._compact_keys(req.revision, b"", req.limit))
+
+    def _compact_keys(self, revision: int, start: bytes, limit: int) -> bytes:
+        """One step's physical work (see CompactionRequest); returns where the next starts.
+
+        ``skip_compaction_key_bug`` (planted, tests only): a step of more than one key leaves
+        its last key's old records in place, yet answers as if it had done it, so the series
+        never comes back to that key. On a replica with the switch on, the state then differs
+        from the others' at the same applied index: what the simulator's state-hash check
+        must catch."""
+        if not (self.skip_compaction_key_bug and limit > 1):
+            return self.store.compact_keys(revision, start, limit)[1]
+        _, skipped = self.store.compact_keys(revision, start, limit - 1)
+        if not skipped:
+            return b""
+        after = list(itertools.islice(self.store.keys_in(skipped, b"\0"), 2))
+        return after[1] if len(after) > 1 else b""
 
     def _lease_grant(self, req: LeaseGrantRequest) -> LeaseGrantResponse:
         """Raises InvalidTTL, InvalidRequest (id not an int64 >= 0), LeaseExists."""

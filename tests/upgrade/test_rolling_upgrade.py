@@ -257,8 +257,10 @@ def test_planted_no_version_bump_fails_the_rolling_upgrade(tmp_path: Path,
     buggy = code_speaking_protocol1(tmp_path / "buggy")
     with UpgradeCluster(tmp_path / "cluster", 25) as cluster, \
             pytest.raises(AssertionError, match="no logged refusal"):
-        # the refusals appear within a second when they happen; this waits 3
-        asyncio.run(rolling(cluster, releases[PREBATCH_COMMIT], buggy, LEADER_FIRST, 3.0))
+        # Followers first: a buggy node talks to the old ones, so had it been the old
+        # leader it could win the next election and fail the leader check before the one
+        # this test is about. The refusals appear within a second when they happen.
+        asyncio.run(rolling(cluster, releases[PREBATCH_COMMIT], buggy, FOLLOWERS_FIRST, 3.0))
 
 
 async def lead_from(cluster: UpgradeCluster, members: set[int]) -> int:

@@ -56,17 +56,19 @@ class _StepWaiter:
 
 class Compactor:
     """Starts a compaction every ``every_ms`` (at most ``max_series`` in flight), at a revision
-    up to ``max_lag`` behind the leader's, ``step_keys`` keys per step."""
+    up to ``max_lag`` behind the leader's, ``step_keys`` keys per step, each step proposed
+    ``step_gap_ms`` after the previous one's answer (so other work comes in between)."""
 
     def __init__(self, world: World, rng: random.Random, *,
                  every_ms: tuple[int, int] = (150, 500), max_lag: int = 30,
-                 step_keys: tuple[int, int] = (1, 3), max_series: int = 2,
-                 timeout_ms: int = 1000) -> None:
+                 step_keys: tuple[int, int] = (1, 3), step_gap_ms: tuple[int, int] = (5, 60),
+                 max_series: int = 2, timeout_ms: int = 1000) -> None:
         self.world = world
         self.rng = rng
         self.every_ms = every_ms
         self.max_lag = max_lag
         self.step_keys = step_keys
+        self.step_gap_ms = step_gap_ms
         self.max_series = max_series
         self.timeout_ms = timeout_ms
         self.active = True
@@ -134,7 +136,7 @@ class Compactor:
             self.world.trace(f"compaction at {series.revision} done in {series.steps} steps")
             return
         # the next step a little later, through whichever node leads then
-        self.world.at(self.rng.randint(1, 30), lambda: self._next_step(series, value.next))
+        self.world.at(self.rng.randint(*self.step_gap_ms), lambda: self._next_step(series, value.next))
 
     def _next_step(self, series: _Series, start: bytes) -> None:
         node = self._leader()

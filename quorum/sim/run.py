@@ -104,6 +104,17 @@ PROFILES: dict[str, dict[str, object]] = {
         "fault_every_ms": (60, 250),
         "faults": ("isolate_leader", "heal", "skew_clock", "skew_clock", "random_partition"),
     },
+    # compactions in one- or two-key steps every 80-250 ms, close behind the head, under
+    # crashes (watchers resume below the compaction), leader changes in mid-series, frequent
+    # snapshots (taken and installed between steps) and tiny watch buffers
+    "compaction": {
+        "compaction_every_ms": (80, 250), "compaction_lag": 8, "compaction_step_keys": (1, 2),
+        "snapshot_entries": 30, "watch_buffer_events": 4, "watch_replay_events": 3,
+        "watch_writers": 2, "fault_every_ms": (60, 300),
+        "faults": ("crash_one", "crash_leader", "transfer_leader", "isolate_leader",
+                   "random_partition", "heal", "heal", "pause_one", "resume_all",
+                   "crash_mid_write", "lossy"),
+    },
     # rapid leader churn on 5 nodes: crashes and isolation of leaders
     "churn": {
         "nodes": 5, "fault_every_ms": (20, 120),
@@ -156,6 +167,7 @@ class SimResult(msgspec.Struct, kw_only=True):
     compactions: int = 0  # compactions started by the compaction actor
     compaction_steps: int = 0  # compaction steps answered (first steps included)
     compactions_completed: int = 0  # series that reached the last key
+    compaction_ends: dict[str, int] = msgspec.field(default_factory=dict)  # why others stopped
     history: list[Operation] = msgspec.field(default_factory=list)
 
 
@@ -393,6 +405,7 @@ def run_seed(seed: int, options: SimOptions | None = None,
     result.compactions = compactor.series
     result.compaction_steps = compactor.steps
     result.compactions_completed = compactor.completed
+    result.compaction_ends = dict(sorted(compactor.ended_early.items()))
     result.messages = world.messages_sent
     if result.ok and options.check_linearizability:
         verdict = check(RegisterModel(), history, max_steps=options.lin_max_steps)

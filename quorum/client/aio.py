@@ -22,8 +22,10 @@ session, so a session carries at most one write at a time; the client keeps a po
 sessions to pipeline writes.
 
 Errors: typed ``quorum.errors`` exceptions the server reported (StateError subclasses,
-...); ``RequestTimeout`` when the deadline passes (a write's outcome is then unknown);
-``NoEndpointAvailable`` when no endpoint could be reached. The client stays usable.
+...); ``RequestTimeout`` when the deadline passes (a write's outcome is then unknown), also
+when the request was sent and then no endpoint could be reached again to resend it;
+``NoEndpointAvailable`` when no endpoint could be reached before the request was ever sent
+(nothing was applied). The client stays usable.
 """
 
 from __future__ import annotations
@@ -538,7 +540,7 @@ class AsyncClient:
             if conn is None or conn.closed:
                 conn = self._conn
                 if conn is None or conn.closed:
-                    conn = await self._reconnect(deadline)
+                    conn = await self._reconnect_to_resend(deadline, sends)
             if conn is not None:
                 if self._watchdog is None:
                     self._ensure_watchdog()
@@ -569,6 +571,21 @@ class AsyncClient:
             if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
                 raise
             return None
+
+    async def _reconnect_to_resend(self, deadline: float, sends: int) -> Connection | None:
+        """``_reconnect`` for a request sent ``sends`` times already. Once it was sent, a
+        failure to reach any endpoint again says nothing about it: the server that got it
+        may have applied it (a killed leader may have replicated the entry). So that case is
+        a RequestTimeout (outcome unknown), and NoEndpointAvailable keeps meaning that
+        nothing was sent."""
+        try:
+            return await self._reconnect(deadline)
+        except NoEndpointAvailable as exc:
+            if not sends:
+                raise
+            raise RequestTimeout(
+                f"sent {sends} time(s), then no endpoint was reachable before the deadline "
+                f"(a write's outcome is unknown): {exc}") from None
 
     async def _retry_or_raise(
         self, conn: Connection, answer: m.ErrorResp, sends: int, at_most_once: bool,

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from quorum.api.local import LocalBackend
 from quorum.api.native import messages as m
 from quorum.api.native.dispatch import BackendDispatcher
 from quorum.api.native.server import serve_native
 from quorum.client import AsyncClient
 from quorum.errors import NoEndpointAvailable, NotLeader, RequestTimeout
+from quorum.state.commands import PutRequest
 
 from .helpers import LossyProxy, run, serving
 
@@ -39,6 +41,39 @@ def test_no_endpoint_available_is_typed() -> None:
     async def body() -> None:
         c = AsyncClient([_dead_endpoint()], timeout_s=0.3, connect_timeout_s=0.1)
         with pytest.raises(NoEndpointAvailable):
+            await c.put(b"k", b"v")
+        await c.close()
+
+    run(body())
+
+
+class CrashOnPut(BackendDispatcher):
+    """Stands in for a node that dies right after receiving a put: it never answers, drops
+    every connection and stops listening (the put may have been replicated: unknown)."""
+
+    server: Any = None
+    tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, body: Any, session: int, seq: int, serializable: bool = False) -> Any:
+        if isinstance(body, PutRequest):
+            loop = asyncio.get_running_loop()
+            CrashOnPut.tasks.add(loop.create_task(CrashOnPut.server.close()))
+            return loop.create_future()  # never resolved
+        return super().handle(body, session, seq, serializable)
+
+
+def test_a_write_sent_before_every_endpoint_vanished_has_an_unknown_outcome() -> None:
+    """The put reached the server, then no endpoint could be reached until the deadline: the
+    put may have been applied (a killed leader may have replicated it), so the client must
+    report an unknown outcome (RequestTimeout), never NoEndpointAvailable, which callers
+    read as "nothing was sent"."""
+
+    async def body() -> None:
+        server = await serve_native(LocalBackend(), "127.0.0.1", 0,
+                                    dispatcher_factory=CrashOnPut)
+        CrashOnPut.server = server
+        c = AsyncClient([server.endpoint], timeout_s=1.0, connect_timeout_s=0.1)
+        with pytest.raises(RequestTimeout):
             await c.put(b"k", b"v")
         await c.close()
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from quorum.client.aio import AsyncClient
+from quorum.storage.fs import OsFileSystem
 from quorum.storage.inspect import inspect
+from quorum.storage.snapshot import load_snapshot, open_snapshot
 
 from .cluster import (
     CURRENT,
@@ -170,3 +172,47 @@ def test_planted_format1_digest_bug(tmp_path: Path, releases: dict[str, Code]) -
             assert "snapshot record digest mismatch" in logs
 
     asyncio.run(run())
+
+
+# --- a snapshot the old code wrote, shipped by the new code ---------------------------------
+
+
+def snapshot_data(path: Path) -> bytes:
+    """The data of one snapshot file (the runtime's envelope around the state image)."""
+    fs = OsFileSystem()
+    return load_snapshot(fs, open_snapshot(fs, str(path))).data
+
+
+async def lagging_node(cluster: UpgradeCluster, old: Code) -> None:
+    cluster.start_all(old)
+    await cluster.leader_among(set(cluster.nodes))
+    async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
+        await client.put(b"early", b"before node 3 stopped")
+    assert cluster.stop(3) == 0
+    async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
+        written = await write_history(client)  # nodes 1 and 2 snapshot and compact without 3
+    before = one_state(await converged(cluster.endpoints(), written))
+    assert cluster.stop_all() == {1: 0, 2: 0, 3: 0}
+    old_snaps = {i: snapshot_files(cluster.data_dir(i)) for i in (1, 2)}
+    lag = inspect(str(cluster.data_dir(3))).log_last_index
+    assert all(snapshot_index(snaps[-1]) > lag for snaps in old_snaps.values())
+
+    cluster.start_all(CURRENT)
+    leader = await cluster.leader_among({1, 2, 3})
+    after = one_state(await converged(cluster.endpoints(), written))
+    assert after == before  # node 3 included: it caught up to the very same state
+    assert cluster.stop_all() == {1: 0, 2: 0, 3: 0}
+    # Node 3 was behind the others' snapshots (their logs compacted past its last entry), so
+    # it caught up by the leader's newest snapshot: still the one the old code wrote, and
+    # node 3 keeps it byte for byte.
+    shipped = old_snaps[leader][-1]
+    received = cluster.data_dir(3) / "snap" / shipped.name
+    assert received.exists(), f"node 3 holds no copy of {shipped.name}"
+    assert snapshot_data(received) == snapshot_data(shipped)
+
+
+def test_old_snapshot_shipped_to_lagging_node(tmp_path: Path, releases: dict[str, Code]) -> None:
+    """ec25af5 data, node 3 stopped early: after the upgrade the new leader sends node 3 the
+    format 1 snapshot the old code wrote (over protocol 2), and node 3 restores it."""
+    with UpgradeCluster(tmp_path, 14) as cluster:
+        asyncio.run(lagging_node(cluster, releases[FORMAT1_COMMIT]))

@@ -245,7 +245,8 @@ class InboundConnection(asyncio.Protocol):
     # --- helpers --------------------------------------------------------------------------
 
     def _write(self, frame: Frame) -> None:
-        if self._transport is not None and not self._closed:
+        # (uvloop raises on a write to a transport that closed under us)
+        if self._transport is not None and not self._closed and not self._transport.is_closing():
             self._transport.write(self._server.encoder.encode(frame))
 
     def _close(self, reason: str, level: int) -> None:

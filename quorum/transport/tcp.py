@@ -190,13 +190,25 @@ class _Link:
         writer = self._writer
         if writer is None or not self._pending or self._broken is not None:
             return
+        if writer.transport.is_closing():
+            # Closed under us (the peer reset it) before the link's reader noticed: writing
+            # would raise (uvloop: RuntimeError) into the caller, the node's Ready loop.
+            self._broken = "connection closed"
+            self._wakeup.set()  # the link task ends this connection and reconnects
+            return
         if writer.transport.get_write_buffer_size() >= self.owner.config.write_buffer_high_bytes:
             self._wakeup.set()  # back-pressure: the link task awaits drain(), then flushes
             return
         batch, self._pending = self._pending, []
         frames, encoded = self.owner.encode_batch(self.peer_id, batch)
         data = b"".join(frames)
-        writer.write(data)
+        try:
+            writer.write(data)
+        except (RuntimeError, *_CONNECTION_ERRORS) as exc:  # a send path never raises
+            self._broken = f"write failed: {exc!r}"
+            self._wakeup.set()
+            self.stats.dropped_messages += len(batch)
+            return
         self.stats.sent_messages += encoded
         self.stats.dropped_messages += len(batch) - encoded
         self.stats.sent_frames += len(frames)
@@ -297,6 +309,8 @@ class _Link:
             if silent_s > cfg.ping_interval_s + cfg.ping_timeout_s:
                 self._broken = f"no PONG for {silent_s:.1f} s"
                 self._wakeup.set()
+                return
+            if writer.transport.is_closing():  # the reader reports why; writing would raise
                 return
             writer.write(self.owner.ping_frame(nonce))
 

@@ -579,3 +579,32 @@ def test_on_peer_closed_reports_a_peer_that_went_away_not_our_own_close(loop_nam
         assert closed == {1: [], 2: [1], 3: [1, 2]}
 
     run(scenario(), loop_name)
+
+
+def test_flush_on_a_connection_closed_under_it_marks_the_link_broken(loop_name: str) -> None:
+    """A write to a transport that closed under the link (the peer reset it, and the reader
+    has not noticed yet) must not raise out of send()/flush(): under uvloop it raised
+    RuntimeError, which the node's Ready loop took for a fatal error and stopped the node.
+    The link counts the batch as dropped, reconnects, and later messages arrive."""
+
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])
+        await eventually(lambda: len(b.received) == 1, "the link is up")
+        link = a.transport._links[2]
+        writer = link._writer
+        assert writer is not None
+        writer.transport.abort()  # what a reset from the peer leaves behind
+        await asyncio.sleep(0)  # the transport is closed now; the link's reader runs later
+        a.transport.send([app(1, 2, 2)])
+        a.transport.flush()  # must not raise
+        await eventually(lambda: link._writer is not None and link._writer is not writer,
+                         "the link reconnected")
+        a.transport.send([app(1, 2, 3)])
+        a.transport.flush()
+        await eventually(lambda: _indexes(b.received)[-1:] == [3], "a later message arrives")
+        await a.transport.close()
+        await b.transport.close()
+
+    run(scenario(), loop_name)

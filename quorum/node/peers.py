@@ -60,12 +60,19 @@ class PeerLink:
         assert self.transport is not None
         plain = [m for m in messages if m.type != MessageType.SNAP]
         if plain:
-            self.transport.send(plain)
-            # Written now, not at the next loop turn: the Ready loop calls this once for a
-            # leader's appends (before its fsync) and once for what waited for the fsync
-            # (append acks, votes) -- each is on some write's critical path, and the loop may
-            # go on applying a large batch before it yields.
-            self.transport.flush()
+            try:
+                self.transport.send(plain)
+                # Written now, not at the next loop turn: the Ready loop calls this once for
+                # a leader's appends (before its fsync) and once for what waited for the
+                # fsync (append acks, votes) -- each is on some write's critical path, and
+                # the loop may go on applying a large batch before it yields.
+                self.transport.flush()
+            except Exception:
+                # The Ready loop stops the node on any exception it sees (a storage failure
+                # must). A transport fault must not: Raft tolerates lost messages (they are
+                # resent), so they are dropped here, loudly.
+                log.exception("node %d: sending %d messages failed; dropped",
+                              self.server.core.id, len(plain))
         if len(plain) != len(messages):
             for m in messages:
                 if m.type == MessageType.SNAP:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quorum.node.peers import PeerLink
+from quorum.raft.types import Message, MessageType
 from quorum.transport.tcp import PeerTransport
 
 from .test_core import Net
@@ -51,3 +52,27 @@ def test_a_closed_stream_from_the_leader_ends_the_followers_lease() -> None:
     core.drain()
     assert not core.rn.raft.in_lease()
     assert core.rn.raft.lead == leader  # still its follower until the election
+
+
+def test_a_transport_fault_drops_the_messages_and_never_reaches_the_ready_loop(
+        caplog: Any) -> None:
+    """The Ready loop stops the node on any exception (storage failures must stop it); a
+    fault in the peer transport must not: Raft resends lost messages."""
+    net = Net(3)
+    leader = net.elect()
+    server = _Server(net.cores[leader])
+
+    class Broken:
+        on_peer_closed = None
+
+        def send(self, messages: Any) -> None:
+            raise RuntimeError("the handler is closed")
+
+        def flush(self) -> None:
+            raise AssertionError("not reached")
+
+    link = PeerLink(server)  # type: ignore[arg-type]
+    link._transport = Broken()  # type: ignore[assignment]
+    follower = next(i for i in net.cores if i != leader)
+    link.send([Message(MessageType.HEARTBEAT, to=follower, from_=leader, term=1)])  # no raise
+    assert "sending 1 messages failed; dropped" in caplog.text

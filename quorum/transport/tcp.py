@@ -67,7 +67,8 @@ log = logging.getLogger("quorum.transport")
 Address = tuple[str, int]
 OnUnreachable = Callable[[int], None]
 
-# Errors that mean "this connection is unusable"; anything else is a bug and propagates.
+# Errors that mean "this connection is unusable". Anything else is a bug: a link logs it with
+# its traceback and reconnects (its task must never end: see _Link._run).
 _CONNECTION_ERRORS: Final = (OSError, TimeoutError, EOFError, TransportError)
 
 
@@ -227,6 +228,18 @@ class _Link:
                 self._fail(f"cannot connect to {self.address}: {exc!r}")
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
+            except Exception as exc:
+                # A bug, but this task must not end on it: a dead link task leaves the link
+                # accepting messages that are never written, with nothing logged, and the
+                # node cut off from the peer until it restarts (an election can stall).
+                log.exception("link %d->%d: unexpected error while connecting",
+                              self.owner.member_id, self.peer_id)
+                if self._stopped:
+                    return
+                self.stats.connect_failures += 1
+                self._fail(f"cannot connect to {self.address}: {exc!r}")
+                await asyncio.sleep(backoff.next_delay_s())
+                continue
             if self._stopped:
                 writer.close()
                 return
@@ -261,6 +274,10 @@ class _Link:
         try:
             await self._write_loop(writer)
         except _CONNECTION_ERRORS as exc:
+            self._broken = self._broken or f"write failed: {exc!r}"
+        except Exception as exc:  # a bug: logged, and the link reconnects (see _run)
+            log.exception("link %d->%d: unexpected error while writing",
+                          self.owner.member_id, self.peer_id)
             self._broken = self._broken or f"write failed: {exc!r}"
         finally:
             watcher.cancel()
@@ -522,6 +539,10 @@ class PeerTransport:
             self.config.connect_timeout_s,
         )
         try:
+            if writer.transport.is_closing():
+                # The peer reset the connection between its accept and our first write (a
+                # peer being killed): uvloop raises RuntimeError on any write from now on.
+                raise ConnectionResetError("connection closed before the handshake")
             writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high_bytes)
             hello = Hello(self.cluster_id, self.member_id, peer_id, PROTOCOL_VERSION, kind)
             writer.write(self._encoder.encode(hello))

@@ -608,3 +608,115 @@ def test_flush_on_a_connection_closed_under_it_marks_the_link_broken(loop_name: 
         await b.transport.close()
 
     run(scenario(), loop_name)
+
+
+def test_a_connection_reset_before_the_handshake_is_retried(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer resets the connection between its accept and our HELLO (a peer being killed
+    while we dial it). Under uvloop writing the HELLO raised RuntimeError, which ended the
+    link's task: the link went on accepting messages that were never written, nothing was
+    logged, and the node stayed cut off from that peer until it restarted. The attempt must
+    count as a failed connect (logged) and the link must reconnect."""
+    real = asyncio.open_connection
+    dials: list[int] = []  # the port of each dial: each link's first attempt is reset
+
+    async def reset_first(host: str, port: int, **kwargs: object) -> object:
+        reader, writer = await real(host, port, **kwargs)  # type: ignore[arg-type]
+        dials.append(port)
+        if dials.count(port) == 1:
+            writer.transport.abort()  # closed before the dialer's first write
+        return reader, writer
+
+    monkeypatch.setattr(asyncio, "open_connection", reset_first)
+
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        link = a.transport._links[2]
+        await eventually(lambda: link.stats.connects == 1, "the link connects")
+        assert link.stats.connect_failures == 1  # the reset attempt
+        a.transport.send([app(1, 2, 1)])
+        a.transport.flush()
+        await eventually(lambda: _indexes(b.received) == [1], "the message arrives")
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario(), loop_name)
+    assert "link 1->2 down: cannot connect" in caplog.text
+
+
+def test_an_unexpected_error_in_a_link_is_logged_and_the_link_lives_on(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a link's task meets while connecting, it must not end silently (a dead link
+    task is an unlogged partition from that peer): the error is logged with its traceback
+    and the link retries."""
+    from quorum.transport.tcp import PeerTransport
+
+    real_dial = PeerTransport.dial
+    calls: list[int] = []  # the peer of each dial: each link's first attempt fails
+
+    async def failing_once(self: PeerTransport, peer_id: int, *args: object,
+                           **kwargs: object) -> object:
+        calls.append(peer_id)
+        if calls.count(peer_id) == 1:
+            raise RuntimeError("planted fault in dial")
+        return await real_dial(self, peer_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PeerTransport, "dial", failing_once)
+
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        a.transport.send([app(1, 2, 1)])  # dropped or queued, depending on the timing
+        link = a.transport._links[2]
+        await eventually(lambda: link.stats.connects == 1, "the link connects after all")
+        a.transport.send([app(1, 2, 2)])
+        a.transport.flush()
+        await eventually(lambda: _indexes(b.received)[-1:] == [2], "a later message arrives")
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario(), loop_name)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("unexpected error while connecting" in r.getMessage() and r.exc_info
+               for r in errors)
+
+
+def test_an_unexpected_error_while_writing_is_logged_and_the_link_reconnects(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same rule once connected: an error the write path did not expect ends that
+    connection (logged with its traceback), not the link."""
+    from quorum.transport.tcp import _Link
+
+    real_loop = _Link._write_loop
+    calls: list[int] = []  # the peer of each connection served
+
+    async def failing_once(self: _Link, writer: asyncio.StreamWriter) -> None:
+        calls.append(self.peer_id)
+        if calls.count(self.peer_id) == 1:
+            raise RuntimeError("planted fault in the write loop")
+        await real_loop(self, writer)
+
+    monkeypatch.setattr(_Link, "_write_loop", failing_once)
+
+    async def scenario() -> None:
+        a, b = Node(1), Node(2)
+        await cluster(a, b)
+        link = a.transport._links[2]
+        await eventually(lambda: link.stats.connects == 2, "the link connects again")
+        a.transport.send([app(1, 2, 1)])
+        a.transport.flush()
+        await eventually(lambda: _indexes(b.received) == [1], "the message arrives")
+        await a.transport.close()
+        await b.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="quorum.transport"):
+        run(scenario(), loop_name)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("unexpected error while writing" in r.getMessage() and r.exc_info
+               for r in errors)

@@ -10,11 +10,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from quorum.sim.run import profile_options, run_seed
 from quorum.sim.watch import WatchWorkload, committed_history
-from quorum.sim.world import SimNode, World
+from quorum.sim.world import SimNode, Violation, World
 from quorum.state import commands as sc
 from quorum.state.watch import WatchHub, WatchResponse
 
@@ -168,3 +169,11 @@ def test_harvest_keeps_the_history_a_compaction_drops() -> None:
     assert len(after) < len(before)  # the compaction did drop history
     assert committed_history(world, workload.harvested) == before
     assert revision in world.compactions
+    # planted: the saved history disagrees with a record the replicas still hold
+    kept = max(after)
+    tampered = {rev: dict(evs) for rev, evs in workload.harvested.items()}
+    key = after[kept][0].key
+    tampered[kept][key] = msgspec.structs.replace(tampered[kept][key], value="forged")
+    with pytest.raises(Violation) as err:
+        committed_history(world, tampered)
+    assert err.value.kind == "watch-history"

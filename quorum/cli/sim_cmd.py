@@ -18,12 +18,13 @@ from quorum.cli.output import emit_json, table
               help="Without --seed: run seeds 0..N-1 and report.")
 @click.option("--profile", default="default", show_default=True,
               help="Fault profile: default, churn, figure8, vote_crash, reconfig, lease, "
+                   "compaction (frequent compactions in steps among crashes and snapshots), "
                    "lease_skew (expected to violate: lease reads beyond the drift bound).")
 @click.option("--nodes", type=int, default=None, help="Cluster size (profile default if unset).")
 @click.option("--bugs", default="",
               help="Planted bugs, comma-separated (tests the checkers): stale_read, "
                    "read_index_no_quorum, ack_before_fsync, skip_vote_log_check, forget_vote, "
-                   "commit_old_term, split_txn_events.")
+                   "commit_old_term, split_txn_events, skip_compaction_key.")
 @click.option("--first-seed", type=int, default=0, show_default=True,
               help="With --seeds: start at this seed.")
 @click.option("--trace", is_flag=True, help="Print the compact event trace of the run.")

@@ -19,6 +19,11 @@ pool of ``--threads``), plus ``uvloop``, ``generic`` (a generic handler on raw b
 
     .venv/bin/python bench/etcd_bench.py --floor aio-uvloop,h2-uvloop,sync --clients 256 --reps 3
 
+``--dev ENGINE,...`` drives the dev server itself (the KV servicer on a LocalBackend) the way
+``--floor`` drives a do-nothing server: calls/s and server CPU per Put, per engine, interleaved.
+
+    .venv/bin/python bench/etcd_bench.py --dev h2,grpcio --clients 256 --seconds 4 --reps 3
+
 """
 
 from __future__ import annotations
@@ -279,6 +284,30 @@ def floor(args: argparse.Namespace) -> None:
               f"(runs {', '.join(f'{r[1]:.0f}' for r in rs)} us)")
 
 
+def dev(args: argparse.Namespace) -> None:
+    """The dev server on each engine, ``--clients`` concurrent Puts (floor_drive), interleaved."""
+    import uvloop
+
+    engines = args.dev.split(",")
+    results: dict[str, list[tuple[float, float]]] = {e: [] for e in engines}
+    for rep in range(args.reps):
+        for engine in engines:
+            with tempfile.TemporaryDirectory() as tmp:
+                proc, port = start_server(Path(tmp), True, engine)
+                try:
+                    rate, us = uvloop.run(floor_drive(port, args.clients[0], args.seconds, proc.pid))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+            results[engine].append((rate, us))
+            print(f"rep {rep + 1} {engine:8s} {rate:7,.0f} puts/s  server {us:6.1f} us/put",
+                  flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.reps}:")
+    for engine, rs in results.items():
+        print(f"{engine:8s} {statistics.median(r[0] for r in rs):7,.0f} puts/s  server "
+              f"{statistics.median(r[1] for r in rs):6.1f} us/put")
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.cpu:
         await cpu(args.cpu)
@@ -315,6 +344,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=8,
                         help="--floor: thread pool size of sync / migration modes")
     parser.add_argument("--reps", type=int, default=3, help="--floor: repetitions")
+    parser.add_argument("--dev", default="", metavar="ENGINES",
+                        help="instead: the dev server on these engines (h2,grpcio), see above")
     parser.add_argument("--engine", choices=("h2", "grpcio"), default="h2",
                         help="the dev server's gRPC engine")
     parser.add_argument("--floor-serve", default="", help=argparse.SUPPRESS)
@@ -324,5 +355,7 @@ if __name__ == "__main__":
         floor_serve(parsed.floor_serve, parsed.port_file, parsed.delay, parsed.threads)
     elif parsed.floor:
         floor(parsed)
+    elif parsed.dev:
+        dev(parsed)
     else:
         asyncio.run(main(parsed))

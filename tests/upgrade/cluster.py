@@ -252,4 +252,18 @@ class UpgradeCluster:
                 return leaders.pop()
             await asyncio.sleep(0.1)
         raise AssertionError(f"nodes {sorted(members)} agree on no leader among them; "
-                             f"node: (leader, term, index, applied): {seen}")
+                             f"node: (leader, term, index, applied): {seen}; "
+                             f"their links since their last start: {self.link_events(members)}")
+
+    def link_events(self, members: set[int], last: int = 6) -> dict[int, list[str]]:
+        """The last few lines each node logged about its links (connected at INFO, down at
+        WARNING, retries at DEBUG) since its last start: with a stalled election, whether
+        each node could reach the others. Only what the log level let through."""
+        events = {}
+        for node_id in sorted(members):
+            text = self.log_text(node_id)
+            since_start = text[text.rfind("=== starting node"):]
+            lines = [line for line in since_start.splitlines()
+                     if "quorum.transport: link " in line]
+            events[node_id] = lines[-last:]
+        return events

@@ -15,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import (
-    json_format,  # type: ignore[import-untyped]
-    message_factory,
-)
+from google.protobuf import json_format  # type: ignore[import-untyped]
 
 from quorum.api.backend import Backend
 from quorum.api.etcd.maintenance import ETCD_API_VERSION
 from quorum.api.etcd.status import status_of
 from quorum.api.h2grpc.http1 import Request, Response
+from quorum.api.h2grpc.server import Method
 from quorum.api.h2grpc.status import AbortError, code_number
 from quorum.state import commands as sc
 
@@ -72,20 +70,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "lock/lock": ("Lock", "Lock"), "lock/unlock": ("Lock", "Unlock"),
 }
 
+_PACKAGES = {"Lock": "v3lockpb", "Election": "v3electionpb"}  # the rest: etcdserverpb
+
 # grpc-gateway's HTTP status for each gRPC code (its v1 table, which etcd 3.4 uses)
 HTTP_STATUS = {0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
                9: 412, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
-
-
-class _Method:
-    __slots__ = ("client_streaming", "handler", "parse", "server_streaming")
-
-    def __init__(self, handler: Callable[..., Any], parse: Callable[[], Any],
-                 client_streaming: bool, server_streaming: bool) -> None:
-        self.handler = handler
-        self.parse = parse
-        self.client_streaming = client_streaming
-        self.server_streaming = server_streaming
 
 
 class _Context:
@@ -142,16 +131,14 @@ def _json_objects(body: bytes) -> list[Any]:
 class Gateway:
     """The HTTP/1 handler of the etcd port (``GrpcServer(http1_handler=gateway.handle)``)."""
 
-    def __init__(self, backend: Backend, services: list[tuple[Any, object]]) -> None:
+    def __init__(self, backend: Backend, methods: dict[bytes, Method]) -> None:
+        """``methods``: the gRPC server's method table (``GrpcServer.methods``); the gateway
+        calls the same handlers."""
         self._backend = backend
-        self._methods: dict[str, _Method] = {}
-        by_name = {d.name: (d, s) for d, s in services}
+        self._methods: dict[str, Method] = {}
         for path, (service, method) in ROUTES.items():
-            desc, servicer = by_name[service]
-            m = desc.methods_by_name[method]
-            self._methods[path] = _Method(
-                getattr(servicer, method), message_factory.GetMessageClass(m.input_type),
-                m.client_streaming, m.server_streaming)
+            package = _PACKAGES.get(service, "etcdserverpb")
+            self._methods[path] = methods[f"/{package}.{service}/{method}".encode()]
 
     async def handle(self, req: Request) -> Response:
         if req.path == "/health":
@@ -173,15 +160,15 @@ class Gateway:
 
     # --- gRPC methods over JSON ------------------------------------------------------------
 
-    def _parse(self, method: _Method, body: bytes) -> list[Any]:
+    def _parse(self, method: Method, body: bytes) -> list[Any]:
         messages = []
         for obj in _json_objects(body):
-            message = method.parse()
+            message = method.request_class()
             json_format.ParseDict(obj, message)
             messages.append(message)
         return messages
 
-    async def _call(self, method: _Method, req: Request) -> Response:
+    async def _call(self, method: Method, req: Request) -> Response:
         try:
             requests = self._parse(method, req.body)
             if len(requests) != 1 and not method.client_streaming:

@@ -87,10 +87,10 @@ def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> Gr
                 for name, module, servicer in _servicers(backend, config)]
     server = GrpcServer(
         max_receive_message_length=config.max_request_bytes + config.grpc_overhead_bytes,
-        http1_handler=Gateway(backend, services).handle,
     )
     for descriptor, servicer in services:
         server.add_service(descriptor, servicer)
+    server.http1_handler = Gateway(backend, server.methods).handle
     return server
 
 

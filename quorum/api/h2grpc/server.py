@@ -29,13 +29,18 @@ MAX_WINDOW = 2**31 - 1
 
 
 class Method:
-    __slots__ = ("client_streaming", "handler", "name", "parse", "server_streaming")
+    """One served method: its handler, its request message class (``parse`` decodes one) and
+    its kind."""
 
-    def __init__(self, name: str, handler: Callable[..., Any], parse: Callable[[bytes], Any],
+    __slots__ = ("client_streaming", "handler", "name", "parse", "request_class",
+                 "server_streaming")
+
+    def __init__(self, name: str, handler: Callable[..., Any], request_class: Any,
                  client_streaming: bool, server_streaming: bool) -> None:
         self.name = name
         self.handler = handler
-        self.parse = parse
+        self.request_class = request_class
+        self.parse: Callable[[bytes], Any] = request_class.FromString
         self.client_streaming = client_streaming
         self.server_streaming = server_streaming
 
@@ -72,9 +77,9 @@ class GrpcServer:
             handler = getattr(servicer, m.name, None)
             if handler is None:  # not served: calls to it end with UNIMPLEMENTED
                 continue
-            parse = message_factory.GetMessageClass(m.input_type).FromString
             path = f"/{service.full_name}/{m.name}".encode()
-            self.methods[path] = Method(m.name, handler, parse,
+            self.methods[path] = Method(m.name, handler,
+                                        message_factory.GetMessageClass(m.input_type),
                                         m.client_streaming, m.server_streaming)
 
     # --- lifecycle -------------------------------------------------------------------------

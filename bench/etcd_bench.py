@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,7 @@ def start_server(workdir: Path, uvloop: bool, engine: str) -> tuple[subprocess.P
          "--engine", engine, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
+    return proc, wait_port(proc, port_file, f"dev server ({engine})")
 
 
 async def phase(kv: rpc.KVStub, clients: int, seconds: float, put: bool) -> tuple[int, list[float]]:
@@ -250,62 +246,57 @@ async def floor_drive(port: int, clients: int, seconds: float, pid: int) -> tupl
     return calls / elapsed, cpu / max(1, calls) * 1e6
 
 
-def floor(args: argparse.Namespace) -> None:
-    """Every mode once per repetition (interleaved), then medians."""
+def wait_port(proc: subprocess.Popen[bytes], port_file: Path, what: str) -> int:
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
+def interleave(names: list[str], args: argparse.Namespace,
+               start: Callable[[str, Path], tuple[subprocess.Popen[bytes], int]]) -> None:
+    """Each named server once per repetition (started by ``start`` in a temp dir, driven by
+    floor_drive, stopped), repetitions interleaved; then medians."""
     import uvloop
 
-    modes = args.floor.split(",")
-    results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for rep in range(args.reps):
-        for mode in modes:
+        for name in names:
             with tempfile.TemporaryDirectory() as tmp:
-                port_file = Path(tmp) / "port"
-                proc = subprocess.Popen(
-                    [sys.executable, __file__, "--floor-serve", mode, "--port-file",
-                     str(port_file), "--delay", str(args.delay), "--threads", str(args.threads)])
+                proc, port = start(name, Path(tmp))
                 try:
-                    deadline = time.monotonic() + 30
-                    while not (port_file.exists() and port_file.read_text()):
-                        if proc.poll() is not None or time.monotonic() > deadline:
-                            raise RuntimeError(f"floor server {mode} did not start")
-                        time.sleep(0.05)
-                    port = int(port_file.read_text())
                     rate, us = uvloop.run(floor_drive(port, args.clients[0], args.seconds, proc.pid))
                 finally:
                     proc.terminate()
                     proc.wait(10)
-            results[mode].append((rate, us))
-            print(f"rep {rep + 1} {mode:24s} {rate:7,.0f} calls/s  server {us:6.1f} us/call",
+            results[name].append((rate, us))
+            print(f"rep {rep + 1} {name:24s} {rate:7,.0f} calls/s  server {us:6.1f} us/call",
                   flush=True)
     print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.reps}:")
-    for mode, rs in results.items():
-        print(f"{mode:24s} {statistics.median(r[0] for r in rs):7,.0f} calls/s  server "
+    for name, rs in results.items():
+        print(f"{name:24s} {statistics.median(r[0] for r in rs):7,.0f} calls/s  server "
               f"{statistics.median(r[1] for r in rs):6.1f} us/call  "
               f"(runs {', '.join(f'{r[1]:.0f}' for r in rs)} us)")
 
 
+def floor(args: argparse.Namespace) -> None:
+    """Every do-nothing server mode once per repetition (interleaved), then medians."""
+    def start(mode: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+        port_file = tmp / "port"
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--floor-serve", mode, "--port-file", str(port_file),
+             "--delay", str(args.delay), "--threads", str(args.threads)])
+        return proc, wait_port(proc, port_file, f"floor server {mode}")
+
+    interleave(args.floor.split(","), args, start)
+
+
 def dev(args: argparse.Namespace) -> None:
     """The dev server on each engine, ``--clients`` concurrent Puts (floor_drive), interleaved."""
-    import uvloop
-
-    engines = args.dev.split(",")
-    results: dict[str, list[tuple[float, float]]] = {e: [] for e in engines}
-    for rep in range(args.reps):
-        for engine in engines:
-            with tempfile.TemporaryDirectory() as tmp:
-                proc, port = start_server(Path(tmp), True, engine)
-                try:
-                    rate, us = uvloop.run(floor_drive(port, args.clients[0], args.seconds, proc.pid))
-                finally:
-                    proc.terminate()
-                    proc.wait(10)
-            results[engine].append((rate, us))
-            print(f"rep {rep + 1} {engine:8s} {rate:7,.0f} puts/s  server {us:6.1f} us/put",
-                  flush=True)
-    print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.reps}:")
-    for engine, rs in results.items():
-        print(f"{engine:8s} {statistics.median(r[0] for r in rs):7,.0f} puts/s  server "
-              f"{statistics.median(r[1] for r in rs):6.1f} us/put")
+    interleave(args.dev.split(","), args,
+               lambda engine, tmp: start_server(tmp, True, engine))
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -98,6 +98,7 @@ class QuorumProcess:
             lambda msgs: self.link.send(msgs),
             snapshot_entries=cfg.snapshot_entries,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
+            snapshot_log_ratio=cfg.snapshot_log_ratio,
             request_timeout_ticks=cfg.request_timeout_ticks,
             members=members,
             incarnation=secrets.randbits(31),

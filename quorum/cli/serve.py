@@ -89,7 +89,11 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
 @click.option("--no-fsync", is_flag=True, default=False,
               help="UNSAFE: skip fsync (a power loss can lose acknowledged writes).")
-@click.option("--snapshot-entries", type=int, help="Snapshot every N applied entries.")
+@click.option("--snapshot-entries", type=int,
+              help="Snapshot every N applied commands (default 10000).")
+@click.option("--snapshot-log-ratio", type=float,
+              help="Once the state is over 4 MiB, also wait until the log since the last "
+                   "snapshot is RATIO times its size (default 1.0; 0 = every N commands).")
 @click.option("--lease-reads", is_flag=True, default=None,
               help="Serve linearizable reads from the leader lease (assumes bounded clock drift).")
 @click.option("--auto-compaction-mode", type=str,
@@ -104,6 +108,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
           etcd_engine: str | None, initial_cluster: str | None, join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
+          snapshot_log_ratio: float | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
           auto_compaction_retention: str | None, log_level: str, planted_bugs: str) -> None:
     """Run one quorum server."""
@@ -113,7 +118,8 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         "id": node_id, "name": name, "data_dir": data_dir, "peer_listen": peer_listen,
         "client_listen": client_listen, "etcd_listen": etcd_listen, "etcd_engine": etcd_engine,
         "join": join, "tick_ms": tick_ms, "election_ticks": election_ticks,
-        "snapshot_entries": snapshot_entries, "lease_reads": lease_reads,
+        "snapshot_entries": snapshot_entries, "snapshot_log_ratio": snapshot_log_ratio,
+        "lease_reads": lease_reads,
         "auto_compaction_mode": auto_compaction_mode,
         "auto_compaction_retention": auto_compaction_retention,
     }

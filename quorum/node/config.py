@@ -47,6 +47,9 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     fsync: bool = True
     snapshot_entries: int = 10_000
     snapshot_catchup_entries: int = 5_000
+    # and, once the state is over 4 MiB, not before the log since the previous snapshot holds
+    # this many times its size (Raft thesis 5.1.1; 0 = the plain interval; see NodeCore)
+    snapshot_log_ratio: float = 1.0
     # raft knobs
     pre_vote: bool = True
     check_quorum: bool = True
@@ -83,6 +86,7 @@ class NodeConfig(msgspec.Struct, kw_only=True):
             (self.request_timeout_s > 0, "request_timeout_s must be positive."),
             (self.snapshot_entries >= 0, "snapshot_entries must be >= 0 (0 = never)."),
             (self.snapshot_catchup_entries >= 0, "snapshot_catchup_entries must be >= 0."),
+            (self.snapshot_log_ratio >= 0, "snapshot_log_ratio must be >= 0 (0 = off)."),
             (not self.lease_reads or self.check_quorum,
              "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
             (self.max_request_bytes > 0, "max_request_bytes must be positive."),

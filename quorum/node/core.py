@@ -61,6 +61,10 @@ from quorum.raft.types import (
 
 log = logging.getLogger("quorum.node")
 
+# Snapshots smaller than this take the plain interval whatever snapshot_log_ratio says: at the
+# snapshot encoder's few hundred MB/s, one costs a few ms.
+SNAPSHOT_RATIO_FLOOR = 4 << 20
+
 
 class Waiter(Protocol):
     """Receives the outcome of one request exactly once."""
@@ -94,6 +98,7 @@ class NodeCore:
         *,
         snapshot_entries: int = 10_000,
         snapshot_catchup_entries: int = 5_000,
+        snapshot_log_ratio: float = 0.0,
         request_timeout_ticks: int = 50,
         members: tuple[MemberInfo, ...] = (),
         incarnation: int = 0,
@@ -107,6 +112,19 @@ class NodeCore:
         # Counted in commands, not entries (an entry may carry a batch of commands): what
         # the interval bounds is the log a restart replays and a lagging follower is sent.
         self.snapshot_entries = snapshot_entries
+        # Raft thesis 5.1.1: a snapshot costs its whole size, so once the state is large a
+        # fixed interval makes every command pay O(state / interval) of encoding and disk
+        # writes (quorum's MVCC history only grows until compacted). With a ratio r > 0 a
+        # periodic snapshot also waits until the log applied since the previous snapshot
+        # holds r times that snapshot's bytes, which bounds snapshot work to 1/r bytes per
+        # logged byte and the log to about r states. Snapshots under snapshot_ratio_floor
+        # bytes ignore the ratio (cheap, and small states keep the plain interval).
+        self.snapshot_log_ratio = snapshot_log_ratio
+        self.snapshot_ratio_floor = SNAPSHOT_RATIO_FLOOR
+        self._log_bytes_applied = 0  # payload bytes of every applied entry
+        self._log_bytes_at_snapshot = 0  # _log_bytes_applied at the newest snapshot
+        self._snapshot_bytes = 0  # size of the newest snapshot's data (0: none yet)
+        self._written_bytes = 0  # size of the last snapshot write_snapshot made durable
         # A state machine with apply_batch gets the proposals of one loop turn as ONE entry
         # (ProposalBatch), up to this many payload bytes per entry: the per-entry costs of
         # the log, the messages, Raft's step and apply are then paid once per batch.
@@ -444,6 +462,7 @@ class NodeCore:
             else:
                 self._apply_proposal(entry)
         self._commands_applied += 1
+        self._log_bytes_applied += len(entry.data)
         self._marks.append((entry.index, self._commands_applied))
         self.applied = entry.index
         if self.on_applied is not None:
@@ -557,6 +576,8 @@ class NodeCore:
         self.applied = snap.metadata.index
         self.snapshot_index = snap.metadata.index
         self._commands_at_snapshot = self._commands_applied
+        self._log_bytes_at_snapshot = self._log_bytes_applied
+        self._snapshot_bytes = len(snap.data)
         self._marks.clear()  # the log below the snapshot is gone
         if self.on_members_changed is not None:
             self.on_members_changed(dict(self.members))
@@ -568,10 +589,7 @@ class NodeCore:
         if self.snapshot_in_flight is not None:
             return  # one at a time; the next check comes at the next advance
         due = self._snapshot_due and self.applied > self.snapshot_index
-        periodic = (self.snapshot_entries > 0 and self.applied > self.snapshot_index
-                    and self._commands_applied - self._commands_at_snapshot
-                    >= self.snapshot_entries)
-        if not (due or periodic):
+        if not (due or self._periodic_snapshot_due()):
             return
         self._snapshot_due = False
         if self.start_background_snapshot is None:
@@ -580,6 +598,19 @@ class NodeCore:
         job = self.capture_snapshot()
         self.snapshot_in_flight = job
         self.start_background_snapshot(job)
+
+    def _periodic_snapshot_due(self) -> bool:
+        """``snapshot_entries`` commands since the newest snapshot and, when that snapshot
+        is at least ``snapshot_ratio_floor`` bytes, ``snapshot_log_ratio`` times its size
+        of log applied since (see __init__)."""
+        if self.snapshot_entries <= 0 or self.applied <= self.snapshot_index:
+            return False
+        if self._commands_applied - self._commands_at_snapshot < self.snapshot_entries:
+            return False
+        if self.snapshot_log_ratio <= 0 or self._snapshot_bytes < self.snapshot_ratio_floor:
+            return True
+        logged = self._log_bytes_applied - self._log_bytes_at_snapshot
+        return logged >= self.snapshot_log_ratio * self._snapshot_bytes
 
     def take_snapshot(self) -> Snapshot:
         """Capture, encode, write and install a snapshot now (synchronous path: simulator,
@@ -600,7 +631,8 @@ class NodeCore:
         if not getattr(self.sm, "snapshot_captures_state", False):
             chunks = list(chunks)
         return SnapshotJob(self.applied, self.conf_state, tuple(self.members.values()),
-                           self._recent.dump(), chunks, self._commands_applied)
+                           self._recent.dump(), chunks, self._commands_applied,
+                           self._log_bytes_applied)
 
     def write_snapshot(self, job: SnapshotJob, data: bytes) -> Snapshot:
         """Make the encoded snapshot durable (may run in the persist thread: it writes the WAL
@@ -608,7 +640,10 @@ class NodeCore:
         temp file, fsyncs and renames it: a crash midway leaves the previous snapshot and the
         WAL as they were. Raises SnapshotOutOfDate (a newer snapshot was installed from the
         leader meanwhile), DiskFullError, FatalIOError."""
-        return self.storage.create_snapshot(job.index, job.conf_state, data)
+        snap = self.storage.create_snapshot(job.index, job.conf_state, data)
+        # read by finish_snapshot, which runs after this returns (one snapshot in flight)
+        self._written_bytes = len(data)
+        return snap
 
     def finish_snapshot(self, job: SnapshotJob, written: bool = True) -> None:
         """On the core's thread, after ``write_snapshot`` (``written``) or once the job was
@@ -620,6 +655,8 @@ class NodeCore:
             return  # abandoned, or a newer snapshot was installed meanwhile
         self.snapshot_index = job.index
         self._commands_at_snapshot = max(self._commands_at_snapshot, job.commands)
+        self._log_bytes_at_snapshot = max(self._log_bytes_at_snapshot, job.log_bytes)
+        self._snapshot_bytes = self._written_bytes
         compact_to = self._catchup_start(job)
         if compact_to > self.storage.log.first_index():
             self.storage.compact(compact_to)
@@ -766,6 +803,7 @@ class SnapshotJob:
     recent: tuple[tuple[int, tuple[int, ...]], ...]
     chunks: Iterable[bytes]
     commands: int = 0  # NodeCore's applied-command count at the capture
+    log_bytes: int = 0  # NodeCore's applied log bytes at the capture
 
     def encode(self, between_chunks: Callable[[], None] | None = None) -> bytes:
         """The snapshot data (safe in another thread; one call per job: ``chunks`` may be a

@@ -45,6 +45,7 @@ class SimOptions(msgspec.Struct, kw_only=True):
     tick_ms: int = 10
     election_ticks: int = 10
     snapshot_entries: int = 100
+    snapshot_log_ratio: float = 0.0  # NodeCore.snapshot_log_ratio, with no size floor
     fault_every_ms: tuple[int, int] = (100, 600)
     max_drop: float = 0.2
     bugs: frozenset[str] = frozenset()
@@ -109,7 +110,8 @@ PROFILES: dict[str, dict[str, object]] = {
     # snapshots (taken and installed between steps) and tiny watch buffers
     "compaction": {
         "compaction_every_ms": (80, 250), "compaction_lag": 8, "compaction_step_keys": (1, 2),
-        "snapshot_entries": 30, "watch_buffer_events": 4, "watch_replay_events": 3,
+        "snapshot_entries": 30, "snapshot_log_ratio": 1.0,
+        "watch_buffer_events": 4, "watch_replay_events": 3,
         "watch_writers": 2, "fault_every_ms": (60, 300),
         "faults": ("crash_one", "crash_leader", "transfer_leader", "isolate_leader",
                    "random_partition", "heal", "heal", "pause_one", "resume_all",
@@ -356,7 +358,8 @@ def run_seed(seed: int, options: SimOptions | None = None,
                   bounce_after_vote=options.bounce_after_vote, lease_reads=options.lease_reads,
                   split_txn_events_bug="split_txn_events" in options.bugs,
                   state_config=_state_config(options),
-                  skip_compaction_key_bug="skip_compaction_key" in options.bugs)
+                  skip_compaction_key_bug="skip_compaction_key" in options.bugs,
+                  snapshot_log_ratio=options.snapshot_log_ratio)
     world.net.min_delay_ms, world.net.max_delay_ms = options.delay_ms
     world.net.duplicate_proposals = options.duplicate_proposals
     rng = random.Random(world.rng.getrandbits(64))

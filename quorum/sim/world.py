@@ -80,8 +80,12 @@ class World:
                  check_quorum: bool = True, bounce_after_vote: bool = False,
                  lease_reads: bool = False, split_txn_events_bug: bool = False,
                  state_config: StateConfig | None = None,
-                 skip_compaction_key_bug: bool = False) -> None:
+                 skip_compaction_key_bug: bool = False,
+                 snapshot_log_ratio: float = 0.0) -> None:
         self.seed = seed
+        # > 0: snapshots also wait for ratio x the last snapshot's bytes of log, at every
+        # size (the floor is 0 here: simulated states are a few KiB)
+        self.snapshot_log_ratio = snapshot_log_ratio
         self.state_config = state_config
         self.split_txn_events_bug = split_txn_events_bug
         # planted bug: the replicas with an odd id skip a key in each compaction step
@@ -205,6 +209,8 @@ class World:
             request_timeout_ticks=self.election_ticks * 4,
             members=self.members, incarnation=node.incarnation, planted_bugs=self.node_bugs,
         )
+        node.core.snapshot_log_ratio = self.snapshot_log_ratio
+        node.core.snapshot_ratio_floor = 0
         node.last_applied = node.core.applied
         self._hook_apply(node)
         self.trace(f"n{node_id} start (incarnation {node.incarnation}, applied "

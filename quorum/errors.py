@@ -159,6 +159,11 @@ class FatalIOError(StorageError):
     """An fsync or write failed such that the page cache may have dropped data: stop."""
 
 
+class DataFormatTooNew(StorageError):
+    """The data directory was written by a newer quorum than this one (a downgrade): this
+    code could misread what it wrote, so it refuses to start on it."""
+
+
 # --- state machine --------------------------------------------------------------------------
 
 

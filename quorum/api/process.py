@@ -19,6 +19,7 @@ from typing import Any
 
 from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
+from quorum.node import datadir
 from quorum.node.clock import SystemClock
 from quorum.node.config import NodeConfig, raft_config, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
@@ -64,7 +65,10 @@ class QuorumProcess:
         if self._storage_override is not None:
             return self._storage_override
         options = StorageOptions(planted_skip_fsync="ack_before_fsync" in self.planted_bugs)
-        durable = DurableStorage.open(OsFileSystem(), self.config.data_dir, options)
+        fs, data_dir = OsFileSystem(), self.config.data_dir
+        datadir.check_format(fs, data_dir)  # before recovery changes anything
+        durable = DurableStorage.open(fs, data_dir, options)
+        datadir.mark_format(fs, data_dir)
         return DurableNodeStorage(durable)
 
     def _members(self) -> tuple[MemberInfo, ...]:

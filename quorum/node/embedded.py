@@ -55,6 +55,7 @@ from quorum.errors import (
     ProposalDropped,
     RequestTimeout,
 )
+from quorum.node import datadir
 from quorum.node.clock import SystemClock
 from quorum.node.config import raft_config, split_addr
 from quorum.node.core import NodeCore, bootstrap_data
@@ -151,7 +152,10 @@ class EmbeddedNode(Generic[S]):
     async def start(self) -> None:
         """Open (or bootstrap) the storage, restore the state machine, join the peers."""
         opts = self.options
-        durable = DurableStorage.open(OsFileSystem(), self.data_dir, StorageOptions())
+        fs = OsFileSystem()
+        datadir.check_format(fs, self.data_dir)  # before recovery changes anything
+        durable = DurableStorage.open(fs, self.data_dir, StorageOptions())
+        datadir.mark_format(fs, self.data_dir)
         self.storage: NodeStorage = DurableNodeStorage(durable)
         members = tuple(MemberInfo(pid, f"node{pid}", addr) for pid, addr in self.peers.items())
         if self.storage.is_empty():

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from quorum.client.aio import AsyncClient
+from quorum.node.datadir import DATA_FORMAT, read_format
 from quorum.storage.fs import OsFileSystem
 from quorum.storage.inspect import inspect
 from quorum.storage.snapshot import load_snapshot, open_snapshot
@@ -118,7 +119,12 @@ async def upgrade_and_check(tmp_path: Path, subnet: int, old: Code, new: Code) -
     with UpgradeCluster(tmp_path, subnet) as cluster:
         written, before = await run_old(cluster, old)
         old_snaps = {i: set(snapshot_files(cluster.data_dir(i))) for i in cluster.nodes}
+        for node_id in cluster.nodes:  # old releases wrote no data-format marker
+            assert read_format(OsFileSystem(), str(cluster.data_dir(node_id))) is None
         await check_new(cluster, new, written, before)
+        for node_id in cluster.nodes:  # the new code marked what it now writes
+            marker = read_format(OsFileSystem(), str(cluster.data_dir(node_id)))
+            assert marker is not None and marker.format == DATA_FORMAT
         async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
             last = await write_after(client, "new")
         grown = one_state(await converged(cluster.endpoints(), written))

@@ -1,0 +1,99 @@
+"""The data-format marker of a node's data directory: refuse data written by a newer quorum.
+
+A newer release may write log entries, snapshots or state an older one cannot read. Older
+code does not always fail on them: the release before batched entries skips each one as
+undecodable and serves an empty store (docs/upgrade.md). So every start writes the format it
+writes in ``<data_dir>/format`` and refuses a directory marked with a higher one, before the
+storage's crash recovery touches anything.
+
+Format history (directories written before the marker existed have no file):
+
+1. format 1 state snapshots (up to ec25af5);
+2. format 2 state snapshots, one proposal per log entry, peer protocol 1 (up to dedeab2);
+3. several proposals per log entry (ProposalBatch), peer protocol 2.
+
+Raise DATA_FORMAT whenever a change writes something the previous release cannot read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
+import quorum
+from quorum.errors import CorruptionError, DataFormatTooNew, DiskFullError, FatalIOError
+from quorum.storage.fs import FileSystem
+
+DATA_FORMAT = 3
+FORMAT_FILE = "format"
+T = TypeVar("T")
+
+
+class DataFormat(msgspec.Struct, frozen=True):
+    format: int
+    written_by: str = ""  # the quorum version that last started on the directory
+
+
+def read_format(fs: FileSystem, data_dir: str) -> DataFormat | None:
+    """The directory's marker, or None (no directory, or one from before markers).
+    Raises CorruptionError when the file is not a marker."""
+    path = os.path.join(data_dir, FORMAT_FILE)
+    if not _io(lambda: fs.exists(path)):
+        return None
+    raw = _io(lambda: fs.read_file(path))
+    try:
+        marker = msgspec.json.decode(raw, type=DataFormat)
+    except msgspec.DecodeError as exc:
+        raise CorruptionError(f"unreadable data-format marker: {exc}", path, 0) from None
+    if marker.format < 1:
+        raise CorruptionError(f"data-format marker holds format {marker.format}", path, 0)
+    return marker
+
+
+def check_format(fs: FileSystem, data_dir: str) -> None:
+    """Before opening the storage: raise DataFormatTooNew if a newer quorum wrote here."""
+    marker = read_format(fs, data_dir)
+    if marker is not None and marker.format > DATA_FORMAT:
+        raise DataFormatTooNew(
+            f"{data_dir} holds data format {marker.format} (written by quorum "
+            f"{marker.written_by or '?'}); this quorum ({quorum.__version__}) reads formats up "
+            f"to {DATA_FORMAT}: run the newer release, or restore a backup taken before the "
+            f"upgrade")
+
+
+def mark_format(fs: FileSystem, data_dir: str) -> None:
+    """After opening (the directory exists): record this release's format, atomically (a
+    crash leaves the old marker or the new one, never a torn file)."""
+    marker = read_format(fs, data_dir)
+    current = DataFormat(DATA_FORMAT, quorum.__version__)
+    if marker == current:
+        return
+    path = os.path.join(data_dir, FORMAT_FILE)
+    _io(lambda: _replace(fs, data_dir, path, msgspec.json.encode(current) + b"\n"))
+
+
+def _replace(fs: FileSystem, data_dir: str, path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    handle = fs.open(tmp, create=True)
+    try:
+        handle.truncate(0)
+        handle.pwrite(data, 0)
+        handle.sync()
+    finally:
+        handle.close()
+    fs.rename(tmp, path)
+    fs.fsync_dir(data_dir)
+
+
+def _io(action: Callable[[], T]) -> T:
+    """OS errors as the storage layer reports them (DiskFullError, FatalIOError)."""
+    try:
+        return action()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"disk full: {exc}") from exc
+        raise FatalIOError(f"I/O error: {exc}") from exc

@@ -103,6 +103,7 @@ class QuorumProcess:
             snapshot_entries=cfg.snapshot_entries,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
             snapshot_log_ratio=cfg.snapshot_log_ratio,
+            snapshot_ratio_floor=cfg.snapshot_ratio_floor,
             request_timeout_ticks=cfg.request_timeout_ticks,
             members=members,
             incarnation=secrets.randbits(31),

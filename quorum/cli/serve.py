@@ -94,6 +94,9 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--snapshot-log-ratio", type=float,
               help="Once the state is over 4 MiB, also wait until the log since the last "
                    "snapshot is RATIO times its size (default 1.0; 0 = every N commands).")
+@click.option("--snapshot-ratio-floor", type=int,
+              help="Snapshots smaller than this many bytes ignore --snapshot-log-ratio "
+                   "(default 4194304).")
 @click.option("--lease-reads", is_flag=True, default=None,
               help="Serve linearizable reads from the leader lease (assumes bounded clock drift).")
 @click.option("--auto-compaction-mode", type=str,
@@ -108,7 +111,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
           etcd_engine: str | None, initial_cluster: str | None, join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
-          snapshot_log_ratio: float | None,
+          snapshot_log_ratio: float | None, snapshot_ratio_floor: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
           auto_compaction_retention: str | None, log_level: str, planted_bugs: str) -> None:
     """Run one quorum server."""
@@ -119,6 +122,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         "client_listen": client_listen, "etcd_listen": etcd_listen, "etcd_engine": etcd_engine,
         "join": join, "tick_ms": tick_ms, "election_ticks": election_ticks,
         "snapshot_entries": snapshot_entries, "snapshot_log_ratio": snapshot_log_ratio,
+        "snapshot_ratio_floor": snapshot_ratio_floor,
         "lease_reads": lease_reads,
         "auto_compaction_mode": auto_compaction_mode,
         "auto_compaction_retention": auto_compaction_retention,

@@ -23,13 +23,20 @@ from quorum.cli.output import emit_json, table
               type=click.Path(file_okay=False))
 @click.option("--data-dir", default="", help="Keep server data here (default: a temp dir).")
 @click.option("--seed", default=0, show_default=True, help="Seeds the nemesis and clients.")
+@click.option("--snapshot-entries", default=0, show_default=True,
+              help="Servers snapshot every N commands (0: their default, or 1,000 with the "
+                   "member nemesis).")
+@click.option("--snapshot-log-ratio", type=float, default=None,
+              help="Servers' --snapshot-log-ratio, applied at every snapshot size (no 4 MiB "
+                   "floor) so that it governs the small states of a run.")
 @click.option("--planted-bugs", default="", hidden=True, help="TESTS ONLY: see docs/verify.md.")
 @click.option("--unfenced-lock", is_flag=True, hidden=True,
               help="TESTS ONLY: the lock workload's resource ignores fencing tokens.")
 @click.pass_obj
 def verify(obj: object, nodes: int, duration_s: float, nemesis: str, workload: str,
            clients: int, keys: int, report_dir: str, data_dir: str, seed: int,
-           planted_bugs: str, unfenced_lock: bool) -> None:
+           snapshot_entries: int, snapshot_log_ratio: float | None, planted_bugs: str,
+           unfenced_lock: bool) -> None:
     """Run real servers under faults with the chosen workloads; check each workload's history,
     convergence and recovery; write REPORT_DIR/verify.html (with one page per workload) and
     verify.json. Exit 0 on PASS, 1 otherwise."""
@@ -41,7 +48,8 @@ def verify(obj: object, nodes: int, duration_s: float, nemesis: str, workload: s
         clients=clients, keys=keys, report_dir=report_dir, data_dir=data_dir, seed=seed,
         planted_bugs=tuple(b for b in planted_bugs.split(",") if b),
         workloads=tuple(w.strip() for w in workload.split(",") if w.strip()),
-        lock_fencing=not unfenced_lock,
+        lock_fencing=not unfenced_lock, snapshot_entries=snapshot_entries,
+        snapshot_log_ratio=snapshot_log_ratio,
     )
     as_json = getattr(obj, "json", False)
     try:

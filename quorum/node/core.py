@@ -99,6 +99,7 @@ class NodeCore:
         snapshot_entries: int = 10_000,
         snapshot_catchup_entries: int = 5_000,
         snapshot_log_ratio: float = 0.0,
+        snapshot_ratio_floor: int = SNAPSHOT_RATIO_FLOOR,
         request_timeout_ticks: int = 50,
         members: tuple[MemberInfo, ...] = (),
         incarnation: int = 0,
@@ -120,7 +121,7 @@ class NodeCore:
         # logged byte and the log to about r states. Snapshots under snapshot_ratio_floor
         # bytes ignore the ratio (cheap, and small states keep the plain interval).
         self.snapshot_log_ratio = snapshot_log_ratio
-        self.snapshot_ratio_floor = SNAPSHOT_RATIO_FLOOR
+        self.snapshot_ratio_floor = snapshot_ratio_floor
         self._log_bytes_applied = 0  # payload bytes of every applied entry
         self._log_bytes_at_snapshot = 0  # _log_bytes_applied at the newest snapshot
         self._snapshot_bytes = 0  # size of the newest snapshot's data (0: none yet)

@@ -94,6 +94,7 @@ class EmbeddedOptions(msgspec.Struct, kw_only=True, frozen=True):
     snapshot_entries: int = 10_000
     snapshot_catchup_entries: int = 5_000
     snapshot_log_ratio: float = 1.0  # see NodeConfig.snapshot_log_ratio
+    snapshot_ratio_floor: int = 4 << 20  # bytes; see NodeConfig.snapshot_ratio_floor
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = False
@@ -110,6 +111,7 @@ class EmbeddedOptions(msgspec.Struct, kw_only=True, frozen=True):
             (self.snapshot_entries >= 0, "snapshot_entries must be >= 0 (0 = never)."),
             (self.snapshot_catchup_entries >= 0, "snapshot_catchup_entries must be >= 0."),
             (self.snapshot_log_ratio >= 0, "snapshot_log_ratio must be >= 0 (0 = off)."),
+            (self.snapshot_ratio_floor >= 0, "snapshot_ratio_floor must be >= 0."),
             (not self.lease_reads or self.check_quorum,
              "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
         ]
@@ -169,6 +171,7 @@ class EmbeddedNode(Generic[S]):
             snapshot_entries=opts.snapshot_entries,
             snapshot_catchup_entries=opts.snapshot_catchup_entries,
             snapshot_log_ratio=opts.snapshot_log_ratio,
+            snapshot_ratio_floor=opts.snapshot_ratio_floor,
             request_timeout_ticks=max(1, round(opts.request_timeout_s * 1000 / opts.tick_ms)),
             members=members,
             # request ids embed it: a restarted node never claims its previous life's entries

@@ -75,6 +75,9 @@ class VerifyOptions(msgspec.Struct, kw_only=True):
     # Raft log entries between snapshots (0: the server's default). With the member nemesis
     # it defaults to MEMBER_SNAPSHOT_ENTRIES, so that a fresh node joins by snapshot.
     snapshot_entries: int = 0
+    # None: the servers' default snapshot_log_ratio; a value R: that ratio with no size
+    # floor, so the ratio rule governs snapshots of the small states a run builds
+    snapshot_log_ratio: float | None = None
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -305,6 +308,10 @@ def _check_options(opts: VerifyOptions) -> None:
     if unknown or not opts.workloads:
         raise ValueError(f"unknown workload {sorted(unknown)}: choose from "
                          f"{', '.join(WORKLOADS)}")
+    if opts.snapshot_entries < 0:
+        raise ValueError("snapshot_entries must be >= 0")
+    if opts.snapshot_log_ratio is not None and opts.snapshot_log_ratio < 0:
+        raise ValueError("snapshot_log_ratio must be >= 0")
 
 
 def _make_workloads(opts: VerifyOptions, ctx: RunContext) -> list[Workload]:
@@ -335,7 +342,11 @@ async def run_verify(opts: VerifyOptions, log: Callable[[str], None] = print) ->
     _check_options(opts)
     base = Path(opts.data_dir or tempfile.mkdtemp(prefix="quorum-verify-"))
     rng = random.Random(opts.seed)
-    extra = ("--planted-bugs", ",".join(opts.planted_bugs)) if opts.planted_bugs else ()
+    extra: tuple[str, ...] = (
+        ("--planted-bugs", ",".join(opts.planted_bugs)) if opts.planted_bugs else ())
+    if opts.snapshot_log_ratio is not None:
+        extra += ("--snapshot-log-ratio", str(opts.snapshot_log_ratio),
+                  "--snapshot-ratio-floor", "0")
     proxied = bool({"partition", "member"} & set(opts.nemesis))
     snapshot_entries = opts.snapshot_entries or (
         MEMBER_SNAPSHOT_ENTRIES if "member" in opts.nemesis else 10_000)

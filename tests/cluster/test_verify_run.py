@@ -19,9 +19,16 @@ pytestmark = [pytest.mark.timeout(400), pytest.mark.xdist_group("procs")]
 
 
 def test_sixty_seconds_of_kill_pause_partition_pass(tmp_path: Path) -> None:
+    """With snapshots every 200 commands spaced by the log-size ratio at every size, so
+    they fall among the faults at irregular points."""
     opts = VerifyOptions(duration_s=60, nemesis=("kill", "pause", "partition"),
-                         report_dir=str(tmp_path / "report"), seed=1)
+                         report_dir=str(tmp_path / "report"), seed=1,
+                         data_dir=str(tmp_path / "data"), snapshot_entries=200,
+                         snapshot_log_ratio=1.0)
     report = asyncio.run(run_verify(opts, log=lambda _s: None))
+    taken = [p for p in (tmp_path / "data").rglob("*.snap")
+             if int(p.name.split("-")[0], 16) > 1]  # beyond the bootstrap snapshot
+    assert taken, "no node took a snapshot"
     assert report.ok, report.problems
     assert report.linearizability == "OK"
     assert report.converged and report.recovered

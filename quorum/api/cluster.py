@@ -83,6 +83,8 @@ class ClusterBackend(LocalBackend):
         leader_client: Callable[[int], Awaitable[Any]] | None = None,
         compaction: CompactionPolicy | None = None,
         compaction_clock: Clock | None = None,
+        etcd_scheme: str = "http",
+        peer_scheme: str = "http",
     ) -> None:
         super().__init__(
             kv.store.config,
@@ -98,6 +100,8 @@ class ClusterBackend(LocalBackend):
         self.core = server.core
         self.kv = kv
         self.max_request_bytes = max_request_bytes
+        self.etcd_scheme = etcd_scheme  # of the etcd URLs in member lists
+        self.peer_scheme = peer_scheme  # and of the peer URLs
         # leader_id -> a native-protocol client connected to the leader: a follower relays
         # the calls only the leader can answer (lease keepalives, learner promotion)
         self.leader_client = leader_client
@@ -249,9 +253,11 @@ class ClusterBackend(LocalBackend):
     # --- cluster --------------------------------------------------------------------------
 
     def _to_member(self, m: MemberInfo) -> Member:
-        peers = (f"http://{m.peer_url}",) if m.peer_url else ()
-        clients = tuple(f"http://{u}" for u in (m.client_url, m.etcd_url) if u)
-        etcd = (f"http://{m.etcd_url}",) if m.etcd_url else ()
+        # Every member is assumed to serve its ports as this one does (one TLS setting per
+        # cluster): members carry addresses, not schemes.
+        peers = (f"{self.peer_scheme}://{m.peer_url}",) if m.peer_url else ()
+        etcd = (f"{self.etcd_scheme}://{m.etcd_url}",) if m.etcd_url else ()
+        clients = ((f"http://{m.client_url}",) if m.client_url else ()) + etcd
         return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner, etcd)
 
     def _members(self) -> tuple[Member, ...]:

@@ -15,10 +15,13 @@ import asyncio
 import logging
 import random
 import secrets
+import ssl
 from typing import Any
 
 from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
+from quorum.api.etcd.config import EtcdTls, check_tls_files
+from quorum.errors import ConfigError
 from quorum.node import datadir
 from quorum.node.clock import SystemClock
 from quorum.node.config import NodeConfig, raft_config, split_addr
@@ -89,6 +92,9 @@ class QuorumProcess:
 
     async def start(self) -> None:
         cfg = self.config
+        # TLS files first: a bad one stops the start before the data directory is touched
+        peer_server_ssl, peer_client_ssl = self._peer_tls()
+        etcd_tls = self._etcd_tls()
         self.storage = self._open_storage()
         self.kv = KvStateMachine(
             StateConfig(max_request_bytes=cfg.max_request_bytes, max_txn_ops=cfg.max_txn_ops)
@@ -118,11 +124,14 @@ class QuorumProcess:
             on_messages=self.server.receive,
             on_unreachable=self.link.on_unreachable,
             on_snapshot_chunk=self.link.on_snapshot_chunk,
+            server_ssl=peer_server_ssl, client_ssl=peer_client_ssl,
         )
         self.link.transport = self.transport
         self.core.on_members_changed = self.link.update_peers
         self.backend = ClusterBackend(
             self.server, self.kv, cluster_id=cfg.cluster_id,
+            etcd_scheme="https" if cfg.cert_file else "http",
+            peer_scheme="https" if cfg.peer_cert_file else "http",
             max_request_bytes=cfg.max_request_bytes,
             leader_client=self._leader_client,
             compaction=self.compaction,
@@ -130,12 +139,12 @@ class QuorumProcess:
         await self.transport.start()
         await self.server.start()
         await self.backend.start()
-        await self._start_apis()
+        await self._start_apis(etcd_tls)
         self._spawn(self._publish_addresses())
         log.info("node %d serving: peers %s, client %s, etcd %s", cfg.id, cfg.peer_listen,
                  cfg.client_listen or "-", cfg.etcd_listen or "-")
 
-    async def _start_apis(self) -> None:
+    async def _start_apis(self, etcd_tls: EtcdTls | None) -> None:
         cfg = self.config
         if cfg.client_listen:
             from quorum.api.native.server import serve_native
@@ -146,8 +155,43 @@ class QuorumProcess:
             from quorum.api.etcd.server import serve_etcd
 
             host, port = split_addr(cfg.etcd_listen)
-            self.etcd, _port = await serve_etcd(self.backend, host, port,
+            self.etcd, _port = await serve_etcd(self.backend, host, port, tls=etcd_tls,
                                                 engine=cfg.etcd_engine)
+
+    def _peer_tls(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+        """PeerTransport's server_ssl and client_ssl (None, None: plain TCP). Raises
+        ConfigError naming a file that cannot be used."""
+        cfg = self.config
+        if not cfg.peer_cert_file:
+            return None, None
+        try:
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server.minimum_version = ssl.TLSVersion.TLSv1_2
+            server.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
+            server.load_verify_locations(cfg.peer_trusted_ca_file)
+            server.verify_mode = (ssl.CERT_REQUIRED if cfg.peer_client_cert_auth
+                                  else ssl.CERT_OPTIONAL)
+            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the listener's name
+            client.minimum_version = ssl.TLSVersion.TLSv1_2
+            client.load_verify_locations(cfg.peer_trusted_ca_file)
+            client.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use the peer TLS files (peer_cert_file {cfg.peer_cert_file!r}, "
+                f"peer_key_file {cfg.peer_key_file!r}, peer_trusted_ca_file "
+                f"{cfg.peer_trusted_ca_file!r}): {exc}") from None
+        return server, client
+
+    def _etcd_tls(self) -> EtcdTls | None:
+        """The etcd port's TLS settings; unreadable files or a key that does not match the
+        certificate are a ConfigError at startup, naming the file."""
+        cfg = self.config
+        if not cfg.cert_file:
+            return None
+        tls = EtcdTls(cfg.cert_file, cfg.key_file,
+                      cfg.trusted_ca_file if cfg.client_cert_auth else "")
+        check_tls_files(tls)
+        return tls
 
     async def _publish_addresses(self) -> None:
         """Make the cluster's member list carry this node's client addresses (a node added by

@@ -104,6 +104,18 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--auto-compaction-retention", type=str,
               help="History to keep: a duration in periodic mode (1h, 30m, 90s; a bare number "
                    "is hours), a revision count in revision mode; 0 = off (the default).")
+@click.option("--cert-file", type=str, help="TLS on the etcd port: certificate (PEM).")
+@click.option("--key-file", type=str, help="TLS on the etcd port: the certificate's key (PEM).")
+@click.option("--trusted-ca-file", type=str,
+              help="CA (PEM) that signs client certificates (with --client-cert-auth).")
+@click.option("--client-cert-auth", is_flag=True, default=None,
+              help="Require a client certificate signed by --trusted-ca-file on the etcd port.")
+@click.option("--peer-cert-file", type=str, help="TLS between members: certificate (PEM).")
+@click.option("--peer-key-file", type=str, help="TLS between members: its key (PEM).")
+@click.option("--peer-trusted-ca-file", type=str,
+              help="TLS between members: CA (PEM) that signs every member's certificate.")
+@click.option("--peer-client-cert-auth", is_flag=True, default=None,
+              help="Members also demand a certificate from the member dialing them.")
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--planted-bugs", default="", hidden=True,
               help="TESTS ONLY: break safety rules on purpose (see docs/verify.md).")
@@ -113,7 +125,11 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
           snapshot_log_ratio: float | None, snapshot_ratio_floor: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
-          auto_compaction_retention: str | None, log_level: str, planted_bugs: str) -> None:
+          auto_compaction_retention: str | None, cert_file: str | None, key_file: str | None,
+          trusted_ca_file: str | None, client_cert_auth: bool | None,
+          peer_cert_file: str | None, peer_key_file: str | None,
+          peer_trusted_ca_file: str | None, peer_client_cert_auth: bool | None, log_level: str,
+          planted_bugs: str) -> None:
     """Run one quorum server."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -126,6 +142,10 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         "lease_reads": lease_reads,
         "auto_compaction_mode": auto_compaction_mode,
         "auto_compaction_retention": auto_compaction_retention,
+        "cert_file": cert_file, "key_file": key_file, "trusted_ca_file": trusted_ca_file,
+        "client_cert_auth": client_cert_auth, "peer_cert_file": peer_cert_file,
+        "peer_key_file": peer_key_file, "peer_trusted_ca_file": peer_trusted_ca_file,
+        "peer_client_cert_auth": peer_client_cert_auth,
     }
     if no_fsync:
         overrides["fsync"] = False

@@ -67,6 +67,22 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     auto_compaction_retention: str | int = "0"
     # the etcd port's gRPC server: "h2" (quorum.api.h2grpc, the default) or "grpcio"
     etcd_engine: str = "h2"
+    # TLS on the etcd port, with etcd's flag names: a certificate and its key (PEM) turn it
+    # on; client_cert_auth also requires every client to present a certificate signed by
+    # trusted_ca_file (mutual TLS). Empty = plain TCP.
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    # TLS between members (etcd's --peer-* flags): every member presents peer_cert_file and
+    # verifies the others' certificates against peer_trusted_ca_file (which TLS needs here:
+    # a member dials the others); peer_client_cert_auth also makes the listening side demand
+    # a certificate from the dialer (mutual TLS). Certificates must name the peer address's
+    # IP or host (subjectAltName). Every member of a cluster needs the same setting.
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
 
     def validate(self) -> NodeConfig:
         """Check every rule; raise ConfigError naming the first broken one. Returns self."""
@@ -80,6 +96,16 @@ class NodeConfig(msgspec.Struct, kw_only=True):
             (not self.etcd_listen or _is_addr(self.etcd_listen),
              "etcd_listen must be host:port or empty."),
             (self.etcd_engine in ("h2", "grpcio"), "etcd_engine must be 'h2' or 'grpcio'."),
+            (bool(self.cert_file) == bool(self.key_file),
+             "cert_file and key_file go together (TLS needs both)."),
+            (not self.client_cert_auth or (bool(self.trusted_ca_file) and bool(self.cert_file)),
+             "client_cert_auth needs trusted_ca_file, cert_file and key_file."),
+            (bool(self.peer_cert_file) == bool(self.peer_key_file) == bool(
+                self.peer_trusted_ca_file),
+             "peer_cert_file, peer_key_file and peer_trusted_ca_file go together."),
+            (not self.peer_client_cert_auth or bool(self.peer_cert_file),
+             "peer_client_cert_auth needs peer_cert_file, peer_key_file and "
+             "peer_trusted_ca_file."),
             (self.tick_ms >= 1, "tick_ms must be at least 1."),
             (self.heartbeat_ticks >= 1, "heartbeat_ticks must be at least 1."),
             (self.election_ticks > self.heartbeat_ticks,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import msgspec
 
 from quorum.errors import ConfigError
@@ -16,6 +18,23 @@ class EtcdTls(msgspec.Struct, frozen=True):
     cert_file: str
     key_file: str
     client_ca_file: str = ""
+
+
+def check_tls_files(tls: EtcdTls) -> None:
+    """Load the files as the server will, so that a missing file, a bad PEM or a key that
+    does not match its certificate stop the start with a ConfigError naming the file."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use cert_file {tls.cert_file!r} with key_file "
+                          f"{tls.key_file!r}: {exc}") from None
+    if tls.client_ca_file:
+        try:
+            ctx.load_verify_locations(tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use trusted_ca_file {tls.client_ca_file!r}: "
+                              f"{exc}") from None
 
 
 class EtcdApiConfig(msgspec.Struct, frozen=True):

@@ -14,6 +14,14 @@ with no window waits for the client's WINDOW_UPDATE.
 
 Every protocol violation closes the connection with GOAWAY and a logged reason; a bad call
 ends that call with a gRPC status; neither reaches other connections.
+
+Resource bounds beyond the frame and window sizes. A new connection must complete its
+preface (the magic and a SETTINGS frame, or a first HTTP/1 request) within
+``handshake_timeout``; a connection with no open call and no new one for ``idle_timeout`` is
+closed (GOAWAY NO_ERROR first). Frames that cost work but move no call forward (empty DATA
+or CONTINUATION, PRIORITY, SETTINGS, unknown types, and the client errors that make the
+server reset a stream) draw on a token bucket per connection; a client that empties it is
+cut off with ENHANCE_YOUR_CALM (the CVE-2019-9518 class of floods, and "MadeYouReset").
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ log = logging.getLogger(__name__)
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 _HEADER_CACHE_SIZE = 64
 _MAX_HEADER_BLOCK = 64 * 1024
+_LINGER_S = 1.0  # how long a failed connection waits for the client to read its GOAWAY
+# entries in one SETTINGS frame: a legitimate one has a handful; nghttp2 allows 32
+_MAX_SETTINGS = 64
 
 
 class ConnectionError_(Exception):
@@ -180,7 +191,8 @@ class H2Connection(asyncio.Protocol):
         self.peer = ""
         self.closed = False
         self._buf = bytearray()
-        self._preface = False
+        self._magic = False  # the preface's magic has arrived (our SETTINGS are sent)
+        self._preface = False  # ... and the header of the SETTINGS frame that must follow
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = server.max_header_list_size
         self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
@@ -201,6 +213,15 @@ class H2Connection(asyncio.Protocol):
         self._conn_unacked = 0
         self._goaway_sent = False
         self._http1: Http1Session | None = None  # set if the client speaks HTTP/1.x
+        self._settings_seen = False  # the client's preface SETTINGS frame arrived
+        self._opened_at = 0.0
+        # the handshake and idle timer (one per connection, never re-armed per call)
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle_mark = -1  # the activity count at the previous idle check
+        self._busy_before = True  # whether a call was open at the previous idle check
+        # the no-progress token bucket: full at first, refilled at server.flood_rate per s
+        self._tokens = float(server.flood_burst)
+        self._tokens_at = self.loop.time()
         self._handlers: tuple[Callable[[int, int, bytes], None], ...] = (
             self._on_data, self._on_headers, self._on_priority, self._on_rst_stream,
             self._on_settings, self._on_push_promise, self._on_ping, self._on_goaway,
@@ -214,6 +235,11 @@ class H2Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.connections.add(self)
+        self._opened_at = self.loop.time()
+        periods = [t for t in (self.server.handshake_timeout, self.server.idle_timeout) if t]
+        if periods:
+            first = min(periods)
+            self._timer = self.loop.call_later(first, self._on_timer)
         # Our SETTINGS wait for the client's preface (RFC 9113 §3.4 allows it): an HTTP/1
         # client on this port must not read binary frames before its answer.
 
@@ -230,6 +256,9 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.server.connections.discard(self)
         if self._http1 is not None:
             self._http1.close()
@@ -285,14 +314,21 @@ class H2Connection(asyncio.Protocol):
 
     def _read_preface(self, buf: bytearray) -> int:
         n = len(w.PREFACE)
-        if len(buf) < n:
-            if not w.PREFACE.startswith(bytes(buf)):
+        if not self._magic:
+            if len(buf) < n:
+                if not w.PREFACE.startswith(bytes(buf)):
+                    raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return 0
+            if bytes(buf[:n]) != w.PREFACE:
                 raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-            return 0
-        if bytes(buf[:n]) != w.PREFACE:
-            raise ConnectionError_(w.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            self._magic = True
+            self._send_preface()
+        if len(buf) < n + 9:
+            return 0  # wait for the first frame's header
+        # RFC 9113 §3.4: the magic is followed by a SETTINGS frame (not an acknowledgement)
+        if buf[n + 3] != w.SETTINGS or buf[n + 4] & w.ACK:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "the preface is not followed by SETTINGS")
         self._preface = True
-        self._send_preface()
         return n
 
     def _read_frames(self, buf: bytearray, pos: int) -> int:
@@ -316,7 +352,8 @@ class H2Connection(asyncio.Protocol):
                 raise ConnectionError_(w.PROTOCOL_ERROR, "expected CONTINUATION")
             if ftype < 10:
                 handlers[ftype](flags, sid & 0x7FFFFFFF, payload)
-            # unknown frame types are ignored (RFC 9113 §4.1)
+            else:  # unknown frame types are ignored (RFC 9113 §4.1), within the budget
+                self._no_progress("unknown frames")
         return pos
 
     # --- frame handlers ---------------------------------------------------------------------
@@ -325,6 +362,8 @@ class H2Connection(asyncio.Protocol):
         if sid == 0:
             raise ConnectionError_(w.PROTOCOL_ERROR, "DATA on stream 0")
         n = len(payload)
+        if not n and not flags & w.END_STREAM:
+            self._no_progress("empty DATA frames")
         self._recv_window -= n
         if self._recv_window < 0:
             raise ConnectionError_(w.FLOW_CONTROL_ERROR, "connection window exceeded")
@@ -335,15 +374,13 @@ class H2Connection(asyncio.Protocol):
                 raise ConnectionError_(w.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we already answered or reset: its data is dropped
         if stream.recv_closed:
-            self._write(w.rst_stream(sid, w.STREAM_CLOSED))
-            self._reset(stream)
+            self._stream_error(stream, w.STREAM_CLOSED)
             return
         stream.recv_window -= n
         if stream.recv_window < 0:
             # More than the stream window granted (RFC 9113 §6.9.1): a stream error, so
             # unread messages of a streaming call never pile up past one window.
-            self._write(w.rst_stream(sid, w.FLOW_CONTROL_ERROR))
-            self._reset(stream)
+            self._stream_error(stream, w.FLOW_CONTROL_ERROR)
             return
         if flags & w.PADDED:
             payload = _strip_padding(payload)
@@ -365,6 +402,8 @@ class H2Connection(asyncio.Protocol):
             payload = _strip_padding(payload)
         if flags & w.PRIORITY_FLAG:
             payload = payload[5:]
+        if not payload and not flags & w.END_HEADERS:
+            self._no_progress("empty HEADERS frames")
         if flags & w.END_HEADERS:
             self._headers_complete(sid, flags, payload)
         else:
@@ -374,6 +413,8 @@ class H2Connection(asyncio.Protocol):
         cont = self._continuation
         if cont is None or cont[0] != sid:
             raise ConnectionError_(w.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        if not payload and not flags & w.END_HEADERS:
+            self._no_progress("empty CONTINUATION frames")
         block = cont[2]
         block += payload
         if len(block) > _MAX_HEADER_BLOCK:
@@ -387,6 +428,8 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise ConnectionError_(w.FRAME_SIZE_ERROR, "PRIORITY frame of wrong size")
+        # RFC 9113 §5.3.2 deprecates priority signals: nothing to do, so within the budget
+        self._no_progress("PRIORITY frames")
 
     def _on_rst_stream(self, flags: int, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -412,6 +455,11 @@ class H2Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(w.FRAME_SIZE_ERROR, "SETTINGS frame of wrong size")
+        if len(payload) > 6 * _MAX_SETTINGS:
+            raise ConnectionError_(w.ENHANCE_YOUR_CALM, "too many entries in one SETTINGS")
+        self._settings_seen = True
+        # each one costs an acknowledgement: a client sends one or two per connection
+        self._no_progress("SETTINGS frames")
         for key, value in w.parse_settings(payload):
             self._apply_setting(key, value)
         self._write(w.frame(w.SETTINGS, w.ACK, 0))
@@ -473,11 +521,69 @@ class H2Connection(asyncio.Protocol):
             if increment == 0 or stream.send_window + increment > w.MAX_WINDOW:
                 # RFC 9113 §6.9: an increment of 0 is a PROTOCOL_ERROR, an overflow §6.9.1's
                 code = w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR
-                self._write(w.rst_stream(sid, code))
-                self._reset(stream)
+                self._stream_error(stream, code)
                 return
             stream.send_window += increment
         self._wake_senders()
+
+    def _stream_error(self, stream: Stream, code: int) -> None:
+        """RST_STREAM for a client's mistake on one stream; its handler is cancelled. Each
+        costs the client a token: a client that makes the server reset streams it opened
+        cheaply ("MadeYouReset", CVE-2025-8671) is a rapid reset by other means."""
+        self._write(w.rst_stream(stream.id, code))
+        self._reset(stream)
+        self._no_progress("stream errors")
+
+    def _no_progress(self, what: str) -> None:
+        """Spend one token of the connection's bucket on a frame that moves no call forward;
+        an empty bucket is a flood (ENHANCE_YOUR_CALM, as nghttp2 and Go's server answer
+        CVE-2019-9518's). Only such frames pay, so a busy well-behaved client never does."""
+        s = self.server
+        now = self.loop.time()
+        tokens = min(float(s.flood_burst), self._tokens + (now - self._tokens_at) * s.flood_rate)
+        self._tokens_at = now
+        if tokens < 1.0:
+            raise ConnectionError_(w.ENHANCE_YOUR_CALM, f"flood of {what}")
+        self._tokens = tokens - 1.0
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        """First the handshake deadline, then the idle checks every ``idle_timeout``."""
+        self._timer = None
+        if self.closed:
+            return
+        http1 = self._http1
+        if not (self._settings_seen or (http1 is not None and http1.requests)):
+            limit = self.server.handshake_timeout
+            left = self._opened_at + limit - self.loop.time() if limit is not None else 0.0
+            if left > 0.001:  # the idle period was the shorter: wait for the handshake's
+                self._timer = self.loop.call_later(left, self._on_timer)
+                return
+            # a slowloris: nothing, or a byte now and then, never a whole preface
+            log.info("grpc connection %s closed: no complete preface in time", self.peer)
+            self.abort()
+            return
+        timeout = self.server.idle_timeout
+        if timeout is None:
+            return
+        # Activity is a call started since the previous check (new stream ids only grow;
+        # HTTP/1 counts its requests); PINGs are not activity, as in grpc-go's
+        # MaxConnectionIdle, or keepalive pings would hold an unused connection forever.
+        # Closing needs no call open at this check and the previous one and no new call in
+        # between, so the connection was idle for between one and two periods.
+        mark = http1.requests if http1 is not None else self._last_stream
+        busy = bool(self.streams) if http1 is None else http1.busy
+        if not busy and not self._busy_before and mark == self._idle_mark:
+            log.info("grpc connection %s closed: idle", self.peer)
+            if http1 is not None:
+                self.close_transport()
+            else:
+                self.goaway()  # GOAWAY NO_ERROR: the client reconnects for its next call
+            return
+        self._idle_mark = mark
+        self._busy_before = busy
+        self._timer = self.loop.call_later(timeout, self._on_timer)
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -503,8 +609,7 @@ class H2Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is not None:  # trailers of a request: gRPC sends none, but they are legal
             if stream.recv_closed:  # the request had ended (RFC 9113 §5.1, half-closed)
-                self._write(w.rst_stream(sid, w.STREAM_CLOSED))
-                self._reset(stream)
+                self._stream_error(stream, w.STREAM_CLOSED)
                 return
             if flags & w.END_STREAM:
                 self._end_of_request(stream)
@@ -515,6 +620,7 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(w.PROTOCOL_ERROR, f"HEADERS on closed or even stream {sid}")
         self._last_stream = sid
         if self._goaway_sent or len(self.streams) >= self.server.max_concurrent_streams:
+            self._no_progress("refused streams")
             self._write(w.rst_stream(sid, w.REFUSED_STREAM))
             return
         self._open_call(sid, flags, headers)
@@ -831,9 +937,30 @@ class H2Connection(asyncio.Protocol):
         log.warning("grpc connection %s closed: %s", self.peer, reason)
         self._write(w.goaway(self._last_stream, code, reason.encode()[:256]))
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._linger_close()
         self.connection_lost(None)
+
+    def _linger_close(self) -> None:
+        """Close after a GOAWAY so the client reads it: closing a socket with unread input
+        sends a TCP reset, which may destroy the GOAWAY in flight (RFC 9113 §6.8 asks for
+        time to receive it). Our side of the stream ends now; what the client still sends
+        is dropped (``closed``) until it closes too, or for at most a second (Go's server
+        waits as long)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+            lingering = self.server.lingering
+            lingering.add(transport)
+
+            def close() -> None:
+                lingering.discard(transport)
+                transport.close()
+
+            self.loop.call_later(_LINGER_S, close)
+        else:  # TLS: no half-close
+            transport.close()
 
 
 _TRANSPORT_HEADERS = frozenset({

@@ -76,6 +76,12 @@ class Http1Session:
         self._buf = bytearray()
         self._task: asyncio.Task[None] | None = None
         self._close_after = False
+        self.requests = 0  # requests started: the connection's activity count
+
+    @property
+    def busy(self) -> bool:
+        """A request is being answered (a streamed answer may last long: not idle)."""
+        return self._task is not None
 
     def feed(self, data: bytes | bytearray) -> None:
         self._buf += data
@@ -100,6 +106,7 @@ class Http1Session:
         parsed = self._parse()
         if parsed is None:
             return
+        self.requests += 1
         self._task = asyncio.get_running_loop().create_task(self._serve(parsed))
 
     def _parse(self) -> Request | Response | None:

@@ -51,13 +51,25 @@ class GrpcServer:
     ``max_receive_message_length`` bounds a request message (larger ones end their call with
     RESOURCE_EXHAUSTED, as grpc does). Flow-control windows are generous so a unary request
     of the largest allowed size needs no window update round trip.
+
+    ``handshake_timeout``: seconds a new connection has to send its whole preface (the HTTP/2
+    magic and SETTINGS, or a first HTTP/1 request), so sockets opened and left silent (or
+    fed a byte at a time) are closed. ``idle_timeout``: a connection with no call open and
+    none started for that long (up to twice that) is closed with GOAWAY; two hours by
+    default, generous as grpc-go's MaxConnectionIdle is meant to be (None: never).
+    ``flood_burst`` and ``flood_rate``: the per-connection token bucket of frames that
+    carry no progress (empty DATA or CONTINUATION, PRIORITY, SETTINGS, unknown types, stream
+    errors): a client that spends more than ``flood_burst`` plus ``flood_rate`` per second
+    loses the connection with ENHANCE_YOUR_CALM.
     """
 
     def __init__(self, *, max_receive_message_length: int = 4 * MIB,
                  max_concurrent_streams: int = 10_000, stream_window: int = 4 * MIB,
                  connection_window: int = 16 * MIB, max_frame_size: int = 1 * MIB,
                  max_header_list_size: int = 64 * 1024,
-                 http1_handler: Handler | None = None) -> None:
+                 http1_handler: Handler | None = None,
+                 handshake_timeout: float | None = 10.0, idle_timeout: float | None = 7200.0,
+                 flood_burst: int = 1000, flood_rate: float = 100.0) -> None:
         self.methods: dict[bytes, Method] = {}
         # answers connections that speak HTTP/1.x instead of gRPC (404 for all if None)
         self.http1_handler = http1_handler
@@ -69,7 +81,13 @@ class GrpcServer:
         self.connection_window = min(MAX_WINDOW, max(connection_window, self.stream_window))
         self.max_frame_size = max_frame_size
         self.max_header_list_size = max_header_list_size
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.flood_burst = flood_burst
+        self.flood_rate = flood_rate
         self.connections: set[H2Connection] = set()
+        # failed connections waiting for their client to read the GOAWAY (closed by stop)
+        self.lingering: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None
 
     def add_service(self, service: ServiceDescriptor, servicer: object) -> None:
@@ -108,6 +126,9 @@ class GrpcServer:
                 await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.abort()
+        for transport in list(self.lingering):
+            transport.close()
+        self.lingering.clear()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -62,6 +62,9 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:
+        return False  # closes at once after a GOAWAY, as over TLS
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 4242) if name == "peername" else default
 

@@ -27,8 +27,6 @@ cut off with ENHANCE_YOUR_CALM (the CVE-2019-9518 class of floods, and "MadeYouR
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hpack
 
 from quorum.api.h2grpc import wire as w
+from quorum.api.h2grpc.fields import RequestHead, parse_request, trailers_problem
 from quorum.api.h2grpc.http1 import Http1Session, looks_like_http1
 from quorum.api.h2grpc.status import (
     DEADLINE_EXCEEDED,
@@ -196,6 +195,7 @@ class H2Connection(asyncio.Protocol):
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = server.max_header_list_size
         self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._request_cache: dict[bytes, RequestHead] = {}  # parses of cached blocks
         self._continuation: tuple[int, int, bytearray] | None = None
         self.streams: dict[int, Stream] = {}
         self._last_stream = 0
@@ -600,67 +600,73 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(w.COMPRESSION_ERROR, f"header block: {exc}") from exc
         if block.translate(None, _HIGH_BYTES):
             self._header_cache.clear()
+            self._request_cache.clear()
         elif len(self._header_cache) < _HEADER_CACHE_SIZE:
             self._header_cache[block] = headers
         return headers
 
     def _headers_complete(self, sid: int, flags: int, block: bytes) -> None:
-        headers = self._decode_headers(block)  # always: it keeps the HPACK table in step
         stream = self.streams.get(sid)
         if stream is not None:  # trailers of a request: gRPC sends none, but they are legal
-            if stream.recv_closed:  # the request had ended (RFC 9113 §5.1, half-closed)
-                self._stream_error(stream, w.STREAM_CLOSED)
-                return
-            if flags & w.END_STREAM:
-                self._end_of_request(stream)
-            else:
-                raise ConnectionError_(w.PROTOCOL_ERROR, "second HEADERS without END_STREAM")
+            self._trailers(stream, flags, self._decode_headers(block))
             return
+        # A block cached by _decode_headers changes no HPACK state, so its parse is reused
+        # without decoding it again; any other block is decoded to keep the table in step.
+        head = self._request_cache.get(block)
+        if head is None:
+            head = parse_request(self._decode_headers(block))
+            if block in self._header_cache:
+                self._request_cache[block] = head
         if sid % 2 == 0 or sid <= self._last_stream:
             raise ConnectionError_(w.PROTOCOL_ERROR, f"HEADERS on closed or even stream {sid}")
         self._last_stream = sid
+        if head.problem is not None:
+            # RFC 9113 §8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR
+            log.info("grpc connection %s: stream %d refused: %s", self.peer, sid, head.problem)
+            self._write(w.rst_stream(sid, w.PROTOCOL_ERROR))
+            self._no_progress("malformed requests")
+            return
         if self._goaway_sent or len(self.streams) >= self.server.max_concurrent_streams:
             self._no_progress("refused streams")
             self._write(w.rst_stream(sid, w.REFUSED_STREAM))
             return
-        self._open_call(sid, flags, headers)
+        self._open_call(sid, flags, head)
 
-    def _open_call(self, sid: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
-        path = ctype = timeout = encoding = b""
-        method_name = b""
-        metadata: list[tuple[str, str | bytes]] = []
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method_name = value
-            elif name == b"content-type":
-                ctype = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name[:1] != b":" and name not in _TRANSPORT_HEADERS:
-                metadata.append((name.decode("latin-1"), _metadata_value(name, value)))
-        method = self.server.methods.get(path)
+    def _trailers(self, stream: Stream, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if stream.recv_closed:  # the request had ended (RFC 9113 §5.1, half-closed)
+            self._stream_error(stream, w.STREAM_CLOSED)
+            return
+        if not flags & w.END_STREAM:
+            raise ConnectionError_(w.PROTOCOL_ERROR, "second HEADERS without END_STREAM")
+        problem = trailers_problem(headers)
+        if problem is not None:  # RFC 9113 §8.1: malformed trailers end the stream
+            log.info("grpc connection %s: stream %d reset: %s", self.peer, stream.id, problem)
+            self._stream_error(stream, w.PROTOCOL_ERROR)
+            return
+        self._end_of_request(stream)
+
+    def _open_call(self, sid: int, flags: int, head: RequestHead) -> None:
+        method = self.server.methods.get(head.path)
         # Until the client acknowledges our SETTINGS it may assume the default stream window.
         stream = Stream(sid, method, self._peer_initial_window,
                         max(self.server.stream_window, w.DEFAULT_WINDOW))
-        stream.metadata = tuple(metadata)
+        stream.metadata = head.metadata
         self.streams[sid] = stream
         if flags & w.END_STREAM:
             stream.recv_closed = True
-        if method_name != b"POST" or not ctype.startswith(b"application/grpc"):
+        encoding = head.encoding
+        if head.method != b"POST" or not head.content_type.startswith(b"application/grpc"):
             self._answer_error(stream, INTERNAL, "not a gRPC request")
         elif method is None:
-            self._answer_error(stream, UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
+            self._answer_error(stream, UNIMPLEMENTED,
+                               f"unknown method {head.path.decode('latin-1')}")
         elif encoding not in (b"", b"identity", b"gzip", b"deflate"):
             self._answer_error(stream, UNIMPLEMENTED,
                                f"grpc: decompressor for {encoding.decode('latin-1')} not installed")
         else:
             stream.compressed_ok = encoding in (b"gzip", b"deflate")
-            if timeout:
-                self._set_deadline(stream, timeout)
+            if head.timeout:
+                self._set_deadline(stream, head.timeout)
             if method.client_streaming and not stream.discard:  # not if refused just above
                 self._start(stream, self.server.run_streaming_request(self, stream, Context(self, stream)))
         if stream.recv_closed and not stream.discard:
@@ -961,23 +967,6 @@ class H2Connection(asyncio.Protocol):
             self.loop.call_later(_LINGER_S, close)
         else:  # TLS: no half-close
             transport.close()
-
-
-_TRANSPORT_HEADERS = frozenset({
-    b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
-    b"user-agent", b"content-length",
-})
-
-
-def _metadata_value(name: bytes, value: bytes) -> str | bytes:
-    """A metadata value as grpc.aio hands it over: text, or for a "-bin" key the bytes its
-    base64 text (sent unpadded) stands for; undecodable base64 is passed on as is."""
-    if not name.endswith(b"-bin"):
-        return value.decode("latin-1")
-    try:
-        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-    except binascii.Error:
-        return value
 
 
 def _strip_padding(payload: bytes) -> bytes:

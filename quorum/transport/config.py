@@ -21,6 +21,8 @@ class TransportConfig:
     ``ping_interval_s`` and reconnects when no PONG came for ``ping_interval_s +
     ping_timeout_s``: a silently dead connection (a partition drops packets, no FIN or RST)
     would otherwise swallow writes until the kernel's retransmission timeout, many minutes.
+    Messages sent ``lazy`` (see :meth:`PeerTransport.send`) wait at most ``lazy_flush_s``
+    for other messages to the same peer to travel with (0: they leave like any other).
     """
 
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -37,6 +39,7 @@ class TransportConfig:
     snapshot_ack_timeout_s: float = 60.0
     ping_interval_s: float = 1.0
     ping_timeout_s: float = 5.0
+    lazy_flush_s: float = 0.002
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first rule that is broken."""
@@ -49,6 +52,8 @@ class TransportConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.max_frame_bytes > 0xFFFFFFFF:
             raise ConfigError("max_frame_bytes must fit the u32 length field")
+        if self.lazy_flush_s < 0:
+            raise ConfigError("lazy_flush_s must be >= 0")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s must be >= backoff_initial_s")
         if self.backoff_multiplier < 1:

@@ -143,30 +143,46 @@ class _Link:
         self._broken: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._flush_scheduled = False
+        # armed while only lazy messages are queued: they leave by then at the latest
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self._failures_in_row = 0
         self._last_pong = 0.0
         self._loop = asyncio.get_running_loop()
         self.task = self._loop.create_task(self._run())
 
-    def enqueue(self, messages: list[Message]) -> bool:
-        """Queue messages; False if some were dropped (backing off or the queue is full)."""
+    def enqueue(self, messages: list[Message], lazy: bool = False) -> bool:
+        """Queue messages; False if some were dropped (backing off or the queue is full).
+        ``lazy``: see PeerTransport.send."""
         room = self.owner.config.max_queued_messages - len(self._pending) if self._accepting else 0
-        if room >= len(messages):
-            self._pending += messages
-            self._schedule_flush()
+        kept = messages if room >= len(messages) else messages[:max(room, 0)]
+        if kept:
+            self._pending += kept  # (a prefix keeps the order of what we keep)
+            if lazy and self.owner.config.lazy_flush_s > 0:
+                self._arm_lazy_timer()
+            else:
+                self._schedule_flush()
+        if len(kept) == len(messages):
             return True
-        if room > 0:
-            self._pending += messages[:room]  # a prefix keeps the order of what we keep
-            self._schedule_flush()
         self.stats.dropped_messages += len(messages) - max(room, 0)
         return False
+
+    def _arm_lazy_timer(self) -> None:
+        # Without a writer the link task flushes the queue once connected.
+        if self._lazy_timer is None and self._writer is not None:
+            self._lazy_timer = self._loop.call_later(
+                self.owner.config.lazy_flush_s, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        self._flush()
 
     def stop(self) -> None:
         # Cancelling alone is not enough on Python 3.11: asyncio.wait_for can swallow a
         # cancellation that races with its inner future completing, so the task also checks
         # the flag at every step.
         self._stopped = True
+        self._cancel_lazy_timer()
         self._wakeup.set()
         self.task.cancel()
         if self._writer is not None:
@@ -185,9 +201,15 @@ class _Link:
         if self._pending:
             self._flush()
 
+    def _cancel_lazy_timer(self) -> None:
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+
     def _flush(self) -> None:
         """Encode everything queued once and write it, unless the socket is backed up."""
         self._flush_scheduled = False
+        self._cancel_lazy_timer()  # lazy messages queued so far leave with this write
         writer = self._writer
         if writer is None or not self._pending or self._broken is not None:
             return
@@ -465,11 +487,17 @@ class PeerTransport:
 
     # --- sending --------------------------------------------------------------------------
 
-    def send(self, messages: list[Message]) -> None:
+    def send(self, messages: list[Message], *, lazy: bool = False) -> None:
         """Queue messages for their destinations (``msg.to``); never blocks, never raises.
 
         Messages to unknown peers, to peers whose link is backing off, or beyond a full queue
         are dropped and the peer reported unreachable (once per peer per call).
+
+        ``lazy``: nothing waits for these messages, so they need not cost a write of their
+        own: they stay queued until the next write to their peer (the next non-lazy send's
+        flush, in order behind what was queued before them) or ``config.lazy_flush_s``
+        at the latest. Without ``lazy`` a link writes at the end of the loop turn, or at
+        :meth:`flush`.
         """
         by_peer: dict[int, list[Message]] = {}
         for msg in messages:
@@ -480,7 +508,7 @@ class PeerTransport:
                 group.append(msg)
         for peer_id, group in by_peer.items():
             link = self._links.get(peer_id)
-            if link is None or not link.enqueue(group):
+            if link is None or not link.enqueue(group, lazy):
                 self.report_unreachable(peer_id)
 
     def flush(self) -> None:

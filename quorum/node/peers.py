@@ -30,6 +30,19 @@ def peer_addresses(members: Mapping[int, MemberInfo]) -> dict[int, tuple[str, in
     return {m.id: split_addr(m.peer_url) for m in members.values() if m.peer_url}
 
 
+def _is_commit_notice(msg: Message) -> bool:
+    """An append without entries: it only tells a follower the leader's commit index (or
+    probes a follower already up to date). Nothing waits for it: a client's write is
+    answered once the leader commits, and a follower's linearizable read is released by
+    the heartbeat round of its ReadIndex, which leaves at once and takes every message
+    queued before it along. So it is sent lazily (PeerTransport.send): with the next append
+    to that follower, usually the next write's, or within ``lazy_flush_s``. Sent at once,
+    each notice costs every follower a wake-up, a Ready and an ack, and the leader a write
+    per follower and a step per ack, all in the way of the next write (measured in
+    docs/benchmarks.md, "Running cluster")."""
+    return msg.type == MessageType.APP and not msg.entries
+
+
 class PeerLink:
     """Connects one RaftServer to one PeerTransport. Build it, then set ``transport``."""
 
@@ -61,12 +74,15 @@ class PeerLink:
         plain = [m for m in messages if m.type != MessageType.SNAP]
         if plain:
             try:
-                self.transport.send(plain)
-                # Written now, not at the next loop turn: the Ready loop calls this once for
-                # a leader's appends (before its fsync) and once for what waited for the
-                # fsync (append acks, votes) -- each is on some write's critical path, and
-                # the loop may go on applying a large batch before it yields.
-                self.transport.flush()
+                if all(_is_commit_notice(m) for m in plain):
+                    self.transport.send(plain, lazy=True)
+                else:
+                    self.transport.send(plain)
+                    # Written now, not at the next loop turn: the Ready loop calls this once
+                    # for a leader's appends (before its fsync) and once for what waited for
+                    # the fsync (append acks, votes) -- each is on some write's critical
+                    # path, and the loop may go on applying a large batch before it yields.
+                    self.transport.flush()
             except Exception:
                 # The Ready loop stops the node on any exception it sees (a storage failure
                 # must). A transport fault must not: Raft tolerates lost messages (they are

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quorum.node.peers import PeerLink
-from quorum.raft.types import Message, MessageType
+from quorum.raft.types import Entry, Message, MessageType
 from quorum.transport.tcp import PeerTransport
 
 from .test_core import Net
@@ -76,3 +76,48 @@ def test_a_transport_fault_drops_the_messages_and_never_reaches_the_ready_loop(
     follower = next(i for i in net.cores if i != leader)
     link.send([Message(MessageType.HEARTBEAT, to=follower, from_=leader, term=1)])  # no raise
     assert "sending 1 messages failed; dropped" in caplog.text
+
+
+class _Recorder:
+    """A transport that records each send (with its ``lazy`` flag) and each flush."""
+
+    on_peer_closed = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[MessageType], bool]] = []
+
+    def send(self, messages: list[Message], *, lazy: bool = False) -> None:
+        self.calls.append(("send", [m.type for m in messages], lazy))
+
+    def flush(self) -> None:
+        self.calls.append(("flush", [], False))
+
+
+def _link_with_recorder() -> tuple[PeerLink, _Recorder]:
+    net = Net(3)
+    link = PeerLink(_Server(net.cores[net.elect()]))  # type: ignore[arg-type]
+    recorder = _Recorder()
+    link._transport = recorder  # type: ignore[assignment]
+    return link, recorder
+
+
+def test_commit_notices_are_sent_lazily_and_everything_else_at_once() -> None:
+    """An append without entries (a commit notice) waits for the next write to its peer;
+    appends with entries, acks, heartbeats and read answers are written at once, and a
+    batch that mixes both is written at once too (a notice never delays what follows it)."""
+    link, rec = _link_with_recorder()
+    entry = Entry(term=1, index=2, data=b"x")
+    notice = [Message(MessageType.APP, to=2, from_=1, term=1, index=2, commit=2),
+              Message(MessageType.APP, to=3, from_=1, term=1, index=2, commit=2)]
+    link.send(notice)
+    assert rec.calls == [("send", [MessageType.APP, MessageType.APP], True)]
+    for urgent in (
+        [Message(MessageType.APP, to=2, from_=1, term=1, index=1, entries=(entry,))],
+        [Message(MessageType.APP_RESP, to=2, from_=1, term=1, index=2)],
+        [Message(MessageType.HEARTBEAT, to=2, from_=1, term=1)],
+        [Message(MessageType.READ_INDEX_RESP, to=2, from_=1, term=1, index=2)],
+        [notice[0], Message(MessageType.HEARTBEAT, to=3, from_=1, term=1)],
+    ):
+        rec.calls.clear()
+        link.send(urgent)
+        assert rec.calls == [("send", [m.type for m in urgent], False), ("flush", [], False)]

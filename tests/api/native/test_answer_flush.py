@@ -1,0 +1,62 @@
+"""When answers of writes completed by the node's Ready loop leave: the first of a loop turn
+at once (a lone client does not wait for the rest of the turn), later ones of the same turn
+together in one write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from quorum.api.native import messages as m
+from quorum.api.native.server import serve_native
+from quorum.state.commands import PutRequest, PutResponse
+
+from .test_direct_writes import _CallbackBackend, _wait_parked
+from .test_server import RawConn, run
+
+
+class _CountingTransport:
+    """Wraps a connection's transport to count its writes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_first_answer_of_a_turn_leaves_at_once_the_rest_together() -> None:
+    async def body() -> None:
+        backend = _CallbackBackend()
+        server = await serve_native(backend, "127.0.0.1", 0)
+        conn = await RawConn.open(server)
+        conn.send(*(m.Request(i, PutRequest(b"k%d" % i, b"v")) for i in range(1, 51)))
+        await _wait_parked(backend, 50)
+        (served,) = server.connections
+        counting = _CountingTransport(served._transport)
+        served._transport = counting  # type: ignore[assignment]
+        parked, backend.parked = backend.parked, []
+        waiters = [p[3] for p in parked]
+        waiters[0].resolve(PutResponse(1))  # as the Ready loop does: all in one turn
+        assert counting.writes == 1  # written before the turn ends
+        for i, waiter in enumerate(waiters[1:], start=2):
+            waiter.resolve(PutResponse(i))
+        assert counting.writes == 1  # the others wait for the end of the turn
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert counting.writes == 2  # ... and leave in one write
+        answers = await conn.answers(50)
+        assert [a.id for a in answers] == list(range(1, 51))
+        conn.send(m.Request(51, PutRequest(b"k", b"v")))
+        await _wait_parked(backend, 1)
+        backend.parked[0][3].resolve(PutResponse(51))  # a new turn: at once again
+        assert counting.writes == 3
+        assert [a.id for a in await conn.answers(1)] == [51]
+        await server.close()
+
+    run(body())

@@ -27,10 +27,12 @@ cut off with ENHANCE_YOUR_CALM (the CVE-2019-9518 class of floods, and "MadeYouR
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import re
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import hpack
 
@@ -71,6 +73,8 @@ class Stream:
 
     __slots__ = (
         "buf",
+        "callbacks",
+        "cancelled",
         "compressed_ok",
         "deadline",
         "discard",
@@ -85,6 +89,7 @@ class Stream:
         "send_window",
         "task",
         "timed_out",
+        "trailing",
         "unacked",
         "waiter",
     )
@@ -108,6 +113,18 @@ class Stream:
         self.unacked = 0  # bytes consumed but not yet credited back to the client
         self.discard = False  # answered already (bad call): later DATA is dropped
         self.compressed_ok = False
+        self.cancelled = False  # reset by the client, its deadline or the connection's end
+        self.trailing = b""  # the handler's trailing metadata, as header block fields
+        self.callbacks: list[Callable[[], None]] | None = None  # Context.add_done_callback
+
+    def ended(self) -> None:
+        """The call is over: run the done callbacks (once)."""
+        callbacks, self.callbacks = self.callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                log.exception("grpc done callback failed")
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -115,25 +132,66 @@ class Stream:
 
 
 class Context:
-    """The servicer-facing call context (the subset of grpc.aio.ServicerContext quorum's
-    servicers use)."""
+    """The servicer-facing call context: grpc.aio.ServicerContext's methods, so servicers
+    written for grpc.aio run unchanged."""
 
-    __slots__ = ("_code", "_conn", "_details", "_stream")
+    __slots__ = ("_code", "_conn", "_details", "_stream", "_trailing")
 
     def __init__(self, conn: H2Connection, stream: Stream) -> None:
         self._conn = conn
         self._stream = stream
         self._code: Any = None
         self._details = ""
+        self._trailing: tuple[tuple[str, str | bytes], ...] = ()
 
-    async def abort(self, code: Any, details: str = "") -> None:
+    async def abort(self, code: Any, details: str = "",
+                    trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> NoReturn:
+        """End the call with ``code``; ``trailing_metadata``, if given, replaces what
+        set_trailing_metadata set (as in grpc.aio)."""
+        if trailing_metadata:
+            self.set_trailing_metadata(trailing_metadata)
         raise AbortError(code, details)
+
+    async def abort_with_status(self, status: Any) -> NoReturn:
+        """``abort`` with a ``grpc.Status`` (code, details, trailing_metadata)."""
+        await self.abort(status.code, status.details, status.trailing_metadata or ())
 
     def set_code(self, code: Any) -> None:
         self._code = code
 
     def set_details(self, details: str) -> None:
         self._details = details
+
+    def code(self) -> Any:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        """Send the response headers now, with ``metadata``; at most once per call, and
+        only before the first message (grpc.aio raises UsageError too)."""
+        stream = self._stream
+        if stream.headers_sent:
+            from grpc.aio import UsageError  # type: ignore[import-untyped]  # grpc's own type
+
+            raise UsageError("Send initial metadata failed: already sent")
+        block = metadata_block(metadata)
+        if block is None:
+            raise AbortError(INTERNAL, "Invalid metadata")
+        if not stream.done:
+            self._conn.send_headers(stream, block)
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        """Fields sent with the call's status (the last call wins). Invalid keys or values
+        end the call with INTERNAL "Invalid metadata" when the status is sent, as in
+        grpc.aio."""
+        self._trailing = tuple(metadata)
+        block = metadata_block(self._trailing)
+        self._stream.trailing = _INVALID if block is None else block
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._trailing
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._stream.metadata
@@ -142,16 +200,79 @@ class Context:
         return self._conn.peer
 
     def cancelled(self) -> bool:
-        return self._stream.done and self._conn.closed
+        """True once the client reset the call, its deadline passed or its connection
+        ended. (grpc.aio 1.85 answers False even then, inside or after the handler.)"""
+        return self._stream.cancelled
 
     def done(self) -> bool:
-        return self._stream.done
+        """True once the call ended: status sent, or cancelled (a deadline's status may
+        still be on its way)."""
+        return self._stream.done or self._stream.cancelled
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """``callback(context)`` when the call ends (at once if it has)."""
+        stream = self._stream
+        if stream.done:
+            callback(self)
+            return
+        if stream.callbacks is None:
+            stream.callbacks = []
+        stream.callbacks.append(lambda: callback(self))
 
     def time_remaining(self) -> float | None:
         handle = self._stream.deadline
         if handle is None:
             return None
         return max(0.0, handle.when() - asyncio.get_running_loop().time())
+
+    def set_compression(self, compression: Any) -> None:
+        """Accepted; answers are sent uncompressed (compressing them is optional)."""
+
+    def disable_next_message_compression(self) -> None:
+        """Accepted; no message is compressed anyway."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """grpc's auth context: security level, transport type, and under mutual TLS the
+        client certificate's names (grpc's keys)."""
+        return self._conn.auth_context()
+
+    def peer_identities(self) -> list[bytes] | None:
+        key = self.peer_identity_key()
+        return None if key is None else self.auth_context()[key]
+
+    def peer_identity_key(self) -> str | None:
+        """As grpc: the certificate's alternative names if it has any, else its common
+        name; None without a client certificate."""
+        auth = self.auth_context()
+        for key in ("x509_subject_alternative_name", "x509_common_name"):
+            if key in auth:
+                return key
+        return None
+
+
+# grpc's metadata rules: keys of lowercase letters, digits, "-", "_", "." (not "grpc-",
+# which is reserved), printable ASCII text values; "-bin" values are bytes, sent in base64
+_MD_KEY = re.compile(r"[0-9a-z_.\-]+\Z")
+_MD_VALUE = re.compile(r"[\x20-\x7e]*\Z")
+_INVALID = b"\xff"  # a Stream.trailing marker: the handler's trailing metadata is invalid
+
+
+def metadata_block(metadata: Sequence[tuple[str, str | bytes]]) -> bytes | None:
+    """The header fields for ``metadata`` (literal, not indexed), or None if a key or a
+    value is not valid gRPC metadata."""
+    out = []
+    for key, value in metadata:
+        if not isinstance(key, str) or not _MD_KEY.match(key) or key.startswith("grpc-"):
+            return None
+        if key.endswith("-bin"):
+            raw = value if isinstance(value, bytes) else value.encode("utf-8")
+            data = base64.b64encode(raw).rstrip(b"=")
+        elif isinstance(value, str) and _MD_VALUE.match(value):
+            data = value.encode("ascii")
+        else:
+            return None
+        out.append(w.literal(key.encode("ascii"), data))
+    return b"".join(out)
 
 
 class _RequestIterator:
@@ -233,7 +354,12 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple) and len(peer) == 4:  # grpc's form of an IPv6 peer
+            self.peer = f"ipv6:[{peer[0]}]:{peer[1]}"
+        elif isinstance(peer, tuple):
+            self.peer = f"ipv4:{peer[0]}:{peer[1]}"
+        else:
+            self.peer = f"unix:{peer}" if peer else "unknown"
         self.server.connections.add(self)
         self._opened_at = self.loop.time()
         periods = [t for t in (self.server.handshake_timeout, self.server.idle_timeout) if t]
@@ -242,6 +368,25 @@ class H2Connection(asyncio.Protocol):
             self._timer = self.loop.call_later(first, self._on_timer)
         # Our SETTINGS wait for the client's preface (RFC 9113 §3.4 allows it): an HTTP/1
         # client on this port must not read binary frames before its answer.
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """grpc's auth context: the security level and transport type and, under mutual
+        TLS, the client certificate's common and alternative names."""
+        if self.transport is None or self.transport.get_extra_info("sslcontext") is None:
+            return {"security_level": [b"TSI_SECURITY_NONE"],
+                    "transport_security_type": [b"insecure"]}
+        out: dict[str, list[bytes]] = {"security_level": [b"TSI_PRIVACY_AND_INTEGRITY"],
+                                       "transport_security_type": [b"ssl"]}
+        cert = self.transport.get_extra_info("peercert") or {}
+        names = [value.encode() for rdn in cert.get("subject", ()) for key, value in rdn
+                 if key == "commonName"]
+        if names:
+            out["x509_common_name"] = names
+        alt = [value.encode() for kind, value in cert.get("subjectAltName", ())
+               if kind in ("DNS", "IP Address")]
+        if alt:
+            out["x509_subject_alternative_name"] = alt
+        return out
 
     def _send_preface(self) -> None:
         s = self.server
@@ -681,6 +826,8 @@ class H2Connection(asyncio.Protocol):
 
     def _expire(self, stream: Stream) -> None:
         stream.timed_out = True
+        stream.cancelled = True
+        stream.trailing = b""  # the status is the deadline's, not the handler's
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         elif not stream.done:
@@ -808,6 +955,8 @@ class H2Connection(asyncio.Protocol):
         (the usual case); False if the caller must take the flow-controlled path."""
         if stream.done:
             return True
+        if stream.headers_sent or stream.trailing:  # the handler's metadata: general path
+            return False
         n = len(payload) + 5
         if n > self._send_window or n > stream.send_window or n > self._peer_max_frame:
             return False
@@ -846,6 +995,12 @@ class H2Connection(asyncio.Protocol):
         stream.headers_sent = True
         self._write(w.frame(w.HEADERS, w.END_HEADERS, stream.id, w.RESPONSE_HEADERS))
 
+    def send_headers(self, stream: Stream, metadata: bytes) -> None:
+        """The response headers with the handler's metadata fields, ahead of any message."""
+        stream.headers_sent = True
+        self._write(w.header_frames(stream.id, w.RESPONSE_HEADERS + metadata, False,
+                                    self._peer_max_frame))
+
     async def _wait_for_window(self) -> None:
         fut = self.loop.create_future()
         self._send_waiters.append(fut)
@@ -862,7 +1017,10 @@ class H2Connection(asyncio.Protocol):
         response if nothing was sent yet."""
         if stream.done:
             return
-        block = w.status_block(code, message)
+        trailing = stream.trailing
+        if trailing == _INVALID:  # set_trailing_metadata was given invalid metadata
+            code, message, trailing = INTERNAL, "Invalid metadata", b""
+        block = w.status_block(code, message) + trailing
         if not stream.headers_sent:
             block = w.RESPONSE_HEADERS + block
         self._write(w.header_frames(stream.id, block, True, self._peer_max_frame))
@@ -887,17 +1045,22 @@ class H2Connection(asyncio.Protocol):
             # (RFC 9113 §8.1: RST_STREAM NO_ERROR after a complete response).
             self._write(w.rst_stream(stream.id, w.NO_ERROR))
         self.streams.pop(stream.id, None)
+        if stream.callbacks is not None:
+            stream.ended()
         self._maybe_close_after_goaway()
 
     def _reset(self, stream: Stream) -> None:
         """The client cancelled the call (or the connection ended): stop its handler."""
         stream.done = True
+        stream.cancelled = True
         if stream.deadline is not None:
             stream.deadline.cancel()
         self.streams.pop(stream.id, None)
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         stream.wake()
+        if stream.callbacks is not None:
+            stream.ended()
 
     def credit(self, stream: Stream, n: int) -> None:
         """``n`` bytes of the stream were consumed by its handler: let the client send more.

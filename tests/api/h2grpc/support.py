@@ -53,6 +53,7 @@ class Probe:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     metadata: list[tuple[tuple[str, str | bytes], ...]] = field(default_factory=list)
+    done: list[tuple[bool, bool]] = field(default_factory=list)  # done callbacks' view
 
 
 def blob(index: int, size: int) -> bytes:
@@ -68,7 +69,8 @@ class KVServicer:
     ``raise``: raise an unexpected exception; ``sleep``: wait to be cancelled;
     ``slow``: wait for ``probe.release``; ``meta``: answer the invocation metadata;
     ``setcode``: set NOT_FOUND and the text in range_end with set_code/set_details;
-    ``big``: one value of ``limit`` bytes. Txn and the others are not served."""
+    ``big``: one value of ``limit`` bytes; keys starting ``md-`` exercise the context's
+    metadata and state methods (see ``_context_case``). Txn and the others are not served."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -109,12 +111,83 @@ class KVServicer:
                 _kv(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in md])
         if key == b"big":
             return pb.RangeResponse(kvs=[_kv(b"big", blob(0, request.limit))])
+        if key.startswith(b"md-"):
+            return await _context_case(key.decode(), context, self.probe)
         return pb.RangeResponse(count=1, kvs=[_kv(key, key)])
+
+
+INITIAL = (("x-init", "a"), ("x-init-bin", bytes(range(256))))
+TRAILING = (("x-trail", "t v"), ("x-trail-bin", b"\xff\x00"))
+
+
+async def _context_case(key: str, context: Any, probe: Probe) -> pb.RangeResponse:
+    """grpc.aio ServicerContext behaviours, the same on both servers (test_differential):
+    the answer's kvs report what the handler saw."""
+    seen: list[tuple[str, str]] = []
+    if key == "md-both":  # headers now, trailers with the status
+        await context.send_initial_metadata(INITIAL)
+        context.set_trailing_metadata(TRAILING)
+        seen.append(("trailing_metadata", repr(context.trailing_metadata())))
+    elif key == "md-twice":
+        await context.send_initial_metadata(INITIAL)
+        try:
+            await context.send_initial_metadata((("x-again", "b"),))
+        except Exception as exc:
+            seen.append(("second", f"{type(exc).__name__}: {exc}"))
+    elif key == "md-abort-own":  # abort's own trailing metadata replaces the set ones
+        context.set_trailing_metadata(TRAILING)
+        await context.abort(grpc.StatusCode.NOT_FOUND, "gone", (("x-abort", "own"),))
+    elif key == "md-abort-set":
+        context.set_trailing_metadata(TRAILING)
+        await context.abort(grpc.StatusCode.NOT_FOUND, "gone")
+    elif key == "md-setcode":
+        context.set_trailing_metadata(TRAILING)
+        context.set_code(grpc.StatusCode.OUT_OF_RANGE)
+        context.set_details("past the end")
+        seen.append(("code", str(context.code())))
+        seen.append(("details", context.details()))
+    elif key == "md-raise":
+        context.set_trailing_metadata(TRAILING)
+        raise ValueError("failed with trailers")
+    elif key == "md-headers-then-abort":
+        await context.send_initial_metadata(INITIAL)
+        await context.abort(grpc.StatusCode.INTERNAL, "after headers")
+    elif key == "md-bad-initial":
+        await context.send_initial_metadata((("X-Upper", "a"),))
+    elif key == "md-bad-trailing":
+        context.set_trailing_metadata((("x-a", "a\nb"),))
+    elif key == "md-state":
+        remaining = context.time_remaining()
+        seen += [
+            ("code", str(context.code())), ("details", context.details()),
+            ("trailing_metadata", repr(context.trailing_metadata())),
+            ("cancelled", str(context.cancelled())), ("done", str(context.done())),
+            ("peer", context.peer().rsplit(":", 1)[0]),
+            ("deadline", "none" if remaining is None else str(0 < remaining <= 31)),
+        ]
+    elif key == "md-auth":
+        seen += [(k, repr(sorted(v))) for k, v in sorted(context.auth_context().items())]
+        seen.append(("peer_identities", repr(context.peer_identities())))
+        seen.append(("peer_identity_key", repr(context.peer_identity_key())))
+    elif key == "md-sleep":  # until cancelled: what the handler and its callback saw
+        context.add_done_callback(
+            lambda ctx: probe.done.append((ctx.cancelled(), ctx.done())))
+        probe.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            probe.done.append((context.cancelled(), context.done()))
+            raise
+    elif key == "md-done-callback":
+        context.add_done_callback(
+            lambda ctx: probe.done.append((ctx.cancelled(), ctx.done())))
+    return pb.RangeResponse(count=len(seen), kvs=[_kv(k.encode(), v.encode()) for k, v in seen])
 
 
 class WatchServicer:
     """Bidirectional echo: one answer per request, watch_id = the request's start_revision.
-    With metadata ``x-hold: 1`` it reads nothing until ``probe.release`` is set; a request
+    With metadata ``x-hold: 1`` it reads nothing until ``probe.release`` is set; with
+    ``x-md: 1`` it sends INITIAL metadata first and TRAILING with its status; a request
     with key ``abort`` aborts the call, one with key ``raise`` raises."""
 
     def __init__(self, probe: Probe) -> None:
@@ -126,6 +199,9 @@ class WatchServicer:
         try:
             if ("x-hold", "1") in context.invocation_metadata():
                 await self.probe.release.wait()  # reads nothing until released
+            if ("x-md", "1") in context.invocation_metadata():
+                await context.send_initial_metadata(INITIAL)
+                context.set_trailing_metadata(TRAILING)
             async for req in requests:
                 create = req.create_request
                 if create.key == b"abort":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from .support import (
     MaintenanceServicer,
     Probe,
     WatchServicer,
+    build_server,
     channel,
     run,
     serving,
@@ -48,8 +50,8 @@ def _grpcio_handlers(service: Any, servicer: object) -> grpc.GenericRpcHandler:
 
 
 @contextlib.asynccontextmanager
-async def grpcio_serving(**options: Any) -> AsyncIterator[str]:
-    probe = Probe()
+async def grpcio_serving(probe: Probe | None = None, **options: Any) -> AsyncIterator[str]:
+    probe = probe or Probe()
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", options.get("max_receive_message_length", 4 << 20)),
     ])
@@ -73,7 +75,9 @@ async def quorum_serving(**options: Any) -> AsyncIterator[str]:
         yield s.target
 
 
-Outcome = tuple[str, Any, str]
+# (kind, answer or code, details, (initial metadata, trailing metadata) of the caller's own
+# "x-" keys: transport headers differ between servers)
+Outcome = tuple[str, Any, str, Any]
 Scenario = Callable[[grpc.aio.Channel], Awaitable[Any]]
 
 
@@ -89,8 +93,46 @@ async def outcome(scenario: Scenario, target: str) -> Outcome:
         try:
             answer = await asyncio.wait_for(scenario(ch), STEP_S)
         except grpc.aio.AioRpcError as err:
-            return ("error", err.code(), err.details() or "")
-    return ("ok", answer, "")
+            metadata = (_own(err.initial_metadata()), _own(err.trailing_metadata()))
+            return ("error", err.code(), err.details() or "", metadata)
+    if isinstance(answer, WithMetadata):
+        return ("ok", answer.answer, "", answer.metadata)
+    return ("ok", answer, "", None)
+
+
+def _own(metadata: Any) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in metadata or () if k.startswith("x-")]
+
+
+@dataclass
+class WithMetadata:
+    answer: Any
+    metadata: tuple[list[tuple[str, Any]], list[tuple[str, Any]]]
+
+
+async def _answer_and_metadata(call: Any) -> WithMetadata:
+    if hasattr(call, "__aiter__"):
+        answer: Any = [str(r).replace("\n", " ") async for r in call]
+    else:
+        answer = await call
+    return WithMetadata(answer, (_own(await call.initial_metadata()),
+                                 _own(await call.trailing_metadata())))
+
+
+def _context(key: str, **kw: Any) -> Scenario:
+    async def call(ch: grpc.aio.Channel) -> Any:
+        return await _answer_and_metadata(
+            rpc.KVStub(ch).Range(pb.RangeRequest(key=key.encode()), **kw))
+    return call
+
+
+async def _watch_with_metadata(ch: grpc.aio.Channel) -> Any:
+    call = rpc.WatchStub(ch).Watch(metadata=(("x-md", "1"),))
+    for rev in (4, 5):
+        await call.write(pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(key=b"a", start_revision=rev)))
+    await call.done_writing()
+    return await _answer_and_metadata(call)
 
 
 def _range(key: bytes, range_end: bytes = b"", **kw: Any) -> Scenario:
@@ -164,6 +206,19 @@ _SCENARIOS: dict[str, tuple[Scenario, bool | str]] = {
     "binary metadata": (_binary_metadata, True),
     "server stream": (_snapshot, True),
     "bidi then raise": (_watch_then_raise, False),
+    "initial and trailing metadata": (_context("md-both"), True),
+    "initial metadata twice": (_context("md-twice"), True),
+    "abort with its own trailing metadata": (_context("md-abort-own"), True),
+    "abort with set trailing metadata": (_context("md-abort-set"), True),
+    "set_code with trailing metadata": (_context("md-setcode"), True),
+    "raise with trailing metadata": (_context("md-raise"), False),
+    "headers then abort": (_context("md-headers-then-abort"), True),
+    "invalid initial metadata": (_context("md-bad-initial"), True),
+    "invalid trailing metadata": (_context("md-bad-trailing"), True),
+    "context state": (_context("md-state"), True),
+    "context state with a deadline": (_context("md-state", timeout=30), True),
+    "bidi with metadata": (_watch_with_metadata, True),
+    "auth context": (_context("md-auth"), True),
 }
 
 
@@ -177,9 +232,46 @@ def test_same_outcome_as_grpcio_server(name: str) -> None:
         async with quorum_serving() as target:
             got = await outcome(scenario, target)
         assert got[:2] == want[:2], (got, want)
+        assert got[3] == want[3], (got, want)
         if details_too == "prefix":
             assert got[2] and want[2].startswith(got[2]), (got, want)
         elif details_too:
             assert got[2] == want[2], (got, want)
 
     run(body)
+
+
+def test_done_callbacks_see_the_same_state() -> None:
+    """add_done_callback runs once the call has ended, on both servers, with the same view
+    of cancelled() and done() (the normal end of a call)."""
+
+    async def seen(serve: Any) -> list[tuple[bool, bool]]:
+        probe = Probe()
+        async with serve(probe) as target:
+            got = await outcome(_context("md-done-callback"), target)
+            assert got[0] == "ok"
+            for _ in range(int(STEP_S / 0.01)):
+                if probe.done:
+                    break
+                await asyncio.sleep(0.01)
+        return probe.done
+
+    def ours(probe: Probe) -> Any:
+        return _quorum_with(probe)
+
+    async def body() -> None:
+        want = await seen(grpcio_serving)
+        assert want == [(False, True)]
+        assert await seen(ours) == want
+
+    run(body)
+
+
+@contextlib.asynccontextmanager
+async def _quorum_with(probe: Probe) -> AsyncIterator[str]:
+    server = build_server(probe, 3)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)

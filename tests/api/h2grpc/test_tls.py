@@ -18,7 +18,7 @@ import pytest
 from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 
-from .support import PREFACE, STEP_S, Probe, blob, build_server, run
+from .support import PREFACE, STEP_S, KVServicer, Probe, blob, build_server, run
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl command")
@@ -105,5 +105,53 @@ def test_tls_client_offering_only_http1_is_answered_in_http1(cert: tuple[Path, P
             assert answer.startswith(b"HTTP/1.1 404 "), answer
             writer.close()
             await _secure_calls(port, cert[0])
+
+    run(body)
+
+
+_AUTH_KEYS = {b"security_level", b"transport_security_type", b"x509_common_name",
+              b"x509_subject_alternative_name", b"peer_identities", b"peer_identity_key"}
+
+
+def test_auth_context_under_mutual_tls_is_grpcs(cert: tuple[Path, Path]) -> None:
+    """The same client certificate presented to grpc.aio's server and to quorum's: the
+    handler's auth_context, peer_identities and peer_identity_key agree (the keys quorum
+    fills; grpc adds more, such as the PEM of the certificate)."""
+    cert_pem, key_pem = cert[0].read_bytes(), cert[1].read_bytes()
+
+    async def seen(port: int) -> list[tuple[bytes, bytes]]:
+        creds = grpc.ssl_channel_credentials(cert_pem, key_pem, cert_pem)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+            got = await asyncio.wait_for(
+                rpc.KVStub(ch).Range(pb.RangeRequest(key=b"md-auth")), STEP_S)
+        return [(kv.key, kv.value) for kv in got.kvs if kv.key in _AUTH_KEYS]
+
+    async def body() -> None:
+        from .test_differential import _grpcio_handlers
+
+        reference = grpc.aio.server()
+        services = pb.DESCRIPTOR.services_by_name
+        reference.add_generic_rpc_handlers((_grpcio_handlers(services["KV"],
+                                                             KVServicer(Probe())),))
+        port = reference.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=cert_pem, require_client_auth=True))
+        await reference.start()
+        try:
+            want = await seen(port)
+        finally:
+            await reference.stop(None)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        ctx.load_verify_locations(str(cert[0]))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.set_alpn_protocols(["h2"])
+        server = build_server(Probe())
+        port = await server.start("127.0.0.1", 0, ssl_context=ctx)
+        try:
+            got = await seen(port)
+        finally:
+            await server.stop(None)
+        assert (b"x509_common_name", b"[b'localhost']") in want
+        assert got == want
 
     run(body)

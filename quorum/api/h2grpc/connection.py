@@ -131,11 +131,19 @@ class Stream:
             self.waiter.set_result(None)
 
 
+def _aio() -> Any:
+    """grpc.aio, imported when first needed: handlers written for it catch its UsageError
+    and compare with its EOF, so those are the objects to raise and return."""
+    from grpc import aio  # type: ignore[import-untyped]
+
+    return aio
+
+
 class Context:
     """The servicer-facing call context: grpc.aio.ServicerContext's methods, so servicers
     written for grpc.aio run unchanged."""
 
-    __slots__ = ("_code", "_conn", "_details", "_stream", "_trailing")
+    __slots__ = ("_code", "_conn", "_details", "_requests", "_stream", "_trailing")
 
     def __init__(self, conn: H2Connection, stream: Stream) -> None:
         self._conn = conn
@@ -143,6 +151,26 @@ class Context:
         self._code: Any = None
         self._details = ""
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
+        self._requests: _RequestIterator | None = None  # of a client-streaming call
+
+    async def read(self) -> Any:
+        """The next request message of a client-streaming call, or ``grpc.aio.EOF`` once
+        the client half-closed (grpc.aio's alternative to the request iterator)."""
+        aio = _aio()
+        if self._requests is None:
+            raise aio.UsageError("read() is for client-streaming calls")
+        try:
+            return await self._requests.__anext__()
+        except StopAsyncIteration:
+            return aio.EOF
+
+    async def write(self, message: Any) -> None:
+        """Send one response message of a server-streaming call (grpc.aio's alternative to
+        an async generator: the handler is then a coroutine that returns None)."""
+        method = self._stream.method
+        if method is None or not method.server_streaming:
+            raise _aio().UsageError("write() is for server-streaming calls")
+        await self._conn.send_message(self._stream, message.SerializeToString())
 
     async def abort(self, code: Any, details: str = "",
                     trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> NoReturn:
@@ -173,9 +201,7 @@ class Context:
         only before the first message (grpc.aio raises UsageError too)."""
         stream = self._stream
         if stream.headers_sent:
-            from grpc.aio import UsageError  # type: ignore[import-untyped]  # grpc's own type
-
-            raise UsageError("Send initial metadata failed: already sent")
+            raise _aio().UsageError("Send initial metadata failed: already sent")
         block = metadata_block(metadata)
         if block is None:
             raise AbortError(INTERNAL, "Invalid metadata")

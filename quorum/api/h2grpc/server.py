@@ -167,6 +167,7 @@ class GrpcServer:
         method = stream.method
         assert method is not None
         requests = _RequestIterator(conn, stream, method.parse)
+        ctx._requests = requests
         if method.server_streaming:
             await self._stream_out(conn, stream, method.handler(requests, ctx), ctx)
             return
@@ -184,8 +185,11 @@ class GrpcServer:
     async def _stream_out(self, conn: H2Connection, stream: Stream, responses: Any,
                           ctx: Context) -> None:
         try:
-            async for response in responses:
-                await conn.send_message(stream, response.SerializeToString())
+            if hasattr(responses, "__aiter__"):
+                async for response in responses:
+                    await conn.send_message(stream, response.SerializeToString())
+            else:  # a coroutine that writes its answers with context.write
+                await responses
         except BaseException as exc:
             self._end_with(conn, stream, exc)
             return

@@ -217,6 +217,27 @@ class WatchServicer:
             raise
 
 
+class LeaseServicer:
+    """LeaseKeepAlive written grpc.aio's other way: a coroutine that reads requests with
+    ``context.read()`` until ``grpc.aio.EOF`` and answers each with ``context.write()``
+    (ID echoed, TTL = the number of requests read so far)."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def LeaseKeepAlive(self, requests: Any, context: Any) -> None:
+        self.probe.calls.append("LeaseKeepAlive")
+        n = 0
+        while True:
+            req = await context.read()
+            if req is grpc.aio.EOF:
+                break
+            n += 1
+            if req.ID < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "negative lease id")
+            await context.write(pb.LeaseKeepAliveResponse(ID=req.ID, TTL=n))
+
+
 class MaintenanceServicer:
     """Snapshot streams ``chunks`` blobs of SNAPSHOT_CHUNK bytes (server streaming)."""
 
@@ -265,6 +286,7 @@ def build_server(probe: Probe, snapshot_chunks: int = 128, **options: Any) -> Gr
     server.add_service(services["KV"], KVServicer(probe))
     server.add_service(services["Watch"], WatchServicer(probe))
     server.add_service(services["Maintenance"], MaintenanceServicer(probe, snapshot_chunks))
+    server.add_service(services["Lease"], LeaseServicer(probe))
     return server
 
 

@@ -20,6 +20,7 @@ from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from .support import (
     STEP_S,
     KVServicer,
+    LeaseServicer,
     MaintenanceServicer,
     Probe,
     WatchServicer,
@@ -60,6 +61,7 @@ async def grpcio_serving(probe: Probe | None = None, **options: Any) -> AsyncIte
         _grpcio_handlers(services["KV"], KVServicer(probe)),
         _grpcio_handlers(services["Watch"], WatchServicer(probe)),
         _grpcio_handlers(services["Maintenance"], MaintenanceServicer(probe, 3)),
+        _grpcio_handlers(services["Lease"], LeaseServicer(probe)),
     ))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -126,6 +128,20 @@ def _context(key: str, **kw: Any) -> Scenario:
     return call
 
 
+def _keepalive(*ids: int) -> Scenario:
+    async def call(ch: grpc.aio.Channel) -> Any:
+        call = rpc.LeaseStub(ch).LeaseKeepAlive()
+        got = []
+        for lease in ids:
+            await call.write(pb.LeaseKeepAliveRequest(ID=lease))
+            got.append(await call.read())
+        await call.done_writing()
+        while (last := await call.read()) is not grpc.aio.EOF:
+            got.append(last)
+        return [(r.ID, r.TTL) for r in got]
+    return call
+
+
 async def _watch_with_metadata(ch: grpc.aio.Channel) -> Any:
     call = rpc.WatchStub(ch).Watch(metadata=(("x-md", "1"),))
     for rev in (4, 5):
@@ -154,7 +170,7 @@ async def _txn(ch: grpc.aio.Channel) -> Any:
 
 
 async def _unknown_service(ch: grpc.aio.Channel) -> Any:
-    return await rpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=1))
+    return await rpc.ClusterStub(ch).MemberList(pb.MemberListRequest())
 
 
 async def _too_big(ch: grpc.aio.Channel) -> Any:
@@ -219,6 +235,8 @@ _SCENARIOS: dict[str, tuple[Scenario, bool | str]] = {
     "context state with a deadline": (_context("md-state", timeout=30), True),
     "bidi with metadata": (_watch_with_metadata, True),
     "auth context": (_context("md-auth"), True),
+    "context.read and context.write": (_keepalive(7, 8, 9), True),
+    "context.read then abort": (_keepalive(7, -1), True),
 }
 
 

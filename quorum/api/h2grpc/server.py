@@ -4,7 +4,7 @@ against grpc.aio's servicer interface.
 Methods come from the protobuf service descriptors, so one ``add_service`` call registers
 every method of a generated servicer class: unary, server-streaming, client-streaming and
 bidirectional. Handlers are the servicer's own coroutines and async generators; the context
-passed to them offers what grpc.aio's does for ``abort``, metadata, peer and deadline.
+passed to them offers grpc.aio's ServicerContext methods (``connection.Context``).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class GrpcServer:
     none started for that long (up to twice that) is closed with GOAWAY; two hours by
     default, generous as grpc-go's MaxConnectionIdle is meant to be (None: never).
     ``flood_burst`` and ``flood_rate``: the per-connection token bucket of frames that
-    carry no progress (empty DATA or CONTINUATION, PRIORITY, SETTINGS, unknown types, stream
-    errors): a client that spends more than ``flood_burst`` plus ``flood_rate`` per second
+    carry no progress (empty DATA or CONTINUATION, PRIORITY, SETTINGS, unknown types,
+    refused streams, malformed requests, stream errors): a client that spends more than ``flood_burst`` plus ``flood_rate`` per second
     loses the connection with ENHANCE_YOUR_CALM.
     """
 

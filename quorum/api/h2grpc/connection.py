@@ -82,6 +82,7 @@ class Stream:
         "headers_sent",
         "id",
         "inbox",
+        "length_left",
         "metadata",
         "method",
         "recv_closed",
@@ -114,6 +115,7 @@ class Stream:
         self.discard = False  # answered already (bad call): later DATA is dropped
         self.compressed_ok = False
         self.cancelled = False  # reset by the client, its deadline or the connection's end
+        self.length_left = -1  # request bytes its content-length still announces (-1: none)
         self.trailing = b""  # the handler's trailing metadata, as header block fields
         self.callbacks: list[Callable[[], None]] | None = None  # Context.add_done_callback
 
@@ -556,6 +558,11 @@ class H2Connection(asyncio.Protocol):
         if flags & w.PADDED:
             payload = _strip_padding(payload)
             stream.unacked += n - len(payload)
+        if stream.length_left >= 0:
+            stream.length_left -= len(payload)
+            if stream.length_left < 0:  # RFC 9113 §8.1.1: more than its content-length
+                self._stream_error(stream, w.PROTOCOL_ERROR)
+                return
         if not stream.discard:
             stream.buf += payload
             self._take_messages(stream)
@@ -822,6 +829,7 @@ class H2Connection(asyncio.Protocol):
         stream = Stream(sid, method, self._peer_initial_window,
                         max(self.server.stream_window, w.DEFAULT_WINDOW))
         stream.metadata = head.metadata
+        stream.length_left = head.content_length
         self.streams[sid] = stream
         if flags & w.END_STREAM:
             stream.recv_closed = True
@@ -912,6 +920,9 @@ class H2Connection(asyncio.Protocol):
         return out
 
     def _end_of_request(self, stream: Stream) -> None:
+        if stream.length_left > 0:  # RFC 9113 §8.1.1: less than its content-length
+            self._stream_error(stream, w.PROTOCOL_ERROR)
+            return
         stream.recv_closed = True
         if stream.discard:
             return

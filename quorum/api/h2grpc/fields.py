@@ -46,6 +46,7 @@ class RequestHead(NamedTuple):
     timeout: bytes = b""
     encoding: bytes = b""
     metadata: tuple[tuple[str, str | bytes], ...] = ()
+    content_length: int = -1  # -1: not given
     problem: str | None = None
 
 
@@ -71,6 +72,7 @@ def parse_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     pseudo: dict[bytes, bytes] = {}
     ctype = timeout = encoding = b""
     metadata: list[tuple[str, str | bytes]] = []
+    content_length = -1
     regular = 0
     for name, value in headers:
         if name[:1] == b":":
@@ -92,6 +94,10 @@ def parse_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         elif name == b"te":
             if value != b"trailers":
                 return RequestHead(problem="te other than trailers")
+        elif name == b"content-length":  # §8.1.1: DATA must add up to it
+            if content_length >= 0 or not value.isdigit() or len(value) > 18:
+                return RequestHead(problem="malformed or repeated content-length")
+            content_length = int(value)
         elif name in _CONNECTION_SPECIFIC:
             return RequestHead(problem=f"connection-specific field {name.decode('latin-1')}")
         elif name not in _TRANSPORT_HEADERS:
@@ -105,7 +111,7 @@ def parse_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     if not pseudo[b":path"]:
         return RequestHead(problem="empty :path")
     return RequestHead(pseudo[b":path"], pseudo[b":method"], ctype, timeout, encoding,
-                       tuple(metadata))
+                       tuple(metadata), content_length)
 
 
 # The joined checks use bytes.translate and substring tests, which run in C; a regular

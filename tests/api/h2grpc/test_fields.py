@@ -74,6 +74,8 @@ _MALFORMED: dict[str, Headers] = {
     "leading space": _with(("x-trace", " a")),
     "trailing tab": _with(("x-trace", "a\t")),
     "CRLF in :path": _replace(":path", KV_PUT + "\r\nx: y"),
+    "content-length not a number": _with(("content-length", "12a")),
+    "repeated content-length": _with(("content-length", "12"), ("content-length", "12")),
 }
 
 
@@ -184,3 +186,51 @@ def test_parse_request_units() -> None:
     assert parse_request([*ok, (b":path", b"/c")]).problem == "pseudo-header after a regular field"
     assert trailers_problem([(b"x-a", b"1")]) is None
     assert trailers_problem([(b":status", b"200")]) is not None
+
+
+@pytest.mark.parametrize(("declared", "status"), [
+    (0, None), (-1, None), (+1, None), (None, OK), ("exact", OK),
+], ids=["none sent", "fewer bytes", "more bytes", "no content-length", "exact"])
+def test_data_must_add_up_to_the_content_length(declared: int | str | None,
+                                                status: int | None) -> None:
+    """RFC 9113 §8.1.1: DATA adding up to more or less than the content-length is a
+    malformed request (a stream error); the exact length is served."""
+    body = put(b"k")
+
+    async def main() -> None:
+        headers = _base()
+        if declared == "exact" or declared == 0:
+            headers = _with(("content-length", str(len(body))))
+        elif isinstance(declared, int):
+            headers = _with(("content-length", str(len(body) - declared)))
+        async with serving() as s, raw_client(s.port) as c:
+            c.headers(1, headers, end_stream=declared == 0)
+            if declared != 0:
+                c.data(1, body[:3])
+                c.data(1, body[3:], end_stream=True)
+            resp = await c.response(1)
+            if status is None:
+                assert resp.reset == PROTOCOL_ERROR, resp
+                assert s.probe.calls == []
+            else:
+                assert resp.status == status, resp
+                assert s.probe.calls == ["Put"]
+
+    run(main)
+
+
+def test_planted_ignored_content_length_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that parses content-length but never holds DATA to it serves the request
+    with more bytes than declared: the test above tells the two apart."""
+    monkeypatch.setattr(connection, "parse_request",
+                        lambda headers: parse_request(headers)._replace(content_length=-1))
+    body = put(b"k")
+
+    async def main() -> None:
+        async with serving() as s, raw_client(s.port) as c:
+            c.headers(1, _with(("content-length", str(len(body) - 1))))
+            c.data(1, body, end_stream=True)
+            assert (await c.response(1)).status == OK
+            assert s.probe.calls == ["Put"]
+
+    run(main)

@@ -105,8 +105,12 @@ class GrpcServer:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         """Listen on ``host:port`` (0 = any free port); returns the bound port."""
         loop = asyncio.get_running_loop()
+        # The TLS handshake comes before connection_made (where the preface deadline starts):
+        # bound it by the same deadline, not asyncio's default of 60 s.
+        tls_deadline = self.handshake_timeout if ssl_context is not None else None
         self._server = await loop.create_server(
             lambda: H2Connection(self), host, port, ssl=ssl_context, reuse_address=True,
+            ssl_handshake_timeout=tls_deadline,
         )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])

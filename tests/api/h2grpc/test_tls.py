@@ -11,6 +11,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -38,12 +39,13 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def tls_serving(cert: tuple[Path, Path]) -> AsyncIterator[tuple[int, Probe]]:
+async def tls_serving(cert: tuple[Path, Path],
+                      **options: Any) -> AsyncIterator[tuple[int, Probe]]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert[0]), str(cert[1]))
     ctx.set_alpn_protocols(["h2"])
     probe = Probe()
-    server = build_server(probe, snapshot_chunks=40)
+    server = build_server(probe, snapshot_chunks=40, **options)
     port = await server.start("127.0.0.1", 0, ssl_context=ctx)
     try:
         yield port, probe
@@ -153,5 +155,31 @@ def test_auth_context_under_mutual_tls_is_grpcs(cert: tuple[Path, Path]) -> None
             await server.stop(None)
         assert (b"x509_common_name", b"[b'localhost']") in want
         assert got == want
+
+    run(body)
+
+
+@pytest.mark.parametrize("opening", [b"", b"\x16\x03\x01\x02\x00\x01"],
+                         ids=["nothing", "half a ClientHello"])
+def test_tls_handshake_never_completed_is_closed(cert: tuple[Path, Path],
+                                                 opening: bytes) -> None:
+    """The TLS handshake precedes the HTTP/2 preface; the handshake deadline bounds it too
+    (asyncio alone would wait 60 s, past this test's STEP_S)."""
+
+    async def body() -> None:
+        async with tls_serving(cert, handshake_timeout=0.3) as (port, _probe):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(opening)
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(reader.read(65536), STEP_S)
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+            finally:
+                writer.close()
+            await _secure_calls(port, cert[0])
 
     run(body)

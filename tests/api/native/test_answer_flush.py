@@ -5,11 +5,14 @@ together in one write."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
+from quorum.api.local import LocalBackend
 from quorum.api.native import messages as m
 from quorum.api.native.server import serve_native
-from quorum.state.commands import PutRequest, PutResponse
+from quorum.client.connection import open_connection
+from quorum.state.commands import PutRequest, PutResponse, RangeRequest
 
 from .test_direct_writes import _CallbackBackend, _wait_parked
 from .test_server import RawConn, run
@@ -57,6 +60,24 @@ def test_first_answer_of_a_turn_leaves_at_once_the_rest_together() -> None:
         backend.parked[0][3].resolve(PutResponse(51))  # a new turn: at once again
         assert counting.writes == 3
         assert [a.id for a in await conn.answers(1)] == [51]
+        await server.close()
+
+    run(body())
+
+
+def test_client_and_server_sockets_have_tcp_nodelay() -> None:
+    """Nagle's algorithm is off on both ends (asyncio sets TCP_NODELAY on TCP sockets; the
+    client and the server rely on it): a lone request or answer leaves at once."""
+    async def body() -> None:
+        server = await serve_native(LocalBackend(), "127.0.0.1", 0)
+        client = await open_connection(server.endpoint, timeout_s=5)
+        await client.request(m.Request(1, RangeRequest(b"k")))
+        (served,) = server.connections
+        assert client._transport is not None and served._transport is not None
+        for transport in (client._transport, served._transport):
+            sock = transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()
         await server.close()
 
     run(body())

@@ -32,14 +32,16 @@ def peer_addresses(members: Mapping[int, MemberInfo]) -> dict[int, tuple[str, in
 
 def _is_commit_notice(msg: Message) -> bool:
     """An append without entries: it only tells a follower the leader's commit index (or
-    probes a follower already up to date). Nothing waits for it: a client's write is
-    answered once the leader commits, and a follower's linearizable read is released by
-    the heartbeat round of its ReadIndex, which leaves at once and takes every message
-    queued before it along. So it is sent lazily (PeerTransport.send): with the next append
-    to that follower, usually the next write's, or within ``lazy_flush_s``. Sent at once,
-    each notice costs every follower a wake-up, a Ready and an ack, and the leader a write
-    per follower and a step per ack, all in the way of the next write (measured in
-    docs/benchmarks.md, "Running cluster")."""
+    probes a follower already up to date). Usually nothing waits for it: a write sent to
+    the leader is answered once the leader commits, and a follower's linearizable read is
+    released by the heartbeat round of its ReadIndex, which leaves at once and takes every
+    message queued before it along. So it is sent lazily (PeerTransport.send): with the
+    next append to that follower, usually the next write's, or within ``lazy_flush_s``.
+    Sent at once, each notice costs every follower a wake-up, a Ready and an ack, and the
+    leader a write per follower and a step per ack, all in the way of the next write
+    (measured in docs/benchmarks.md, "Running cluster"). The exception is a follower that
+    forwards writes (RaftServer.forwarded_recently): it answers them only once it learns
+    they committed, so its notices leave at once."""
     return msg.type == MessageType.APP and not msg.entries
 
 
@@ -74,7 +76,8 @@ class PeerLink:
         plain = [m for m in messages if m.type != MessageType.SNAP]
         if plain:
             try:
-                if all(_is_commit_notice(m) for m in plain):
+                if all(_is_commit_notice(m) and not self.server.forwarded_recently(m.to)
+                       for m in plain):
                     self.transport.send(plain, lazy=True)
                 else:
                     self.transport.send(plain)

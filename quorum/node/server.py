@@ -26,9 +26,14 @@ from quorum.node.clock import Clock, SystemClock
 from quorum.node.core import NodeCore, SnapshotJob, Waiter
 from quorum.node.persister import Persister
 from quorum.node.ready import process_ready
-from quorum.raft.types import ConfChange, ConfState, Message, Ready
+from quorum.raft.types import ConfChange, ConfState, Message, MessageType, Ready
 
 log = logging.getLogger("quorum.node")
+
+# A peer that forwarded a proposal to us within this long is waiting for commit notices (its
+# own writes are answered when it applies them), so they are sent to it at once, not lazily
+# (quorum.node.peers). Long enough to cover a forwarded write's commit under load.
+FORWARDER_WINDOW_S = 1.0
 
 
 class FutureWaiter:
@@ -85,6 +90,7 @@ class RaftServer:
             max_workers=1, thread_name_prefix=f"quorum-snapshot-{core.id}"
         )
         self._encoded: tuple[SnapshotJob, bytes] | None = None  # waiting to be written
+        self._forwarded_at: dict[int, float] = {}  # peer -> clock time of its last proposal
         if background_snapshots:
             core.start_background_snapshot = self._start_snapshot
 
@@ -119,8 +125,17 @@ class RaftServer:
     # --- inputs -----------------------------------------------------------------------------
 
     def receive(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if msg.type == MessageType.PROP:  # a follower forwarded a write to us
+                self._forwarded_at[msg.from_] = self.clock.monotonic()
         self.core.receive(messages)
         self.wake()
+
+    def forwarded_recently(self, peer: int) -> bool:
+        """True if ``peer`` forwarded a proposal to us within FORWARDER_WINDOW_S: it answers
+        its clients only once it learns the commit, so its commit notices must not wait."""
+        at = self._forwarded_at.get(peer)
+        return at is not None and self.clock.monotonic() - at < FORWARDER_WINDOW_S
 
     def _future(self) -> asyncio.Future[Any]:
         if not self._running:

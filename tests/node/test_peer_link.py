@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quorum.node.peers import PeerLink
+from quorum.node.server import FORWARDER_WINDOW_S, RaftServer
 from quorum.raft.types import Entry, Message, MessageType
 from quorum.transport.tcp import PeerTransport
 
@@ -17,9 +18,13 @@ class _Server:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.wakes = 0
+        self.forwarders: set[int] = set()
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def forwarded_recently(self, peer: int) -> bool:
+        return peer in self.forwarders
 
 
 def _transport() -> PeerTransport:
@@ -93,19 +98,20 @@ class _Recorder:
         self.calls.append(("flush", [], False))
 
 
-def _link_with_recorder() -> tuple[PeerLink, _Recorder]:
+def _link_with_recorder() -> tuple[PeerLink, _Recorder, _Server]:
     net = Net(3)
-    link = PeerLink(_Server(net.cores[net.elect()]))  # type: ignore[arg-type]
+    server = _Server(net.cores[net.elect()])
+    link = PeerLink(server)  # type: ignore[arg-type]
     recorder = _Recorder()
     link._transport = recorder  # type: ignore[assignment]
-    return link, recorder
+    return link, recorder, server
 
 
 def test_commit_notices_are_sent_lazily_and_everything_else_at_once() -> None:
     """An append without entries (a commit notice) waits for the next write to its peer;
     appends with entries, acks, heartbeats and read answers are written at once, and a
     batch that mixes both is written at once too (a notice never delays what follows it)."""
-    link, rec = _link_with_recorder()
+    link, rec, server = _link_with_recorder()
     entry = Entry(term=1, index=2, data=b"x")
     notice = [Message(MessageType.APP, to=2, from_=1, term=1, index=2, commit=2),
               Message(MessageType.APP, to=3, from_=1, term=1, index=2, commit=2)]
@@ -121,3 +127,42 @@ def test_commit_notices_are_sent_lazily_and_everything_else_at_once() -> None:
         rec.calls.clear()
         link.send(urgent)
         assert rec.calls == [("send", [m.type for m in urgent], False), ("flush", [], False)]
+
+    # A follower that forwards writes answers them only when it learns the commit: its
+    # notices leave at once (and so does a batch that includes one of them).
+    server.forwarders.add(3)
+    rec.calls.clear()
+    link.send(notice)
+    assert rec.calls == [("send", [MessageType.APP, MessageType.APP], False), ("flush", [], False)]
+    rec.calls.clear()
+    link.send(notice[:1])  # to 2, which forwards nothing: lazy again
+    assert rec.calls == [("send", [MessageType.APP], True)]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_server_remembers_which_peers_forwarded_proposals_for_a_while() -> None:
+    net = Net(3)
+    leader = net.elect()
+    clock = _Clock()
+    server = RaftServer(net.cores[leader], clock=clock)
+    others = [i for i in net.cores if i != leader]
+    server.receive([Message(MessageType.APP_RESP, to=leader, from_=others[0], term=1),
+                    Message(MessageType.PROP, to=leader, from_=others[1], term=1,
+                            entries=(Entry(term=0, index=0, data=b"x"),))])
+    assert server.forwarded_recently(others[1])
+    assert not server.forwarded_recently(others[0])  # only proposals count
+    clock.now += FORWARDER_WINDOW_S / 2
+    assert server.forwarded_recently(others[1])
+    clock.now += FORWARDER_WINDOW_S
+    assert not server.forwarded_recently(others[1])
+    server._persister.close()

@@ -83,7 +83,6 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out = bytearray()
         self._flush_scheduled = False
-        self._wrote_this_turn = False  # an answer from the Ready loop was written at once
         self._inflight: set[asyncio.Task[None] | _Waiting | _WriteWaiter] = set()
         self._watches: dict[int, asyncio.Task[None]] = {}  # watch id -> its pump task
         self._watchers: dict[int, Watch] = {}  # watch id -> backend watcher, once created
@@ -187,13 +186,11 @@ class _Connection(asyncio.Protocol):
         self._inflight.discard(waiter)
         try:
             self.send(m.Response(waiter.req_id, body, self._dispatcher.leader_hint()))
-            if not self._wrote_this_turn:
-                # The first answer of a loop turn leaves at once: the Ready loop may go on
-                # (sending commit notices, the next Ready) before the turn ends, and a lone
-                # writer should not wait for that. Later answers of the same turn are
-                # gathered into the scheduled flush, so a busy connection still gets about
-                # one write per turn (two at most).
-                self._wrote_this_turn = True
+            if not self._inflight:
+                # Nothing else in flight on this connection (a lone sequential client): the
+                # answer leaves at once instead of at the end of the loop turn, which the
+                # Ready loop may reach only after more work. With requests in flight the
+                # answers of the turn still share the scheduled write.
                 self._write_out()
         except Exception as exc:
             log.error("answering write %d failed", waiter.req_id, exc_info=exc)
@@ -359,7 +356,6 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._wrote_this_turn = False
         self._write_out()
 
     def _write_out(self) -> None:

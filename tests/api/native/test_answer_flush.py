@@ -1,6 +1,6 @@
-"""When answers of writes completed by the node's Ready loop leave: the first of a loop turn
-at once (a lone client does not wait for the rest of the turn), later ones of the same turn
-together in one write."""
+"""When answers of writes completed by the node's Ready loop leave: at once when nothing else
+is in flight on the connection (a lone sequential client does not wait for the end of the
+loop turn), else together in one write at the end of the turn."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class _CountingTransport:
         return getattr(self.inner, name)
 
 
-def test_first_answer_of_a_turn_leaves_at_once_the_rest_together() -> None:
+def test_a_lone_answer_leaves_at_once_answers_with_others_in_flight_together() -> None:
     async def body() -> None:
         backend = _CallbackBackend()
         server = await serve_native(backend, "127.0.0.1", 0)
@@ -44,21 +44,19 @@ def test_first_answer_of_a_turn_leaves_at_once_the_rest_together() -> None:
         counting = _CountingTransport(served._transport)
         served._transport = counting  # type: ignore[assignment]
         parked, backend.parked = backend.parked, []
-        waiters = [p[3] for p in parked]
-        waiters[0].resolve(PutResponse(1))  # as the Ready loop does: all in one turn
-        assert counting.writes == 1  # written before the turn ends
-        for i, waiter in enumerate(waiters[1:], start=2):
-            waiter.resolve(PutResponse(i))
-        assert counting.writes == 1  # the others wait for the end of the turn
+        for i, (*_, waiter) in enumerate(parked[:-1], start=1):
+            waiter.resolve(PutResponse(i))  # as the Ready loop does: in one turn
+        assert counting.writes == 0  # others still in flight: gathered for the turn's end
+        parked[-1][3].resolve(PutResponse(50))
+        assert counting.writes == 1  # the last one: nothing left in flight, all leave now
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert counting.writes == 2  # ... and leave in one write
-        answers = await conn.answers(50)
-        assert [a.id for a in answers] == list(range(1, 51))
+        assert counting.writes == 1  # the scheduled flush found nothing more
+        assert [a.id for a in await conn.answers(50)] == list(range(1, 51))
         conn.send(m.Request(51, PutRequest(b"k", b"v")))
         await _wait_parked(backend, 1)
-        backend.parked[0][3].resolve(PutResponse(51))  # a new turn: at once again
-        assert counting.writes == 3
+        backend.parked[0][3].resolve(PutResponse(51))  # a lone write: at once
+        assert counting.writes == 2
         assert [a.id for a in await conn.answers(1)] == [51]
         await server.close()
 

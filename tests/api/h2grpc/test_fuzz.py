@@ -340,6 +340,7 @@ def test_frame_mutations(harness: Harness, frames: list[bytes],
 
 
 @pytest.mark.torture
+@pytest.mark.timeout(1200)  # about 10 ms an example: 300 s alone, more on a loaded machine
 @settings(_settings, max_examples=30_000)
 @given(frames=sessions(), mutations=st.one_of(_FRAME_MUTATIONS, _MUTATIONS),
        cuts=st.lists(st.integers(0, 10**6), max_size=6))

@@ -206,17 +206,26 @@ class MVCCStore:
         self._keys = SortedList()
         self._new_keys: list[bytes] = []
         self._multi: dict[bytes, bytes] = {}  # key -> the key object the log shares
-        self.revision = 0  # Invariant: never decreases
+        # An empty store is at revision 1, as etcd's is: the first write gets 2. etcd's
+        # client recipes (election, mutex) wait on keys created below their own key's
+        # revision minus one, and take 0 as "no bound": with a first write at revision 1
+        # the first campaign or lock of a fresh cluster would wait for its own key.
+        # Invariant: never decreases. (A store restored from a snapshot keeps the snapshot's
+        # revision, so clusters bootstrapped when stores started at 0 keep their numbering.)
+        self.revision = 1
         self.compact_revision = 0  # Invariant: 0 <= compact_revision <= revision
         self._digest = 0
         # The revision log: which keys each write revision touched, so watch replay costs
         # O(revisions replayed) rather than O(keys in the watched range). Entries from
         # _log_head on are live. Invariant: every write revision >= max(log_from,
-        # compact_revision) is in the log (a restored store starts it at its revision + 1).
+        # compact_revision) that has a retained record is in the log (a restored store
+        # starts it at its revision + 1, see load).
         # Revisions are kept in a machine-int array: no int object per write.
         self._log_revs: array[int] = array("q")
         self._log_keys: list[bytes | tuple[bytes, ...]] = []
         self._log_head = 0
+        # Revision 1 has no writes (the first is 2), so the log is complete from 1: a watch
+        # from revision 1, the usual "everything", replays from the log, not by a scan.
         self.log_from = 1
         self._written: list[bytes] = []  # keys written at the revision being built
 
@@ -516,7 +525,10 @@ class MVCCStore:
         self._digest = digest & _MASK
         self.revision = revision
         self.compact_revision = compact
-        self.log_from = revision + 1  # the image has no revision log: replay scans below this
+        # The image has no revision log: replay scans its histories below revision + 1. An
+        # image without records (a new cluster's bootstrap snapshot) has nothing to scan, so
+        # the log, empty up to here, is complete from 1 on, as in a fresh store.
+        self.log_from = revision + 1 if keys else 1
 
     def _flush_new_keys(self) -> None:
         if self._new_keys:

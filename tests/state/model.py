@@ -28,7 +28,7 @@ class Version:
 
 @dataclass
 class Model:
-    rev: int = 0
+    rev: int = 1  # an empty store is at revision 1, as etcd's: the first write gets 2
     compact: int = 0
     hist: dict[bytes, list[Version]] = field(default_factory=dict)
     leases: dict[int, int] = field(default_factory=dict)  # id -> ttl

@@ -76,16 +76,17 @@ def cmp(key: bytes, target: CompareTarget, result: CompareResult, value: int | b
 
 
 def test_revision_bumps_once_per_write_and_versions_reset_on_delete(d: Driver) -> None:
-    assert d(PutRequest(b"k", b"1")).revision == 1
-    assert d(PutRequest(b"k", b"2")).revision == 2
+    assert d.sm.revision == 1  # an empty store is at revision 1, as etcd's
+    assert d(PutRequest(b"k", b"1")).revision == 2
+    assert d(PutRequest(b"k", b"2")).revision == 3
     kv = d.get(b"k").kvs[0]
-    assert (kv.create_revision, kv.mod_revision, kv.version) == (1, 2, 2)
+    assert (kv.create_revision, kv.mod_revision, kv.version) == (2, 3, 2)
     assert d(DeleteRangeRequest(b"k")).deleted == 1
-    assert d(DeleteRangeRequest(b"k")).revision == 3  # deleting nothing: no new revision
-    assert d.sm.revision == 3
+    assert d(DeleteRangeRequest(b"k")).revision == 4  # deleting nothing: no new revision
+    assert d.sm.revision == 4
     d(PutRequest(b"k", b"3"))
     kv = d.get(b"k").kvs[0]
-    assert (kv.create_revision, kv.mod_revision, kv.version) == (4, 4, 1)
+    assert (kv.create_revision, kv.mod_revision, kv.version) == (5, 5, 1)
 
 
 def test_range_forms_prefix_all_and_limits(d: Driver) -> None:
@@ -129,7 +130,7 @@ def test_min_max_mod_revision_filters(d: Driver) -> None:
 
 
 def test_historical_reads_compaction_and_future(d: Driver) -> None:
-    for i in range(1, 6):
+    for i in range(2, 7):  # the first write is revision 2: the value is its revision
         d(PutRequest(b"k", b"%d" % i))
     assert d.get(b"k", revision=2).kvs[0].value == b"2"
     d(CompactionRequest(3))
@@ -139,8 +140,8 @@ def test_historical_reads_compaction_and_future(d: Driver) -> None:
     assert str(info.value) == "etcdserver: mvcc: required revision has been compacted"
     assert d.get(b"k", revision=3).kvs[0].value == b"3"
     with pytest.raises(FutureRevision):
-        d.get(b"k", revision=6)
-    assert d.get(b"k", revision=-5).kvs[0].value == b"5"  # <= 0 = current, like etcd
+        d.get(b"k", revision=7)
+    assert d.get(b"k", revision=-5).kvs[0].value == b"6"  # <= 0 = current, like etcd
     with pytest.raises(RevisionCompacted):
         d(CompactionRequest(3))
     with pytest.raises(FutureRevision):
@@ -154,10 +155,10 @@ def test_compaction_drops_deleted_keys_but_keeps_reads_equal(d: Driver) -> None:
     d(PutRequest(b"b", b"1"))
     d(DeleteRangeRequest(b"a"))
     d(PutRequest(b"b", b"2"))
-    before = [d.get(b"\0", b"\0", revision=r).kvs for r in (3, 4)]
-    d(CompactionRequest(3))
-    assert [d.get(b"\0", b"\0", revision=r).kvs for r in (3, 4)] == before
+    before = [d.get(b"\0", b"\0", revision=r).kvs for r in (4, 5)]
     d(CompactionRequest(4))
+    assert [d.get(b"\0", b"\0", revision=r).kvs for r in (4, 5)] == before
+    d(CompactionRequest(5))
     assert d.sm.store.key_count() == 1  # a's tombstone is gone after the next compaction
 
 
@@ -170,9 +171,9 @@ def test_txn_compares_every_target(d: Driver) -> None:
     d(PutRequest(b"k", b"w", lease=5))
     checks = [
         (cmp(b"k", CompareTarget.VERSION, CompareResult.EQUAL, 2), True),
-        (cmp(b"k", CompareTarget.CREATE, CompareResult.EQUAL, 1), True),
-        (cmp(b"k", CompareTarget.MOD, CompareResult.GREATER, 1), True),
-        (cmp(b"k", CompareTarget.MOD, CompareResult.LESS, 2), False),
+        (cmp(b"k", CompareTarget.CREATE, CompareResult.EQUAL, 2), True),
+        (cmp(b"k", CompareTarget.MOD, CompareResult.GREATER, 2), True),
+        (cmp(b"k", CompareTarget.MOD, CompareResult.LESS, 3), False),
         (cmp(b"k", CompareTarget.VALUE, CompareResult.EQUAL, b"w"), True),
         (cmp(b"k", CompareTarget.VALUE, CompareResult.NOT_EQUAL, b"w"), False),
         (cmp(b"k", CompareTarget.LEASE, CompareResult.EQUAL, 5), True),
@@ -196,17 +197,17 @@ def test_txn_is_one_revision_and_sees_its_own_writes(d: Driver) -> None:
     d(PutRequest(b"a", b"0"))
     resp = d(TxnRequest((), (PutRequest(b"b", b"1"), DeleteRangeRequest(b"a"),
                              RangeRequest(b"\0", b"\0"))))
-    assert resp.revision == 2 and d.sm.revision == 2
+    assert resp.revision == 3 and d.sm.revision == 3
     assert [kv.key for kv in resp.responses[2].kvs] == [b"b"]
-    assert all(r.revision == 2 for r in resp.responses)
+    assert all(r.revision == 3 for r in resp.responses)
 
 
 def test_read_only_and_failed_txn_do_not_bump_revision(d: Driver) -> None:
     d(PutRequest(b"a", b"0"))
     resp = d(TxnRequest((cmp(b"a", CompareTarget.VALUE, CompareResult.EQUAL, b"no"),),
                         (PutRequest(b"a", b"1"),), (RangeRequest(b"a"),)))
-    assert not resp.succeeded and resp.revision == 1 and d.sm.revision == 1
-    assert d(TxnRequest((), (DeleteRangeRequest(b"zz"),))).revision == 1
+    assert not resp.succeeded and resp.revision == 2 and d.sm.revision == 2
+    assert d(TxnRequest((), (DeleteRangeRequest(b"zz"),))).revision == 2
 
 
 def test_nested_txn_compares_use_the_state_before_the_txn(d: Driver) -> None:
@@ -231,7 +232,7 @@ def test_duplicate_keys_in_txn_are_rejected(d: Driver, ops: tuple[Any, ...]) -> 
     before = d.sm.state_hash()
     with pytest.raises(DuplicateKey):
         d(TxnRequest((), ops))
-    assert d.sm.state_hash() == before and d.sm.revision == 0
+    assert d.sm.state_hash() == before and d.sm.revision == 1
 
 
 @pytest.mark.parametrize("ops", [
@@ -254,7 +255,7 @@ def test_failing_op_inside_txn_changes_nothing(d: Driver) -> None:
         d(TxnRequest((), (PutRequest(b"b", b"x"), PutRequest(b"c", b"x", lease=42))))
     with pytest.raises(FutureRevision):
         d(TxnRequest((), (PutRequest(b"b", b"x"), RangeRequest(b"a", revision=9))))
-    assert d.sm.state_hash() == before and d.sm.revision == 1
+    assert d.sm.state_hash() == before and d.sm.revision == 2
 
 
 # --- puts with ignore flags and leases ----------------------------------------------------------
@@ -284,7 +285,7 @@ def test_lease_revoke_deletes_keys_at_one_revision_and_moves_keys(d: Driver) -> 
     info = d.sm.lease_info(1, keys=True)
     assert info is not None and info.keys == (b"x", b"y")
     resp = d(LeaseRevokeRequest(1))
-    assert resp.revision == 5
+    assert resp.revision == 6
     assert [kv.key for kv in d.get(b"\0", b"\0").kvs] == [b"z"]
     assert d.sm.lease_info(1) is None
     with pytest.raises(LeaseNotFound):
@@ -358,7 +359,7 @@ def test_undecodable_commands_are_rejected(data: bytes) -> None:
     sm = StateMachine()
     with pytest.raises(InvalidCommand):
         sm.apply(1, data)
-    assert sm.applied_index == 1 and sm.revision == 0
+    assert sm.applied_index == 1 and sm.revision == 1
 
 
 def test_oversized_command_bytes_rejected_before_decoding() -> None:
@@ -373,7 +374,7 @@ def test_apply_index_must_grow() -> None:
     with pytest.raises(UsageError):
         sm.apply(3, encode_command(PutRequest(b"b")))
     sm.skip(4)
-    assert sm.applied_index == 4 and sm.revision == 1
+    assert sm.applied_index == 4 and sm.revision == 2
 
 
 @pytest.mark.parametrize("field", ["max_request_bytes", "max_txn_ops", "max_sessions",
@@ -391,4 +392,4 @@ def test_default_limits_are_etcds() -> None:
     d(PutRequest(b"big", b"v" * (1536 * 1024 - 100)))
     with pytest.raises(RequestTooLarge):
         d(PutRequest(b"big", b"v" * (1536 * 1024)))
-    assert d.sm.revision == 2
+    assert d.sm.revision == 3

@@ -280,7 +280,7 @@ def test_compacted_start_revision_is_an_explicit_cancel_and_resume_works() -> No
         sm.drain_watch(wid)
     wid = sm.watch(WatchRequest(b"k", start_revision=resp.compact_revision))
     revs = [r.revision for r in sm.drain_watch(wid)]
-    assert revs == [6, 7, 8, 9, 10]
+    assert revs == [6, 7, 8, 9, 10, 11]  # the puts had revisions 2..11
 
 
 def test_compaction_overtaking_a_lagging_watcher_cancels_it() -> None:
@@ -289,7 +289,7 @@ def test_compaction_overtaking_a_lagging_watcher_cancels_it() -> None:
         sm.apply(i + 1, encode_command(PutRequest(b"k", b"%d" % i)))
     wid = sm.watch(WatchRequest(b"k", start_revision=1))
     first = sm.drain_watch(wid)
-    assert [r.revision for r in first] == [1, 2]
+    assert [r.revision for r in first] == [2, 3]  # revision 1 (the empty store) has none
     sm.apply(11, encode_command(CompactionRequest(8)))
     [resp] = sm.drain_watch(wid)
     assert resp.canceled and resp.compact_revision == 8
@@ -301,10 +301,10 @@ def test_slow_watcher_is_canceled_with_reason_never_skipped() -> None:
     for i in range(9):
         sm.apply(i + 1, encode_command(PutRequest(b"k%d" % i, b"v")))
     got = sm.drain_watch(wid)
-    assert [r.revision for r in got[:-1]] == [1, 2, 3, 4, 5]
-    assert got[-1].canceled and "resume from revision 6" in got[-1].cancel_reason
-    resumed = sm.watch(WatchRequest(b"k", b"\0", start_revision=6))
-    assert [r.revision for r in sm.drain_watch(resumed)] == [6, 7, 8, 9]
+    assert [r.revision for r in got[:-1]] == [2, 3, 4, 5, 6]
+    assert got[-1].canceled and "resume from revision 7" in got[-1].cancel_reason
+    resumed = sm.watch(WatchRequest(b"k", b"\0", start_revision=7))
+    assert [r.revision for r in sm.drain_watch(resumed)] == [7, 8, 9, 10]
 
 
 def test_one_revision_always_fits_an_empty_buffer() -> None:
@@ -317,16 +317,17 @@ def test_one_revision_always_fits_an_empty_buffer() -> None:
 
 def test_future_start_revision_and_progress_notifications() -> None:
     sm = StateMachine()
-    wid = sm.watch(WatchRequest(b"k", start_revision=3, progress_notify=True))
+    # the puts get revisions 2, 3, 4; the watch starts at the last one
+    wid = sm.watch(WatchRequest(b"k", start_revision=4, progress_notify=True))
     sm.apply(1, encode_command(PutRequest(b"k", b"1")))
     sm.watches.progress_tick()
     sm.apply(2, encode_command(PutRequest(b"k", b"2")))
     sm.apply(3, encode_command(PutRequest(b"k", b"3")))
     got = sm.drain_watch(wid)
-    assert [(r.revision, r.progress) for r in got] == [(1, True), (3, False)]
+    assert [(r.revision, r.progress) for r in got] == [(2, True), (4, False)]
     sm.watches.progress_tick()  # had events since the last tick: no notification
     sm.watches.progress_tick()  # idle: notification at the current revision
-    assert [(r.revision, r.progress) for r in sm.drain_watch(wid)] == [(3, True)]
+    assert [(r.revision, r.progress) for r in sm.drain_watch(wid)] == [(4, True)]
 
 
 def test_bad_watch_requests() -> None:
@@ -348,7 +349,7 @@ def test_client_cancel_delivers_buffered_events_then_the_cancel() -> None:
     sm.cancel_watch(wid)
     sm.apply(2, encode_command(PutRequest(b"k", b"2")))
     got = sm.drain_watch(wid)
-    assert [(r.revision, r.canceled) for r in got] == [(1, False), (1, True)]
+    assert [(r.revision, r.canceled) for r in got] == [(2, False), (2, True)]
     assert got[1].events == ()
 
 
@@ -362,14 +363,14 @@ def test_restore_from_a_later_snapshot_replays_the_missed_revisions() -> None:
         ahead.apply(i, encode_command(PutRequest(b"k", b"%d" % i)))
     lagging.restore(ahead.snapshot())
     got = lagging.drain_watch(wid)
-    assert [r.revision for r in got] == [4, 5, 6, 7, 8]
+    assert [r.revision for r in got] == [5, 6, 7, 8, 9]  # the puts of indexes 4..8
     assert got[0].events[0].prev_kv is not None and got[0].events[0].prev_kv.value == b"3"
     ahead.apply(9, encode_command(CompactionRequest(8)))
     gone = lagging.watch(WatchRequest(b"k", start_revision=lagging.revision + 1))
     lagging.restore(ahead.snapshot())
-    assert lagging.drain_watch(gone) == []  # nothing new: still owed revision 9, not lost
+    assert lagging.drain_watch(gone) == []  # nothing new: still owed revision 10, not lost
     lagging.apply(10, encode_command(PutRequest(b"k", b"x")))
-    assert [r.revision for r in lagging.drain_watch(gone)] == [9]
+    assert [r.revision for r in lagging.drain_watch(gone)] == [10]
 
 
 def test_restore_past_a_watchers_history_cancels_it_as_compacted() -> None:
@@ -431,7 +432,7 @@ def test_fragmenting_watchers_get_large_revisions_in_parts() -> None:
                                                     for i in range(10)))))
     got = sm.drain_watch(parts)
     assert len(got) > 1 and all(r.fragment for r in got[:-1]) and not got[-1].fragment
-    assert {r.revision for r in got} == {1}
+    assert {r.revision for r in got} == {2}
     [single] = sm.drain_watch(whole)
     assert tuple(ev for r in got for ev in r.events) == single.events
 

@@ -207,7 +207,7 @@ def test_watch_of_compacted_revision_is_canceled(etcd_server: EtcdServer, tmp_pa
     server = start_server(tmp_path)  # compaction is global: use a server of its own
     try:
         ctl = make_etcdctl(server.endpoint)
-        for i in range(5):
+        for i in range(5):  # revisions 2..6
             ctl("put", "c/k", str(i))
         assert ctl("compaction", "4").stdout == "compacted revision 4\n"
         res = ctl("watch", "c/k", "--rev=2", check=False, timeout=20)
@@ -215,7 +215,7 @@ def test_watch_of_compacted_revision_is_canceled(etcd_server: EtcdServer, tmp_pa
         old = ctl("get", "c/k", "--rev=3", check=False)
         assert old.returncode != 0
         assert "etcdserver: mvcc: required revision has been compacted" in old.stderr
-        assert ctl("get", "c/k", "--rev=4").stdout == "c/k\n3\n"
+        assert ctl("get", "c/k", "--rev=4").stdout == "c/k\n2\n"
     finally:
         stop_server(server)
 

@@ -88,11 +88,11 @@ def test_kv_calls_answer_what_grpc_answers() -> None:
     async def body() -> None:
         async with served() as (port, kv, _), Http(port) as http:
             status, put = await http.post("/v3/kv/put", {"key": b64(b"foo"), "value": b64(b"bar")})
-            assert status == 200 and put["header"]["revision"] == "1"
+            assert status == 200 and put["header"]["revision"] == "2"  # the empty store's + 1
             await kv.Put(pb.PutRequest(key=b"foo2", value=b"x" * 300))
             for request in (pb.RangeRequest(key=b"foo", range_end=b"fop"),
                             pb.RangeRequest(key=b"f", range_end=b"g", keys_only=True, limit=1),
-                            pb.RangeRequest(key=b"foo", revision=1)):
+                            pb.RangeRequest(key=b"foo", revision=2)):
                 status, got = await http.post("/v3/kv/range", as_json(request))
                 assert status == 200
                 assert got == as_json(await kv.Range(request))
@@ -221,7 +221,7 @@ def test_health_version_and_metrics() -> None:
             assert status == 200
             assert metrics["etcd_server_has_leader"] == "1"
             assert metrics["etcd_server_is_leader"] == "1"
-            assert metrics["etcd_debugging_mvcc_current_revision"] == "4"
+            assert metrics["etcd_debugging_mvcc_current_revision"] == "5"  # 1 + four puts
             assert metrics['etcd_server_version{server_version="3.4.0"}'] == "1"
         for broken in (NoLeader(), StuckReads()):
             async with served(broken) as (port, _, _), Http(port) as http:

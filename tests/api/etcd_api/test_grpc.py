@@ -124,14 +124,15 @@ def test_headers_and_kv_roundtrip() -> None:
     async def body(e: Env) -> None:
         r1 = await put(e, b"k", b"1")
         assert (r1.header.cluster_id, r1.header.member_id) == (e.backend.cluster_id, 1)
-        assert r1.header.revision == 1 and r1.header.raft_term == 1
+        # an empty store is at revision 1, as etcd's: the first write gets 2
+        assert r1.header.revision == 2 and r1.header.raft_term == 1
         r2 = await e.kv.Put(pb.PutRequest(key=b"k", value=b"2", prev_kv=True))
-        assert r2.header.revision == 2 and r2.prev_kv.value == b"1"
-        rng = await e.kv.Range(pb.RangeRequest(key=b"k", revision=1, serializable=True))
+        assert r2.header.revision == 3 and r2.prev_kv.value == b"1"
+        rng = await e.kv.Range(pb.RangeRequest(key=b"k", revision=2, serializable=True))
         # as in etcd, the header names the store's current revision, not the one read
-        assert rng.kvs[0].value == b"1" and rng.header.revision == 2
+        assert rng.kvs[0].value == b"1" and rng.header.revision == 3
         dr = await e.kv.DeleteRange(pb.DeleteRangeRequest(key=b"k", prev_kv=True))
-        assert dr.deleted == 1 and dr.prev_kvs[0].value == b"2" and dr.header.revision == 3
+        assert dr.deleted == 1 and dr.prev_kvs[0].value == b"2" and dr.header.revision == 4
 
     run(body)
 
@@ -165,7 +166,7 @@ def test_nested_txn_and_range_compare() -> None:
         keys = await e.kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", keys_only=True,
                                                 sort_order=pb.RangeRequest.DESCEND))
         assert [(kv.key, kv.value) for kv in keys.kvs] == [(b"r/c", b""), (b"r/b", b""), (b"r/a", b"")]
-        newer = await e.kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", min_mod_revision=3))
+        newer = await e.kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", min_mod_revision=4))
         assert [kv.key for kv in newer.kvs] == [b"r/c"]
         read_only = await e.kv.Txn(
             pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"r/a"))])
@@ -214,7 +215,7 @@ def test_bad_kv_requests() -> None:
             e.kv.Compact(pb.CompactionRequest(revision=1000)), C.OUT_OF_RANGE,
             "etcdserver: mvcc: required revision is a future revision",
         )
-        assert e.backend.state_machine.revision == 0  # nothing above changed the store
+        assert e.backend.state_machine.revision == 1  # nothing above changed the empty store
         await still_serving(e)
 
     run(body)
@@ -296,7 +297,7 @@ def test_watch_stream_several_watchers_ids_cancel_progress() -> None:
         s = Stream(e)
         await s.progress()  # nothing watched yet: a stream-wide progress mark
         first = await s.next()
-        assert first.watch_id == -1 and not first.events and first.header.revision == 0
+        assert first.watch_id == -1 and not first.events and first.header.revision == 1
         await s.create(b"a")
         await s.create(b"b", watch_id=7)
         await s.create(b"c")
@@ -309,8 +310,8 @@ def test_watch_stream_several_watchers_ids_cancel_progress() -> None:
         await put(e, b"b", b"1")
         await put(e, b"a", b"2")
         ev_b, ev_a = await s.next(), await s.next()
-        assert (ev_b.watch_id, ev_b.events[0].kv.value, ev_b.header.revision) == (7, b"1", 1)
-        assert (ev_a.watch_id, ev_a.events[0].kv.value, ev_a.header.revision) == (0, b"2", 2)
+        assert (ev_b.watch_id, ev_b.events[0].kv.value, ev_b.header.revision) == (7, b"1", 2)
+        assert (ev_a.watch_id, ev_a.events[0].kv.value, ev_a.header.revision) == (0, b"2", 3)
         await s.cancel(0)
         canceled = await s.next()
         assert canceled.watch_id == 0 and canceled.canceled
@@ -325,9 +326,9 @@ def test_watch_stream_several_watchers_ids_cancel_progress() -> None:
 
 def test_watch_negative_and_compacted_start() -> None:
     async def body(e: Env) -> None:
-        for i in range(4):
+        for i in range(4):  # revisions 2..5
             await put(e, b"k", b"%d" % i)
-        await e.kv.Compact(pb.CompactionRequest(revision=3))
+        await e.kv.Compact(pb.CompactionRequest(revision=4))
         s = Stream(e)
         await s.create(b"k", start_revision=-1)
         bad = await s.next()
@@ -340,12 +341,12 @@ def test_watch_negative_and_compacted_start() -> None:
         created = await s.next()
         assert created.created and not created.canceled
         gone = await s.next()
-        assert gone.canceled and gone.compact_revision == 3 and gone.watch_id == created.watch_id
-        await s.create(b"k", start_revision=3, prev_kv=True)
+        assert gone.canceled and gone.compact_revision == 4 and gone.watch_id == created.watch_id
+        await s.create(b"k", start_revision=4, prev_kv=True)
         await s.next()
         replay = await s.next()
         assert [ev.kv.value for ev in replay.events] == [b"2"]
-        # the version before revision 3 was compacted away: etcd then sends no prev_kv
+        # the version before revision 4 was compacted away: etcd then sends no prev_kv
         assert not replay.events[0].HasField("prev_kv")
         s.close()
         await still_serving(e)
@@ -375,7 +376,7 @@ def test_watch_fragments_large_revisions() -> None:
         assert all(p.ByteSize() < 2000 for p in fragmented)
         joined = [ev for p in fragmented for ev in p.events]
         assert joined == list(whole[0].events)
-        assert {p.header.revision for p in fragmented} == {1}
+        assert {p.header.revision for p in fragmented} == {2}
         s.close()
 
     run(body, config)
@@ -514,8 +515,8 @@ def test_status_hash_snapshot_alarm() -> None:
         assert (st.leader, st.raftTerm, st.version) == (1, 1, "3.4.0")
         assert st.raftAppliedIndex == st.raftIndex == 2 and st.dbSize > 0
         h1 = await e.maint.HashKV(pb.HashKVRequest(revision=0))
-        assert h1.header.revision == 2 and h1.compact_revision == 0
-        assert (await e.maint.HashKV(pb.HashKVRequest(revision=1))).hash != h1.hash
+        assert h1.header.revision == 3 and h1.compact_revision == 0
+        assert (await e.maint.HashKV(pb.HashKVRequest(revision=2))).hash != h1.hash
         chunks = [c async for c in e.maint.Snapshot(pb.SnapshotRequest())]
         assert chunks[-1].remaining_bytes == 0
         assert all(a.remaining_bytes > b.remaining_bytes for a, b in itertools.pairwise(chunks))
@@ -542,7 +543,7 @@ def test_progress_notify_watchers_get_periodic_marks_when_idle() -> None:
         await put(e, b"other", b"x")
         e.backend.progress_tick()  # what the backend's timer does every interval
         mark = await s.next()
-        assert mark.watch_id == 0 and not mark.events and mark.header.revision == 1
+        assert mark.watch_id == 0 and not mark.events and mark.header.revision == 2
         await put(e, b"pn", b"1")
         event = await s.next()
         assert event.watch_id == 0 and event.events[0].kv.value == b"1"
@@ -679,8 +680,8 @@ def test_a_slow_watch_consumer_is_canceled_with_a_reason_never_skipped() -> None
             revisions.extend(ev.kv.mod_revision for ev in last.events)
         assert "slow watcher" in last.cancel_reason
         resume_from = int(last.cancel_reason.rsplit(" ", 1)[1])
-        assert revisions == list(range(1, resume_from))  # in order, no gap, no duplicate
-        assert resume_from <= writes  # it really was canceled before the end
+        assert revisions == list(range(2, resume_from))  # in order, no gap, no duplicate
+        assert resume_from <= writes + 1  # the last write's revision: canceled before the end
         s.close()
         await still_serving(e)
 
@@ -701,8 +702,8 @@ def test_a_write_during_watch_creation_is_not_missed() -> None:
         s = Stream(e)
         await s.create(b"race")
         created = await s.next()
-        assert created.created and created.header.revision == 0
-        first = await s.next()  # the created header said "after revision 0": rev 1 follows
+        assert created.created and created.header.revision == 1  # the empty store's
+        first = await s.next()  # the created header said "after revision 1": rev 2 follows
         assert [ev.kv.value for ev in first.events] == [b"during-create"]
         s.close()
 

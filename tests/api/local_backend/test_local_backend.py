@@ -68,17 +68,17 @@ def test_implements_the_backend_protocol() -> None:
 def test_write_then_read_and_revisions() -> None:
     async def body(b: LocalBackend, _: ManualClock) -> None:
         r = await b.write(PutRequest(b"k", b"v1"))
-        assert r.revision == 1 and b.header().revision == 1
+        assert r.revision == 2 and b.header().revision == 2  # an empty store is at 1
         await b.write(PutRequest(b"k", b"v2"))
         got = await b.read(RangeRequest(b"k"))
         assert isinstance(got, RangeResponse) and got.kvs[0].value == b"v2"
-        old = await b.read(RangeRequest(b"k", revision=1), serializable=True)
+        old = await b.read(RangeRequest(b"k", revision=2), serializable=True)
         assert isinstance(old, RangeResponse) and old.kvs[0].value == b"v1"
         txn = await b.read(TxnRequest(success=(RangeRequest(b"k"),)))
-        assert txn.revision == 2
+        assert txn.revision == 3
         with pytest.raises(TooManyOps):
             await b.write(TxnRequest(success=tuple(PutRequest(b"%d" % i) for i in range(200))))
-        assert b.header().revision == 2  # the failed write changed nothing
+        assert b.header().revision == 3  # the failed write changed nothing
 
     run(body)
 
@@ -110,7 +110,7 @@ def test_watch_delivers_in_order_with_progress_and_cancel() -> None:
         await w.request_progress()
         await w.cancel()
         got = await take(w, 5)
-        assert [r.revision for r in got] == [1, 2, 4, 4, 4]
+        assert [r.revision for r in got] == [2, 3, 5, 5, 5]
         assert [len(r.events) for r in got[:3]] == [1, 2, 1]  # the txn's two events together
         assert got[2].events[0].prev_kv is not None and got[2].events[0].prev_kv.value == b"1"
         assert got[3].progress and not got[3].events
@@ -124,7 +124,7 @@ def test_watch_replays_history_and_reports_compaction() -> None:
     async def body(b: LocalBackend, _: ManualClock) -> None:
         for i in range(5):
             await b.write(PutRequest(b"h", b"%d" % i))
-        replay = await b.watch(WatchCreate(b"h", start_revision=2))
+        replay = await b.watch(WatchCreate(b"h", start_revision=3))  # the puts: revisions 2..6
         got = await take(replay, 4)
         assert [r.events[0].kv.value for r in got] == [b"1", b"2", b"3", b"4"]
         await b.write(CompactionRequest(4))
@@ -188,7 +188,7 @@ def test_maintenance_and_membership() -> None:
         st = await b.status()
         assert st.leader == b.member_id and st.raft_applied_index == 1 and st.db_size_bytes > 0
         h = await b.hash_kv()
-        assert (h.revision, h.compact_revision) == (1, 0)
+        assert (h.revision, h.compact_revision) == (2, 0)
         data = [chunk async for chunk in b.snapshot()]
         assert StateMachine.from_snapshot(data).state_hash() == await b.hash()
         members = await b.member_list()

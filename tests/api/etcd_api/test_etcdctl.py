@@ -82,6 +82,55 @@ def bg(started: list[Background], server: EtcdServer, tmp: Path, *args: str) -> 
     return b
 
 
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A server of the test's own, with an empty store (the module's server has history)."""
+    if ETCDCTL is None:
+        pytest.skip(ETCDCTL_MISSING)
+    server = start_server(tmp_path)
+    yield server
+    stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
+
+
+# --- an empty store (what a fresh etcd 3.4 answers, checked with `etcd --data-dir $(mktemp -d)`) ---
+
+
+def test_a_fresh_store_is_at_revision_1_as_etcds(
+    fresh_server: EtcdServer, tmp_path: Path, background: list[Background]
+) -> None:
+    ctl = make_etcdctl(fresh_server.endpoint)
+    assert revision(ctl) == 1  # etcd: `get x -w json` answers header revision 1
+    hashkv = json.loads(ctl("endpoint", "hashkv", "-w", "json").stdout)[0]["HashKV"]
+    assert hashkv["header"]["revision"] == 1
+    assert ctl("compaction", "1").stdout == "compacted revision 1\n"  # as etcd: allowed
+    again = ctl("compaction", "1", check=False)
+    assert again.returncode != 0 and "required revision has been compacted" in again.stderr
+    assert ctl("get", "f/k", "--rev=1").stdout == ""  # the compact revision stays readable
+    watch = bg(background, fresh_server, tmp_path, "watch", "f/k", "--rev=1", "-w", "json")
+    put = json.loads(ctl("put", "f/k", "v", "-w", "json").stdout)
+    assert put["header"]["revision"] == 2  # etcd: the first write gets revision 2
+    line = watch.wait_for("\n").splitlines()[0]
+    [event] = json.loads(line)["Events"]
+    assert (event["kv"]["create_revision"], event["kv"]["mod_revision"]) == (2, 2)
+    hashkv = json.loads(ctl("endpoint", "hashkv", "-w", "json").stdout)[0]["HashKV"]
+    assert (hashkv["header"]["revision"], hashkv["compact_revision"]) == (2, 1)
+
+
+def test_the_first_lock_of_a_fresh_store_is_granted_at_once(fresh_server: EtcdServer) -> None:
+    """A lock taken before anything else was written. etcd 3.4's Mutex.Lock returns at once
+    when its own key is the oldest of the prefix, so unlike Election.Campaign (the elect test
+    below) it does not wait on max_create_revision = own - 1 here and would not hang on a store
+    starting at 0 either: what fails then is the revision check."""
+    ctl = make_etcdctl(fresh_server.endpoint)
+    assert revision(ctl) == 1  # nothing written yet
+    try:
+        res = ctl("lock", "first/lock", "echo", "held", timeout=WAIT_S * 2)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the first lock of a fresh store was not granted") from exc
+    assert res.stdout == "held\n"
+
+
 # --- KV ---------------------------------------------------------------------------------------
 
 
@@ -338,19 +387,18 @@ def test_lock_runs_command_while_holding(etcdctl: Etcdctl) -> None:
 
 
 def test_elect_shows_the_leader(
-    etcdctl: Etcdctl, etcd_server: EtcdServer, tmp_path: Path, background: list[Background]
+    fresh_server: EtcdServer, tmp_path: Path, background: list[Background]
 ) -> None:
-    # Known difference (docs/etcd.md): an empty quorum store is at revision 0, etcd's at 1. On
-    # an empty store the first campaign key gets revision 1, and etcd's client then waits with
-    # max_create_revision 0, which means "no bound", i.e. for its own key. One write first
-    # keeps this test independent of which tests ran before it on its server.
-    etcdctl("put", "el/warm-up", "x")
-    leader = bg(background, etcd_server, tmp_path, "elect", "el/race", "alice")
+    # On a fresh store: the first campaign key ever written. etcd's Election.Campaign then
+    # waits for older keys with max_create_revision = its own - 1 (0 would mean "no bound",
+    # i.e. waiting for itself), so this also checks that the first write is revision 2.
+    assert revision(make_etcdctl(fresh_server.endpoint)) == 1
+    leader = bg(background, fresh_server, tmp_path, "elect", "el/race", "alice")
     leader.wait_for("alice")
-    listener = bg(background, etcd_server, tmp_path, "elect", "-l", "el/race")
+    listener = bg(background, fresh_server, tmp_path, "elect", "-l", "el/race")
     out = listener.wait_for("alice")
     assert out.startswith("el/race/") and out.split("\n")[1] == "alice"
-    second = bg(background, etcd_server, tmp_path, "elect", "el/race", "bob")
+    second = bg(background, fresh_server, tmp_path, "elect", "el/race", "bob")
     time.sleep(1.0)
     assert "bob" not in second.output()  # bob waits behind alice
     leader.stop()  # alice resigns

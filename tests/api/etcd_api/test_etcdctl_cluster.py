@@ -111,6 +111,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _stop(c)
 
 
+def test_a_fresh_cluster_is_at_revision_1_and_its_first_campaign_wins_at_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Runs first in this module, before anything is written: every node restored the new
+    cluster's bootstrap snapshot, which holds an empty store at revision 1, as etcd's. etcd's
+    Election.Campaign then waits for the keys created before its own with max_create_revision
+    = own - 1, where 0 means "no bound": a first key at revision 1 would wait for itself."""
+    for node in NODES:
+        header = json.loads(cluster.ctl(node)("get", "x", "-w", "json").stdout)["header"]
+        assert header.get("revision", 0) == 1  # 0 is omitted from JSON
+    out = tmp_path / "elect.out"
+    with out.open("w") as f:
+        campaign = subprocess.Popen(
+            [ETCDCTL or "etcdctl", f"--endpoints={cluster.etcd_endpoints[0]}", "elect",
+             "cf/first", "alice"],
+            stdout=f, stderr=subprocess.STDOUT, env={"ETCDCTL_API": "3"},
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while "alice" not in out.read_text():  # printed once the campaign has won
+            assert time.monotonic() < deadline, "no leader elected:\n" + out.read_text()
+            time.sleep(0.05)
+        key = out.read_text().split("\n")[0]
+        got = json.loads(cluster.ctl(2)("get", key, "-w", "json").stdout)["kvs"][0]
+        assert got["create_revision"] == 2  # the first write of the cluster
+    finally:
+        campaign.terminate()
+        campaign.wait(10)
+
+
 def test_members_and_one_leader(cluster: Cluster) -> None:
     doc = json.loads(cluster.ctl()("member", "list", "-w", "json").stdout)
     assert sorted(m["ID"] for m in doc["members"]) == [1, 2, 3]

@@ -207,9 +207,9 @@ class MVCCStore:
         self._new_keys: list[bytes] = []
         self._multi: dict[bytes, bytes] = {}  # key -> the key object the log shares
         # An empty store is at revision 1, as etcd's is: the first write gets 2. etcd's
-        # client recipes (election, mutex) wait on keys created below their own key's
-        # revision minus one, and take 0 as "no bound": with a first write at revision 1
-        # the first campaign or lock of a fresh cluster would wait for its own key.
+        # Election.Campaign waits for the keys created below its own key's revision minus
+        # one, and takes 0 as "no bound": with a first write at revision 1 the first
+        # campaign of a fresh cluster would wait for its own key.
         # Invariant: never decreases. (A store restored from a snapshot keeps the snapshot's
         # revision, so clusters bootstrapped when stores started at 0 keep their numbering.)
         self.revision = 1

@@ -153,9 +153,11 @@ class MaintenanceServicer(rpc.MaintenanceServicer):
         except Exception as exc:
             await abort_with(context, exc)
             raise
+        # etcd reports -1 for a store never compacted; quorum's store says 0 (no write is
+        # ever at revision 0, so a compaction at 0 removes nothing)
         return pb.HashKVResponse(
             header=convert.header_pb(self._backend.header(), h.revision),
-            hash=h.hash & 0xFFFFFFFF, compact_revision=h.compact_revision,
+            hash=h.hash & 0xFFFFFFFF, compact_revision=h.compact_revision or -1,
         )
 
     async def Snapshot(

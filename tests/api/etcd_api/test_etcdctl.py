@@ -103,6 +103,7 @@ def test_a_fresh_store_is_at_revision_1_as_etcds(
     assert revision(ctl) == 1  # etcd: `get x -w json` answers header revision 1
     hashkv = json.loads(ctl("endpoint", "hashkv", "-w", "json").stdout)[0]["HashKV"]
     assert hashkv["header"]["revision"] == 1
+    assert hashkv["compact_revision"] == -1  # etcd's "never compacted"
     assert ctl("compaction", "1").stdout == "compacted revision 1\n"  # as etcd: allowed
     again = ctl("compaction", "1", check=False)
     assert again.returncode != 0 and "required revision has been compacted" in again.stderr

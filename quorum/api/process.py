@@ -67,7 +67,8 @@ class QuorumProcess:
     def _open_storage(self) -> NodeStorage:
         if self._storage_override is not None:
             return self._storage_override
-        options = StorageOptions(planted_skip_fsync="ack_before_fsync" in self.planted_bugs)
+        options = StorageOptions(planted_skip_fsync="ack_before_fsync" in self.planted_bugs,
+                                 preallocate_ahead=self.config.wal_reserve_bytes)
         fs, data_dir = OsFileSystem(), self.config.data_dir
         datadir.check_format(fs, data_dir)  # before recovery changes anything
         durable = DurableStorage.open(fs, data_dir, options)

@@ -51,6 +51,9 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     # this many times its size (Raft thesis 5.1.1; 0 = the plain interval; see NodeCore)
     snapshot_log_ratio: float = 1.0
     snapshot_ratio_floor: int = 4 << 20  # bytes; smaller snapshots ignore the ratio
+    # WAL space reserved ahead of the writes (quorum.storage.wal.WalOptions.preallocate_ahead):
+    # appends then land in reserved blocks, whose fdatasync skips growing the file; 0 = off
+    wal_reserve_bytes: int = 4 << 20
     # raft knobs
     pre_vote: bool = True
     check_quorum: bool = True
@@ -115,6 +118,7 @@ class NodeConfig(msgspec.Struct, kw_only=True):
             (self.snapshot_catchup_entries >= 0, "snapshot_catchup_entries must be >= 0."),
             (self.snapshot_log_ratio >= 0, "snapshot_log_ratio must be >= 0 (0 = off)."),
             (self.snapshot_ratio_floor >= 0, "snapshot_ratio_floor must be >= 0."),
+            (self.wal_reserve_bytes >= 0, "wal_reserve_bytes must be >= 0 (0 = off)."),
             (not self.lease_reads or self.check_quorum,
              "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
             (self.max_request_bytes > 0, "max_request_bytes must be positive."),

@@ -95,6 +95,7 @@ class EmbeddedOptions(msgspec.Struct, kw_only=True, frozen=True):
     snapshot_catchup_entries: int = 5_000
     snapshot_log_ratio: float = 1.0  # see NodeConfig.snapshot_log_ratio
     snapshot_ratio_floor: int = 4 << 20  # bytes; see NodeConfig.snapshot_ratio_floor
+    wal_reserve_bytes: int = 4 << 20  # see NodeConfig.wal_reserve_bytes
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = False
@@ -112,6 +113,7 @@ class EmbeddedOptions(msgspec.Struct, kw_only=True, frozen=True):
             (self.snapshot_catchup_entries >= 0, "snapshot_catchup_entries must be >= 0."),
             (self.snapshot_log_ratio >= 0, "snapshot_log_ratio must be >= 0 (0 = off)."),
             (self.snapshot_ratio_floor >= 0, "snapshot_ratio_floor must be >= 0."),
+            (self.wal_reserve_bytes >= 0, "wal_reserve_bytes must be >= 0 (0 = off)."),
             (not self.lease_reads or self.check_quorum,
              "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
         ]
@@ -156,7 +158,8 @@ class EmbeddedNode(Generic[S]):
         opts = self.options
         fs = OsFileSystem()
         datadir.check_format(fs, self.data_dir)  # before recovery changes anything
-        durable = DurableStorage.open(fs, self.data_dir, StorageOptions())
+        durable = DurableStorage.open(
+            fs, self.data_dir, StorageOptions(preallocate_ahead=opts.wal_reserve_bytes))
         datadir.mark_format(fs, self.data_dir)
         self.storage: NodeStorage = DurableNodeStorage(durable)
         members = tuple(MemberInfo(pid, f"node{pid}", addr) for pid, addr in self.peers.items())

@@ -57,6 +57,7 @@ CORRUPT_SUFFIX = ".corrupt"
 class StorageOptions:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     preallocate: bool = False
+    preallocate_ahead: int = 0  # see WalOptions.preallocate_ahead
     snapshots_kept: int = 2
     snapshot_chunk_bytes: int = snapfile.DEFAULT_CHUNK_BYTES
     # Test-only switches that break a durability rule on purpose (names in PLANTED_BUGS);
@@ -68,6 +69,8 @@ class StorageOptions:
         """Raise ConfigError naming the first broken rule."""
         if self.segment_bytes < 4096:
             raise ConfigError("segment_bytes must be at least 4096")
+        if self.preallocate_ahead < 0:
+            raise ConfigError("preallocate_ahead must not be negative")
         if self.snapshots_kept < 1:
             raise ConfigError("snapshots_kept must be at least 1")
         if self.snapshot_chunk_bytes < 1:
@@ -77,7 +80,8 @@ class StorageOptions:
 
     def wal_options(self) -> WalOptions:
         bugs = self.planted_bugs | ({"skip_fsync"} if self.planted_skip_fsync else set())
-        return WalOptions(self.segment_bytes, self.preallocate, frozenset(bugs))
+        return WalOptions(self.segment_bytes, self.preallocate, frozenset(bugs),
+                          self.preallocate_ahead)
 
 
 class DurableStorage:

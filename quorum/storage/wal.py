@@ -63,6 +63,17 @@ class WalOptions:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES  # rotate once a segment would grow past this
     preallocate: bool = False  # reserve segment_bytes when a segment is created
     planted_bugs: frozenset[str] = frozenset()  # test-only, see PLANTED_BUGS
+    # > 0: keep this many bytes reserved ahead of the last write (posix_fallocate, in steps
+    # of this size), so most appends overwrite reserved blocks instead of growing the file.
+    # On ext4 here an fdatasync after a 150-byte append took ~230 us growing the file and
+    # ~150 us inside reserved space (docs/benchmarks.md). The reserved tail reads as zeros,
+    # which replay takes for the end of the log, as with ``preallocate``.
+    preallocate_ahead: int = 0
+
+    @property
+    def reserves(self) -> bool:
+        """Segments may end in reserved zeros (cut off at rotation)."""
+        return self.preallocate or self.preallocate_ahead > 0
 
 
 @dataclass
@@ -122,6 +133,9 @@ class Wal:
         self.segments = segments  # oldest first; the last one is open for appending
         self._handle: FileHandle | None = handle
         self._offset = offset  # end of valid data in the last segment: next write goes here
+        # bytes of the last segment's file reserved so far (its size; writes below it do not
+        # grow the file)
+        self._reserved = _io(handle.size) if options.preallocate_ahead else 0
         # Rotation is pointless for a segment holding only its initial records.
         self._segment_used = offset > len(header_bytes(segments[-1]))
         self._hard_state = replayed.hard_state
@@ -202,6 +216,9 @@ class Wal:
         if end > self.options.segment_bytes and self._segment_used:
             self._rotate()
             handle = self._writable()
+            end = self._offset + len(buf)
+        if end > self._reserved and self.options.preallocate_ahead:
+            self._reserve(handle, end)
         try:
             handle.pwrite(buf, self._offset)
         except OSError as exc:
@@ -209,6 +226,20 @@ class Wal:
         self._offset += len(buf)
         self._segment_used = True
         self.bytes_written += len(buf)
+
+    def _reserve(self, handle: FileHandle, end: int) -> None:
+        """Reserve the file up to ``end`` plus ``preallocate_ahead`` bytes (never past the
+        segment size unless ``end`` itself is). Nothing is written yet, so a full disk here
+        loses nothing: DiskFullError, and the next save retries."""
+        ahead = self.options.preallocate_ahead
+        target = max(end, min(end + ahead, self.options.segment_bytes))
+        try:
+            handle.preallocate(target)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"disk full reserving {self._current_path()}") from exc
+            self._fail(exc, "preallocate")
+        self._reserved = target
 
     def _write_failed(self, handle: FileHandle, exc: OSError) -> None:
         if exc.errno != errno.ENOSPC:
@@ -239,7 +270,7 @@ class Wal:
         """
         handle = self._writable()
         try:
-            if self.options.preallocate:
+            if self.options.reserves:
                 handle.truncate(self._offset)
             if "skip_rotation_fsync" not in self.options.planted_bugs:
                 handle.sync()
@@ -263,6 +294,7 @@ class Wal:
         self._handle = new
         self.segments.append(name)
         self._offset = len(initial)
+        self._reserved = max(prealloc, len(initial))
         self._segment_used = False
 
     def release_through(self, index: int) -> list[str]:

@@ -50,3 +50,34 @@ def test_preallocated_segments_recover(tmp_path: Path) -> None:
     recovered.save(None, entries(1, 301, 1), must_sync=True)
     recovered.close()
     assert DurableStorage.open(fs, str(tmp_path), options).last_index() == 301
+
+
+def test_space_reserved_ahead_on_real_files(tmp_path: Path) -> None:
+    """The live segment's file is reserved in steps ahead of the data (so appends do not grow
+    it), full segments are cut back to their data at rotation, and everything replays, after a
+    restart too."""
+    fs = OsFileSystem()
+    options = StorageOptions(segment_bytes=32768, preallocate_ahead=8192)
+    storage = DurableStorage.open(fs, str(tmp_path), options)
+    sizes = []
+    for first in range(1, 601, 30):
+        storage.save(HardState(1, 0, 0), entries(1, first, 30, size=100), must_sync=True)
+        live = sorted((tmp_path / "wal").glob("*.wal"))[-1]
+        sizes.append(live.stat().st_size)
+        assert live.stat().st_size >= storage.wal.segment_offset  # the data fits the file
+        assert live.stat().st_size <= max(options.segment_bytes,
+                                          storage.wal.segment_offset + options.preallocate_ahead)
+    assert len(set(sizes)) > 2  # reserved in several steps
+    segments = sorted((tmp_path / "wal").glob("*.wal"))
+    assert len(segments) >= 2
+    for full in segments[:-1]:
+        data = full.read_bytes()
+        assert data[-8:] != bytes(8)  # cut back at rotation: no reserved zeros left behind
+    live = segments[-1]
+    assert live.stat().st_size > storage.wal.segment_offset  # space is reserved ahead
+    storage.close()
+    recovered = DurableStorage.open(fs, str(tmp_path), options)
+    assert recovered.entries(1, 601) == entries(1, 1, 600, size=100)
+    recovered.save(None, entries(1, 601, 1), must_sync=True)
+    recovered.close()
+    assert DurableStorage.open(fs, str(tmp_path), options).last_index() == 601

@@ -135,7 +135,8 @@ class Wal:
         self._offset = offset  # end of valid data in the last segment: next write goes here
         # bytes of the last segment's file reserved so far (its size; writes below it do not
         # grow the file)
-        self._reserved = _io(handle.size) if options.preallocate_ahead else 0
+        self._reserving = options.preallocate_ahead > 0  # off for good if the FS refuses
+        self._reserved = _io(handle.size) if self._reserving else 0
         # Rotation is pointless for a segment holding only its initial records.
         self._segment_used = offset > len(header_bytes(segments[-1]))
         self._hard_state = replayed.hard_state
@@ -217,7 +218,7 @@ class Wal:
             self._rotate()
             handle = self._writable()
             end = self._offset + len(buf)
-        if end > self._reserved and self.options.preallocate_ahead:
+        if self._reserving and end > self._reserved:
             self._reserve(handle, end)
         try:
             handle.pwrite(buf, self._offset)
@@ -238,7 +239,11 @@ class Wal:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskFullError(f"disk full reserving {self._current_path()}") from exc
-            self._fail(exc, "preallocate")
+            # Reserving is only a speed-up, and nothing was written: a file system that
+            # cannot do it gets plain appends from now on.
+            log.warning("WAL space reservation off: %s on %s", exc, self._current_path())
+            self._reserving = False
+            return
         self._reserved = target
 
     def _write_failed(self, handle: FileHandle, exc: OSError) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from quorum.raft.types import HardState
 from quorum.storage import DurableStorage, OsFileSystem, StorageOptions
+from quorum.storage.fs import FileHandle
 
 from .model import VOTERS, entries
 
@@ -81,3 +83,26 @@ def test_space_reserved_ahead_on_real_files(tmp_path: Path) -> None:
     recovered.save(None, entries(1, 601, 1), must_sync=True)
     recovered.close()
     assert DurableStorage.open(fs, str(tmp_path), options).last_index() == 601
+
+
+def test_a_file_system_that_cannot_reserve_gets_plain_appends(tmp_path: Path) -> None:
+    """Reserving is a speed-up: an error other than a full disk turns it off, nothing fails."""
+
+    class NoFallocate(OsFileSystem):
+        def open(self, path: str, create: bool = False) -> FileHandle:
+            handle = super().open(path, create)
+
+            def refuse(size: int) -> None:
+                raise OSError(errno.EOPNOTSUPP, "not supported")
+
+            handle.preallocate = refuse  # type: ignore[method-assign]
+            return handle
+
+    fs = NoFallocate()
+    options = StorageOptions(segment_bytes=16384, preallocate_ahead=4096)
+    storage = DurableStorage.open(fs, str(tmp_path), options)
+    for first in range(1, 301, 30):
+        storage.save(HardState(1, 0, 0), entries(1, first, 30, size=100), must_sync=True)
+    storage.close()
+    assert DurableStorage.open(fs, str(tmp_path), options).entries(1, 301) == entries(
+        1, 1, 300, size=100)

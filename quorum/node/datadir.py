@@ -17,7 +17,6 @@ Raise DATA_FORMAT whenever a change writes something the previous release cannot
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -25,8 +24,8 @@ from typing import TypeVar
 import msgspec
 
 import quorum
-from quorum.errors import CorruptionError, DataFormatTooNew, DiskFullError, FatalIOError
-from quorum.storage.fs import FileSystem
+from quorum.errors import CorruptionError, DataFormatTooNew
+from quorum.storage.fs import FileSystem, run_io
 
 DATA_FORMAT = 3
 FORMAT_FILE = "format"
@@ -91,9 +90,4 @@ def _replace(fs: FileSystem, data_dir: str, path: str, data: bytes) -> None:
 
 def _io(action: Callable[[], T]) -> T:
     """OS errors as the storage layer reports them (DiskFullError, FatalIOError)."""
-    try:
-        return action()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"disk full: {exc}") from exc
-        raise FatalIOError(f"I/O error: {exc}") from exc
+    return run_io(action, " on the data-format marker")

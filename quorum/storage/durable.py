@@ -41,7 +41,7 @@ from quorum.raft.types import (
     entry_size,
 )
 from quorum.storage import snapshot as snapfile
-from quorum.storage.fs import FileSystem
+from quorum.storage.fs import FileSystem, run_io
 from quorum.storage.record import SnapshotMarker
 from quorum.storage.segment import list_segments
 from quorum.storage.snapshot import SnapshotFile, SnapshotStore
@@ -498,12 +498,7 @@ def _limit_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
 
 
 def _io(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"disk full: {exc}") from exc
-        raise FatalIOError(f"I/O error: {exc}") from exc
+    return run_io(action)
 
 
 def _implements_log_storage(storage: DurableStorage) -> LogStorage:

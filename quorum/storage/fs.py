@@ -13,7 +13,25 @@ only the caller knows whether a failure is fatal (see ``quorum.storage.wal``).
 from __future__ import annotations
 
 import abc
+import errno
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from quorum.errors import DiskFullError, FatalIOError
+
+T = TypeVar("T")
+
+
+def run_io(action: Callable[[], T], during: str = "") -> T:
+    """Run an I/O action, reporting OSError in the storage error tree: DiskFullError for a
+    full disk, FatalIOError otherwise (``during`` says when, e.g. " while opening the WAL")."""
+    try:
+        return action()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"disk full{during}: {exc}") from exc
+        raise FatalIOError(f"I/O error{during}: {exc}") from exc
 
 
 class FileHandle(abc.ABC):

@@ -30,7 +30,7 @@ from typing import TypeVar
 from quorum.errors import CorruptionError, DiskFullError, FatalIOError, UsageError
 from quorum.raft.types import Entry, HardState
 from quorum.storage import record
-from quorum.storage.fs import FileHandle, FileSystem
+from quorum.storage.fs import FileHandle, FileSystem, run_io
 from quorum.storage.record import Batch, RecordType, SnapshotMarker
 from quorum.storage.segment import (
     TMP_SUFFIX,
@@ -467,10 +467,5 @@ def _cut_tail(handle: FileHandle, offset: int) -> None:
 
 def _io(action: Callable[[], T]) -> T:
     """Run an I/O action during open, mapping OSError into the error tree."""
-    try:
-        return action()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"disk full while opening the WAL: {exc}") from exc
-        raise FatalIOError(f"I/O error while opening the WAL: {exc}") from exc
+    return run_io(action, " while opening the WAL")
 

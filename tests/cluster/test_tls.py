@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tls_certs import make_cert
 
 from quorum.client.aio import AsyncClient
 from quorum.errors import QuorumError
@@ -25,18 +26,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
 ]
 ETCDCTL = shutil.which("etcdctl")
-
-
-def make_cert(folder: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (its own CA) and its key."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 def peer_args(cert: Path, key: Path, ca: Path) -> tuple[str, ...]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from tls_certs import make_cert
 
 from .servers import ETCDCTL, ETCDCTL_MISSING, make_etcdctl, start_server, stop_server
 
@@ -14,17 +14,6 @@ pytestmark = [
     pytest.mark.skipif(ETCDCTL is None, reason=ETCDCTL_MISSING),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
 ]
-
-
-def make_cert(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_and_mutual_tls(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Self-signed certificates for TLS tests, made by the openssl command (importable from any
-test package: pytest puts tests/ on sys.path, since it has no __init__.py)."""
+test package: pyproject.toml puts tests/ on pytest's sys.path)."""
 
 from __future__ import annotations
 

@@ -147,6 +147,7 @@ class _Link:
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self._failures_in_row = 0
+        self._failure_kind = ""  # the kind of the outage's last failure (see _fail)
         self._last_pong = 0.0
         self._loop = asyncio.get_running_loop()
         self.task = self._loop.create_task(self._run())
@@ -247,7 +248,7 @@ class _Link:
                 if self._stopped:
                     return
                 self.stats.connect_failures += 1
-                self._fail(f"cannot connect to {self.address}: {exc!r}")
+                self._fail(f"cannot connect to {self.address}: {exc!r}", type(exc).__name__)
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             except Exception as exc:
@@ -267,6 +268,7 @@ class _Link:
                 return
             backoff.reset()
             self._failures_in_row = 0
+            self._failure_kind = ""
             self.stats.connects += 1
             log.info("link %d->%d connected to %s", self.owner.member_id, self.peer_id,
                      self.address)
@@ -276,14 +278,19 @@ class _Link:
             self._fail(reason)
             await asyncio.sleep(backoff.next_delay_s())
 
-    def _fail(self, reason: str) -> None:
-        """Drop what is queued, refuse new messages until the next attempt, and report."""
+    def _fail(self, reason: str, kind: str = "") -> None:
+        """Drop what is queued, refuse new messages until the next attempt, and report.
+        ``kind`` names the failure (the exception's class for a failed connect)."""
         self._accepting = False
         self.stats.dropped_messages += len(self._pending)
         self._pending = []
         self._failures_in_row += 1
-        # Warn once per outage; repeated failed attempts of the same outage go to debug.
-        level = logging.WARNING if self._failures_in_row == 1 else logging.DEBUG
+        # Warn once per outage, and again when the failure changes kind (a peer that was
+        # refusing connections now starts and fails the TLS check: the operator must see
+        # that); repeated attempts failing the same way go to debug.
+        changed = bool(kind) and kind != self._failure_kind
+        self._failure_kind = kind or self._failure_kind
+        level = logging.WARNING if self._failures_in_row == 1 or changed else logging.DEBUG
         log.log(level, "link %d->%d down: %s", self.owner.member_id, self.peer_id, reason)
         self.owner.report_unreachable(self.peer_id)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import ssl
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -72,3 +74,40 @@ def test_plaintext_peer_cannot_talk_to_a_tls_server(
         await secure.transport.close()
 
     run(scenario(), loop_name)
+
+
+def test_a_failure_of_a_new_kind_is_warned_again(
+    caplog: pytest.LogCaptureFixture, cert_files: tuple[Path, Path]
+) -> None:
+    """One warning per outage, but a new kind of failure in the same outage is warned too:
+    a peer that refused connections, then starts with a certificate we do not trust."""
+    errors: list[BaseException] = [
+        ConnectionRefusedError(111, "Connection refused"),
+        ConnectionRefusedError(111, "Connection refused"),
+        ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate"),
+        ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate"),
+    ]
+
+    async def scenario() -> None:
+        a = Node(1)
+        calls = 0
+
+        async def failing_dial(*_args: object, **_kw: object) -> NoReturn:
+            nonlocal calls
+            calls += 1
+            raise errors[min(calls, len(errors)) - 1]
+
+        a.transport.dial = failing_dial  # type: ignore[method-assign]
+        await a.transport.start()
+        a.transport.update_peers({2: ("127.0.0.1", 9)})
+        await eventually(lambda: calls >= len(errors) + 1, "five failed connects")
+        await a.transport.close()
+
+    with caplog.at_level(logging.DEBUG, logger="quorum.transport"):
+        run(scenario())
+    downs = [(r.levelno, r.getMessage()) for r in caplog.records if "down:" in r.getMessage()]
+    warned = [m for level, m in downs if level == logging.WARNING]
+    assert len(downs) >= 5
+    assert len(warned) == 2, downs
+    assert "ConnectionRefusedError" in warned[0]
+    assert "certificate verify failed" in warned[1]

@@ -33,7 +33,7 @@ from quorum.node.server import RaftServer
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
 from quorum.raft import PLANTED_BUGS, Config
 from quorum.state import StateConfig
-from quorum.storage.durable import DurableStorage, StorageOptions
+from quorum.storage.durable import StorageOptions
 from quorum.storage.fs import OsFileSystem
 from quorum.transport.tcp import PeerTransport
 
@@ -69,11 +69,8 @@ class QuorumProcess:
             return self._storage_override
         options = StorageOptions(planted_skip_fsync="ack_before_fsync" in self.planted_bugs,
                                  preallocate_ahead=self.config.wal_reserve_bytes)
-        fs, data_dir = OsFileSystem(), self.config.data_dir
-        datadir.check_format(fs, data_dir)  # before recovery changes anything
-        durable = DurableStorage.open(fs, data_dir, options)
-        datadir.mark_format(fs, data_dir)
-        return DurableNodeStorage(durable)
+        return DurableNodeStorage(datadir.open_storage(OsFileSystem(), self.config.data_dir,
+                                                       options))
 
     def _members(self) -> tuple[MemberInfo, ...]:
         return tuple(

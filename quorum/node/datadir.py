@@ -18,18 +18,17 @@ Raise DATA_FORMAT whenever a change writes something the previous release cannot
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TypeVar
 
 import msgspec
 
 import quorum
 from quorum.errors import CorruptionError, DataFormatTooNew
+from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import FileSystem, run_io
 
 DATA_FORMAT = 3
 FORMAT_FILE = "format"
-T = TypeVar("T")
+_WHERE = " on the data-format marker"  # for run_io's error messages
 
 
 class DataFormat(msgspec.Struct, frozen=True):
@@ -41,9 +40,9 @@ def read_format(fs: FileSystem, data_dir: str) -> DataFormat | None:
     """The directory's marker, or None (no directory, or one from before markers).
     Raises CorruptionError when the file is not a marker."""
     path = os.path.join(data_dir, FORMAT_FILE)
-    if not _io(lambda: fs.exists(path)):
+    if not run_io(lambda: fs.exists(path), _WHERE):
         return None
-    raw = _io(lambda: fs.read_file(path))
+    raw = run_io(lambda: fs.read_file(path), _WHERE)
     try:
         marker = msgspec.json.decode(raw, type=DataFormat)
     except msgspec.DecodeError as exc:
@@ -72,7 +71,7 @@ def mark_format(fs: FileSystem, data_dir: str) -> None:
     if marker == current:
         return
     path = os.path.join(data_dir, FORMAT_FILE)
-    _io(lambda: _replace(fs, data_dir, path, msgspec.json.encode(current) + b"\n"))
+    run_io(lambda: _replace(fs, data_dir, path, msgspec.json.encode(current) + b"\n"), _WHERE)
 
 
 def _replace(fs: FileSystem, data_dir: str, path: str, data: bytes) -> None:
@@ -88,6 +87,10 @@ def _replace(fs: FileSystem, data_dir: str, path: str, data: bytes) -> None:
     fs.fsync_dir(data_dir)
 
 
-def _io(action: Callable[[], T]) -> T:
-    """OS errors as the storage layer reports them (DiskFullError, FatalIOError)."""
-    return run_io(action, " on the data-format marker")
+def open_storage(fs: FileSystem, data_dir: str, options: StorageOptions) -> DurableStorage:
+    """The node runtimes' way to open their storage: refuse a newer release's directory
+    before crash recovery touches it, open, then mark the directory with this format."""
+    check_format(fs, data_dir)
+    durable = DurableStorage.open(fs, data_dir, options)
+    mark_format(fs, data_dir)
+    return durable

@@ -66,7 +66,7 @@ from quorum.node.statemachine import StateMachine
 from quorum.node.storage import DurableNodeStorage, NodeStorage, bootstrap
 from quorum.raft import Config
 from quorum.raft.types import StateRole
-from quorum.storage.durable import DurableStorage, StorageOptions
+from quorum.storage.durable import StorageOptions
 from quorum.storage.fs import OsFileSystem
 from quorum.transport.tcp import PeerTransport
 
@@ -156,11 +156,8 @@ class EmbeddedNode(Generic[S]):
     async def start(self) -> None:
         """Open (or bootstrap) the storage, restore the state machine, join the peers."""
         opts = self.options
-        fs = OsFileSystem()
-        datadir.check_format(fs, self.data_dir)  # before recovery changes anything
-        durable = DurableStorage.open(
-            fs, self.data_dir, StorageOptions(preallocate_ahead=opts.wal_reserve_bytes))
-        datadir.mark_format(fs, self.data_dir)
+        durable = datadir.open_storage(
+            OsFileSystem(), self.data_dir, StorageOptions(preallocate_ahead=opts.wal_reserve_bytes))
         self.storage: NodeStorage = DurableNodeStorage(durable)
         members = tuple(MemberInfo(pid, f"node{pid}", addr) for pid, addr in self.peers.items())
         if self.storage.is_empty():

@@ -20,21 +20,28 @@ class EtcdTls(msgspec.Struct, frozen=True):
     client_ca_file: str = ""
 
 
+def server_ssl_context(tls: EtcdTls) -> ssl.SSLContext:
+    """The etcd port's TLS context (h2 engine). Raises OSError / ssl.SSLError on a file that
+    cannot be used."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    ctx.set_alpn_protocols(["h2"])  # gRPC clients require HTTP/2 by ALPN
+    if tls.client_ca_file:
+        ctx.load_verify_locations(tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def check_tls_files(tls: EtcdTls) -> None:
     """Load the files as the server will, so that a missing file, a bad PEM or a key that
-    does not match its certificate stop the start with a ConfigError naming the file."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    does not match its certificate stop the start with a ConfigError naming the files."""
     try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        server_ssl_context(tls)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use cert_file {tls.cert_file!r} with key_file "
-                          f"{tls.key_file!r}: {exc}") from None
-    if tls.client_ca_file:
-        try:
-            ctx.load_verify_locations(tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot use trusted_ca_file {tls.client_ca_file!r}: "
-                              f"{exc}") from None
+        raise ConfigError(f"cannot use cert_file {tls.cert_file!r}, key_file "
+                          f"{tls.key_file!r}, trusted_ca_file {tls.client_ca_file!r}: "
+                          f"{exc}") from None
 
 
 class EtcdApiConfig(msgspec.Struct, frozen=True):

@@ -6,7 +6,6 @@ Both engines run the same servicers; the tests run the etcd API suite against bo
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import grpc
 from quorum.api.backend import Backend
 from quorum.api.etcd.auth import AuthServicer
 from quorum.api.etcd.concurrency import ElectionServicer, LockServicer
-from quorum.api.etcd.config import EtcdApiConfig, EtcdTls
+from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, server_ssl_context
 from quorum.api.etcd.gateway import Gateway
 from quorum.api.etcd.gen import etcd_election_pb2 as election_pb2
 from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
@@ -94,17 +93,6 @@ def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> Gr
     return server
 
 
-def _ssl_context(tls: EtcdTls) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    ctx.set_alpn_protocols(["h2"])  # gRPC clients require HTTP/2 by ALPN
-    if tls.client_ca_file:
-        ctx.load_verify_locations(tls.client_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 async def serve_etcd(
     backend: Backend, host: str = "127.0.0.1", port: int = 2379,
     config: EtcdApiConfig | None = None, tls: EtcdTls | None = None, engine: str = "h2",
@@ -118,7 +106,7 @@ async def serve_etcd(
     """
     if engine == "h2":
         h2 = build_h2_server(backend, config)
-        context = _ssl_context(tls) if tls is not None else None  # OSError: unreadable file
+        context = server_ssl_context(tls) if tls is not None else None  # OSError: unreadable file
         try:
             bound = await h2.start(host, port, context)
         except OSError as exc:

@@ -77,7 +77,7 @@ def handle_append_entries(r: Raft, m: Message) -> None:
         r.count("dropped.conflicts_committed")  # only a broken leader sends this
         return
     if last_new is not None:
-        r.send(Message(type=MT.APP_RESP, to=m.from_, index=last_new))
+        _ack(r, m.from_, last_new)
         return
     r.count("rejected.beyond_log" if m.index > log.last_index() else "rejected.log_mismatch")
     # Fast backtracking: point the leader at the last index whose term could match
@@ -94,6 +94,21 @@ def handle_append_entries(r: Raft, m: Message) -> None:
             log_term=hint_term,
         )
     )
+
+
+def _ack(r: Raft, leader: int, index: int) -> None:
+    """Acknowledge our log up to ``index``. An acceptance queued just before, in this
+    Ready, to the same leader in the same term says less (a match up to a lower index), so
+    this one replaces it: appends that arrive together (a commit notice followed by the next
+    write's entries) get one reply, and the leader steps one message instead of two. Only
+    an adjacent acceptance is replaced; rejections carry hints and are always sent."""
+    msgs = r.msgs
+    if msgs:
+        last = msgs[-1]
+        if (last.type == MT.APP_RESP and last.to == leader and not last.reject
+                and last.term == r.term and last.index <= index):
+            msgs.pop()
+    r.send(Message(type=MT.APP_RESP, to=leader, index=index))
 
 
 def handle_heartbeat(r: Raft, m: Message) -> None:

@@ -174,3 +174,39 @@ def test_auto_leave_is_retried_after_an_aborted_transfer() -> None:
     status = net.node(1).status()
     assert status.conf_state.voters == (1, 2, 3) and not status.conf_state.voters_outgoing
     assert status.conf_state.learners == (4,)
+
+
+def follower_at_term_1() -> RawNode:
+    """Follower 2 of (1 2 3) whose log holds the leader's empty entry 1/1."""
+    node = make_node(2, log_terms=(1,), term=1)
+    node.step(Message(type=MT.HEARTBEAT, to=2, from_=1, term=1))
+    drain(node)
+    return node
+
+
+def acks(rd: object) -> list[tuple[int, bool]]:
+    return [(m.index, m.reject) for m in sent(rd) if m.type == MT.APP_RESP]  # type: ignore[arg-type]
+
+
+def test_appends_stepped_together_get_one_acknowledgement() -> None:
+    # A commit notice (no entries) and the next write's append arrive in one read: the
+    # follower persists both in one Ready and answers once, with the higher match.
+    node = follower_at_term_1()
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=1, log_term=1, commit=1))
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=1, log_term=1, commit=1,
+                      entries=(Entry(term=1, index=2, data=b"a"),)))
+    assert acks(drain(node)) == [(2, False)]
+
+
+def test_a_lower_or_rejected_acknowledgement_is_never_merged() -> None:
+    node = follower_at_term_1()
+    # a stale duplicate after a newer append: its lower ack does not replace the higher one
+    entries = (Entry(term=1, index=2, data=b"a"), Entry(term=1, index=3, data=b"b"))
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=1, log_term=1, entries=entries))
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=1, log_term=1,
+                      entries=entries[:1]))
+    assert acks(drain(node)) == [(3, False), (2, False)]
+    # a rejection (beyond our log) keeps its hint, and an acceptance after it is sent too
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=9, log_term=1))
+    node.step(Message(type=MT.APP, to=2, from_=1, term=1, index=3, log_term=1, commit=3))
+    assert acks(drain(node)) == [(9, True), (3, False)]

@@ -98,7 +98,8 @@ def test_planted_runtime_bug_send_before_persist_is_caught() -> None:
 
 
 def test_profiles_exercise_what_they_claim() -> None:
-    mixed = [run_seed(seed, "mixed") for seed in range(4)]
+    # transfers are rare (about one seed in three carries one out): eight seeds
+    mixed = [run_seed(seed, "mixed") for seed in range(8)]
     assert sum(r.conf_changes for r in mixed) > 0
     assert sum(r.transfers for r in mixed) > 0
     assert sum(r.crashes for r in mixed) > 0

@@ -277,6 +277,8 @@ def maybe_send_append(r: Raft, to: int, send_if_empty: bool) -> bool:
     pr = r.trk.progress[to]
     if pr.is_paused():
         return False
+    if not send_if_empty and pr.next > r.raft_log.last_index():
+        return False  # nothing new for it (the common case after a batch or an ack)
     prev_index = pr.next - 1
     prev_term = r.raft_log.term(prev_index)
     if prev_term is None:

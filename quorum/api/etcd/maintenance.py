@@ -11,6 +11,7 @@ from quorum.api.etcd import convert, snapshot_file
 from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.etcd.status import abort_with
+from quorum.errors import RevisionCompacted
 
 # The etcd API level quorum speaks. Clients read StatusResponse.version to pick features, so it
 # names the etcd release whose API quorum implements, not quorum's own version (that one is in
@@ -150,6 +151,10 @@ class MaintenanceServicer(rpc.MaintenanceServicer):
     async def HashKV(self, request: pb.HashKVRequest, context: grpc.aio.ServicerContext) -> pb.HashKVResponse:
         try:
             h = await self._backend.hash_kv(request.revision)
+            if 0 < request.revision <= h.compact_revision:
+                # etcd refuses the compact revision itself too (quorum's own hash_kv, used
+                # by the replica checks, answers it: reads there are still exact)
+                raise RevisionCompacted(h.compact_revision)
         except Exception as exc:
             await abort_with(context, exc)
             raise

@@ -329,6 +329,12 @@ def test_watch_negative_and_compacted_start() -> None:
         for i in range(4):  # revisions 2..5
             await put(e, b"k", b"%d" % i)
         await e.kv.Compact(pb.CompactionRequest(revision=4))
+        # HashKV refuses the compact revision itself, as etcd 3.4; the one above answers
+        await expect_error(e.maint.HashKV(pb.HashKVRequest(revision=4)),
+                           grpc.StatusCode.OUT_OF_RANGE,
+                           "etcdserver: mvcc: required revision has been compacted")
+        above = await e.maint.HashKV(pb.HashKVRequest(revision=5))
+        assert above.compact_revision == 4 and above.header.revision == 5
         s = Stream(e)
         await s.create(b"k", start_revision=-1)
         bad = await s.next()

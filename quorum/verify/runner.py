@@ -11,7 +11,8 @@ overall verdict.
 Workloads (``quorum.verify.workloads_*``): ``register`` (read / write / cas, linearizability),
 ``append`` (list-append transactions, Elle), ``lock`` (lock + fenced resource, fencing
 check), ``watch`` (watch guarantees against the committed history, revision monotonicity),
-``lease`` (keys of stopped leases vanish not before the TTL and not much after).
+``lease`` (keys of stopped leases vanish not before the TTL, and not later than the leaders
+seen leading meanwhile can account for: every node's status is sampled through a lease run).
 
 Nemeses: ``kill`` (SIGKILL, restart later), ``pause`` (SIGSTOP / SIGCONT), ``partition``
 (isolate a node or split the cluster through the proxy), ``clock`` (restart a node with its
@@ -23,6 +24,7 @@ Faults are applied one at a time; each heals itself before the next starts.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import shutil
 import tempfile
@@ -35,10 +37,11 @@ import msgspec
 from quorum.client.aio import AsyncClient
 from quorum.errors import QuorumError
 from quorum.verify.history import Operation
+from quorum.verify.leaders import LeaderMonitor
 from quorum.verify.procs import ProcCluster, free_ports
 from quorum.verify.proxy import PartitionProxy
 from quorum.verify.workloads_append import AppendWorkload
-from quorum.verify.workloads_base import RunContext, Workload, WorkloadVerdict
+from quorum.verify.workloads_base import FaultSpan, RunContext, Workload, WorkloadVerdict
 from quorum.verify.workloads_html import esc, page, table
 from quorum.verify.workloads_lease import LeaseWorkload
 from quorum.verify.workloads_lock import LockWorkload
@@ -72,6 +75,9 @@ class VerifyOptions(msgspec.Struct, kw_only=True):
     lock_pause_probability: float = 0.25  # a holder stops renewing and sleeps past its TTL
     lock_ttl_s: int = 2
     lease_ttl_s: int = 2
+    # > 0: every lease is renewed that much longer by renewals the lease workload does not
+    # record (a planted bug: its late-expiry check must catch it)
+    lease_hidden_renewal_s: float = 0.0
     # Raft log entries between snapshots (0: the server's default). With the member nemesis
     # it defaults to MEMBER_SNAPSHOT_ENTRIES, so that a fresh node joins by snapshot.
     snapshot_entries: int = 0
@@ -101,6 +107,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     faults_t0: float = 0.0
     # client endpoint -> node id, for every node the run had (members replaced included)
     endpoints: dict[str, int] = msgspec.field(default_factory=dict)
+    # the faults as spans of monotonic time (same clock as faults_t0)
+    fault_spans: list[FaultSpan] = msgspec.field(default_factory=list)
 
 
 class _Nemesis:
@@ -114,6 +122,8 @@ class _Nemesis:
         self.log = log
         self.ctx = ctx  # told about nodes that join, so clients can reach them
         self.applied: list[str] = []
+        # the same faults as spans of time, for the checks that must allow for them
+        self.spans: list[FaultSpan] = ctx.faults if ctx is not None else []
         self.started = time.monotonic()
         self.endpoints = {n.client_url: i for i, n in cluster.nodes.items()}
 
@@ -137,20 +147,34 @@ class _Nemesis:
     async def _hold(self) -> None:
         await asyncio.sleep(self.rng.uniform(*self.opts.fault_length_s))
 
+    def _begin(self, kind: str, nodes: tuple[int, ...]) -> int:
+        """A fault starts now; returns its index in ``spans`` (its end is open until
+        :meth:`_end`, or until :meth:`heal_all`)."""
+        self.spans.append(FaultSpan(kind=kind, nodes=nodes, start=time.monotonic(),
+                                    end=math.inf))
+        return len(self.spans) - 1
+
+    def _end(self, index: int) -> None:
+        self.spans[index] = msgspec.structs.replace(self.spans[index], end=time.monotonic())
+
     async def _kill(self) -> None:
         node = self._node()
         self._note(f"kill n{node}")
+        span = self._begin("kill", (node,))
         self.cluster.kill(node)
         await self._hold()
         self.cluster.start_node(node)
+        self._end(span)
         self._note(f"restart n{node}")
 
     async def _pause(self) -> None:
         node = self._node()
         self._note(f"pause n{node}")
+        span = self._begin("pause", (node,))
         self.cluster.pause(node)
         await self._hold()
         self.cluster.resume(node)
+        self._end(span)
         self._note(f"resume n{node}")
 
     async def _partition(self) -> None:
@@ -161,19 +185,23 @@ class _Nemesis:
         cut = self.rng.randint(1, len(ids) // 2)
         minority, majority = tuple(sorted(ids[:cut])), tuple(sorted(ids[cut:]))
         self._note(f"partition {minority} | {majority}")
+        span = self._begin("partition", minority)
         self.proxy.partition(minority, majority)
         await self._hold()
         self.proxy.heal()
+        self._end(span)
         self._note("heal")
 
     async def _clock(self) -> None:
         node = self._node()
         rate = self.rng.choice(CLOCK_RATES)
         self._note(f"restart n{node} with clock rate {rate}")
+        span = self._begin("clock", (node,))
         self.cluster.kill(node)
         self.cluster.node_env[node] = {"QUORUM_CLOCK_RATE": str(rate)}
         self.cluster.start_node(node)
         await self._hold()
+        self._end(span)
 
     async def _member(self) -> None:
         """Replace a follower by a fresh node: remove it, wipe its data, add it back as a
@@ -191,10 +219,14 @@ class _Nemesis:
                 self._note("member change skipped: no leader")
                 return
             old = self.rng.choice(followers)
-            if not await self._remove(client, old):
-                return
-            self._note(f"member remove n{old}")
-            await self._replace(client, old)
+            span = self._begin("member", (old,))
+            try:
+                if not await self._remove(client, old):
+                    return
+                self._note(f"member remove n{old}")
+                await self._replace(client, old)
+            finally:
+                self._end(span)
 
     async def _remove(self, client: AsyncClient, old: int) -> bool:
         """Remove ``old``; an answer lost to a leader change is resolved by reading the member
@@ -272,6 +304,9 @@ class _Nemesis:
         self._note(f"member promote n{new} did not succeed in 30s: {error!r}")
 
     def heal_all(self) -> None:
+        for i, span in enumerate(self.spans):
+            if span.end == math.inf:
+                self._end(i)
         if self.proxy is not None:
             self.proxy.heal()
         for node_id, node in self.cluster.nodes.items():
@@ -324,18 +359,10 @@ def _make_workloads(opts: VerifyOptions, ctx: RunContext) -> list[Workload]:
                                      pause_probability=opts.lock_pause_probability),
         "watch": lambda: WatchWorkload(ctx, watchers=2),
         "lease": lambda: LeaseWorkload(ctx, 3, ttl_s=opts.lease_ttl_s,
-                                       bound_s=_lease_bound(opts)),
+                                       election_s=opts.election_ticks * opts.tick_ms / 1000,
+                                       hidden_renewal_s=opts.lease_hidden_renewal_s),
     }
     return [made[name]() for name in dict.fromkeys(opts.workloads)]
-
-
-def _lease_bound(opts: VerifyOptions) -> float:
-    """How much later than its TTL a lease may legitimately expire: a leader change restarts
-    the TTL (one more TTL), no leader expires anything while a fault lasts (the longest fault),
-    electing one takes up to two election timeouts, and the sweep plus the revoke proposal
-    take about a second."""
-    election_s = 2 * opts.election_ticks * opts.tick_ms / 1000
-    return opts.lease_ttl_s + opts.fault_length_s[1] + election_s + 1.5
 
 
 async def run_verify(opts: VerifyOptions, log: Callable[[str], None] = print) -> VerifyReport:
@@ -363,7 +390,8 @@ async def run_verify(opts: VerifyOptions, log: Callable[[str], None] = print) ->
     report_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext([n.client_url for n in cluster.nodes.values()], report_dir,
                      random.Random(rng.getrandbits(32)), log,
-                     clock_rate_bound=max(CLOCK_RATES) if "clock" in opts.nemesis else 1.0)
+                     clock_rate_bound=max(CLOCK_RATES) if "clock" in opts.nemesis else 1.0,
+                     clock_rate_min=min(CLOCK_RATES) if "clock" in opts.nemesis else 1.0)
     nemesis = _Nemesis(cluster, proxy, opts, random.Random(rng.getrandbits(32)), log, ctx)
     report: VerifyReport | None = None
     try:
@@ -388,7 +416,7 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
     nemesis.started = time.monotonic()
     log(f"running {', '.join(w.name for w in workloads)} for {opts.duration_s:.0f}s with "
         f"nemesis {','.join(opts.nemesis)}")
-    await asyncio.gather(nemesis.run(until), *(w.run(until) for w in workloads))
+    await _run_workloads(cluster, nemesis, ctx, workloads, until)
     log("healing")
     nemesis.heal_all()
     await asyncio.to_thread(cluster.wait_ports)
@@ -415,13 +443,35 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
         indeterminate=sum(int(v.details.get("indeterminate", 0)) for v in verdicts),
         faults=nemesis.applied, hashes={k: str(v) for k, v in hashes.items()},
         duration_s=time.monotonic() - started, problems=problems, workloads=verdicts,
-        faults_t0=nemesis.started, endpoints=nemesis.endpoints,
+        faults_t0=nemesis.started, endpoints=nemesis.endpoints, fault_spans=nemesis.spans,
     )
     report.report_json = str(ctx.report_dir / "verify.json")
     report.report_html = str(ctx.report_dir / "verify.html")
     Path(report.report_json).write_bytes(msgspec.json.encode(report))
     Path(report.report_html).write_text(_index_page(report, opts), encoding="utf-8")
     return report
+
+
+async def _run_workloads(cluster: ProcCluster, nemesis: _Nemesis, ctx: RunContext,
+                         workloads: list[Workload], until: float) -> None:
+    """The nemesis and the workloads until ``until`` (workloads may finish what they are
+    doing after it). With the lease workload, every node's view of the leader is sampled
+    meanwhile (its late-expiry check counts the time leaders were seen leading)."""
+    stop = asyncio.Event()
+    monitor = None
+    if any(w.name == "lease" for w in workloads):
+        def nodes() -> dict[int, str]:  # members come and go
+            return {i: n.client_url for i, n in cluster.nodes.items()}
+
+        monitor = LeaderMonitor(nodes)
+        ctx.leader_samples = monitor.samples
+    sampling = asyncio.create_task(monitor.run(stop)) if monitor is not None else None
+    try:
+        await asyncio.gather(nemesis.run(until), *(w.run(until) for w in workloads))
+    finally:
+        stop.set()
+        if sampling is not None:
+            await sampling
 
 
 async def _check(w: Workload, log: Callable[[str], None]) -> WorkloadVerdict:

@@ -20,6 +20,7 @@ import msgspec
 
 from quorum.client.aio import AsyncClient
 from quorum.errors import NoEndpointAvailable, NoLeader, NotLeader, QuorumError
+from quorum.verify.leaders import LeaderSample
 
 # Errors a server returns before doing anything: the operation certainly did not happen.
 NOT_APPLIED = (NoLeader, NotLeader, NoEndpointAvailable)
@@ -41,6 +42,17 @@ async def persist(call: Callable[[], Awaitable[T]], within_s: float = 30.0) -> T
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+class FaultSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """One fault the nemesis applied, on the runner's monotonic clock: ``kind`` is the
+    nemesis (kill, pause, partition, clock, member), ``nodes`` the nodes it hit (for a
+    partition, the minority side), in force from ``start`` until ``end``."""
+
+    kind: str
+    nodes: tuple[int, ...]
+    start: float
+    end: float
 
 
 class WorkloadVerdict(msgspec.Struct, kw_only=True):
@@ -67,7 +79,7 @@ class RunContext:
 
     def __init__(self, endpoints: list[str], report_dir: Path, rng: random.Random,
                  log: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
-                 clock_rate_bound: float = 1.0) -> None:
+                 clock_rate_bound: float = 1.0, clock_rate_min: float = 1.0) -> None:
         self.endpoints = list(endpoints)
         self.report_dir = report_dir
         self.rng = rng
@@ -76,6 +88,12 @@ class RunContext:
         # The fastest a server clock may run relative to real time in this run (the clock
         # nemesis skews clocks); time-based checks (lease expiry) allow for it.
         self.clock_rate_bound = clock_rate_bound
+        # ... and the slowest: a timeout measured on a slow clock takes longer in real time
+        self.clock_rate_min = clock_rate_min
+        # Filled in by the runner while the run goes on, read by the checks afterwards: the
+        # faults applied, and every node's view of the leader (quorum.verify.leaders).
+        self.faults: list[FaultSpan] = []
+        self.leader_samples: list[LeaderSample] = []
         self.clients: list[AsyncClient] = []
         self._pinned: set[int] = set()  # id() of clients bound to one node
         self._made = 0

@@ -14,13 +14,13 @@ for a while (``keepalive_once`` every ttl/3) or not at all, stop renewing, and r
   1.0 otherwise);
 * not late: only a leader expires leases, each new leader restarts the TTL, and a leader
   that cannot act (killed, paused, cut off, stalled) expires nothing. So the check counts
-  how long leaders were *seen* leading after the last renewal (``quorum.verify.leaders``:
-  every node's status is sampled through the run) and in how many terms: each term may use
-  at most one TTL (at the slowest clock rate injected) plus the sweep interval and the time
-  the expiry takes to commit, and faults that can stall a leader while it still answers
-  (partitions, short pauses) are allowed for by their length. A read invoked while the key
-  should be gone by that account, and still seeing it, is a late expiry. Time in which no
-  leader was seen leading proves nothing and is never held against the lease.
+  how long each term's leader was *seen* leading after the last renewal
+  (``quorum.verify.leaders``: every node's status is sampled through the run): a term may
+  use at most one TTL and a check-quorum step-down (at the slowest clock rate injected),
+  the sweep interval and the time the expiry takes to commit, plus what the faults during
+  its leadership may have stalled it (:func:`late_allowance`). A read invoked while the
+  key should be gone by that account, and still seeing it, is a late expiry. Time in which
+  no leader was seen leading proves nothing and is never held against the lease.
 
 A lease whose key put timed out is not checked (the key may never have existed).
 """
@@ -93,9 +93,9 @@ class LateAllowance(msgspec.Struct, frozen=True, kw_only=True):
     """How long a lease may legitimately outlive its last renewal ``since``, judged at the
     read invoked at ``until``: ``terms`` leader terms were seen leading in between, for
     ``led_s`` in all (the rest of the time nobody was); the one seen longest, ``term``, for
-    ``term_led_s``. Each term may use ``per_term_s`` plus the faults that can stall a leader
-    while it still answers, overlapping that term's leadership (``stall_s`` for ``term``):
-    ``term`` is the term closest to (or furthest beyond) its allowance."""
+    ``term_led_s``. Each term may use ``per_term_s`` plus what faults overlapping that
+    term's leadership may have stalled it (``stall_s`` for ``term``): ``term`` is the term
+    closest to (or furthest beyond) its allowance."""
 
     since: float
     until: float
@@ -114,7 +114,7 @@ class LateAllowance(msgspec.Struct, frozen=True, kw_only=True):
         return (f"still there {self.until - self.since:.3f}s after the last renewal: the "
                 f"leader of term {self.term} was seen leading {self.term_led_s:.3f}s of it, "
                 f"more than {self.per_term_s:.3f}s (TTL and a step-down at the slowest "
-                f"clock, sweep, commit) + {self.stall_s:.3f}s of partitions and pauses; "
+                f"clock, sweep, commit) + {self.stall_s:.3f}s that faults may have stalled it; "
                 f"{self.terms} term(s) seen, no leader seen for "
                 f"{self.until - self.since - self.led_s:.3f}s")
 
@@ -159,9 +159,9 @@ def late_allowance(o: LeaseObservation, until: float, spans: Sequence[LeaderSpan
     meanwhile: it then still answers as leader until check quorum steps it down, up to two
     election timeouts on its clock (Raft thesis §6.2: it checks once per timeout whether a
     majority was heard from during the last one). So in each term, the time the leader is
-    seen leading before the key is gone is at most ``per_term_s``, plus the time it led but
-    could not act although it answered: cut off by a partition, or paused shorter than
-    COVER_GAP_S (longer pauses leave a gap in its answers and are not counted as leading).
+    seen leading before the key is gone is at most ``per_term_s``, plus the time faults
+    kept it from committing although it answered (:func:`_stall`; a pause of the leader
+    itself longer than COVER_GAP_S leaves a gap in its answers, not counted as leading).
     The lease is late when some term's leader was seen leading longer than that; time when
     no leader was seen, and the number of leader changes, are never held against it."""
     since = renewal_effect_bound(o, faults)
@@ -176,25 +176,23 @@ def late_allowance(o: LeaseObservation, until: float, spans: Sequence[LeaderSpan
     worst: tuple[float, int, float, float] = (-math.inf, 0, 0.0, 0.0)  # excess, term, led, stall
     for term, ivs in by_term.items():
         term_led = _union(ivs)
-        stall = _stall(ivs, faults)
+        stall = _stall(ivs, faults, 2 * election_s / clock_rate_min)
         worst = max(worst, (term_led - per_term - stall, term, term_led, stall))
     return LateAllowance(since=since, until=until, terms=len(by_term), led_s=led,
                          term=worst[1], term_led_s=worst[2], per_term_s=per_term,
                          stall_s=worst[3])
 
 
-def _stall(led: Sequence[tuple[float, float]], faults: Sequence[FaultSpan]) -> float:
-    """How long faults may have stalled a leader while it was seen leading in ``led``: all
-    of a partition (cut off, it answers as leader until it steps down), a pause up to
-    COVER_GAP_S (a longer one leaves a gap in its answers, so it is not counted as led)."""
-    stall = 0.0
-    for f in faults:
-        part = sum(_overlap(f.start, f.end, lo, hi) for lo, hi in led)
-        if f.kind == "partition":
-            stall += part
-        elif f.kind == "pause":
-            stall += min(part, COVER_GAP_S)
-    return stall
+def _stall(led: Sequence[tuple[float, float]], faults: Sequence[FaultSpan],
+           step_down_s: float) -> float:
+    """How long faults may have kept a leader from committing while it was seen leading in
+    ``led``. Any fault can cost it its majority (a partition cutting it off; a follower
+    killed, paused or cut off while the other one cannot answer yet, e.g. a member that is
+    still catching up); it then either gets it back when the fault heals or steps down
+    within ``step_down_s`` (check quorum), which ends its term: each fault stalls it for at
+    most its overlap with ``led``, and at most ``step_down_s``."""
+    return sum(min(step_down_s, sum(_overlap(f.start, f.end, lo, hi) for lo, hi in led))
+               for f in faults)
 
 
 def check_lease_expiry(observations: Sequence[LeaseObservation], *,

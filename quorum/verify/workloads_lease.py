@@ -92,7 +92,7 @@ class LeaseViolation(msgspec.Struct, frozen=True, kw_only=True):
 class LateAllowance(msgspec.Struct, frozen=True, kw_only=True):
     """How long a lease may legitimately outlive its last renewal ``since``, judged at the
     read invoked at ``until``: ``terms`` leader terms were seen leading in between, for
-    ``led_s`` in all (the rest of the time nobody was); the one seen longest, ``term``, for
+    ``led_s`` in all (the rest of the time nobody was); ``term`` (led by ``leader_id``) for
     ``term_led_s``. Each term may use ``per_term_s`` plus what faults overlapping that
     term's leadership may have stalled it (``stall_s`` for ``term``): ``term`` is the term
     closest to (or furthest beyond) its allowance."""
@@ -102,6 +102,7 @@ class LateAllowance(msgspec.Struct, frozen=True, kw_only=True):
     terms: int
     led_s: float
     term: int
+    leader_id: int
     term_led_s: float
     per_term_s: float
     stall_s: float
@@ -112,7 +113,8 @@ class LateAllowance(msgspec.Struct, frozen=True, kw_only=True):
 
     def describe(self) -> str:
         return (f"still there {self.until - self.since:.3f}s after the last renewal: the "
-                f"leader of term {self.term} was seen leading {self.term_led_s:.3f}s of it, "
+                f"leader of term {self.term} (n{self.leader_id}) was seen leading "
+                f"{self.term_led_s:.3f}s of it, "
                 f"more than {self.per_term_s:.3f}s (TTL and a step-down at the slowest "
                 f"clock, sweep, commit) + {self.stall_s:.3f}s that faults may have stalled it; "
                 f"{self.terms} term(s) seen, no leader seen for "
@@ -165,22 +167,27 @@ def late_allowance(o: LeaseObservation, until: float, spans: Sequence[LeaderSpan
     The lease is late when some term's leader was seen leading longer than that; time when
     no leader was seen, and the number of leader changes, are never held against it."""
     since = renewal_effect_bound(o, faults)
-    by_term: dict[int, list[tuple[float, float]]] = {}
+    # Keyed by (term, leader), which Raft makes the same as by term; but a node's status can
+    # pair a new term with the leader it had before (its term moves when it steps a message,
+    # its leader when that step's Ready was persisted), and such a pair must not add to the
+    # real leader's time.
+    by_term: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for sp in spans:
         if _overlap(sp.start, sp.end, since, until) > 0:
-            by_term.setdefault(sp.term, []).append((max(sp.start, since), min(sp.end, until)))
+            by_term.setdefault((sp.term, sp.leader_id), []).append(
+                (max(sp.start, since), min(sp.end, until)))
     # a deposed leader that has not yet heard of its successor still answers as leader:
     # terms may overlap, and the time led in all is their union
     led = _union([iv for ivs in by_term.values() for iv in ivs])
     per_term = (o.ttl_s + 2 * election_s) / clock_rate_min + SWEEP_S + COMMIT_S
-    worst: tuple[float, int, float, float] = (-math.inf, 0, 0.0, 0.0)  # excess, term, led, stall
-    for term, ivs in by_term.items():
+    worst: tuple[float, tuple[int, int], float, float] = (-math.inf, (0, 0), 0.0, 0.0)
+    for key, ivs in by_term.items():
         term_led = _union(ivs)
         stall = _stall(ivs, faults, 2 * election_s / clock_rate_min)
-        worst = max(worst, (term_led - per_term - stall, term, term_led, stall))
+        worst = max(worst, (term_led - per_term - stall, key, term_led, stall))
     return LateAllowance(since=since, until=until, terms=len(by_term), led_s=led,
-                         term=worst[1], term_led_s=worst[2], per_term_s=per_term,
-                         stall_s=worst[3])
+                         term=worst[1][0], leader_id=worst[1][1], term_led_s=worst[2],
+                         per_term_s=per_term, stall_s=worst[3])
 
 
 def _stall(led: Sequence[tuple[float, float]], faults: Sequence[FaultSpan],

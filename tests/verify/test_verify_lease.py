@@ -73,7 +73,7 @@ def test_a_steady_leader_that_keeps_a_lease_past_one_term_is_late() -> None:
     found = check_lease_expiry([lease(present=(14.7, 14.8), absent=(14.9, 15.0))],
                                spans=STEADY, election_s=ELECTION_S)
     assert [v.kind for v in found] == ["late"]
-    assert "the leader of term 3 was seen leading 4.600s" in found[0].detail
+    assert "the leader of term 3 (n1) was seen leading 4.600s" in found[0].detail
 
 
 def test_time_without_a_seen_leader_is_not_held_against_the_lease() -> None:
@@ -113,6 +113,16 @@ def test_a_deposed_leader_still_answering_does_not_count_twice() -> None:
     allowance = late_allowance(lease(), 20.0, spans, [], election_s=ELECTION_S)
     assert allowance.terms == 2
     assert allowance.led_s == pytest.approx(20.0 - 10.1)
+
+
+def test_a_new_term_paired_with_the_old_leader_is_not_the_new_leaders_time() -> None:
+    # n1 stepped to term 4 but still named itself leader until that step was persisted
+    # (10.5-11.5); n2 led term 4 from 11 on. n2's own time decides: 4.4 s, not 4.9 s.
+    spans = [led(3, 0.0, 10.5), led(4, 10.5, 11.5, leader=1), led(4, 11.0, 40.0, leader=2)]
+    allowance = late_allowance(lease(), 15.4, spans, [], election_s=ELECTION_S)
+    assert (allowance.term, allowance.leader_id) == (4, 2)
+    assert allowance.term_led_s == pytest.approx(4.4)
+    assert not allowance.late
 
 
 def test_each_fault_during_a_term_may_stall_its_leader_up_to_a_step_down() -> None:

@@ -40,6 +40,7 @@ Every error the project raises on purpose derives from :class:`QuorumError`. The
     ClientError (also under QuorumError)  raised by the client library itself
         ├── ConnectionLost          the connection dropped before the answer arrived
         ├── NoEndpointAvailable     no endpoint accepted a connection in time
+        │   └── TlsHandshakeFailed  endpoints answered, but no TLS session could be set up
         ├── ServerError             the server sent an error code this client does not know
         └── LockLost                a recipe's lease expired or its key vanished
     ServiceError (also under QuorumError)  reported by a service (an api Backend) to API surfaces
@@ -382,6 +383,12 @@ class ConnectionLost(ClientError):
 
 class NoEndpointAvailable(ClientError):
     """None of the configured endpoints accepted a connection before the deadline."""
+
+
+class TlsHandshakeFailed(NoEndpointAvailable):
+    """An endpoint was reached but no TLS session came about: its certificate is not trusted
+    or does not name the endpoint, it refused the client's certificate, or one side does not
+    speak TLS. Nothing was applied. Retrying does not help until the settings change."""
 
 
 class ServerError(ClientError):

@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,6 +43,7 @@ from quorum.api.native import messages as m
 from quorum.api.native.errors import error_from_body
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES
 from quorum.client.connection import Connection, open_connection
+from quorum.client.tls import ClientTls
 from quorum.client.txn import get as _range_op
 from quorum.client.watch import Watcher
 from quorum.errors import (
@@ -52,6 +55,7 @@ from quorum.errors import (
     QuorumError,
     RequestTimeout,
     SessionNotFound,
+    TlsHandshakeFailed,
     UsageError,
 )
 from quorum.state.commands import (
@@ -191,6 +195,7 @@ class AsyncClient:
         connector: Connector = open_connection,
         dead_after_s: float = 1.0,
         prefer_leader: bool = False,
+        tls: ClientTls | ssl.SSLContext | None = None,
     ) -> None:
         """``connector`` opens a connection to an endpoint (the seam a simulator or a test
         proxy plugs into); it raises OSError or TimeoutError when it cannot.
@@ -199,10 +204,22 @@ class AsyncClient:
         ``prefer_leader``: send writes and linearizable reads straight to the leader (see
         the module docstring). Off by default: a client then talks to one node at a time,
         which is what per-node checks want and what lets quorum verify's clients exercise
-        followers (its planted stale-read test needs reads served by followers)."""
+        followers (its planted stale-read test needs reads served by followers).
+        ``tls``: speak TLS to every endpoint, the given ones and the ones learned later
+        (leader discovery, failover): a ClientTls (CA file, client certificate, server name)
+        or a ready SSLContext. Endpoints written ``https://host:port`` ask for TLS too (with
+        the system's trust store when ``tls`` is not given). Raises ConfigError for TLS
+        files that cannot be used."""
         if not endpoints:
             raise UsageError("at least one endpoint is needed")
-        self.endpoints: list[str] = list(endpoints)
+        self.endpoints: list[str] = [_endpoint_of(e) for e in endpoints]
+        self.tls = _tls_context(tls, endpoints)
+        if self.tls is not None:
+            if connector is not open_connection:
+                raise UsageError("tls applies to the built-in connector only: a custom "
+                                 "connector sets up its own transport security")
+            name = tls.server_name if isinstance(tls, ClientTls) else ""
+            connector = functools.partial(open_connection, tls=self.tls, server_name=name)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retry_backoff_s = retry_backoff_s
@@ -387,7 +404,7 @@ class AsyncClient:
             return
         try:
             conn = await self._connector(url, self.connect_timeout_s, self.max_frame_bytes)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, TlsHandshakeFailed):
             return  # _follow retries on a later hint, after LEADER_RETRY_S
         if self._closed or self._leader_id != leader_id:
             conn.close()
@@ -427,9 +444,15 @@ class AsyncClient:
                 self._follow(hinted)
 
     async def _connect_any(self, deadline: float) -> Connection:
+        """Try the endpoints in turn until one connects. Unreachable ones are retried until
+        the deadline (a member may be restarting); TLS refusals are not: when every endpoint
+        of a round was reached and refused the TLS session, that is a setting to fix, and
+        TlsHandshakeFailed says so at once instead of a timeout later."""
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
+        tls_error: TlsHandshakeFailed | None = None
         while True:
+            refused = 0
             for _ in range(len(self.endpoints)):
                 endpoint = self.endpoints[self._next_endpoint % len(self.endpoints)]
                 remaining = deadline - loop.time()
@@ -439,10 +462,19 @@ class AsyncClient:
                     return await self._connector(
                         endpoint, min(self.connect_timeout_s, remaining), self.max_frame_bytes
                     )
+                except TlsHandshakeFailed as exc:
+                    last = tls_error = exc
+                    refused += 1
+                    self._next_endpoint += 1
                 except (OSError, TimeoutError) as exc:
                     last = exc
                     self._next_endpoint += 1
+            if tls_error is not None and refused == len(self.endpoints):
+                raise tls_error
             if loop.time() + self.retry_backoff_s >= deadline:
+                if tls_error is not None:
+                    raise TlsHandshakeFailed(
+                        f"no endpoint of {self.endpoints} reachable; TLS failed: {tls_error}")
                 raise NoEndpointAvailable(f"no endpoint of {self.endpoints} reachable: {last}")
             await asyncio.sleep(self.retry_backoff_s)
 
@@ -567,6 +599,8 @@ class AsyncClient:
         while ours still has time: the caller backs off and tries again."""
         try:
             return await self._connection(deadline)
+        except TlsHandshakeFailed:
+            raise  # every endpoint refused the session: waiting changes nothing
         except NoEndpointAvailable:
             if asyncio.get_running_loop().time() + self.retry_backoff_s >= deadline:
                 raise
@@ -949,8 +983,21 @@ def _ignore_outcome(fut: asyncio.Future[m.ResponseBody]) -> None:
 
 
 def _endpoint_of(url: str) -> str:
-    """``http://host:port`` or ``host:port`` -> ``host:port``."""
+    """``http://host:port``, ``https://host:port`` or ``host:port`` -> ``host:port``."""
     return url.split("://", 1)[-1].rstrip("/")
+
+
+def _tls_context(
+    tls: ClientTls | ssl.SSLContext | None, endpoints: Sequence[str]
+) -> ssl.SSLContext | None:
+    """The one SSLContext of every connection of the client (None: plain TCP)."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls is not None:
+        return tls.context()
+    if any(e.startswith("https://") for e in endpoints):
+        return ClientTls().context()
+    return None
 
 
 def _expect(resp: m.ResponseBody, cls: type[T]) -> T:

@@ -8,15 +8,25 @@ id in any order; frames under a watch id are handed to that watch's callback.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 import msgspec
 
 from quorum.api.native import messages as m
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
-from quorum.errors import ConnectionLost, FrameError, RequestTimeout, RequestTooLarge
+from quorum.errors import (
+    ConnectionLost,
+    FrameError,
+    RequestTimeout,
+    RequestTooLarge,
+    TlsHandshakeFailed,
+)
 
 # a stream callback gets each body under its id, and None once the connection is gone
+# the request id of the probe that confirms a new TLS session (answered before any other
+# request is sent, so it cannot collide with the client's own ids, which start at 1)
+PROBE_ID = (1 << 63) - 1
 StreamCallback = Callable[[m.ResponseBody | None], None]
 
 
@@ -182,6 +192,37 @@ class Connection(asyncio.Protocol):
         if not self.pending:
             self.close()
 
+    async def start_tls(self, context: ssl.SSLContext, server_name: str) -> None:
+        """Upgrade the fresh TCP connection to TLS, checking that the server's certificate
+        names ``server_name``, and make sure the server accepted the session. Raises
+        TlsHandshakeFailed (the connection is closed then)."""
+        plain = self._transport
+        assert plain is not None, "start_tls before connection_made"
+        try:
+            tls = await self._loop.start_tls(plain, self, context, server_hostname=server_name)
+        except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError; EOF: a plain server
+            plain.abort()
+            self.closed = True
+            raise TlsHandshakeFailed(
+                f"TLS handshake with {self.endpoint} failed: {_tls_reason(exc)}") from None
+        self._transport = tls
+        await self._confirm_session()
+
+    async def _confirm_session(self) -> None:
+        """One round trip before the connection is used. With TLS 1.3 the client's side of
+        the handshake completes before the server has checked the client's certificate; a
+        server that refuses it (or its absence) then just closes the connection (asyncio
+        sends no alert). Without this probe that looks like a server crash after the first
+        request, which the client would retry until its deadline; with it, a connection
+        closed before its first answer is reported as a refused session, and no request of
+        the caller was ever sent on it. Any answer, even an error, means it was accepted."""
+        try:
+            await self.request(m.Request(PROBE_ID, m.StatusReq()))
+        except ConnectionLost:
+            raise TlsHandshakeFailed(
+                f"{self.endpoint} closed the TLS connection before answering: it refused this "
+                "client's certificate (or the lack of one)") from None
+
     def close(self) -> None:
         """Drop the connection; pending requests fail with ConnectionLost."""
         if self._transport is not None and not self.closed:
@@ -190,13 +231,34 @@ class Connection(asyncio.Protocol):
 
 
 async def open_connection(
-    endpoint: str, timeout_s: float, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    endpoint: str, timeout_s: float, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    *, tls: ssl.SSLContext | None = None, server_name: str = "",
 ) -> Connection:
-    """Connect to ``endpoint``. Raises OSError or TimeoutError."""
+    """Connect to ``endpoint``; with ``tls``, run the TLS handshake on the new connection
+    (the server's certificate must name ``server_name``, by default the endpoint's host).
+    Raises OSError or TimeoutError when the endpoint cannot be reached, TlsHandshakeFailed
+    when it was reached but no TLS session came about.
+
+    The TCP connection and the handshake are two steps so the two failures stay apart: an
+    unreachable member is retried elsewhere, a certificate problem is reported as one."""
     host, port = parse_endpoint(endpoint)
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
         _, proto = await loop.create_connection(
             lambda: Connection(endpoint, max_frame_bytes), host, port
         )
+        if tls is not None:
+            await proto.start_tls(tls, server_name or host)
     return proto
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """The most telling words of a TLS failure (OpenSSL's verify message when there is one)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, ConnectionError | EOFError):
+        return (f"the server closed the connection during the handshake ({type(exc).__name__}"
+                "; does it serve TLS, and does it accept this client's certificate?)")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -9,6 +9,12 @@ connection-level events are logged.
 
 Bad input (a frame that is too large, does not decode, or is cut off at EOF) closes that one
 connection with a logged reason; every other connection keeps being served.
+
+TLS (``serve_native(..., tls=context)``): each accepted connection first goes through a
+``_TlsGate`` that runs the handshake and only then hands the encrypted transport to a
+``_Connection``. A client that does not speak TLS, presents no certificate or an untrusted
+one, or stalls, is closed with the handshake's reason in the log (asyncio's own ssl server
+drops such connections without a word at the default log level).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
@@ -31,6 +38,7 @@ from quorum.errors import FrameError, FrameTooLarge, WatchNotFound
 log = logging.getLogger("quorum.api.native")
 
 DEFAULT_MAX_INFLIGHT = 4096  # per connection; reading pauses above it (back-pressure)
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handshake by then goes
 
 
 class Dispatcher(Protocol):
@@ -103,6 +111,8 @@ class _Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._peer = str(transport.get_extra_info("peername"))
         self._server.connections.add(self)
+        if self._server.closing:  # the handshake ended after close() began
+            self.drop()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -499,25 +509,101 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
     await _Continue(coro, waiting_on)
 
 
-class NativeServer:
-    """A running native protocol server. ``port`` is the bound port (useful with port 0)."""
+class _TlsGate(asyncio.Protocol):
+    """The first protocol of a connection to a TLS server: runs the server side of the
+    handshake, then gives the encrypted transport to a fresh ``_Connection``. Nothing is
+    read as a request before the handshake has succeeded."""
 
-    def __init__(self, dispatcher: Dispatcher, max_frame_bytes: int, max_inflight: int) -> None:
+    def __init__(self, server: NativeServer) -> None:
+        self._server = server
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # start_tls must see every byte: stop reading until it has taken the transport over
+        # (it resumes reading itself once its own protocol is in place)
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._task = asyncio.ensure_future(self._handshake(transport))
+        self._server.handshakes.add(self._task)
+        self._task.add_done_callback(self._server.handshakes.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # before start_tls took over: the handshake task sees the closed transport
+
+    async def _handshake(self, plain: asyncio.BaseTransport) -> None:
+        server = self._server
+        assert server.tls is not None
+        peer = plain.get_extra_info("peername")
+        if plain.is_closing():  # gone before the handshake could start
+            return
+        conn = _Connection(server)
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                plain, conn, server.tls, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=server.tls_handshake_timeout_s)
+        except asyncio.CancelledError:
+            plain.abort()  # type: ignore[attr-defined]
+            raise
+        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            # start_tls has closed the transport, flushing its alert first: the client
+            # learns why (an abort here would reset the connection before the alert left)
+            log.warning("native client %s: TLS handshake failed (%s); closing the connection",
+                        peer, _handshake_reason(exc))
+            return
+        if tls is None:  # the connection went away during the handshake
+            return
+        conn.connection_made(tls)
+
+
+def _handshake_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason}"  # e.g. WRONG_VERSION_NUMBER: the client speaks plain TCP
+    if isinstance(exc, TimeoutError):
+        return "no handshake in time"
+    if isinstance(exc, ConnectionError | EOFError):
+        return (f"the client closed the connection during the handshake ({type(exc).__name__}"
+                "; does it trust this server's certificate?)")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class NativeServer:
+    """A running native protocol server. ``port`` is the bound port (useful with port 0).
+    With ``tls`` (a server-side SSLContext) every connection must speak TLS."""
+
+    def __init__(self, dispatcher: Dispatcher, max_frame_bytes: int, max_inflight: int,
+                 tls: ssl.SSLContext | None = None,
+                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S) -> None:
         self.dispatcher = dispatcher
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
         self.request_decoder = msgspec.msgpack.Decoder(m.Request)
         self.encoder = msgspec.msgpack.Encoder()
         self.connections: set[_Connection] = set()
+        self.tls = tls
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self.host = ""
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        factory: Callable[[], asyncio.Protocol]
+        if self.tls is None:
+            factory = lambda: _Connection(self)  # noqa: E731
+        else:
+            factory = lambda: _TlsGate(self)  # noqa: E731
+        self._server = await loop.create_server(factory, host, port)
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
+
+    @property
+    def scheme(self) -> str:
+        """How clients reach this server: "https" (TLS) or "http" (plain TCP)."""
+        return "http" if self.tls is None else "https"
 
     @property
     def endpoint(self) -> str:
@@ -525,8 +611,11 @@ class NativeServer:
 
     async def close(self) -> None:
         """Stop listening and drop every connection (clients see a connection loss)."""
+        self.closing = True
         if self._server is not None:
             self._server.close()
+        for task in list(self.handshakes):
+            task.cancel()
         for conn in list(self.connections):
             conn.drop()
         if self._server is not None:
@@ -547,11 +636,26 @@ async def serve_native(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     dispatcher_factory: Callable[[Any], Dispatcher] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> NativeServer:
     """Serve ``backend`` (a ``quorum.api.backend.Backend``) on ``host:port``; returns the
-    running server. Raises ``OSError`` if the address cannot be bound."""
+    running server. ``tls``: a server-side SSLContext (see ``server_tls_context``); every
+    client must then speak TLS. Raises ``OSError`` if the address cannot be bound."""
     if dispatcher_factory is None:
         dispatcher_factory = BackendDispatcher
-    server = NativeServer(dispatcher_factory(backend), max_frame_bytes, max_inflight)
+    server = NativeServer(dispatcher_factory(backend), max_frame_bytes, max_inflight, tls)
     await server.start(host, port)
     return server
+
+
+def server_tls_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
+    """The native port's TLS context: the server presents ``cert_file``; with a
+    ``client_ca_file`` every client must present a certificate it signed (mutual TLS).
+    Raises OSError / ssl.SSLError for a file that cannot be used."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        ctx.load_verify_locations(client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

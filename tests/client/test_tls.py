@@ -209,8 +209,11 @@ def test_a_plaintext_client_is_closed_with_a_logged_reason_and_others_are_served
                 async with AsyncClient([server.endpoint], tls=certs.good()) as fresh:
                     assert (await fresh.get(b"before")).value == b"1"  # type: ignore[union-attr]
             reasons = handshake_failures(caplog)
-            assert reasons and all("WRONG_VERSION_NUMBER" in r or "HTTP_REQUEST" in r
-                                   or "PACKET" in r for r in reasons), reasons
+            assert any("WRONG_VERSION_NUMBER" in r for r in reasons), reasons
+            # (a connection the plaintext client opened as its deadline passed may have been
+            # closed before it sent a byte: the server then saw the client hang up)
+            assert all("WRONG_VERSION_NUMBER" in r or "closed the connection" in r
+                       for r in reasons), reasons
 
     caplog.set_level(logging.WARNING, logger=LOG)
     run(scenario())
@@ -293,3 +296,34 @@ def test_tls_and_a_custom_connector_do_not_mix(certs: Certs) -> None:
 
     with pytest.raises(UsageError, match="connector"):
         AsyncClient(["127.0.0.1:1"], tls=certs.good(), connector=connector)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_bytes_that_come_with_the_connection_reach_the_handshake(
+    certs: Certs, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients in another thread that write the moment they are connected: a TLS client's
+    ClientHello and a plaintext client's frame both arrive with the connection, before the
+    server has run any callback of it. The handshake must see them: the TLS client gets its
+    session, the plaintext one a close with a logged reason (not a hang)."""
+    import socket
+
+    def blocking_clients(port: int) -> tuple[bytes, str]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"\0\0\0\x05hello")
+            closed = raw.recv(100)
+        ctx = certs.good().context()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            version = tls.version() or ""
+        return closed, version
+
+    async def scenario() -> None:
+        async with tls_server(certs.server_tls()) as server:
+            closed, version = await asyncio.to_thread(blocking_clients, server.port)
+            assert closed == b""
+            assert version.startswith("TLS")
+
+    caplog.set_level(logging.WARNING, logger=LOG)
+    run(scenario(), loop)
+    assert any("WRONG_VERSION_NUMBER" in r for r in handshake_failures(caplog))

@@ -519,10 +519,17 @@ class _TlsGate(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # start_tls must see every byte: stop reading until it has taken the transport over
-        # (it resumes reading itself once its own protocol is in place)
-        transport.pause_reading()  # type: ignore[attr-defined]
-        self._task = asyncio.ensure_future(self._handshake(transport))
+        # start_tls must see every byte, including a ClientHello that came with the
+        # connection. So it runs eagerly, here, up to its first wait: by then it has put its
+        # own protocol on the transport. (Pausing the transport and starting the handshake
+        # in a task is not enough: uvloop starts reading only after connection_made
+        # returns, so a pause here is a no-op and the first bytes would land in this gate.)
+        coro = self._handshake(transport)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        self._task = asyncio.ensure_future(_resume(coro, waiting_on))
         self._server.handshakes.add(self._task)
         self._task.add_done_callback(self._server.handshakes.discard)
 

@@ -85,6 +85,7 @@ class ClusterBackend(LocalBackend):
         compaction_clock: Clock | None = None,
         etcd_scheme: str = "http",
         peer_scheme: str = "http",
+        client_scheme: str = "http",
     ) -> None:
         super().__init__(
             kv.store.config,
@@ -102,6 +103,7 @@ class ClusterBackend(LocalBackend):
         self.max_request_bytes = max_request_bytes
         self.etcd_scheme = etcd_scheme  # of the etcd URLs in member lists
         self.peer_scheme = peer_scheme  # and of the peer URLs
+        self.client_scheme = client_scheme  # and of the native client URLs
         # leader_id -> a native-protocol client connected to the leader: a follower relays
         # the calls only the leader can answer (lease keepalives, learner promotion)
         self.leader_client = leader_client
@@ -257,7 +259,7 @@ class ClusterBackend(LocalBackend):
         # cluster): members carry addresses, not schemes.
         peers = (f"{self.peer_scheme}://{m.peer_url}",) if m.peer_url else ()
         etcd = (f"{self.etcd_scheme}://{m.etcd_url}",) if m.etcd_url else ()
-        clients = ((f"http://{m.client_url}",) if m.client_url else ()) + etcd
+        clients = ((f"{self.client_scheme}://{m.client_url}",) if m.client_url else ()) + etcd
         return Member(m.id, m.name or f"node{m.id}", peers, clients, m.is_learner, etcd)
 
     def _members(self) -> tuple[Member, ...]:

@@ -93,6 +93,8 @@ class QuorumProcess:
         # TLS files first: a bad one stops the start before the data directory is touched
         peer_server_ssl, peer_client_ssl = self._peer_tls()
         etcd_tls = self._etcd_tls()
+        self._native_ssl = self._native_tls()
+        self._relay_ssl = self._relay_tls()
         self.storage = self._open_storage()
         self.kv = KvStateMachine(
             StateConfig(max_request_bytes=cfg.max_request_bytes, max_txn_ops=cfg.max_txn_ops)
@@ -129,6 +131,7 @@ class QuorumProcess:
         self.backend = ClusterBackend(
             self.server, self.kv, cluster_id=cfg.cluster_id,
             etcd_scheme="https" if cfg.cert_file else "http",
+            client_scheme="https" if cfg.cert_file else "http",
             peer_scheme="https" if cfg.peer_cert_file else "http",
             max_request_bytes=cfg.max_request_bytes,
             leader_client=self._leader_client,
@@ -148,7 +151,7 @@ class QuorumProcess:
             from quorum.api.native.server import serve_native
 
             host, port = split_addr(cfg.client_listen)
-            self.native = await serve_native(self.backend, host, port)
+            self.native = await serve_native(self.backend, host, port, tls=self._native_ssl)
         if cfg.etcd_listen:
             from quorum.api.etcd.server import serve_etcd
 
@@ -190,6 +193,45 @@ class QuorumProcess:
                       cfg.trusted_ca_file if cfg.client_cert_auth else "")
         check_tls_files(tls)
         return tls
+
+    def _native_tls(self) -> ssl.SSLContext | None:
+        """The native port's TLS context. The native port is a client port like the etcd
+        port, so it takes the same settings (cert_file, key_file, and trusted_ca_file with
+        client_cert_auth): one switch secures every way in to the data (docs/node.md)."""
+        cfg = self.config
+        if not cfg.cert_file or not cfg.client_listen:
+            return None
+        from quorum.api.native.server import server_tls_context
+
+        try:
+            return server_tls_context(cfg.cert_file, cfg.key_file,
+                                      cfg.trusted_ca_file if cfg.client_cert_auth else "")
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use cert_file {cfg.cert_file!r}, key_file "
+                              f"{cfg.key_file!r}, trusted_ca_file {cfg.trusted_ca_file!r} "
+                              f"for the native port: {exc}") from None
+
+    def _relay_tls(self) -> ssl.SSLContext | None:
+        """The context of the native client a follower uses to relay to the leader (lease
+        keepalives), which is another member's TLS native port. It presents this member's
+        cert_file as its client certificate (accepted where client_cert_auth is on when
+        trusted_ca_file signed it) and trusts trusted_ca_file and peer_trusted_ca_file (the
+        system's store when neither is set) plus this member's own certificate (members
+        sharing one self-signed certificate)."""
+        cfg = self.config
+        if not cfg.cert_file:
+            return None
+        from quorum.client.tls import ClientTls
+
+        cas = [f for f in (cfg.trusted_ca_file, cfg.peer_trusted_ca_file) if f]
+        ctx = ClientTls(ca_file=cas[0] if cas else "", cert_file=cfg.cert_file,
+                        key_file=cfg.key_file).context()
+        try:
+            for extra in (*cas[1:], cfg.cert_file):
+                ctx.load_verify_locations(extra)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use {extra!r} as a trusted CA: {exc}") from None
+        return ctx
 
     async def _publish_addresses(self) -> None:
         """Make the cluster's member list carry this node's client addresses (a node added by
@@ -243,6 +285,6 @@ class QuorumProcess:
             raise NotLeader("leader address unknown", leader_id=leader)
         client = self._forward_clients.get(leader)
         if client is None or client.endpoints != [member.client_url]:
-            client = AsyncClient([member.client_url])
+            client = AsyncClient([member.client_url], tls=self._relay_ssl)
             self._forward_clients[leader] = client
         return client

@@ -27,22 +27,74 @@ T = TypeVar("T")
 DEFAULT_ENDPOINTS = "127.0.0.1:23101,127.0.0.1:23102,127.0.0.1:23103"
 
 
+class TlsFlags:
+    """The client TLS flags (etcdctl's names), as given."""
+
+    def __init__(self, cacert: str | None, cert: str | None, key: str | None,
+                 insecure_skip_verify: bool, server_name: str | None) -> None:
+        self.cacert, self.cert, self.key = cacert or "", cert or "", key or ""
+        self.insecure_skip_verify = insecure_skip_verify
+        self.server_name = server_name or ""
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.cacert or self.cert or self.key or self.insecure_skip_verify
+                    or self.server_name)
+
+
 class Ctx:
-    def __init__(self, endpoints: str, write_out: str, timeout_s: float) -> None:
+    def __init__(self, endpoints: str, write_out: str, timeout_s: float,
+                 tls: TlsFlags | None = None) -> None:
         self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.write_out = write_out
         self.timeout_s = timeout_s
+        self._tls_flags = tls or TlsFlags(None, None, None, False, None)
+        self._tls: Any = None  # a ClientTls once TLS is known to be on
 
     @property
     def json(self) -> bool:
         return self.write_out == "json"
 
-    def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` with a connected AsyncClient; typed errors become messages."""
+    @property
+    def tls(self) -> Any:
+        """The ClientTls every client of this command uses (None: plain TCP), checked once.
+        Any TLS flag, or an ``https://`` endpoint, turns TLS on; a file that cannot be used
+        ends the command with its name."""
+        flags = self._tls_flags
+        if self._tls is None and (flags.wanted or self.uses_https):
+            from quorum.client.tls import ClientTls
+
+            tls = ClientTls(ca_file=flags.cacert, cert_file=flags.cert, key_file=flags.key,
+                            server_name=flags.server_name,
+                            verify=not flags.insecure_skip_verify)
+            try:
+                tls.context()
+            except QuorumError as exc:
+                fail(f"{type(exc).__name__}: {exc}")
+            self._tls = tls
+        return self._tls
+
+    @property
+    def uses_https(self) -> bool:
+        return any(e.startswith("https://") for e in self.endpoints)
+
+    def client(self, endpoints: list[str]) -> Any:
+        """An AsyncClient of ``endpoints`` with this command's timeout and TLS settings."""
         from quorum.client.aio import AsyncClient
 
+        return AsyncClient(endpoints, timeout_s=self.timeout_s, tls=self.tls)
+
+    def shown(self, endpoint: str) -> str:
+        """An endpoint as printed: with https:// when the command speaks TLS."""
+        bare = endpoint.split("://", 1)[-1]
+        return f"https://{bare}" if self.tls is not None else bare
+
+    def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` with a connected AsyncClient; typed errors become messages."""
+        self.tls  # noqa: B018 - a bad TLS file fails here, before any connection
+
         async def go() -> T:
-            async with AsyncClient(self.endpoints, timeout_s=self.timeout_s) as client:
+            async with self.client(self.endpoints) as client:
                 return await fn(client)
 
         try:
@@ -63,11 +115,28 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("-w", "--write-out", type=click.Choice(["table", "json", "simple"]),
               default="table", show_default=True)
 @click.option("--timeout", "timeout_s", default=5.0, show_default=True, help="Seconds per request.")
+@click.option("--cacert", envvar="QUORUM_CACERT",
+              help="TLS: CA bundle (PEM) that signs the servers' certificates. Any TLS option "
+                   "(or an https:// endpoint) turns TLS on; without --cacert the system's "
+                   "trust store is used.")
+@click.option("--cert", envvar="QUORUM_CERT",
+              help="TLS: this client's certificate (PEM), for servers run with "
+                   "--client-cert-auth.")
+@click.option("--key", envvar="QUORUM_KEY", help="TLS: the key (PEM) of --cert.")
+@click.option("--insecure-skip-tls-verify", is_flag=True, default=False,
+              help="TLS without checking the server's certificate (encrypted, but anyone on "
+                   "the path can pose as the server). Tests only.")
+@click.option("--tls-server-name", envvar="QUORUM_TLS_SERVER_NAME",
+              help="TLS: the name the servers' certificates must carry, instead of the "
+                   "endpoint's host.")
 @click.version_option(package_name="quorum")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: str, write_out: str, timeout_s: float) -> None:
+def cli(ctx: click.Context, endpoints: str, write_out: str, timeout_s: float,
+        cacert: str | None, cert: str | None, key: str | None, insecure_skip_tls_verify: bool,
+        tls_server_name: str | None) -> None:
     """quorum: a Raft-replicated coordination service."""
-    ctx.obj = Ctx(endpoints, write_out, timeout_s)
+    tls = TlsFlags(cacert, cert, key, insecure_skip_tls_verify, tls_server_name)
+    ctx.obj = Ctx(endpoints, write_out, timeout_s, tls)
 
 
 cli.add_command(serve)
@@ -500,11 +569,11 @@ def member_promote(c: Ctx, member_id: str) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Status of every endpoint: leader, term, indexes, size."""
-    from quorum.client.aio import AsyncClient
+    c.tls  # noqa: B018 - a bad TLS file fails here, once, not once per endpoint
 
     async def one(endpoint: str) -> Any:
         try:
-            async with AsyncClient([endpoint], timeout_s=c.timeout_s) as cl:
+            async with c.client([endpoint]) as cl:
                 return await cl.status()
         except QuorumError as exc:
             return exc
@@ -514,11 +583,12 @@ def status(c: Ctx) -> None:
 
     results = asyncio.run(go())
     if c.json:
-        emit_json([{"endpoint": e, **({"error": str(r)} if isinstance(r, Exception) else
-                                      {"status": r})} for e, r in zip(c.endpoints, results)])
+        emit_json([{"endpoint": c.shown(e),
+                    **({"error": str(r)} if isinstance(r, Exception) else {"status": r})}
+                   for e, r in zip(c.endpoints, results)])
         return
     rows = []
-    for e, r in zip(c.endpoints, results):
+    for e, r in zip(map(c.shown, c.endpoints), results):
         if isinstance(r, Exception):
             rows.append((e, "-", "-", "-", "-", "-", "-", f"unreachable: {r}"))
         else:
@@ -559,12 +629,12 @@ def snapshot_save(c: Ctx, path: str) -> None:
 @pass_ctx
 def hash_kv(c: Ctx, rev: int) -> None:
     """HashKV of every endpoint (equal hashes = equal history)."""
-    from quorum.client.aio import AsyncClient
+    c.tls  # noqa: B018 - a bad TLS file fails here
 
     async def go() -> list[Any]:
         out = []
         for e in c.endpoints:
-            async with AsyncClient([e], timeout_s=c.timeout_s) as cl:
+            async with c.client([e]) as cl:
                 out.append(await cl.hash_kv(rev))
         return out
 

@@ -106,12 +106,15 @@ async def _watch_fatal(proc: object) -> None:
                    "is hours), a revision count in revision mode; 0 = off (the default).")
 @click.option("--wal-reserve-bytes", type=int,
               help="WAL space reserved ahead of the writes (default 4194304; 0 = off).")
-@click.option("--cert-file", type=str, help="TLS on the etcd port: certificate (PEM).")
-@click.option("--key-file", type=str, help="TLS on the etcd port: the certificate's key (PEM).")
+@click.option("--cert-file", type=str,
+              help="TLS on the client ports (etcd and native): certificate (PEM).")
+@click.option("--key-file", type=str,
+              help="TLS on the client ports: the certificate's key (PEM).")
 @click.option("--trusted-ca-file", type=str,
               help="CA (PEM) that signs client certificates (with --client-cert-auth).")
 @click.option("--client-cert-auth", is_flag=True, default=None,
-              help="Require a client certificate signed by --trusted-ca-file on the etcd port.")
+              help="Require a client certificate signed by --trusted-ca-file on the client "
+                   "ports.")
 @click.option("--peer-cert-file", type=str, help="TLS between members: certificate (PEM).")
 @click.option("--peer-key-file", type=str, help="TLS between members: its key (PEM).")
 @click.option("--peer-trusted-ca-file", type=str,

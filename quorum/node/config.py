@@ -70,9 +70,11 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     auto_compaction_retention: str | int = "0"
     # the etcd port's gRPC server: "h2" (quorum.api.h2grpc, the default) or "grpcio"
     etcd_engine: str = "h2"
-    # TLS on the etcd port, with etcd's flag names: a certificate and its key (PEM) turn it
-    # on; client_cert_auth also requires every client to present a certificate signed by
-    # trusted_ca_file (mutual TLS). Empty = plain TCP.
+    # TLS on the client ports (the etcd port and the native port alike), with etcd's flag
+    # names: a certificate and its key (PEM) turn it on; client_cert_auth also requires every
+    # client to present a certificate signed by trusted_ca_file (mutual TLS). Empty = plain
+    # TCP. A follower relaying to the leader's native port presents cert_file as its client
+    # certificate and trusts trusted_ca_file / peer_trusted_ca_file (docs/node.md).
     cert_file: str = ""
     key_file: str = ""
     trusted_ca_file: str = ""

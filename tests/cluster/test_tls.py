@@ -1,5 +1,5 @@
-"""`quorum serve` with TLS between members (--peer-*) and on the etcd port (--cert-file ...):
-real processes on loopback, certificates made by the openssl command."""
+"""`quorum serve` with TLS between members (--peer-*) and on the client ports, etcd and native
+(--cert-file ...): real processes on loopback, certificates made by the openssl command."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tls_certs import make_cert
 
 from quorum.client.aio import AsyncClient
-from quorum.errors import QuorumError
+from quorum.client.recipes import Lock
+from quorum.client.tls import ClientTls
+from quorum.errors import QuorumError, TlsHandshakeFailed
 from quorum.verify.procs import ProcCluster, ProcNode, free_ports
 
-from .test_faults import converged_hashes, hashes, leader_of
+from .test_faults import hashes
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -48,17 +51,58 @@ class MixedCluster(ProcCluster):
         return cmd[:len(cmd) - len(self.extra_args)] + list(self.untrusted)
 
 
+async def tls_leader(cluster: ProcCluster, tls: ClientTls, timeout_s: float = 20.0) -> int:
+    """The leader every live node reports, asked over TLS (ProcCluster's own helper speaks
+    plain TCP, which these native ports refuse)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        seen: set[int] = set()
+        for node in cluster.nodes.values():
+            try:
+                async with AsyncClient([node.client_url], timeout_s=2, tls=tls) as c:
+                    seen.add((await c.status()).leader_id)
+            except QuorumError:
+                seen.add(0)
+        if len(seen) == 1 and 0 not in seen:
+            return seen.pop()
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no agreed leader: {seen}")
+        await asyncio.sleep(0.2)
+
+
+async def tls_hashes(cluster: ProcCluster, tls: ClientTls,
+                     timeout_s: float = 15.0) -> dict[int, tuple[int, int]]:
+    """(revision, hash) per node once they agree (or the last answers at the deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        out: dict[int, tuple[int, int]] = {}
+        for node_id, node in cluster.nodes.items():
+            try:
+                async with AsyncClient([node.client_url], timeout_s=5, tls=tls) as c:
+                    kv = await c.hash_kv()
+                    out[node_id] = (kv.revision, kv.hash)
+            except QuorumError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+        if len(out) == len(cluster.nodes) and len(set(out.values())) == 1:
+            return out
+        if asyncio.get_running_loop().time() > deadline:
+            return out
+        await asyncio.sleep(0.2)
+
+
 def test_members_replicate_over_mutual_tls_and_etcdctl_uses_the_tls_port(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path, "cluster")
     extra = (*peer_args(cert, key, cert), "--cert-file", str(cert), "--key-file", str(key))
+    tls = ClientTls(ca_file=str(cert))  # --cert-file secures the native port too
 
     async def scenario() -> None:
         with ProcCluster(3, tmp_path / "data", extra_args=extra) as cluster:
-            await leader_of(cluster, timeout_s=20)
-            async with AsyncClient(cluster.endpoints(), timeout_s=10) as client:
+            await tls_leader(cluster, tls)
+            async with AsyncClient(cluster.endpoints(), timeout_s=10, tls=tls) as client:
                 for i in range(50):
                     await client.put(b"tls/%02d" % i, b"v%d" % i)
-            h = await converged_hashes(cluster)
+            h = await tls_hashes(cluster, tls)
             assert len(h) == 3 and len(set(h.values())) == 1, h
             if ETCDCTL is None:
                 return
@@ -151,3 +195,149 @@ def test_half_a_peer_tls_setting_is_a_usage_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 2
     assert "peer_trusted_ca_file" in res.stderr
+
+
+# --- TLS on the native port ---------------------------------------------------------------
+
+
+class NativeTls:
+    """A cluster certificate (peers and client ports, named 127.0.0.1) and a client
+    certificate; trusted-ca.pem holds both, as one CA signing both would."""
+
+    def __init__(self, folder: Path) -> None:
+        self.cert, self.key = make_cert(folder, "cluster")
+        self.client, self.client_key = make_cert(folder, "client")
+        self.stranger, self.stranger_key = make_cert(folder, "stranger")
+        self.trusted = folder / "trusted-ca.pem"
+        self.trusted.write_bytes(self.cert.read_bytes() + self.client.read_bytes())
+
+    def serve_args(self) -> tuple[str, ...]:
+        return (*peer_args(self.cert, self.key, self.cert),
+                "--cert-file", str(self.cert), "--key-file", str(self.key),
+                "--trusted-ca-file", str(self.trusted), "--client-cert-auth")
+
+    def client_tls(self) -> ClientTls:
+        return ClientTls(ca_file=str(self.cert), cert_file=str(self.client),
+                         key_file=str(self.client_key))
+
+    def cli_args(self) -> tuple[str, ...]:
+        return ("--cacert", str(self.cert), "--cert", str(self.client),
+                "--key", str(self.client_key))
+
+
+@pytest.fixture(scope="module")
+def native_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcCluster, NativeTls]]:
+    base = tmp_path_factory.mktemp("native-tls")
+    certs = NativeTls(base)
+    with ProcCluster(3, base / "data", extra_args=certs.serve_args()) as cluster:
+        asyncio.run(tls_leader(cluster, certs.client_tls()))
+        yield cluster, certs
+
+
+def refusals(cluster: ProcCluster) -> list[str]:
+    """The handshakes a node refused (a client that merely hung up mid-handshake, such as
+    ProcCluster's port probe, is left out)."""
+    return [line for i in cluster.nodes for line in cluster.log_text(i).splitlines()
+            if "TLS handshake failed" in line and "closed the connection" not in line]
+
+
+def test_put_get_watch_lock_and_a_relayed_keepalive_over_mutual_tls(
+    native_tls: tuple[ProcCluster, NativeTls]
+) -> None:
+    cluster, certs = native_tls
+    tls = certs.client_tls()
+
+    async def scenario() -> None:
+        leader = await tls_leader(cluster, tls)
+        follower = next(i for i in cluster.nodes if i != leader)
+        before = len(refusals(cluster))
+        async with AsyncClient(cluster.endpoints(), timeout_s=10, tls=tls) as client, \
+                AsyncClient([cluster.nodes[follower].client_url], timeout_s=10,
+                            tls=tls) as via_follower:
+            watcher = via_follower.watch(b"nt/", prefix=True)
+            await watcher.start()
+            put = await client.put(b"nt/a", b"1")
+            got = await via_follower.get(b"nt/a")
+            assert got is not None and got.value == b"1"
+            batch = await asyncio.wait_for(watcher.__anext__(), 10)
+            assert [(e.kv.key, e.kv.mod_revision) for e in batch.events] == [
+                (b"nt/a", put.revision)]
+            await watcher.cancel()
+            # a follower passes keepalives to the leader's native port: over TLS, with
+            # the member's own certificate as its client certificate
+            lease = await via_follower.lease_grant(30)
+            assert await via_follower.lease_keepalive_once(lease.id) == 30
+            async with Lock(client, "nt-lock", ttl_s=30) as token:
+                assert token > put.revision
+            members = await client.member_list()
+            assert len(members) == 3
+            for member in members:
+                assert member.client_urls[0].startswith("https://"), member  # native
+                assert all(u.startswith("https://") for u in member.client_urls), member
+        assert len(refusals(cluster)) == before  # no relay (nor client) was refused
+
+    asyncio.run(scenario())
+
+
+def test_plaintext_and_untrusted_clients_are_refused_and_the_node_keeps_serving(
+    native_tls: tuple[ProcCluster, NativeTls]
+) -> None:
+    cluster, certs = native_tls
+    node = cluster.nodes[1]
+
+    async def scenario() -> None:
+        async with AsyncClient([node.client_url], timeout_s=10, tls=certs.client_tls()) as good:
+            await good.put(b"served", b"before")
+            async with AsyncClient([node.client_url], timeout_s=1) as plain:
+                with pytest.raises(QuorumError):
+                    await plain.put(b"k", b"v")
+            stranger = ClientTls(ca_file=str(certs.cert), cert_file=str(certs.stranger),
+                                 key_file=str(certs.stranger_key))
+            async with AsyncClient([node.client_url], timeout_s=10, tls=stranger) as odd:
+                with pytest.raises(TlsHandshakeFailed, match="refused"):
+                    await odd.put(b"k", b"v")
+            async with AsyncClient([node.client_url], timeout_s=10,
+                                   tls=ClientTls(ca_file=str(certs.stranger))) as wrong_ca:
+                with pytest.raises(TlsHandshakeFailed, match="certificate verify failed"):
+                    await wrong_ca.put(b"k", b"v")
+            got = await good.get(b"served")  # the connection opened before still works
+            assert got is not None and got.value == b"before"
+            assert (await good.put(b"served", b"after")).revision > 0
+        log = cluster.log_text(1)
+        assert "TLS handshake failed (WRONG_VERSION_NUMBER)" in log  # the plaintext client
+        assert "certificate verify failed" in log  # the stranger's certificate
+
+    asyncio.run(scenario())
+
+
+def test_cli_put_get_status_and_member_list_over_tls(
+    native_tls: tuple[ProcCluster, NativeTls]
+) -> None:
+    cluster, certs = native_tls
+    base = [sys.executable, "-m", "quorum.cli.main", "--endpoints", ",".join(cluster.endpoints()),
+            "--timeout", "10"]
+
+    def quorum(*args: str, tls: tuple[str, ...] = certs.cli_args(),
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *tls, *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    put = quorum("put", "cli-tls", "hello")
+    assert put.returncode == 0, put.stderr
+    got = quorum("-w", "json", "get", "cli-tls")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["kvs"][0]["value"] == "hello"
+    status = json.loads(quorum("-w", "json", "status").stdout)
+    assert len(status) == 3
+    assert all(s["endpoint"].startswith("https://") and "status" in s for s in status), status
+    members = quorum("member", "list")
+    assert members.returncode == 0 and members.stdout.count("https://") >= 6, members.stdout
+    # the same command without a client certificate, or trusting the wrong CA, is refused
+    no_cert = quorum("get", "cli-tls", tls=("--cacert", str(certs.cert)))
+    assert no_cert.returncode != 0 and "TlsHandshakeFailed" in no_cert.stderr, no_cert.stderr
+    wrong_ca = quorum("get", "cli-tls", tls=("--cacert", str(certs.stranger), "--cert",
+                                             str(certs.client), "--key", str(certs.client_key)))
+    assert wrong_ca.returncode != 0, wrong_ca.stdout
+    assert "certificate verify failed" in wrong_ca.stderr, wrong_ca.stderr
+    missing = quorum("get", "cli-tls", tls=("--cacert", str(certs.cert) + ".missing"))
+    assert missing.returncode != 0 and "ConfigError" in missing.stderr, missing.stderr

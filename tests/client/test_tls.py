@@ -61,9 +61,9 @@ def run(coro: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
 
 
 @contextlib.asynccontextmanager
-async def tls_server(tls: Any) -> AsyncIterator[NativeServer]:
+async def tls_server(tls: Any, **options: Any) -> AsyncIterator[NativeServer]:
     backend = LocalBackend()
-    server = await serve_native(backend, "127.0.0.1", 0, tls=tls)
+    server = await serve_native(backend, "127.0.0.1", 0, tls=tls, **options)
     try:
         yield server
     finally:
@@ -327,3 +327,20 @@ def test_bytes_that_come_with_the_connection_reach_the_handshake(
     caplog.set_level(logging.WARNING, logger=LOG)
     run(scenario(), loop)
     assert any("WRONG_VERSION_NUMBER" in r for r in handshake_failures(caplog))
+
+
+def test_a_client_that_never_starts_its_handshake_is_closed_in_time(
+    certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with tls_server(certs.server_tls(), tls_handshake_timeout_s=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # silent, then closed
+            writer.close()
+            async with AsyncClient([server.endpoint], tls=certs.good()) as client:
+                assert (await client.put(b"k", b"v")).revision > 1
+
+    caplog.set_level(logging.WARNING, logger=LOG)
+    run(scenario())
+    assert any("no handshake in time" in r for r in handshake_failures(caplog)), \
+        handshake_failures(caplog)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,69 @@ def node_command(spec: PeerSpec, specs: tuple[PeerSpec, ...], data_dir: Path,
     ]
 
 
+class LocalTls:
+    """Throwaway certificates for a local cluster (``quorum cluster up --tls``), made by the
+    openssl command under ``folder``: a CA, one certificate every node uses for its peer
+    and client ports (naming ``host``), and a client certificate, all signed by the CA."""
+
+    DAYS = "30"
+
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
+        self.folder = folder
+        self.host = host
+        self.ca, self.ca_key = folder / "ca.pem", folder / "ca-key.pem"
+        self.node, self.node_key = folder / "node.pem", folder / "node-key.pem"
+        self.client, self.client_key = folder / "client.pem", folder / "client-key.pem"
+
+    def ensure(self) -> LocalTls:
+        """Make the files unless a previous run left them all. Raises UsageError without
+        the openssl command, ConfigError when it fails."""
+        files = (self.ca, self.ca_key, self.node, self.node_key, self.client, self.client_key)
+        if all(f.exists() for f in files):
+            return self  # the cluster's data is kept between runs: so are its certificates
+        if shutil.which("openssl") is None:
+            raise click.UsageError("--tls needs the openssl command to make certificates")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._openssl("req", "-x509", *self._new_key(self.ca_key), "-out", str(self.ca),
+                      "-days", self.DAYS, "-subj", "/CN=quorum local CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self._issue(self.node, self.node_key, "quorum node",
+                    f"subjectAltName=IP:{self.host}\nextendedKeyUsage=serverAuth,clientAuth")
+        self._issue(self.client, self.client_key, "quorum client",
+                    "extendedKeyUsage=clientAuth")
+        return self
+
+    @staticmethod
+    def _new_key(key: Path) -> tuple[str, ...]:
+        return ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(key))
+
+    def _issue(self, cert: Path, key: Path, name: str, extensions: str) -> None:
+        csr, ext = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+        ext.write_text(extensions + "\nbasicConstraints=CA:FALSE\n"
+                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+        self._openssl("req", "-new", *self._new_key(key), "-out", str(csr), "-subj", f"/CN={name}")
+        self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey",
+                      str(self.ca_key), "-CAcreateserial", "-out", str(cert), "-days", self.DAYS,
+                      "-extfile", str(ext))
+        csr.unlink()
+        ext.unlink()
+
+    @staticmethod
+    def _openssl(*args: str) -> None:
+        res = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ConfigError(f"openssl {args[0]} failed: {res.stderr.strip()}")
+
+    def serve_args(self) -> tuple[str, ...]:
+        """Mutual TLS between members and on both client ports."""
+        node, key, ca = str(self.node), str(self.node_key), str(self.ca)
+        return ("--peer-cert-file", node, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+                "--peer-client-cert-auth", "--cert-file", node, "--key-file", key,
+                "--trusted-ca-file", ca, "--client-cert-auth")
+
+
 @click.group()
 def cluster() -> None:
     """Run a local cluster of separate server processes."""
@@ -223,19 +287,24 @@ def cluster() -> None:
               help="Passed to every server (see quorum serve).")
 @click.option("--auto-compaction-retention", default="0", show_default=True,
               help="Passed to every server; 0 = off (see quorum serve).")
+@click.option("--tls", is_flag=True,
+              help="Mutual TLS everywhere, with a throwaway CA and certificates made by the "
+                   "openssl command under DATA_DIR/tls (kept for later runs).")
 def cluster_up(nodes: int, data_dir: str, base_port: int, tick_ms: int, no_fsync: bool,
-               auto_compaction_mode: str, auto_compaction_retention: str) -> None:
+               auto_compaction_mode: str, auto_compaction_retention: str, tls: bool) -> None:
     """Start NODES servers on this machine; Ctrl-C stops them all cleanly."""
+    root = Path(data_dir)
     try:  # checked here so a bad value is one clear error, not N servers exiting at start
         policy_from_config(auto_compaction_mode, auto_compaction_retention)
+        certs = LocalTls(root / "tls").ensure() if tls else None
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     specs = cluster_specs(nodes, base_port)
     extra = ("--tick-ms", str(tick_ms), *(("--no-fsync",) if no_fsync else ()),
              "--auto-compaction-mode", auto_compaction_mode,
-             "--auto-compaction-retention", auto_compaction_retention)
+             "--auto-compaction-retention", auto_compaction_retention,
+             *(certs.serve_args() if certs else ()))
     procs = []
     for spec in specs:
         log = open(root / f"node{spec.id}.log", "ab")  # noqa: SIM115 - lives as long as the child
@@ -249,10 +318,15 @@ def cluster_up(nodes: int, data_dir: str, base_port: int, tick_ms: int, no_fsync
                    f"etcd {spec.etcd_url}  peer {spec.peer_url}")
     click.echo("\nTry it (in another terminal):")
     click.echo(f"  export QUORUM_ENDPOINTS={endpoints}")
+    etcdctl_tls = ""
+    if certs is not None:
+        click.echo(f"  export QUORUM_CACERT={certs.ca} QUORUM_CERT={certs.client} "
+                   f"QUORUM_KEY={certs.client_key}")
+        etcdctl_tls = (f" --cacert={certs.ca} --cert={certs.client} --key={certs.client_key}")
     click.echo("  .venv/bin/quorum put greeting hello")
     click.echo("  .venv/bin/quorum get greeting")
     click.echo("  .venv/bin/quorum status")
-    click.echo(f"  ETCDCTL_API=3 etcdctl --endpoints={etcd} get greeting")
+    click.echo(f"  ETCDCTL_API=3 etcdctl --endpoints={etcd}{etcdctl_tls} get greeting")
     click.echo("\nCtrl-C stops the cluster.")
     _supervise(procs)
 

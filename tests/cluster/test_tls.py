@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -385,3 +386,61 @@ def test_leader_discovery_failover_and_watch_resume_over_tls(tmp_path: Path) -> 
             assert refusals(cluster) == []  # every reconnect was a proper TLS session
 
     asyncio.run(scenario())
+
+
+def _free_base_port(nodes: int) -> int:
+    """A base port whose node ports (cluster up: base+i, base+100+i, base+200+i) are free."""
+    import random
+    import socket
+
+    for _ in range(100):
+        base = random.randint(30000, 50000)
+        try:
+            for port in (base + off + i for off in (0, 100, 200) for i in range(1, nodes + 1)):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free base port")
+
+
+def test_cluster_up_tls_makes_a_ca_and_serves_mutual_tls(tmp_path: Path) -> None:
+    base = _free_base_port(3)
+    data = tmp_path / "local"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "quorum.cli.main", "cluster", "up", "--tls", "--nodes", "3",
+         "--base-port", str(base), "--data-dir", str(data), "--tick-ms", "50", "--no-fsync"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert up.stdout is not None
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        exports = next(ln for ln in lines if "QUORUM_CACERT=" in ln).split()[1:]
+        env = {**os.environ, **dict(e.split("=", 1) for e in exports),
+               "QUORUM_ENDPOINTS": ",".join(f"127.0.0.1:{base + 100 + i}" for i in (1, 2, 3))}
+        cli = [sys.executable, "-m", "quorum.cli.main", "--timeout", "10"]
+
+        def quorum(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*cli, *args], env=env, capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL)
+
+        put = quorum("put", "greeting", "hello")  # waits out the first election
+        assert put.returncode == 0, (put.stderr, "".join(lines))
+        got = quorum("-w", "json", "get", "greeting")
+        assert json.loads(got.stdout)["kvs"][0]["value"] == "hello", got.stderr
+        status = json.loads(quorum("-w", "json", "status").stdout)
+        assert [s["endpoint"][:8] for s in status] == ["https://"] * 3
+        assert all("status" in s for s in status), status
+        # the CA is real: a client without its certificate is refused
+        env.pop("QUORUM_CERT")
+        env.pop("QUORUM_KEY")
+        refused = quorum("get", "greeting")
+        assert refused.returncode != 0 and "TlsHandshakeFailed" in refused.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+    assert "cluster stopped" in out

@@ -152,7 +152,7 @@ def test_a_server_certificate_from_an_untrusted_ca_is_refused_at_once(
             async with AsyncClient([server.endpoint], tls=certs.good()) as client:
                 assert (await client.put(b"k", b"v")).revision > 1  # others are served
 
-    caplog.set_level(logging.WARNING, logger=LOG)
+    caplog.set_level(logging.INFO, logger=LOG)  # the server sees the client hang up: INFO
     run(scenario())
 
 
@@ -344,3 +344,26 @@ def test_a_client_that_never_starts_its_handshake_is_closed_in_time(
     run(scenario())
     assert any("no handshake in time" in r for r in handshake_failures(caplog)), \
         handshake_failures(caplog)
+
+
+def test_a_tcp_probe_that_hangs_up_is_logged_at_info_not_warning(
+    certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Load balancers and health checks connect and close: that must not be a warning each
+    time, while a refused handshake stays one."""
+
+    async def scenario() -> None:
+        async with tls_server(certs.server_tls()) as server:
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            for _ in range(200):  # until the server has seen the hang-up
+                if handshake_failures(caplog):
+                    break
+                await asyncio.sleep(0.01)
+
+    caplog.set_level(logging.INFO, logger=LOG)
+    run(scenario())
+    records = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].levelno == logging.INFO
+    assert "closed the connection" in records[0].getMessage()

@@ -556,8 +556,13 @@ class _TlsGate(asyncio.Protocol):
             # start_tls has closed the transport. (The handshake timeout surfaces as a
             # ConnectionAbortedError whose only mark is its text: tell it by the clock.)
             late = loop.time() - started >= server.tls_handshake_timeout_s
-            log.warning("native client %s: TLS handshake failed (%s); closing the connection",
-                        peer, "no handshake in time" if late else _handshake_reason(exc))
+            # A client that hangs up mid-handshake is most often a TCP health check (connect,
+            # close): INFO, or every probe of a load balancer would be a warning. It may also
+            # be a client that does not trust this server; that client reports it itself.
+            hung_up = not late and isinstance(exc, ConnectionError | EOFError)
+            log.log(logging.INFO if hung_up else logging.WARNING,
+                    "native client %s: TLS handshake failed (%s); closing the connection",
+                    peer, "no handshake in time" if late else _handshake_reason(exc))
             return
         if tls is None:  # the connection went away during the handshake
             return

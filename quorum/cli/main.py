@@ -111,7 +111,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoints", envvar="QUORUM_ENDPOINTS", default=DEFAULT_ENDPOINTS,
-              show_default=True, help="Comma-separated host:port of native client ports.")
+              show_default=True,
+              help="Comma-separated host:port of native client ports (https://host:port: TLS).")
 @click.option("-w", "--write-out", type=click.Choice(["table", "json", "simple"]),
               default="table", show_default=True)
 @click.option("--timeout", "timeout_s", default=5.0, show_default=True, help="Seconds per request.")

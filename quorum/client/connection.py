@@ -24,10 +24,11 @@ from quorum.errors import (
 )
 
 # a stream callback gets each body under its id, and None once the connection is gone
+StreamCallback = Callable[[m.ResponseBody | None], None]
+
 # the request id of the probe that confirms a new TLS session (answered before any other
 # request is sent, so it cannot collide with the client's own ids, which start at 1)
 PROBE_ID = (1 << 63) - 1
-StreamCallback = Callable[[m.ResponseBody | None], None]
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -248,7 +249,11 @@ async def open_connection(
             lambda: Connection(endpoint, max_frame_bytes), host, port
         )
         if tls is not None:
-            await proto.start_tls(tls, server_name or host)
+            try:
+                await proto.start_tls(tls, server_name or host)
+            except BaseException:  # the deadline, mid-handshake or mid-probe: leak nothing
+                proto.close()
+                raise
     return proto
 
 

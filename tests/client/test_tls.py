@@ -367,3 +367,40 @@ def test_a_tcp_probe_that_hangs_up_is_logged_at_info_not_warning(
     assert len(records) == 1, [r.getMessage() for r in records]
     assert records[0].levelno == logging.INFO
     assert "closed the connection" in records[0].getMessage()
+
+
+def test_a_server_that_never_answers_the_probe_times_out_and_nothing_leaks(
+    certs: Certs,
+) -> None:
+    """A TLS peer that completes the handshake and then says nothing: the connect attempt
+    ends at its timeout, as for an unreachable endpoint, and each attempt's connection is
+    closed (the silent server sees every one of them go)."""
+    opened: list[asyncio.Transport] = []
+    lost: list[int] = []
+
+    class Silent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            opened.append(transport)  # type: ignore[arg-type]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(1)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Silent, "127.0.0.1", 0, ssl=certs.server_tls())
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with AsyncClient([f"127.0.0.1:{port}"], tls=certs.good(), timeout_s=1.0,
+                                   connect_timeout_s=0.3) as client:
+                with pytest.raises(QuorumError) as err:
+                    await client.put(b"k", b"v")
+                assert not isinstance(err.value, TlsHandshakeFailed)  # silence is not refusal
+            for _ in range(200):
+                if opened and len(lost) == len(opened):
+                    break
+                await asyncio.sleep(0.01)
+            assert opened and len(lost) == len(opened), (len(opened), len(lost))
+        finally:
+            server.close()
+
+    run(scenario())

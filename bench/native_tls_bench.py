@@ -5,11 +5,16 @@ authentication, both uvloop when ``--uvloop``); the load comes from this process
 AsyncClient. Rounds alternate plain and TLS so both see the same background load:
 
     .venv/bin/python bench/native_tls_bench.py [--rounds 3] [--seconds 3] [--inflight 256] [--uvloop]
+    .venv/bin/python bench/native_tls_bench.py --cluster 3 [--rounds 3] [--seconds 3]
 
 Per round: pipelined puts and gets (``--inflight`` in flight on one connection), sequential
 puts (one in flight: the round trip), and connections opened and closed per second (TCP
 connect, for TLS the handshake and the client's confirming round trip, one status request).
 Prints per-round figures and the medians; certificates are made with the openssl command.
+
+``--cluster N``: instead, N real node processes (durable WAL, fsync on, Raft replication),
+started afresh for each round, alternately plain and with mutual TLS on the client ports and
+between members (as ``quorum cluster up --tls`` runs them); the load prefers the leader.
 """
 
 from __future__ import annotations
@@ -79,6 +84,45 @@ async def one_round(endpoint: str, tls: ssl.SSLContext | None, seconds: float,
     return out
 
 
+async def cluster_round(endpoints: list[str], tls: ssl.SSLContext | None, seconds: float,
+                        inflight: int) -> dict[str, float]:
+    value = b"x" * 100
+    async with AsyncClient(endpoints, timeout_s=30, max_sessions=inflight, tls=tls,
+                           prefer_leader=True) as client:
+        await client.put(b"k0", value)  # waits out the first election
+        await client.connect()  # and finds the leader
+        return {
+            "put pipelined": await drive(
+                lambda i: client.put(b"k%d" % (i % 1000), value), seconds, inflight),
+            "get pipelined": await drive(
+                lambda i: client.get(b"k%d" % (i % 1000)), seconds, inflight),
+            "put sequential": await drive(
+                lambda i: client.put(b"k%d" % (i % 1000), value), seconds, 1),
+        }
+
+
+def cluster_main(args: Any) -> None:
+    from quorum.cli.serve import LocalTls
+    from quorum.verify.procs import ProcCluster
+
+    results: dict[str, list[dict[str, float]]] = {"plain": [], "tls": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = LocalTls(Path(tmp) / "tls").ensure()
+        ctx = ClientTls(ca_file=str(certs.ca), cert_file=str(certs.client),
+                        key_file=str(certs.client_key)).context()
+        for r in range(args.rounds):
+            for name, extra, client_tls in (("plain", (), None),
+                                            ("tls", certs.serve_args(), ctx)):
+                base = Path(tmp) / f"{name}{r}"
+                with ProcCluster(args.cluster, base, extra_args=extra) as cluster:
+                    res = asyncio.run(cluster_round(cluster.endpoints(), client_tls,
+                                                    args.seconds, args.inflight))
+                results[name].append(res)
+                print(f"round {r + 1} {name:5s} " + "  ".join(
+                    f"{k} {v:8.0f}/s" for k, v in res.items()), flush=True)
+    report(results, args)
+
+
 def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], stdout=subprocess.PIPE,
                             text=True, env=dict(os.environ))
@@ -92,7 +136,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--uvloop", action="store_true", help="uvloop in client and servers")
+    parser.add_argument("--cluster", type=int, default=0,
+                        help="N real node processes per round instead of a LocalBackend server")
     args = parser.parse_args()
+    if args.cluster:
+        cluster_main(args)
+        return
     loop_flag = "1" if args.uvloop else "0"
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = make_certs(Path(tmp))
@@ -119,9 +168,9 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict[str, float]]], args: Any) -> None:
+    what = f"{args.cluster} nodes" if args.cluster else ("uvloop" if args.uvloop else "asyncio")
     print(f"\nmedians of {args.rounds} rounds ({args.seconds:.0f} s each, inflight "
-          f"{args.inflight}, {'uvloop' if args.uvloop else 'asyncio'}; load average "
-          f"{os.getloadavg()[0]:.1f})")
+          f"{args.inflight}, {what}; load average {os.getloadavg()[0]:.1f})")
     for key in results["plain"][0]:
         plain = statistics.median(r[key] for r in results["plain"])
         tls = statistics.median(r[key] for r in results["tls"])

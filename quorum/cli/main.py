@@ -55,7 +55,6 @@ class Ctx:
     def json(self) -> bool:
         return self.write_out == "json"
 
-    @property
     def tls(self) -> Any:
         """The ClientTls every client of this command uses (None: plain TCP), checked once.
         Any TLS flag, or an ``https://`` endpoint, turns TLS on; a file that cannot be used
@@ -82,16 +81,16 @@ class Ctx:
         """An AsyncClient of ``endpoints`` with this command's timeout and TLS settings."""
         from quorum.client.aio import AsyncClient
 
-        return AsyncClient(endpoints, timeout_s=self.timeout_s, tls=self.tls)
+        return AsyncClient(endpoints, timeout_s=self.timeout_s, tls=self.tls())
 
     def shown(self, endpoint: str) -> str:
         """An endpoint as printed: with https:// when the command speaks TLS."""
         bare = endpoint.split("://", 1)[-1]
-        return f"https://{bare}" if self.tls is not None else bare
+        return f"https://{bare}" if self.tls() is not None else bare
 
     def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(client)`` with a connected AsyncClient; typed errors become messages."""
-        self.tls  # noqa: B018 - a bad TLS file fails here, before any connection
+        self.tls()  # a bad TLS file fails here, before any connection
 
         async def go() -> T:
             async with self.client(self.endpoints) as client:
@@ -570,7 +569,7 @@ def member_promote(c: Ctx, member_id: str) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Status of every endpoint: leader, term, indexes, size."""
-    c.tls  # noqa: B018 - a bad TLS file fails here, once, not once per endpoint
+    c.tls()  # a bad TLS file fails here, once, not once per endpoint
 
     async def one(endpoint: str) -> Any:
         try:
@@ -630,7 +629,7 @@ def snapshot_save(c: Ctx, path: str) -> None:
 @pass_ctx
 def hash_kv(c: Ctx, rev: int) -> None:
     """HashKV of every endpoint (equal hashes = equal history)."""
-    c.tls  # noqa: B018 - a bad TLS file fails here
+    c.tls()  # a bad TLS file fails here
 
     async def go() -> list[Any]:
         out = []
@@ -639,12 +638,16 @@ def hash_kv(c: Ctx, rev: int) -> None:
                 out.append(await cl.hash_kv(rev))
         return out
 
-    results = asyncio.run(go())
+    try:
+        results = asyncio.run(go())
+    except QuorumError as exc:  # e.g. TlsHandshakeFailed: a message, not a traceback
+        fail(f"{type(exc).__name__}: {exc}")
     if c.json:
         emit_json(results)
     else:
         table(None, ("endpoint", "hash", "compact revision", "revision"),
-              [(e, r.hash, r.compact_revision, r.revision) for e, r in zip(c.endpoints, results)])
+              [(c.shown(e), r.hash, r.compact_revision, r.revision)
+               for e, r in zip(c.endpoints, results)])
 
 
 # --- storage tools -----------------------------------------------------------------------------

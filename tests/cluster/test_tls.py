@@ -333,6 +333,8 @@ def test_cli_put_get_status_and_member_list_over_tls(
     assert all(s["endpoint"].startswith("https://") and "status" in s for s in status), status
     members = quorum("member", "list")
     assert members.returncode == 0 and members.stdout.count("https://") >= 6, members.stdout
+    hashes_out = quorum("hash")
+    assert hashes_out.returncode == 0 and hashes_out.stdout.count("https://") == 3, hashes_out
     # the same command without a client certificate, or trusting the wrong CA, is refused
     no_cert = quorum("get", "cli-tls", tls=("--cacert", str(certs.cert)))
     assert no_cert.returncode != 0 and "TlsHandshakeFailed" in no_cert.stderr, no_cert.stderr

@@ -335,6 +335,16 @@ def test_cli_put_get_status_and_member_list_over_tls(
     assert members.returncode == 0 and members.stdout.count("https://") >= 6, members.stdout
     hashes_out = quorum("hash")
     assert hashes_out.returncode == 0 and hashes_out.stdout.count("https://") == 3, hashes_out
+    client_cert = ("--cert", str(certs.client), "--key", str(certs.client_key))
+    unchecked = quorum("get", "cli-tls", tls=("--insecure-skip-tls-verify", *client_cert))
+    assert unchecked.returncode == 0 and "hello" in unchecked.stdout, unchecked.stderr
+    # dialed by name, the certificates (IP 127.0.0.1 only) match only with the name override
+    by_name = ("--endpoints", cluster.endpoints()[0].replace("127.0.0.1", "localhost"),
+               *certs.cli_args())
+    mismatch = quorum("get", "cli-tls", tls=by_name)
+    assert mismatch.returncode != 0 and "mismatch" in mismatch.stderr, mismatch.stderr
+    renamed = quorum("get", "cli-tls", tls=(*by_name, "--tls-server-name", "127.0.0.1"))
+    assert renamed.returncode == 0 and "hello" in renamed.stdout, renamed.stderr
     # the same command without a client certificate, or trusting the wrong CA, is refused
     no_cert = quorum("get", "cli-tls", tls=("--cacert", str(certs.cert)))
     assert no_cert.returncode != 0 and "TlsHandshakeFailed" in no_cert.stderr, no_cert.stderr

@@ -143,11 +143,15 @@ def test_a_server_certificate_from_an_untrusted_ca_is_refused_at_once(
         async with tls_server(certs.server_tls()) as server:
             wrong_ca = ClientTls(ca_file=str(certs.other), cert_file=str(certs.client),
                                  key_file=str(certs.client_key))
-            async with AsyncClient([server.endpoint], tls=wrong_ca, timeout_s=20) as client:
+            async with AsyncClient([server.endpoint], tls=wrong_ca, timeout_s=20,
+                                   connect_timeout_s=10) as client:
                 with pytest.raises(TlsHandshakeFailed, match="certificate verify failed"):
                     await client.put(b"k", b"v")
             # one attempt, not a retry loop until the 20 s deadline: the refusal is final
-            await asyncio.sleep(0.1)
+            for _ in range(500):  # until the server has noticed the client hang up
+                if handshake_failures(caplog):
+                    break
+                await asyncio.sleep(0.01)
             assert len(handshake_failures(caplog)) == 1
             async with AsyncClient([server.endpoint], tls=certs.good()) as client:
                 assert (await client.put(b"k", b"v")).revision > 1  # others are served
@@ -177,7 +181,8 @@ def test_a_client_without_a_certificate_is_refused_with_a_typed_error(
             for tls in (ClientTls(ca_file=str(certs.server)),  # no certificate at all
                         ClientTls(ca_file=str(certs.server), cert_file=str(certs.other),
                                   key_file=str(certs.other_key))):  # one nobody signed
-                async with AsyncClient([server.endpoint], tls=tls, timeout_s=20) as client:
+                async with AsyncClient([server.endpoint], tls=tls, timeout_s=20,
+                                       connect_timeout_s=10) as client:
                     with pytest.raises(TlsHandshakeFailed, match="refused"):
                         await client.put(b"k", b"v")
             reasons = handshake_failures(caplog)

@@ -95,6 +95,7 @@ class QuorumProcess:
         etcd_tls = self._etcd_tls()
         self._native_ssl = self._native_tls()
         self._relay_ssl = self._relay_tls()
+        self._check_relay_tls()
         self.storage = self._open_storage()
         self.kv = KvStateMachine(
             StateConfig(max_request_bytes=cfg.max_request_bytes, max_txn_ops=cfg.max_txn_ops)
@@ -233,6 +234,25 @@ class QuorumProcess:
             raise ConfigError(f"cannot use {extra!r} as a trusted CA: {exc}") from None
         return ctx
 
+    def _check_relay_tls(self) -> None:
+        """Warn at startup when this member's relay could not open a TLS session with a
+        member configured like itself: the leader's certificate not trusted or not naming
+        the client address, or (with client_cert_auth) this member's certificate not
+        trusted by trusted_ca_file. Not fatal: only lease keepalives and learner promotions
+        sent to a follower need the relay, and they would fail with a timeout, far from
+        their cause."""
+        cfg = self.config
+        if self._native_ssl is None or self._relay_ssl is None:
+            return
+        host, _ = split_addr(cfg.client_listen)
+        if host in ("", "0.0.0.0", "::"):
+            return  # members advertise this address; a wildcard names no certificate
+        problem = tls_handshake_problem(self._native_ssl, self._relay_ssl, host)
+        if problem:
+            log.warning("followers will fail to relay lease keepalives and learner promotions "
+                        "to the leader over TLS: a member like this one refuses a member like "
+                        "this one (%s); see docs/node.md, TLS", problem)
+
     async def _publish_addresses(self) -> None:
         """Make the cluster's member list carry this node's client addresses (a node added by
         ``member add`` is known only by its peer address until it says more)."""
@@ -288,3 +308,31 @@ class QuorumProcess:
             client = AsyncClient([member.client_url], tls=self._relay_ssl)
             self._forward_clients[leader] = client
         return client
+
+
+def tls_handshake_problem(server: ssl.SSLContext, client: ssl.SSLContext,
+                          server_name: str) -> str | None:
+    """Run a TLS handshake between ``client`` (checking that the certificate names
+    ``server_name``) and ``server`` in memory; None if it succeeds, else why it failed."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sides = [
+        (client.wrap_bio(to_client, to_server, server_hostname=server_name), "client"),
+        (server.wrap_bio(to_server, to_client, server_side=True), "server"),
+    ]
+    done: set[str] = set()
+    for _ in range(8):  # a TLS 1.2 or 1.3 handshake needs at most 3 flights
+        for obj, side in sides:
+            if side in done:
+                continue
+            try:
+                obj.do_handshake()
+                done.add(side)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as exc:
+                return f"the {side} side: certificate verify failed: {exc.verify_message}"
+            except ssl.SSLError as exc:
+                return f"the {side} side: {exc.reason or exc}"
+        if len(done) == 2:
+            return None
+    return "the handshake did not complete"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -456,3 +457,53 @@ def test_cluster_up_tls_makes_a_ca_and_serves_mutual_tls(tmp_path: Path) -> None
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=30)
     assert "cluster stopped" in out
+
+
+# --- the startup check of the relay's TLS settings (no processes) ---------------------------
+
+
+def test_tls_handshake_problem_names_the_side_that_refuses(tmp_path: Path) -> None:
+    from quorum.api.native.server import server_tls_context
+    from quorum.api.process import tls_handshake_problem
+
+    certs = NativeTls(tmp_path)
+    server = server_tls_context(str(certs.cert), str(certs.key), str(certs.trusted))
+    member = ClientTls(ca_file=str(certs.cert), cert_file=str(certs.cert),
+                       key_file=str(certs.key)).context()
+    assert tls_handshake_problem(server, member, "127.0.0.1") is None
+    untrusting = ClientTls(ca_file=str(certs.stranger), cert_file=str(certs.cert),
+                           key_file=str(certs.key)).context()
+    problem = tls_handshake_problem(server, untrusting, "127.0.0.1")
+    assert problem is not None and problem.startswith("the client side: certificate verify")
+    problem = tls_handshake_problem(server, member, "localhost")
+    assert problem is not None and "mismatch" in problem
+    only_clients = server_tls_context(str(certs.cert), str(certs.key), str(certs.client))
+    problem = tls_handshake_problem(only_clients, member, "127.0.0.1")
+    assert problem is not None and problem.startswith("the server side"), problem
+
+
+def test_a_member_whose_own_certificate_its_client_ca_does_not_trust_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trusted_ca_file signs the clients' certificates only: a follower presenting the
+    member certificate to the leader would be refused. quorum serve says so at startup."""
+    from quorum.api.process import QuorumProcess
+    from quorum.node.config import NodeConfig
+
+    certs = NativeTls(tmp_path)
+
+    def checked(trusted: Path) -> list[str]:
+        caplog.clear()
+        proc = QuorumProcess(NodeConfig(
+            data_dir=str(tmp_path / "unused"), client_listen="127.0.0.1:7379",
+            cert_file=str(certs.cert), key_file=str(certs.key),
+            trusted_ca_file=str(trusted), client_cert_auth=True))
+        proc._native_ssl = proc._native_tls()
+        proc._relay_ssl = proc._relay_tls()
+        proc._check_relay_tls()
+        return [r.getMessage() for r in caplog.records if "relay" in r.getMessage()]
+
+    caplog.set_level(logging.WARNING, logger="quorum.server")
+    warned = checked(certs.client)
+    assert len(warned) == 1 and "the server side" in warned[0], warned
+    assert checked(certs.trusted) == []  # the bundle trusts members and clients alike

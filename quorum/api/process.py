@@ -131,6 +131,7 @@ class QuorumProcess:
         self.core.on_members_changed = self.link.update_peers
         self.backend = ClusterBackend(
             self.server, self.kv, cluster_id=cfg.cluster_id,
+            clock=self.server.clock.monotonic,  # lease time on the node's (maybe skewed) clock
             etcd_scheme="https" if cfg.cert_file else "http",
             client_scheme="https" if cfg.cert_file else "http",
             peer_scheme="https" if cfg.peer_cert_file else "http",

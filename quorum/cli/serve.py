@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import click
 from quorum.api.compactor import CompactionPolicy, policy_from_config
 from quorum.errors import ConfigError, QuorumError
 from quorum.node.config import NodeConfig, PeerSpec, load_config
+
+log = logging.getLogger("quorum.serve")
 
 
 def parse_initial_cluster(spec: str) -> tuple[PeerSpec, ...]:
@@ -40,6 +43,23 @@ def compaction_policy(cfg: NodeConfig) -> CompactionPolicy | None:
     """Check the auto-compaction settings (ConfigError naming the broken rule); the policy
     they give, or None when auto-compaction is off."""
     return policy_from_config(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit; return (before,
+    after). Every client connection, watch stream, peer link and WAL segment holds a
+    descriptor, and the usual default soft limit (1,024) runs out long before the CPU or
+    memory does; a server that hits it refuses new connections. Only the soft limit moves
+    (no privilege needed); a limit that cannot be raised is left as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return soft, soft
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target
 
 
 def _use_uvloop() -> None:
@@ -172,6 +192,9 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _use_uvloop()
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("open file limit raised from %d to %d", before, after)
     bugs = frozenset(b for b in planted_bugs.split(",") if b)
     try:
         asyncio.run(_serve(cfg, bugs))

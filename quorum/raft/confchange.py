@@ -8,6 +8,8 @@ Rules (Raft thesis §4.1-§4.3, etcd-io/raft confchange):
 - A voter demoted to learner while it is still a voter of the outgoing half goes to
   ``learners_next`` and becomes a learner when the joint config is left.
 - A node is never both voter and learner; the incoming config never becomes empty.
+- UPDATE_NODE changes nothing here (it carries a member's addresses for the application), so
+  it commutes with every role change: it cannot undo a promotion committed before it.
 
 The Changer never mutates the tracker it reads: it returns a fresh ``TrackerConfig``.
 """
@@ -115,6 +117,8 @@ class Changer:
                 self._make_learner(cfg, change.node_id)
             elif change.type == ConfChangeType.REMOVE_NODE:
                 self._remove(cfg, change.node_id)
+            elif change.type == ConfChangeType.UPDATE_NODE:
+                pass  # addresses only: the application records them, membership is unchanged
             else:
                 raise InvalidConfChange(f"unknown change type {change.type!r}")
         if not cfg.incoming:

@@ -29,6 +29,7 @@ _CC_LETTER = {
     ConfChangeType.ADD_NODE: "v",
     ConfChangeType.REMOVE_NODE: "r",
     ConfChangeType.ADD_LEARNER: "l",
+    ConfChangeType.UPDATE_NODE: "u",
 }
 _TRANSITION = {
     ConfChangeTransition.AUTO: "",

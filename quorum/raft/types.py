@@ -140,6 +140,10 @@ class ConfChangeType(enum.IntEnum):
     ADD_NODE = 0  # add (or promote to) voter
     REMOVE_NODE = 1
     ADD_LEARNER = 2  # add learner (or demote a voter to learner)
+    # Record a member's addresses (in the conf change's context); changes no role and no
+    # membership (etcd's ConfChangeUpdateNode). An address record that repeated the member's
+    # role instead would undo a role change committed between its proposal and its commit.
+    UPDATE_NODE = 3
 
 
 class ConfChangeTransition(enum.IntEnum):

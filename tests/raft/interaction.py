@@ -47,7 +47,7 @@ from quorum.raft.describe import (
 )
 
 _CC_TYPES = {"v": ConfChangeType.ADD_NODE, "l": ConfChangeType.ADD_LEARNER,
-             "r": ConfChangeType.REMOVE_NODE}
+             "r": ConfChangeType.REMOVE_NODE, "u": ConfChangeType.UPDATE_NODE}
 _TRANSITIONS = {"auto": ConfChangeTransition.AUTO,
                 "implicit": ConfChangeTransition.JOINT_IMPLICIT,
                 "explicit": ConfChangeTransition.JOINT_EXPLICIT}

@@ -12,6 +12,7 @@ from quorum.raft.progress import ProgressTracker
 from quorum.raft.types import ConfChangeSingle, ConfChangeType, ConfState
 
 V, L, R = ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER, ConfChangeType.REMOVE_NODE
+U = ConfChangeType.UPDATE_NODE
 
 
 def tracker(cs: ConfState) -> ProgressTracker:
@@ -54,6 +55,30 @@ def test_learner_add_promote_demote() -> None:
     assert promoted.conf_state().voters == (1, 2, 3, 4) and not promoted.progress[4].is_learner
     demoted = Changer(trk, 10).simple(changes((L, 3)))
     assert demoted.conf_state().voters == (1, 2) and demoted.conf_state().learners == (3, 4)
+
+
+def test_update_node_changes_no_role_and_no_membership() -> None:
+    trk = tracker(ConfState(voters=(1, 2, 3), learners=(4,)))
+    before = trk.conf_state()
+    for node_id in (1, 4, 9):  # a voter, a learner, a non-member
+        cfg = Changer(trk, 10).simple(changes((U, node_id)))
+        assert cfg.conf_state() == before
+        assert {n: p.is_learner for n, p in cfg.progress.items()} == {
+            1: False, 2: False, 3: False, 4: True}
+    joint = Changer(trk, 10).enter_joint(True, changes((V, 4), (U, 3)))
+    assert joint.conf_state().voters == (1, 2, 3, 4)
+
+
+def test_an_address_record_committed_after_a_promotion_keeps_the_voter() -> None:
+    """Why UPDATE_NODE exists: a learner records its addresses while it still sees itself
+    as a learner, and the record commits after its promotion. Repeating the role (ADD_LEARNER)
+    demotes the new voter; UPDATE_NODE commutes with the promotion."""
+    trk = tracker(ConfState(voters=(1, 2), learners=(4,)))
+    apply_to_tracker(trk, Changer(trk, 10).simple(changes((V, 4))))
+    demoted = Changer(trk, 10).simple(changes((L, 4)))
+    assert demoted.conf_state().voters == (1, 2) and demoted.conf_state().learners == (4,)
+    kept = Changer(trk, 10).simple(changes((U, 4)))
+    assert kept.conf_state().voters == (1, 2, 4) and not kept.conf_state().learners
 
 
 def test_enter_joint_and_leave() -> None:

@@ -49,6 +49,9 @@ from quorum.node.storage import NodeStorage
 from quorum.raft import Config, RawNode
 from quorum.raft.types import (
     ConfChange,
+    ConfChangeSingle,
+    ConfChangeTransition,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -381,13 +384,33 @@ class NodeCore:
         for change, members, pending in changes:
             req = self._new_request_id()
             ctx = envelope.encode(ConfChangeContext(self.id, req, members))
-            cc = ConfChange(change.changes, change.transition, ctx)
+            cc = ConfChange(self._role_neutral(change).changes, change.transition, ctx)
             try:
                 self.rn.propose_conf_change(cc)
             except QuorumError as exc:
                 pending.waiter.fail(exc)
                 continue
             self._pending[req] = pending
+
+    def _role_neutral(self, change: ConfChange) -> ConfChange:
+        """A single change that repeats the role its node has in this node's applied
+        configuration (ADD_NODE of a voter, ADD_LEARNER of a learner) is meant to change no
+        role: it records addresses (a member publishing itself, ``member update``). It is
+        proposed as UPDATE_NODE, which changes no role whenever it commits. Proposed as is, it
+        would apply whatever role the proposer saw: a learner publishing itself just after
+        its promotion (committed on the leader, not yet applied here) was demoted again when
+        its stale ADD_LEARNER committed after the promotion (Raft applies conf changes in log
+        order, thesis §4.1, so a change must not depend on a view older than its commit)."""
+        if len(change.changes) != 1 or change.transition != ConfChangeTransition.AUTO:
+            return change
+        single = change.changes[0]
+        cs = self.conf_state
+        if not ((single.type == ConfChangeType.ADD_NODE and single.node_id in cs.voters)
+                or (single.type == ConfChangeType.ADD_LEARNER
+                    and single.node_id in cs.learners)):
+            return change
+        update = ConfChangeSingle(ConfChangeType.UPDATE_NODE, single.node_id)
+        return ConfChange((update,), change.transition, change.context)
 
     def _feed_reads(self) -> None:
         """One ReadIndex request serves every read queued since the last drain (batching)."""

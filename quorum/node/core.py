@@ -154,7 +154,8 @@ class NodeCore:
         self.on_ready_applied: Callable[[Ready], None] | None = None
         self.stopped = False
         # Test-only switches that break a rule on purpose (docs/verify.md): "stale_read"
-        # answers reads from local state without a ReadIndex barrier.
+        # answers reads from local state without a ReadIndex barrier; "stale_role_record"
+        # proposes a change that repeats its node's role as that role, not as UPDATE_NODE.
         self.planted_bugs = planted_bugs
         # fsync=False trades durability for speed (documented as unsafe: a power loss can
         # lose acknowledged writes); tests of fsync-less modes only.
@@ -401,7 +402,8 @@ class NodeCore:
         its promotion (committed on the leader, not yet applied here) was demoted again when
         its stale ADD_LEARNER committed after the promotion (Raft applies conf changes in log
         order, thesis §4.1, so a change must not depend on a view older than its commit)."""
-        if len(change.changes) != 1 or change.transition != ConfChangeTransition.AUTO:
+        if (len(change.changes) != 1 or change.transition != ConfChangeTransition.AUTO
+                or "stale_role_record" in self.planted_bugs):
             return change
         single = change.changes[0]
         cs = self.conf_state

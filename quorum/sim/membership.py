@@ -9,7 +9,14 @@ consensus):
 - remove a learner instead of promoting it;
 - demote a voter to learner;
 - replace a voter in one joint change (add the new voter and remove the old one together),
-  leaving the joint configuration automatically or by an explicit empty change.
+  leaving the joint configuration automatically or by an explicit empty change;
+- as the server runtime does, every member records its own addresses once it knows a leader,
+  with a change that names the role it sees itself in (NodeCore proposes it as UPDATE_NODE).
+  A new learner does so in the step that promotes it, the race of a learner whose record
+  reaches the leader after the leader applied its promotion.
+
+Checked here (``member-role``): in the leader's applied configuration a voter becomes a learner
+only after a demotion was proposed for it (a stale address record must not demote it).
 
 Raft allows one pending change at a time; a step that the leader refuses, or that dies with a
 leader change, is simply tried again later. A removed node is retired only after the change
@@ -28,7 +35,7 @@ from quorum.raft.types import (
     ConfChangeType,
     ConfState,
 )
-from quorum.sim.world import World
+from quorum.sim.world import Violation, World
 
 ADD, REMOVE, LEARNER = (ConfChangeType.ADD_NODE, ConfChangeType.REMOVE_NODE,
                         ConfChangeType.ADD_LEARNER)
@@ -48,6 +55,19 @@ class _Outcome:
         self.world.trace(f"conf change failed: {self.what}: {exc!r}")
 
 
+class _Published(_Outcome):
+    """An address record: once applied, the member stops publishing."""
+
+    def __init__(self, world: World, what: str, done: set[int], node_id: int) -> None:
+        super().__init__(world, what)
+        self.done = done
+        self.node_id = node_id
+
+    def resolve(self, value: Any) -> None:
+        super().resolve(value)
+        self.done.add(self.node_id)
+
+
 class Reconfigurer:
     def __init__(self, world: World, rng: random.Random, size: int) -> None:
         self.world = world
@@ -58,14 +78,24 @@ class Reconfigurer:
         # configuration is at least that new and lacks the node has committed the removal
         self.removing: dict[int, int] = {}
         self.changes = 0
+        self.demoting: set[int] = set()  # a demotion was proposed for these (ever)
+        self.published: set[int] = set()  # members whose address record was applied
+        # the newest configuration seen on a leader: (its applied index, its voters)
+        self._newest: tuple[int, frozenset[int]] = (0, frozenset())
+        self._publish_rng = random.Random(rng.getrandbits(64))
+        self._publishing = False
 
     def step(self) -> None:
+        if not self._publishing:  # from the first step on, on a timer of its own
+            self._publishing = True
+            self.world.at(0, self._publish_round)
         leader_id = self.world.leader()
         node = self.world.nodes.get(leader_id)
         core = node.core if node is not None else None
         if core is None:
             return
         cs = core.conf_state  # applied (committed) configuration on the leader
+        self._check_roles(core.applied, cs)
         members = set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing)
         self.joining -= members
         self._retire_removed(members, core.applied)
@@ -76,6 +106,56 @@ class Reconfigurer:
                 self._propose(ConfChange(), "leave joint configuration")
             return
         self._choose(cs)
+
+    def _check_roles(self, applied: int, cs: ConfState) -> None:
+        """Compare with the newest configuration seen so far (a configuration applied at a
+        higher index is newer: one log orders them). A voter that turned learner without a
+        proposed demotion was demoted by a change that meant something else."""
+        seen_at, voters = self._newest
+        if applied < seen_at:
+            return  # this leader has not applied as far as an earlier observation
+        demoted = (voters & set(cs.learners)) - self.demoting
+        if demoted:
+            raise Violation("member-role", f"voters {sorted(demoted)} became learners at "
+                                           f"applied {applied} with no demotion proposed")
+        self._newest = (applied, frozenset(cs.voters) | frozenset(cs.voters_outgoing))
+
+    def _publish_round(self) -> None:
+        """Every 2-12 ms: check the roles on the leader and let members publish. Publishing
+        does not wait for earlier attempts (a runtime retries after a timeout, and the timed
+        out attempt may still commit)."""
+        leader = self.world.nodes.get(self.world.leader())
+        voters: set[int] = set()
+        if leader is not None and leader.core is not None:
+            self._check_roles(leader.core.applied, leader.core.conf_state)
+            voters = set(leader.core.conf_state.voters)
+        self._publish(voters)
+        self.world.at(self._publish_rng.randint(2, 12), self._publish_round)
+
+    def _publish(self, leader_voters: set[int]) -> None:
+        """Every member that knows a leader and has not recorded its addresses yet proposes
+        the record from its own node, naming the role its own configuration gives it. A
+        learner publishes only once the leader has applied its promotion (biased toward the
+        race: the runtime's learner publishes once it has caught up, which is also when
+        ``member promote`` succeeds), so its record names a role it no longer has."""
+        for node_id, node in sorted(self.world.nodes.items()):
+            core = node.core
+            if (core is None or node.paused or node_id in self.published
+                    or not core.leader_id):
+                continue
+            cs = core.conf_state
+            if node_id in cs.voters:
+                kind = ADD
+            elif node_id in cs.learners and node_id in leader_voters:
+                kind = LEARNER
+            else:
+                continue
+            what = f"n{node_id} records its addresses as a {kind.name.lower()}"
+            self.world.trace(f"propose conf change on n{node_id}: {what}")
+            core.propose_conf_change(ConfChange((ConfChangeSingle(kind, node_id),)),
+                                     _Published(self.world, what, self.published, node_id),
+                                     (self.world.member(node_id),))
+            self.world.drive(node)
 
     def retire_removed(self) -> None:
         """Shut down the nodes whose removal the current leader has applied (no proposal)."""
@@ -112,6 +192,7 @@ class Reconfigurer:
                           f"remove voter n{target}", removed=target)
         elif len(voters) >= 3 and roll < 0.6:
             target = self.rng.choice(voters)
+            self.demoting.add(target)
             self._propose(ConfChange((ConfChangeSingle(LEARNER, target),)),
                           f"demote n{target}")
         else:

@@ -29,7 +29,7 @@ from quorum.verify.models import RegisterModel
 
 RAFT_BUGS = frozenset({"commit_old_term", "skip_vote_log_check", "forget_vote",
                        "read_index_no_quorum"})
-NODE_BUGS = frozenset({"stale_read"})
+NODE_BUGS = frozenset({"stale_read", "stale_role_record"})
 STORAGE_BUGS = frozenset({"ack_before_fsync"})
 # the watch hub splits a revision's events; odd-id replicas skip a key per compaction step
 STATE_BUGS = frozenset({"split_txn_events", "skip_compaction_key"})

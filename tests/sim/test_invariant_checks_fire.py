@@ -52,3 +52,15 @@ def test_applied_monotonic_check_catches_a_regression() -> None:
     with pytest.raises(Violation) as err:
         world.drive(node)
     assert err.value.kind == "applied-monotonic"
+
+
+def test_member_role_check_catches_a_stale_address_record_demoting_a_voter() -> None:
+    """Planted: a member's address record proposed as the role it saw (``stale_role_record``)
+    commits after its promotion and demotes it; the reconfig profile's role check flags it.
+    The same seed without the planted bug (records proposed as UPDATE_NODE) holds."""
+    from quorum.sim.run import profile_options, run_seed
+
+    planted = run_seed(4, profile_options("reconfig", bugs=frozenset({"stale_role_record"})))
+    assert not planted.ok and planted.violation == "member-role", planted.detail
+    fixed = run_seed(4, profile_options("reconfig"))
+    assert fixed.ok, f"{fixed.violation}: {fixed.detail}"

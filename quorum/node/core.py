@@ -400,8 +400,9 @@ class NodeCore:
         proposed as UPDATE_NODE, which changes no role whenever it commits. Proposed as is, it
         would apply whatever role the proposer saw: a learner publishing itself just after
         its promotion (committed on the leader, not yet applied here) was demoted again when
-        its stale ADD_LEARNER committed after the promotion (Raft applies conf changes in log
-        order, thesis §4.1, so a change must not depend on a view older than its commit)."""
+        its stale ADD_LEARNER committed after the promotion. Conf changes take effect in log
+        order, not in the order their proposers saw the configuration, so a change that means
+        "no role change" must not name a role."""
         if (len(change.changes) != 1 or change.transition != ConfChangeTransition.AUTO
                 or "stale_role_record" in self.planted_bugs):
             return change

@@ -97,3 +97,17 @@ def test_the_cluster_keeps_a_leader_when_one_of_three_voters_is_down() -> None:
     net.pump()
     net.tick(2)
     assert box.error is None and box.calls == 1
+
+
+def test_real_role_changes_are_proposed_as_they_are() -> None:
+    """Only a change repeating the current role becomes an address record: a promotion and
+    a demotion still change the role."""
+    net, leader, other = _three_voters_and_a_learner()
+    _applied(net, net.cores[leader], _change(ConfChangeType.ADD_NODE, NEW))
+    net.tick(2)
+    assert all(NEW in net.cores[i].conf_state.voters for i in (leader, other, NEW))
+    _applied(net, net.cores[leader], _change(ConfChangeType.ADD_LEARNER, other))
+    net.tick(2)
+    for i in (leader, other, NEW):
+        cs = net.cores[i].conf_state
+        assert cs.voters == tuple(sorted((leader, NEW))) and cs.learners == (other,), (i, cs)

@@ -15,7 +15,8 @@ from quorum.node.statemachine import CounterStateMachine
 from quorum.node.storage import MemoryNodeStorage
 from quorum.raft import StateRole
 from quorum.raft.types import ConfChange, ConfChangeSingle, ConfChangeType
-from tests.node.test_core import Box, Net
+
+from .test_core import Box, Net
 
 NEW = 4
 ADDR = MemberInfo(NEW, peer_url="127.0.0.1:9004")

@@ -10,7 +10,8 @@ Format history (directories written before the marker existed have no file):
 
 1. format 1 state snapshots (up to ec25af5);
 2. format 2 state snapshots, one proposal per log entry, peer protocol 1 (up to dedeab2);
-3. several proposals per log entry (ProposalBatch), peer protocol 2.
+3. several proposals per log entry (ProposalBatch), peer protocol 2;
+4. UPDATE_NODE conf changes in the log (address records that name no role), peer protocol 3.
 
 Raise DATA_FORMAT whenever a change writes something the previous release cannot read.
 """
@@ -26,7 +27,7 @@ from quorum.errors import CorruptionError, DataFormatTooNew
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import FileSystem, run_io
 
-DATA_FORMAT = 3
+DATA_FORMAT = 4
 FORMAT_FILE = "format"
 _WHERE = " on the data-format marker"  # for run_io's error messages
 

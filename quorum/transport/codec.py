@@ -43,7 +43,9 @@ MAGIC: Final = b"QT"
 # version are refused at the first frame (logged), so a mixed-version cluster never ships a
 # node an entry it would skip: during a rolling upgrade the upgraded nodes form their own
 # majority once there are enough of them (docs/transport.md, "Versions").
-PROTOCOL_VERSION: Final = 2
+# Version 3: a log may hold UPDATE_NODE conf changes (an address record that names no role),
+# which a version-2 node cannot decode: it would stop at the first one it applies.
+PROTOCOL_VERSION: Final = 3
 HEADER: Final = struct.Struct("!2sBBBBII")
 HEADER_BYTES: Final = HEADER.size
 _PREFIX: Final = struct.Struct("!2sBBBBI")  # the header without its CRC field

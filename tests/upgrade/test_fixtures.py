@@ -17,7 +17,7 @@ from .cluster import CURRENT, DATA, FORMAT1_COMMIT, PREBATCH_COMMIT, Code, code_
 EXPECTED = {
     FORMAT1_COMMIT: (1, 1, False),
     PREBATCH_COMMIT: (2, 1, False),
-    "current": (2, 2, True),
+    "current": (2, 3, True),
 }
 
 PROBE = """

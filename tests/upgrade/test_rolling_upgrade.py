@@ -26,6 +26,7 @@ import pytest
 
 from quorum.client.aio import AsyncClient
 from quorum.errors import QuorumError
+from quorum.transport.codec import PROTOCOL_VERSION
 
 from .cluster import (
     CURRENT,
@@ -112,10 +113,10 @@ async def settled(cluster: UpgradeCluster, timeout_s: float = 10.0) -> None:
 
 async def refused_each_other(cluster: UpgradeCluster, new: set[int], old: set[int],
                              timeout_s: float = 15.0) -> None:
-    """Each new node logged refusing protocol 1 and each old node refusing protocol 2 (every
-    node dials every other, so each side sees the other's first frame)."""
+    """Each new node logged refusing protocol 1 and each old node refusing the current
+    protocol (every node dials every other, so each side sees the other's first frame)."""
     wanted = {i: "unsupported protocol version 1" for i in new}
-    wanted |= {i: "unsupported protocol version 2" for i in old}
+    wanted |= {i: f"unsupported protocol version {PROTOCOL_VERSION}" for i in old}
     deadline = time.monotonic() + timeout_s
     while True:
         missing = {i: text for i, text in wanted.items() if text not in cluster.log_text(i)}
@@ -243,7 +244,7 @@ def test_rolling_upgrade_campaign(tmp_path: Path, releases: dict[str, Code], com
 
 # --- the same checks against the bug they exist for -----------------------------------------
 
-VERSION_LINE = "PROTOCOL_VERSION: Final = 2\n"
+VERSION_LINE = "PROTOCOL_VERSION: Final = 3\n"
 
 
 def code_speaking_protocol1(dest: Path) -> Code:

@@ -53,13 +53,16 @@ class MixedCluster(ProcCluster):
         return cmd[:len(cmd) - len(self.extra_args)] + list(self.untrusted)
 
 
-async def tls_leader(cluster: ProcCluster, tls: ClientTls, timeout_s: float = 20.0) -> int:
-    """The leader every live node reports, asked over TLS (ProcCluster's own helper speaks
-    plain TCP, which these native ports refuse)."""
+async def agreed_leader(cluster: ProcCluster, tls: ClientTls | None = None,
+                        skip: int = 0, timeout_s: float = 20.0) -> int:
+    """The leader every live node but ``skip`` reports, asked over TLS when ``tls`` is given
+    (ProcCluster's own helper speaks plain TCP, which TLS native ports refuse)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         seen: set[int] = set()
-        for node in cluster.nodes.values():
+        for node_id, node in cluster.nodes.items():
+            if node_id == skip:
+                continue
             try:
                 async with AsyncClient([node.client_url], timeout_s=2, tls=tls) as c:
                     seen.add((await c.status()).leader_id)
@@ -70,6 +73,10 @@ async def tls_leader(cluster: ProcCluster, tls: ClientTls, timeout_s: float = 20
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"no agreed leader: {seen}")
         await asyncio.sleep(0.2)
+
+
+async def tls_leader(cluster: ProcCluster, tls: ClientTls, timeout_s: float = 20.0) -> int:
+    return await agreed_leader(cluster, tls, timeout_s=timeout_s)
 
 
 async def tls_hashes(cluster: ProcCluster, tls: ClientTls,
@@ -152,22 +159,7 @@ def test_a_member_with_an_untrusted_certificate_is_kept_out(tmp_path: Path) -> N
 
 async def leader_of_two(cluster: ProcCluster, odd: int, timeout_s: float = 20.0) -> int:
     """The leader the two trusted members agree on (the odd one cannot take part)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        seen: set[int] = set()
-        for node_id, node in cluster.nodes.items():
-            if node_id == odd:
-                continue
-            try:
-                async with AsyncClient([node.client_url], timeout_s=2) as c:
-                    seen.add((await c.status()).leader_id)
-            except QuorumError:
-                seen.add(0)
-        if len(seen) == 1 and 0 not in seen:
-            return seen.pop()
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no agreed leader among the trusted members: {seen}")
-        await asyncio.sleep(0.2)
+    return await agreed_leader(cluster, skip=odd, timeout_s=timeout_s)
 
 
 @pytest.mark.parametrize("which", ["peer", "etcd"])

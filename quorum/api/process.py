@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
 import secrets
 import ssl
 from typing import Any
 
 from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
-from quorum.api.etcd.config import EtcdTls, check_tls_files
+from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, check_tls_files
 from quorum.errors import ConfigError
 from quorum.node import datadir
 from quorum.node.clock import SystemClock
@@ -37,8 +38,25 @@ from quorum.storage.durable import StorageOptions
 from quorum.storage.fs import OsFileSystem
 from quorum.transport.tcp import PeerTransport
 
+OWN_DESCRIPTORS = 256  # kept for the node's own files, peer links and event loop
+MAX_AUTO_CONNECTIONS = 10_000  # per client port, when the cap is derived
+
 log = logging.getLogger("quorum.server")
 
+
+
+def client_connection_cap(configured: int, open_file_limit: int | None = None) -> int:
+    """The cap on each client port's open connections: ``configured`` when set (> 0), else
+    what the open-file limit leaves after ``OWN_DESCRIPTORS`` for the node itself (WAL,
+    snapshots, peer links, the event loop), split between the native and etcd ports and
+    at most ``MAX_AUTO_CONNECTIONS`` each."""
+    if configured > 0:
+        return configured
+    if open_file_limit is None:
+        open_file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if open_file_limit == resource.RLIM_INFINITY:
+        return MAX_AUTO_CONNECTIONS
+    return max(16, min(MAX_AUTO_CONNECTIONS, (open_file_limit - OWN_DESCRIPTORS) // 2))
 
 
 class QuorumProcess:
@@ -55,6 +73,8 @@ class QuorumProcess:
                                              config.auto_compaction_retention)
         self.planted_bugs = planted_bugs
         self.clock_rate = clock_rate
+        # read when the ports start: `quorum serve` raises the open-file limit before that
+        self.connection_cap = 0
         self.raft_overrides = raft_overrides or {}
         self._storage_override = storage
         self.native: Any = None
@@ -144,22 +164,27 @@ class QuorumProcess:
         await self.backend.start()
         await self._start_apis(etcd_tls)
         self._spawn(self._publish_addresses())
-        log.info("node %d serving: peers %s, client %s, etcd %s", cfg.id, cfg.peer_listen,
-                 cfg.client_listen or "-", cfg.etcd_listen or "-")
+        log.info("node %d serving: peers %s, client %s, etcd %s (at most %d connections "
+                 "each)", cfg.id, cfg.peer_listen, cfg.client_listen or "-",
+                 cfg.etcd_listen or "-", self.connection_cap)
 
     async def _start_apis(self, etcd_tls: EtcdTls | None) -> None:
         cfg = self.config
+        self.connection_cap = client_connection_cap(cfg.max_client_connections)
         if cfg.client_listen:
             from quorum.api.native.server import serve_native
 
             host, port = split_addr(cfg.client_listen)
-            self.native = await serve_native(self.backend, host, port, tls=self._native_ssl)
+            self.native = await serve_native(self.backend, host, port, tls=self._native_ssl,
+                                             max_connections=self.connection_cap)
         if cfg.etcd_listen:
             from quorum.api.etcd.server import serve_etcd
 
             host, port = split_addr(cfg.etcd_listen)
-            self.etcd, _port = await serve_etcd(self.backend, host, port, tls=etcd_tls,
-                                                engine=cfg.etcd_engine)
+            self.etcd, _port = await serve_etcd(
+                self.backend, host, port, tls=etcd_tls, engine=cfg.etcd_engine,
+                config=EtcdApiConfig(max_request_bytes=cfg.max_request_bytes,
+                                     max_connections=self.connection_cap))
 
     def _peer_tls(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
         """PeerTransport's server_ssl and client_ssl (None, None: plain TCP). Raises

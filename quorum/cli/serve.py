@@ -125,6 +125,9 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--auto-compaction-retention", type=str,
               help="History to keep: a duration in periodic mode (1h, 30m, 90s; a bare number "
                    "is hours), a revision count in revision mode; 0 = off (the default).")
+@click.option("--max-client-connections", type=int,
+              help="Open connections each client port serves at once; more are refused "
+                   "and logged (default 0: derived from the open-file limit).")
 @click.option("--wal-reserve-bytes", type=int,
               help="WAL space reserved ahead of the writes (default 4194304; 0 = off).")
 @click.option("--cert-file", type=str,
@@ -151,7 +154,8 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
           snapshot_log_ratio: float | None, snapshot_ratio_floor: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
-          auto_compaction_retention: str | None, wal_reserve_bytes: int | None,
+          auto_compaction_retention: str | None, max_client_connections: int | None,
+          wal_reserve_bytes: int | None,
           cert_file: str | None, key_file: str | None,
           trusted_ca_file: str | None, client_cert_auth: bool | None,
           peer_cert_file: str | None, peer_key_file: str | None,
@@ -170,6 +174,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         "auto_compaction_mode": auto_compaction_mode,
         "auto_compaction_retention": auto_compaction_retention,
         "wal_reserve_bytes": wal_reserve_bytes,
+        "max_client_connections": max_client_connections,
         "cert_file": cert_file, "key_file": key_file, "trusted_ca_file": trusted_ca_file,
         "client_cert_auth": client_cert_auth, "peer_cert_file": peer_cert_file,
         "peer_key_file": peer_key_file, "peer_trusted_ca_file": peer_trusted_ca_file,

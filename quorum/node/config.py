@@ -63,6 +63,11 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     # limits
     max_request_bytes: int = (3 << 20) // 2
     max_txn_ops: int = 128
+    # open connections each client port (native, etcd) serves at once; beyond it a new client
+    # is closed at once, logged. 0 = derived at startup from the open-file limit: what is
+    # left after 256 descriptors for the node's own use, split between the two ports,
+    # at most 10,000 each (quorum.api.process.client_connection_cap)
+    max_client_connections: int = 0
     # automatic MVCC compaction (etcd's --auto-compaction-*; quorum.api.compactor checks the
     # values): mode "periodic" (retention = a duration, e.g. "1h"; a bare number = hours) or
     # "revision" (retention = revisions to keep); retention 0 = off, the default
@@ -125,6 +130,8 @@ class NodeConfig(msgspec.Struct, kw_only=True):
              "lease_reads requires check_quorum (a leader must know when it lost its quorum)."),
             (self.max_request_bytes > 0, "max_request_bytes must be positive."),
             (self.max_txn_ops > 0, "max_txn_ops must be positive."),
+            (self.max_client_connections >= 0,
+             "max_client_connections must be >= 0 (0 = derived from the open-file limit)."),
             (len({p.id for p in self.initial_cluster}) == len(self.initial_cluster),
              "initial_cluster ids must be unique."),
             (not self.initial_cluster or self.join

@@ -55,6 +55,9 @@ class EtcdApiConfig(msgspec.Struct, frozen=True):
     watch_fragment_bytes: int = 3 * MIB // 2
     # Outbound watch responses buffered per stream before the stream waits for the client.
     watch_send_queue: int = 1024
+    # Open connections the port serves at once (the h2 engine; 0 = no cap): beyond it a new
+    # client is closed at once and the refusal logged (quorum.api.conncap).
+    max_connections: int = 0
 
     def validate(self) -> None:
         """Raises ConfigError naming the first rule broken."""
@@ -66,3 +69,5 @@ class EtcdApiConfig(msgspec.Struct, frozen=True):
             raise ConfigError("watch_fragment_bytes must be positive")
         if self.watch_send_queue <= 0:
             raise ConfigError("watch_send_queue must be positive")
+        if self.max_connections < 0:
+            raise ConfigError("max_connections must not be negative (0 = no cap)")

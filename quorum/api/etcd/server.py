@@ -86,6 +86,7 @@ def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> Gr
                 for name, module, servicer in _servicers(backend, config)]
     server = GrpcServer(
         max_receive_message_length=config.max_request_bytes + config.grpc_overhead_bytes,
+        max_connections=config.max_connections,
     )
     for descriptor, servicer in services:
         server.add_service(descriptor, servicer)

@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf import message_factory  # type: ignore[import-untyped]
 from google.protobuf.descriptor import ServiceDescriptor  # type: ignore[import-untyped]
 
+from quorum.api.conncap import ConnectionCap
 from quorum.api.h2grpc.connection import Context, H2Connection, Stream, _RequestIterator
 from quorum.api.h2grpc.http1 import Handler
 from quorum.api.h2grpc.status import DEADLINE_EXCEEDED, OK, UNKNOWN, AbortError, code_number
@@ -69,7 +70,8 @@ class GrpcServer:
                  max_header_list_size: int = 64 * 1024,
                  http1_handler: Handler | None = None,
                  handshake_timeout: float | None = 10.0, idle_timeout: float | None = 7200.0,
-                 flood_burst: int = 1000, flood_rate: float = 100.0) -> None:
+                 flood_burst: int = 1000, flood_rate: float = 100.0,
+                 max_connections: int = 0) -> None:
         self.methods: dict[bytes, Method] = {}
         # answers connections that speak HTTP/1.x instead of gRPC (404 for all if None)
         self.http1_handler = http1_handler
@@ -86,6 +88,8 @@ class GrpcServer:
         self.flood_burst = flood_burst
         self.flood_rate = flood_rate
         self.connections: set[H2Connection] = set()
+        # beyond max_connections (0: no cap) a new client is closed at once, logged
+        self.cap = ConnectionCap("etcd", max_connections, self.connections)
         # failed connections waiting for their client to read the GOAWAY (closed by stop)
         self.lingering: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None
@@ -109,7 +113,8 @@ class GrpcServer:
         # bound it by the same deadline, not asyncio's default of 60 s.
         tls_deadline = self.handshake_timeout if ssl_context is not None else None
         self._server = await loop.create_server(
-            lambda: H2Connection(self), host, port, ssl=ssl_context, reuse_address=True,
+            self.cap.factory(lambda: H2Connection(self)), host, port, ssl=ssl_context,
+            reuse_address=True,
             ssl_handshake_timeout=tls_deadline,
         )
         sock = self._server.sockets[0]

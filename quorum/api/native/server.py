@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from quorum.api.backend import Watch
+from quorum.api.conncap import ConnectionCap
 from quorum.api.native import messages as m
 from quorum.api.native.dispatch import BackendDispatcher, watch_body
 from quorum.api.native.errors import error_body
@@ -586,7 +587,8 @@ class NativeServer:
 
     def __init__(self, dispatcher: Dispatcher, max_frame_bytes: int, max_inflight: int,
                  tls: ssl.SSLContext | None = None,
-                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S) -> None:
+                 tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+                 max_connections: int = 0) -> None:
         self.dispatcher = dispatcher
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
@@ -596,6 +598,8 @@ class NativeServer:
         self.tls = tls
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.handshakes: set[asyncio.Task[None]] = set()
+        # beyond max_connections (0: no cap) a new client is closed at once, logged
+        self.cap = ConnectionCap("native", max_connections, self.connections, self.handshakes)
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self.host = ""
@@ -608,7 +612,7 @@ class NativeServer:
             factory = lambda: _Connection(self)  # noqa: E731
         else:
             factory = lambda: _TlsGate(self)  # noqa: E731
-        self._server = await loop.create_server(factory, host, port)
+        self._server = await loop.create_server(self.cap.factory(factory), host, port)
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = sock[0], sock[1]
 
@@ -650,15 +654,17 @@ async def serve_native(
     dispatcher_factory: Callable[[Any], Dispatcher] | None = None,
     tls: ssl.SSLContext | None = None,
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+    max_connections: int = 0,
 ) -> NativeServer:
     """Serve ``backend`` (a ``quorum.api.backend.Backend``) on ``host:port``; returns the
     running server. ``tls``: a server-side SSLContext (see ``server_tls_context``); every
     client must then speak TLS and finish its handshake within ``tls_handshake_timeout_s``.
+    ``max_connections`` > 0 caps the open connections (quorum.api.conncap).
     Raises ``OSError`` if the address cannot be bound."""
     if dispatcher_factory is None:
         dispatcher_factory = BackendDispatcher
     server = NativeServer(dispatcher_factory(backend), max_frame_bytes, max_inflight, tls,
-                          tls_handshake_timeout_s)
+                          tls_handshake_timeout_s, max_connections)
     await server.start(host, port)
     return server
 

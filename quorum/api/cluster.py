@@ -302,14 +302,13 @@ class ClusterBackend(LocalBackend):
         peer = url_host_port(peer_urls[0]) if peer_urls else current.peer_url
         info = MemberInfo(current.id, current.name, peer, current.client_url, current.etcd_url,
                           current.is_learner)
-        kind = ConfChangeType.ADD_LEARNER if current.is_learner else ConfChangeType.ADD_NODE
-        return await self._change(kind, member_id, info)
+        return await self._change(ConfChangeType.UPDATE_NODE, member_id, info)
 
     async def publish_member(self, info: MemberInfo) -> None:
-        """Record a member's own addresses in the replicated member list (a no-op change of
-        its role carrying the addresses)."""
-        kind = ConfChangeType.ADD_LEARNER if info.is_learner else ConfChangeType.ADD_NODE
-        await self._change(kind, info.id, info)
+        """Record a member's own addresses in the replicated member list. UPDATE_NODE names
+        no role: a record naming the role seen here could commit after a promotion (or a
+        demotion) and undo it (docs/node.md, Membership)."""
+        await self._change(ConfChangeType.UPDATE_NODE, info.id, info)
 
     async def member_promote(self, member_id: int) -> MemberChange:
         current = self.core.members.get(member_id)

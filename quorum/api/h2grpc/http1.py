@@ -77,6 +77,11 @@ class Http1Session:
         self._task: asyncio.Task[None] | None = None
         self._close_after = False
         self.requests = 0  # requests started: the connection's activity count
+        # A request after the first must arrive whole within the handshake deadline of its
+        # first byte (the first one is held to the connection's own handshake deadline):
+        # without it a keep-alive client could hold the connection with a request that never
+        # ends, one byte now and then, until the idle timeout (two hours).
+        self._head_timer: asyncio.TimerHandle | None = None
 
     @property
     def busy(self) -> bool:
@@ -96,6 +101,7 @@ class Http1Session:
         self._next()
 
     def close(self) -> None:
+        self._disarm()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -105,9 +111,32 @@ class Http1Session:
             return
         parsed = self._parse()
         if parsed is None:
+            if self._buf and self.requests:
+                self._arm()  # a later request has begun: it must be complete in time
             return
+        self._disarm()
         self.requests += 1
         self._task = asyncio.get_running_loop().create_task(self._serve(parsed))
+
+    def _arm(self) -> None:
+        limit = self._conn.server.handshake_timeout
+        if self._head_timer is None and limit is not None:
+            self._head_timer = asyncio.get_running_loop().call_later(limit, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        if self._task is not None or not self._buf:
+            return
+        log.info("http client %s closed: request not complete in time", self._conn.peer)
+        self._buf.clear()
+        self._close_after = True
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(_error(408, "request not complete in time")))
 
     def _parse(self) -> Request | Response | None:
         buf = self._buf

@@ -19,6 +19,7 @@ from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
 from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 from quorum.api.h2grpc import connection
 from quorum.api.h2grpc.connection import H2Connection
+from quorum.api.h2grpc.http1 import Http1Session
 
 from .support import (
     KV_PUT,
@@ -127,6 +128,51 @@ def test_planted_missing_handshake_deadline_is_caught(monkeypatch: pytest.Monkey
     async def main() -> None:
         async with serving(handshake_timeout=0.1) as s:
             reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            try:
+                assert await still_open(reader)
+            finally:
+                writer.close()
+
+    run(main)
+
+
+async def _second_request_left_unfinished(s: Any) -> tuple[bytes, asyncio.StreamReader,
+                                                             asyncio.StreamWriter]:
+    """One whole HTTP/1 request answered, then the head of a second one that never ends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_S)
+    length = int(first.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), STEP_S)  # the body
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: unfinished
+    return first, reader, writer
+
+
+def test_a_later_http1_request_not_finished_in_time_is_closed() -> None:
+    """Keep-alive: each request after the first must arrive whole within the handshake
+    deadline, or the client gets 408 and the connection closes."""
+    async def main() -> None:
+        async with serving(handshake_timeout=0.3, idle_timeout=None) as s:
+            first, reader, writer = await _second_request_left_unfinished(s)
+            try:
+                assert first.startswith(b"HTTP/1.1 404")
+                rest = await closed_by_server(reader)
+                assert rest.startswith(b"HTTP/1.1 408") and b"Connection: close" in rest
+            finally:
+                writer.close()
+            await still_serving(s.target)
+
+    run(main)
+
+
+def test_planted_missing_request_deadline_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the per-request timer the unfinished second request holds the connection
+    open: the test above would fail."""
+    monkeypatch.setattr(Http1Session, "_arm", lambda self: None)
+
+    async def main() -> None:
+        async with serving(handshake_timeout=0.1, idle_timeout=None) as s:
+            _, reader, writer = await _second_request_left_unfinished(s)
             try:
                 assert await still_open(reader)
             finally:

@@ -75,10 +75,6 @@ async def agreed_leader(cluster: ProcCluster, tls: ClientTls | None = None,
         await asyncio.sleep(0.2)
 
 
-async def tls_leader(cluster: ProcCluster, tls: ClientTls, timeout_s: float = 20.0) -> int:
-    return await agreed_leader(cluster, tls, timeout_s=timeout_s)
-
-
 async def tls_hashes(cluster: ProcCluster, tls: ClientTls,
                      timeout_s: float = 15.0) -> dict[int, tuple[int, int]]:
     """(revision, hash) per node once they agree (or the last answers at the deadline)."""
@@ -107,7 +103,7 @@ def test_members_replicate_over_mutual_tls_and_etcdctl_uses_the_tls_port(tmp_pat
 
     async def scenario() -> None:
         with ProcCluster(3, tmp_path / "data", extra_args=extra) as cluster:
-            await tls_leader(cluster, tls)
+            await agreed_leader(cluster, tls)
             async with AsyncClient(cluster.endpoints(), timeout_s=10, tls=tls) as client:
                 for i in range(50):
                     await client.put(b"tls/%02d" % i, b"v%d" % i)
@@ -142,7 +138,7 @@ def test_a_member_with_an_untrusted_certificate_is_kept_out(tmp_path: Path) -> N
         # the odd node trusts the cluster's CA but presents a certificate nobody trusts
         untrusted = peer_args(other, other_key, cert)
         with MixedCluster(tmp_path / "data", trusted, odd, untrusted) as cluster:
-            leader = await leader_of_two(cluster, odd)
+            leader = await agreed_leader(cluster, skip=odd)
             assert leader != odd
             async with AsyncClient([n.client_url for i, n in cluster.nodes.items() if i != odd],
                                    timeout_s=10) as client:
@@ -155,11 +151,6 @@ def test_a_member_with_an_untrusted_certificate_is_kept_out(tmp_path: Path) -> N
             assert h[odd][0] < last, h  # the odd node never received the writes
 
     asyncio.run(scenario())
-
-
-async def leader_of_two(cluster: ProcCluster, odd: int, timeout_s: float = 20.0) -> int:
-    """The leader the two trusted members agree on (the odd one cannot take part)."""
-    return await agreed_leader(cluster, skip=odd, timeout_s=timeout_s)
 
 
 @pytest.mark.parametrize("which", ["peer", "etcd"])
@@ -224,7 +215,7 @@ def native_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcC
     base = tmp_path_factory.mktemp("native-tls")
     certs = NativeTls(base)
     with ProcCluster(3, base / "data", extra_args=certs.serve_args()) as cluster:
-        asyncio.run(tls_leader(cluster, certs.client_tls()))
+        asyncio.run(agreed_leader(cluster, certs.client_tls()))
         yield cluster, certs
 
 
@@ -242,7 +233,7 @@ def test_put_get_watch_lock_and_a_relayed_keepalive_over_mutual_tls(
     tls = certs.client_tls()
 
     async def scenario() -> None:
-        leader = await tls_leader(cluster, tls)
+        leader = await agreed_leader(cluster, tls)
         follower = next(i for i in cluster.nodes if i != leader)
         before = len(refusals(cluster))
         async with AsyncClient(cluster.endpoints(), timeout_s=10, tls=tls) as client, \
@@ -358,7 +349,7 @@ def test_leader_discovery_failover_and_watch_resume_over_tls(tmp_path: Path) -> 
 
     async def scenario() -> None:
         with ProcCluster(3, tmp_path / "data", extra_args=certs.serve_args()) as cluster:
-            leader = await tls_leader(cluster, tls)
+            leader = await agreed_leader(cluster, tls)
             follower = next(i for i in cluster.nodes if i != leader)
             around = [cluster.nodes[i].client_url for i in cluster.nodes if i != leader]
             async with AsyncClient([cluster.nodes[follower].client_url], timeout_s=10,

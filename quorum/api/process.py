@@ -17,11 +17,13 @@ import random
 import resource
 import secrets
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
 from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, check_tls_files
+from quorum.api.tlsreload import BUILD_ERRORS, ReloadingTls, listening_context
 from quorum.errors import ConfigError
 from quorum.node import datadir
 from quorum.node.clock import SystemClock
@@ -81,6 +83,8 @@ class QuorumProcess:
         self.etcd: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forward_clients: dict[int, Any] = {}
+        # the TLS files watched for changes (quorum.api.tlsreload), filled by start()
+        self.tls_sources: list[ReloadingTls[Any]] = []
 
     # --- assembly -------------------------------------------------------------------------
 
@@ -186,29 +190,45 @@ class QuorumProcess:
                 config=EtcdApiConfig(max_request_bytes=cfg.max_request_bytes,
                                      max_connections=self.connection_cap))
 
-    def _peer_tls(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-        """PeerTransport's server_ssl and client_ssl (None, None: plain TCP). Raises
+    def _peer_tls(self) -> tuple[ssl.SSLContext | None, Callable[[], ssl.SSLContext] | None]:
+        """PeerTransport's server_ssl (a listening context that switches every handshake to
+        the current files, see quorum.api.tlsreload) and client_ssl (the current outbound
+        context, asked for each new connection); (None, None): plain TCP. Raises
         ConfigError naming a file that cannot be used."""
         cfg = self.config
         if not cfg.peer_cert_file:
             return None, None
+        files = {"peer_cert_file": cfg.peer_cert_file, "peer_key_file": cfg.peer_key_file,
+                 "peer_trusted_ca_file": cfg.peer_trusted_ca_file}
         try:
-            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            server.minimum_version = ssl.TLSVersion.TLSv1_2
-            server.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
-            server.load_verify_locations(cfg.peer_trusted_ca_file)
-            server.verify_mode = (ssl.CERT_REQUIRED if cfg.peer_client_cert_auth
-                                  else ssl.CERT_OPTIONAL)
-            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the listener's name
-            client.minimum_version = ssl.TLSVersion.TLSv1_2
-            client.load_verify_locations(cfg.peer_trusted_ca_file)
-            client.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
-        except (OSError, ssl.SSLError) as exc:
+            server = ReloadingTls("the peer port", files, self._peer_server_context)
+            client = ReloadingTls("the outbound peer links", files, self._peer_client_context)
+            listening = listening_context(server, self._peer_server_context)
+        except BUILD_ERRORS as exc:
             raise ConfigError(
                 f"cannot use the peer TLS files (peer_cert_file {cfg.peer_cert_file!r}, "
                 f"peer_key_file {cfg.peer_key_file!r}, peer_trusted_ca_file "
                 f"{cfg.peer_trusted_ca_file!r}): {exc}") from None
-        return server, client
+        self.tls_sources += [server, client]
+        return listening, client.current
+
+    def _peer_server_context(self) -> ssl.SSLContext:
+        cfg = self.config
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.minimum_version = ssl.TLSVersion.TLSv1_2
+        server.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
+        server.load_verify_locations(cfg.peer_trusted_ca_file)
+        server.verify_mode = (ssl.CERT_REQUIRED if cfg.peer_client_cert_auth
+                              else ssl.CERT_OPTIONAL)
+        return server
+
+    def _peer_client_context(self) -> ssl.SSLContext:
+        cfg = self.config
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the listener's name
+        client.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.load_verify_locations(cfg.peer_trusted_ca_file)
+        client.load_cert_chain(cfg.peer_cert_file, cfg.peer_key_file)
+        return client
 
     def _etcd_tls(self) -> EtcdTls | None:
         """The etcd port's TLS settings; unreadable files or a key that does not match the
@@ -222,35 +242,55 @@ class QuorumProcess:
         return tls
 
     def _native_tls(self) -> ssl.SSLContext | None:
-        """The native port's TLS context. The native port is a client port like the etcd
-        port, so it takes the same settings (cert_file, key_file, and trusted_ca_file with
-        client_cert_auth): one switch secures every way in to the data (docs/node.md)."""
+        """The native port's listening TLS context (it switches every handshake to the
+        current files, see quorum.api.tlsreload). The native port is a client port like the
+        etcd port, so it takes the same settings (cert_file, key_file, and trusted_ca_file
+        with client_cert_auth): one switch secures every way in to the data (docs/node.md)."""
         cfg = self.config
         if not cfg.cert_file or not cfg.client_listen:
             return None
         from quorum.api.native.server import server_tls_context
 
+        client_ca = cfg.trusted_ca_file if cfg.client_cert_auth else ""
+
+        def build() -> ssl.SSLContext:
+            return server_tls_context(cfg.cert_file, cfg.key_file, client_ca)
+
         try:
-            return server_tls_context(cfg.cert_file, cfg.key_file,
-                                      cfg.trusted_ca_file if cfg.client_cert_auth else "")
-        except (OSError, ssl.SSLError) as exc:
+            source = ReloadingTls("the native port", {
+                "cert_file": cfg.cert_file, "key_file": cfg.key_file,
+                "trusted_ca_file": client_ca}, build)
+            listening = listening_context(source, build)
+        except BUILD_ERRORS as exc:
             raise ConfigError(f"cannot use cert_file {cfg.cert_file!r}, key_file "
                               f"{cfg.key_file!r}, trusted_ca_file {cfg.trusted_ca_file!r} "
                               f"for the native port: {exc}") from None
+        self.tls_sources.append(source)
+        return listening
 
-    def _relay_tls(self) -> ssl.SSLContext | None:
+    def _relay_tls(self) -> ReloadingTls[ssl.SSLContext] | None:
         """The context of the native client a follower uses to relay to the leader (lease
-        keepalives), which is another member's TLS native port. It presents this member's
-        cert_file as its client certificate (accepted where client_cert_auth is on when
+        keepalives), which is another member's TLS native port; each new relay connection
+        takes the current one (quorum.api.tlsreload). It presents this member's cert_file
+        as its client certificate (accepted where client_cert_auth is on when
         trusted_ca_file signed it) and trusts trusted_ca_file and peer_trusted_ca_file (the
         system's store when neither is set) plus this member's own certificate (members
         sharing one self-signed certificate)."""
         cfg = self.config
         if not cfg.cert_file:
             return None
+        cas = [f for f in (cfg.trusted_ca_file, cfg.peer_trusted_ca_file) if f]
+        files = {"cert_file": cfg.cert_file, "key_file": cfg.key_file,
+                 **{f"trusted_ca_file_{i}": ca for i, ca in enumerate(cas)}}
+        source = ReloadingTls("the leader relay client", files,
+                              lambda: self._relay_context(cas))
+        self.tls_sources.append(source)
+        return source
+
+    def _relay_context(self, cas: list[str]) -> ssl.SSLContext:
         from quorum.client.tls import ClientTls
 
-        cas = [f for f in (cfg.trusted_ca_file, cfg.peer_trusted_ca_file) if f]
+        cfg = self.config
         ctx = ClientTls(ca_file=cas[0] if cas else "", cert_file=cfg.cert_file,
                         key_file=cfg.key_file).context()
         try:
@@ -259,6 +299,15 @@ class QuorumProcess:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot use {extra!r} as a trusted CA: {exc}") from None
         return ctx
+
+    async def _relay_connect(self, endpoint: str, timeout_s: float,
+                             max_frame_bytes: int) -> Any:
+        """The relay client's connector: the current context for each new connection."""
+        from quorum.client.connection import open_connection
+
+        assert self._relay_ssl is not None
+        return await open_connection(endpoint, timeout_s, max_frame_bytes,
+                                     tls=self._relay_ssl.current())
 
     def _check_relay_tls(self) -> None:
         """Warn at startup when this member's relay could not open a TLS session with a
@@ -273,7 +322,7 @@ class QuorumProcess:
         host, _ = split_addr(cfg.client_listen)
         if host in ("", "0.0.0.0", "::"):
             return  # members advertise this address; a wildcard names no certificate
-        problem = tls_handshake_problem(self._native_ssl, self._relay_ssl, host)
+        problem = tls_handshake_problem(self._native_ssl, self._relay_ssl.current(), host)
         if problem:
             log.warning("followers will fail to relay lease keepalives and learner promotions "
                         "to the leader over TLS: a member like this one refuses a member like "
@@ -331,7 +380,8 @@ class QuorumProcess:
             raise NotLeader("leader address unknown", leader_id=leader)
         client = self._forward_clients.get(leader)
         if client is None or client.endpoints != [member.client_url]:
-            client = AsyncClient([member.client_url], tls=self._relay_ssl)
+            client = (AsyncClient([member.client_url]) if self._relay_ssl is None else
+                      AsyncClient([member.client_url], connector=self._relay_connect))
             self._forward_clients[leader] = client
         return client
 

@@ -378,7 +378,9 @@ class PeerTransport:
 
     Usage: ``await start()``, then ``send``/``send_snapshot``/``update_peers``; ``await
     close()`` at the end (the object is not reusable after that). ``rng`` draws the backoff
-    jitter; pass a seeded one for reproducible runs.
+    jitter; pass a seeded one for reproducible runs. ``server_ssl``: the listening TLS context
+    (plain TCP when None); ``client_ssl``: the outbound one, or a callable asked for the
+    current one at each new connection (certificates reloaded while running).
     """
 
     def __init__(
@@ -394,7 +396,7 @@ class PeerTransport:
         *,
         rng: random.Random | None = None,
         server_ssl: ssl.SSLContext | None = None,
-        client_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.config = config or TransportConfig()
         self.config.validate()
@@ -562,6 +564,14 @@ class PeerTransport:
 
     # --- dialing --------------------------------------------------------------------------
 
+    def _client_context(self) -> ssl.SSLContext | None:
+        """The outbound TLS context for a new connection: ``client_ssl`` may be a callable
+        giving the current one (certificates reloaded while running); a connection keeps
+        the context it was opened with."""
+        if self._client_ssl is None or isinstance(self._client_ssl, ssl.SSLContext):
+            return self._client_ssl
+        return self._client_ssl()
+
     async def dial(
         self, peer_id: int, address: Address, kind: StreamKind = StreamKind.MESSAGES
     ) -> tuple[_FrameReader, asyncio.StreamWriter]:
@@ -569,7 +579,7 @@ class PeerTransport:
         :class:`HandshakeRejected` or :class:`FrameError`; nothing is left open on failure."""
         host, port = address
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=self._client_ssl,
+            asyncio.open_connection(host, port, ssl=self._client_context(),
                                     limit=self.config.read_chunk_bytes),
             self.config.connect_timeout_s,
         )

@@ -33,6 +33,12 @@ def server_ssl_context(tls: EtcdTls) -> ssl.SSLContext:
     return ctx
 
 
+def tls_files(tls: EtcdTls) -> dict[str, str]:
+    """The files behind ``tls`` by their flag names, for the reload watcher."""
+    return {"cert_file": tls.cert_file, "key_file": tls.key_file,
+            "trusted_ca_file": tls.client_ca_file}
+
+
 def check_tls_files(tls: EtcdTls) -> None:
     """Load the files as the server will, so that a missing file, a bad PEM or a key that
     does not match its certificate stop the start with a ConfigError naming the files."""

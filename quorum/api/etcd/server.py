@@ -6,6 +6,7 @@ Both engines run the same servicers; the tests run the etcd API suite against bo
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import grpc
 from quorum.api.backend import Backend
 from quorum.api.etcd.auth import AuthServicer
 from quorum.api.etcd.concurrency import ElectionServicer, LockServicer
-from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, server_ssl_context
+from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, server_ssl_context, tls_files
 from quorum.api.etcd.gateway import Gateway
 from quorum.api.etcd.gen import etcd_election_pb2 as election_pb2
 from quorum.api.etcd.gen import etcd_election_pb2_grpc as erpc
@@ -30,6 +31,7 @@ from quorum.api.etcd.lease import LeaseServicer
 from quorum.api.etcd.maintenance import ClusterServicer, MaintenanceServicer
 from quorum.api.etcd.watch import WatchServicer
 from quorum.api.h2grpc import GrpcServer
+from quorum.api.tlsreload import ReloadingTls, listening_context
 
 ENGINES = ("h2", "grpcio")
 
@@ -45,10 +47,42 @@ def _grpc_options(config: EtcdApiConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _credentials(tls: EtcdTls) -> grpc.ServerCredentials:
+def _certificate_configuration(tls: EtcdTls) -> Any:
+    """grpcio's certificate configuration from the files, checked first the way the h2
+    engine loads them (grpcio itself would only fail the handshakes)."""
+    server_ssl_context(tls)  # OSError / ssl.SSLError: a file that cannot be used
     ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
     pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
-    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+
+def _credentials(tls: EtcdTls) -> grpc.ServerCredentials:
+    """Credentials that follow the files: grpcio asks the fetcher before every new
+    connection's handshake; it answers with a configuration only when the files changed
+    (None: keep the current one)."""
+    source = ReloadingTls("the etcd port", tls_files(tls),
+                          lambda: _certificate_configuration(tls))
+    handed = [source.current()]
+
+    def fetch() -> Any:
+        config = source.current()
+        if config is handed[0]:
+            return None
+        handed[0] = config
+        return config
+
+    return grpc.dynamic_ssl_server_credentials(
+        handed[0], fetch, require_client_authentication=bool(tls.client_ca_file))
+
+
+def _listening_context(tls: EtcdTls) -> ssl.SSLContext:
+    """The h2 engine's listening context: every handshake uses the files as they are now
+    (quorum.api.tlsreload)."""
+
+    def build() -> ssl.SSLContext:
+        return server_ssl_context(tls)
+
+    return listening_context(ReloadingTls("the etcd port", tls_files(tls), build), build)
 
 
 def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.aio.Server:
@@ -102,12 +136,13 @@ async def serve_etcd(
     ``tls`` is given, with the gRPC ``engine`` ("h2": quorum's server; "grpcio": grpc.aio).
 
     Returns the started server and the bound port. Stop it with ``await server.stop(grace)``.
-    Raises RuntimeError if the address cannot be bound, OSError if a TLS file is unreadable,
-    ValueError for an unknown engine.
+    Raises RuntimeError if the address cannot be bound, OSError or ssl.SSLError if a TLS
+    file cannot be used, ValueError for an unknown engine. The TLS files are watched: new
+    connections use them as they are when they arrive (quorum.api.tlsreload).
     """
     if engine == "h2":
         h2 = build_h2_server(backend, config)
-        context = server_ssl_context(tls) if tls is not None else None  # OSError: unreadable file
+        context = _listening_context(tls) if tls is not None else None  # OSError: bad file
         try:
             bound = await h2.start(host, port, context)
         except OSError as exc:

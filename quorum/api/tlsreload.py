@@ -63,12 +63,13 @@ class ReloadingTls(Generic[T]):
     asks from its own threads)."""
 
     def __init__(self, label: str, files: Mapping[str, str], build: Callable[[], T], *,
-                 interval_s: float = CHECK_INTERVAL_S,
+                 interval_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.files = {role: path for role, path in files.items() if path}
         self._build = build
-        self._interval_s = interval_s
+        # read here, not bound as a default: tests shorten the module's interval
+        self._interval_s = CHECK_INTERVAL_S if interval_s is None else interval_s
         self._clock = clock
         self._lock = threading.Lock()
         self._stamps = self._stat()

@@ -14,9 +14,13 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from quorum.client.tls import ClientTls
+from quorum.errors import UsageError
 
 Op = Callable[[int], Awaitable[Any]]  # op(client_index) -> awaitable
 
@@ -33,6 +37,8 @@ class BenchConfig(msgspec.Struct, kw_only=True):
     keys: int = 100_000
     serializable: bool = False
     pids: tuple[int, ...] = ()  # server processes whose CPU time is reported per operation
+    # TLS to the target (None: plain TCP, unless an endpoint is written https://...)
+    tls: ClientTls | None = None
 
 
 class BenchResult(msgspec.Struct, kw_only=True):
@@ -135,7 +141,7 @@ async def quorum_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable
     """Ops over the native protocol (a few pipelined connections shared by all clients)."""
     from quorum.client.aio import AsyncClient
 
-    conns = [AsyncClient(list(cfg.endpoints), timeout_s=10, prefer_leader=True)
+    conns = [AsyncClient(list(cfg.endpoints), timeout_s=10, prefer_leader=True, tls=cfg.tls)
              for _ in range(cfg.connections)]
     for c in conns:
         await c.connect()
@@ -162,12 +168,11 @@ async def quorum_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable
 
 async def etcd_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable[[], Awaitable[None]]]:
     """Ops over etcd's v3 gRPC API (works against etcd and against quorum's etcd port)."""
-    import grpc
 
     from quorum.api.etcd.gen import etcd_rpc_pb2 as pb
     from quorum.api.etcd.gen import etcd_rpc_pb2_grpc as rpc
 
-    channels = [grpc.aio.insecure_channel(cfg.endpoints[i % len(cfg.endpoints)])
+    channels = [_grpc_channel(cfg, cfg.endpoints[i % len(cfg.endpoints)])
                 for i in range(cfg.connections)]
     stubs = [rpc.KVStub(ch) for ch in channels]
     value = b"x" * cfg.value_bytes
@@ -189,6 +194,30 @@ async def etcd_target(cfg: BenchConfig) -> tuple[Callable[[str], Op], Callable[[
             await ch.close()
 
     return make, close
+
+
+def _grpc_channel(cfg: BenchConfig, endpoint: str) -> Any:
+    """A gRPC channel to ``endpoint``: over TLS with ``cfg.tls`` (or an https:// endpoint,
+    then with gRPC's default roots), else plaintext."""
+    import grpc
+
+    scheme, _, address = endpoint.rpartition("://")
+    tls = cfg.tls if cfg.tls is not None or scheme != "https" else ClientTls()
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    if not tls.verify:
+        raise UsageError("--insecure-skip-tls-verify is not available with --target etcd: "
+                         "gRPC always checks the server's certificate (give --cacert)")
+    tls.context()  # ConfigError naming a file that cannot be used
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=read(tls.ca_file),
+                                               private_key=read(tls.key_file),
+                                               certificate_chain=read(tls.cert_file))
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.aio.secure_channel(address, credentials, options)
 
 
 def _key(rng: random.Random, cfg: BenchConfig) -> bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.progress import Progress
 
-from quorum.cli.output import emit_json, table
+from quorum.cli.output import emit_json, fail, table
 
 
 @click.command("bench")
@@ -26,16 +28,28 @@ from quorum.cli.output import emit_json, table
 def bench(obj: object, target: str, endpoints: str | None, workload: str, clients: int,
           connections: int, duration_s: float, value_bytes: int, keys: int,
           serializable: bool, pids: str) -> None:
-    """Measure a running cluster (quorum's, or etcd's for comparison)."""
+    """Measure a running cluster (quorum's, or etcd's for comparison). TLS: the global
+    options (--cacert, --cert, --key, --insecure-skip-tls-verify, --tls-server-name) or
+    https:// endpoints, for either target."""
     from quorum.bench.load import BenchConfig
     from quorum.bench.load import run_bench_sync as run
+    from quorum.errors import QuorumError
 
     eps = tuple(e.strip() for e in (endpoints or ",".join(obj.endpoints)).split(",")  # type: ignore[attr-defined]
                 if e.strip())
+    tls = obj.tls()  # type: ignore[attr-defined]  # a bad TLS file ends the command here
     cfg = BenchConfig(target=target, endpoints=eps, workload=workload, clients=clients,
                       connections=max(1, min(connections, clients)), duration_s=duration_s,
                       value_bytes=value_bytes, keys=keys, serializable=serializable,
-                      pids=tuple(int(p) for p in pids.split(",") if p))
+                      pids=tuple(int(p) for p in pids.split(",") if p), tls=tls)
+    try:
+        _report(obj, cfg, run)
+    except QuorumError as exc:  # a TLS setting the target cannot use
+        fail(f"{type(exc).__name__}: {exc}")
+
+
+def _report(obj: object, cfg: Any, run: Any) -> None:
+    target, workload, clients = cfg.target, cfg.workload, cfg.clients
     as_json = getattr(obj, "json", False)
     if as_json:
         result = run(cfg)

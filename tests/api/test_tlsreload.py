@@ -294,6 +294,10 @@ def test_a_rotated_ca_bundle_changes_whom_the_ports_trust(
                 == certs.serials["s3"]
             with pytest.raises(ssl.SSLError):  # the peer port now trusts CA 2 only
                 await served_serial(cfg.peer_listen, client_context(ca1, certs.c1))
+            # the leader relay's next connection presents s3 and trusts CA 2 (its old
+            # context trusted CA 1 and s1 only: it would refuse the port's s3)
+            relay = await proc._leader_client(1)
+            assert (await relay.status()).leader_id == 1
         finally:
             await proc.stop()
 

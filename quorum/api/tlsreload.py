@@ -9,7 +9,8 @@ out are never touched, so connections that are open keep the certificate they st
 
 A change whose files cannot be used (a half-written file, a key that does not match its
 certificate, bad PEM, a missing CA) keeps the previous settings, logs ONE error naming the
-file and the reason, and is tried again only when the files change again (a rotation that
+file and the reason (one per process and change, however many watchers share the file), and
+is tried again only when the files change again (a rotation that
 writes the certificate and then the key passes through such a state; it heals with the
 second write). Nothing here raises after the first build: a bad file never stops a server.
 
@@ -108,9 +109,12 @@ class ReloadingTls(Generic[T]):
         except BUILD_ERRORS as exc:
             self._failed = stamps
             self.failures += 1
-            log.error("TLS files of %s changed but cannot be used (%s); keeping the "
-                      "certificate loaded before, retrying when the files change again",
-                      self.label, self.diagnose(exc))
+            why = self.diagnose(exc)
+            named = tuple(stamp for role, stamp in stamps.items() if self.files[role] in why)
+            log.log(logging.ERROR if _first_report(why, named) else logging.DEBUG,
+                    "TLS files of %s changed but cannot be used (%s); it keeps the "
+                    "certificate loaded before (as does any other port using these files) "
+                    "and retries when the files change again", self.label, why)
             return
         self._value, self._stamps, self._failed = value, stamps, None
         self.reloads += 1
@@ -138,6 +142,24 @@ class ReloadingTls(Generic[T]):
         if reason == "KEY_VALUES_MISMATCH":
             return f"{', '.join(keys)}: the key does not match the certificate"
         return f"{', '.join(keys) or self.label}: {reason}"
+
+
+_reported: dict[tuple[str, tuple[Stamp, ...]], None] = {}
+_reported_lock = threading.Lock()
+
+
+def _first_report(diagnosis: str, stamps: tuple[Stamp, ...]) -> bool:
+    """True the first time this process makes ``diagnosis`` of files in these states.
+    Several watchers share files (a member's native and etcd ports and its relay to the
+    leader use one certificate): one bad change is one ERROR line, not one per watcher."""
+    key = (diagnosis, stamps)
+    with _reported_lock:
+        if key in _reported:
+            return False
+        if len(_reported) >= 256:  # bounded; forgetting only risks a repeated line
+            _reported.clear()
+        _reported[key] = None
+        return True
 
 
 def _certificate_problem(path: str) -> str:

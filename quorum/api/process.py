@@ -83,8 +83,6 @@ class QuorumProcess:
         self.etcd: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forward_clients: dict[int, Any] = {}
-        # the TLS files watched for changes (quorum.api.tlsreload), filled by start()
-        self.tls_sources: list[ReloadingTls[Any]] = []
 
     # --- assembly -------------------------------------------------------------------------
 
@@ -209,7 +207,6 @@ class QuorumProcess:
                 f"cannot use the peer TLS files (peer_cert_file {cfg.peer_cert_file!r}, "
                 f"peer_key_file {cfg.peer_key_file!r}, peer_trusted_ca_file "
                 f"{cfg.peer_trusted_ca_file!r}): {exc}") from None
-        self.tls_sources += [server, client]
         return listening, client.current
 
     def _peer_server_context(self) -> ssl.SSLContext:
@@ -265,7 +262,6 @@ class QuorumProcess:
             raise ConfigError(f"cannot use cert_file {cfg.cert_file!r}, key_file "
                               f"{cfg.key_file!r}, trusted_ca_file {cfg.trusted_ca_file!r} "
                               f"for the native port: {exc}") from None
-        self.tls_sources.append(source)
         return listening
 
     def _relay_tls(self) -> ReloadingTls[ssl.SSLContext] | None:
@@ -282,10 +278,8 @@ class QuorumProcess:
         cas = [f for f in (cfg.trusted_ca_file, cfg.peer_trusted_ca_file) if f]
         files = {"cert_file": cfg.cert_file, "key_file": cfg.key_file,
                  **{f"trusted_ca_file_{i}": ca for i, ca in enumerate(cas)}}
-        source = ReloadingTls("the leader relay client", files,
-                              lambda: self._relay_context(cas))
-        self.tls_sources.append(source)
-        return source
+        return ReloadingTls("the leader relay client", files,
+                            lambda: self._relay_context(cas))
 
     def _relay_context(self, cas: list[str]) -> ssl.SSLContext:
         from quorum.client.tls import ClientTls

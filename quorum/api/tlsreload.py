@@ -187,4 +187,9 @@ def listening_context(source: ReloadingTls[ssl.SSLContext],
         conn.context = source.current()
 
     ctx.sni_callback = switch
+    # No TLS 1.3 session tickets (TLS 1.3 is what clients negotiate here): a resumed session
+    # skips certificate checks, so a client could resume a session of before a rotation and
+    # never meet the new CA. A TLS 1.2 client can still resume by session id for the
+    # session cache's lifetime; the ssl module has no switch for that cache (docs/node.md).
+    ctx.num_tickets = 0
     return ctx

@@ -339,3 +339,47 @@ def test_bad_files_keep_the_ports_serving_the_previous_certificate(
             await proc.stop()
 
     run(main())
+
+
+def test_a_session_of_before_a_ca_rotation_is_not_resumed(
+        tmp_path: Path, certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS 1.3 resumption skips certificate checks: a client holding a session of before the
+    rotation must make a full handshake, and then meets the new CA."""
+    monkeypatch.setattr(tlsreload, "CHECK_INTERVAL_S", 0.0)
+    live = Live(tmp_path / "live", certs)
+
+    def build() -> ssl.SSLContext:
+        return server_tls_context(str(live.cert), str(live.key), str(live.ca))
+
+    source = ReloadingTls("test", {"cert_file": str(live.cert), "key_file": str(live.key),
+                                   "trusted_ca_file": str(live.ca)}, build)
+    listening = tlsreload.listening_context(source, build)
+    old_client = client_context(certs.ca1[0], certs.c1)
+
+    async def main() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.read(1))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=listening)
+        port = server.sockets[0].getsockname()[1]
+
+        def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    old_client.wrap_socket(raw, server_hostname="127.0.0.1",
+                                           session=session) as tls:
+                tls.sendall(b"x")
+                assert tls.recv(1) == b"x"  # the session (and any ticket) arrives by now
+                return tls.session, tls.session_reused
+
+        try:
+            session, _ = await asyncio.to_thread(connect, None)
+            live.install(certs.s3, certs.ca2[0])
+            with pytest.raises(ssl.SSLError):  # a full handshake: s3 is not trusted
+                await asyncio.to_thread(connect, session)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

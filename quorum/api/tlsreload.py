@@ -93,14 +93,8 @@ class ReloadingTls(Generic[T]):
                 self._check()
             return self._value
 
-    def check_now(self) -> T:
-        """``current`` without waiting for the interval (tests, and a periodic task)."""
-        with self._lock:
-            self._checked = self._clock()
-            self._check()
-            return self._value
-
     def _check(self) -> None:
+        # stat before build: a change landing during the build is seen by the next check
         stamps = self._stat()
         if stamps == self._stamps or stamps == self._failed:
             return  # unchanged, or this very change was already refused and logged

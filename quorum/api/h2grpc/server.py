@@ -71,7 +71,7 @@ class GrpcServer:
                  http1_handler: Handler | None = None,
                  handshake_timeout: float | None = 10.0, idle_timeout: float | None = 7200.0,
                  flood_burst: int = 1000, flood_rate: float = 100.0,
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, max_connections_per_ip: int = 0) -> None:
         self.methods: dict[bytes, Method] = {}
         # answers connections that speak HTTP/1.x instead of gRPC (404 for all if None)
         self.http1_handler = http1_handler
@@ -88,8 +88,11 @@ class GrpcServer:
         self.flood_burst = flood_burst
         self.flood_rate = flood_rate
         self.connections: set[H2Connection] = set()
-        # beyond max_connections (0: no cap) a new client is closed at once, logged
-        self.cap = ConnectionCap("etcd", max_connections, self.connections)
+        # beyond max_connections (0: no cap), or max_connections_per_ip from its address (0:
+        # no limit), a new client is closed at once and logged. Under TLS that is after the
+        # handshake: asyncio runs it before the protocol learns the peer.
+        self.cap = ConnectionCap("etcd", max_connections, self.connections,
+                                 per_ip=max_connections_per_ip)
         # failed connections waiting for their client to read the GOAWAY (closed by stop)
         self.lingering: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None

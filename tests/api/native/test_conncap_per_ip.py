@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,9 +29,11 @@ from quorum.api.etcd.server import build_server, serve_etcd
 from quorum.api.local import LocalBackend
 from quorum.api.native import messages as m
 from quorum.api.native.server import NativeServer, serve_native, server_tls_context
+from quorum.api.process import QuorumProcess
 from quorum.cli.main import cli
 from quorum.errors import ConfigError
 from quorum.node.config import NodeConfig, load_config
+from quorum.node.storage import MemoryNodeStorage
 from quorum.state.commands import PutRequest
 
 from .test_server import RawConn
@@ -375,5 +378,37 @@ def test_grpcio_engine_enforces_the_total_cap(cap: int) -> None:
                 assert [kv.value for kv in got.kvs] == [b"v"]
         finally:
             await server.stop(None)
+
+    _run(body)
+
+
+def _free_addr() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_node_applies_the_per_ip_limit_to_both_ports() -> None:
+    async def body() -> None:
+        native, etcd = _free_addr(), _free_addr()
+        proc = QuorumProcess(
+            NodeConfig(id=3, peer_listen=_free_addr(), client_listen=native, etcd_listen=etcd,
+                       tick_ms=10, fsync=False, max_client_connections_per_ip=1),
+            storage=MemoryNodeStorage(),
+        )
+        await proc.start()
+        try:
+            assert proc.native.cap.per_ip == proc.etcd.cap.per_ip == 1
+            assert proc.native.cap.limit == proc.etcd.cap.limit == proc.connection_cap > 0
+            kept = await _open(proc.native)
+            assert await (await _open(proc.native)).closed_by_server()
+            port = int(etcd.rsplit(":", 1)[1])
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)  # kept
+            assert await _http_get(port, "127.0.0.1") == b""
+            assert proc.native.cap.refused_per_ip == proc.etcd.cap.refused_per_ip == 1
+            kept.writer.close()
+            writer.close()
+        finally:
+            await proc.stop()
 
     _run(body)

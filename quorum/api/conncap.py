@@ -45,8 +45,11 @@ def peer_ip(peername: object) -> str | None:
     not an IP peer (a Unix socket): such connections have no per-address limit."""
     if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
         return None
+    host = peername[0]
+    if host[:1].isdigit() and "." in host and ":" not in host:
+        return host  # IPv4 as the socket layer writes it: canonical already (the usual case)
     try:
-        addr = ipaddress.ip_address(peername[0])
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -122,18 +125,24 @@ class ConnectionCap:
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Whether the new connection on ``transport`` may be served; if so it counts from
         now against its address. A refusal is counted and logged (rate-limited)."""
-        ip = peer_ip(transport.get_extra_info("peername"))
         if self.limit > 0 and self.open_count() >= self.limit:
-            self._refuse(CAP, ip)
+            self._refuse(CAP, peer_ip(transport.get_extra_info("peername")))
             return False
-        if self.per_ip <= 0 or ip is None:
+        if self.per_ip <= 0:
             return True
-        live = self._live(ip)
-        if len(live) >= self.per_ip:
-            self._refuse(PER_IP, ip)
-            return False
-        live.append(transport)
-        self._by_ip[ip] = live
+        ip = peer_ip(transport.get_extra_info("peername"))
+        if ip is None:
+            return True
+        # Closed transports are dropped only when the list looks full: an admission costs
+        # O(1) until then, a refusal O(per_ip).
+        held = self._by_ip.get(ip) or []
+        if len(held) >= self.per_ip:
+            held = self._live(ip)
+            if len(held) >= self.per_ip:
+                self._refuse(PER_IP, ip)
+                return False
+        held.append(transport)
+        self._by_ip[ip] = held
         self._tracked += 1
         if self._tracked >= self._sweep_at:
             self._sweep()

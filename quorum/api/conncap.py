@@ -10,7 +10,7 @@ once and the refusal is logged, at most once per ``LOG_EVERY_S`` with the counts
 The per-address limit (ZooKeeper's ``maxClientCnxns``) keeps one client host (say, a buggy
 client that opens connections in a loop) from taking the whole cap and locking every other
 host out. A connection counts against its peer's IP from the moment it is accepted until
-its transport closes, whatever phase it is in (a native TLS handshake included); an
+its transport closes, whatever phase it is in (a TLS handshake included); an
 IPv4-mapped IPv6 address (``::ffff:10.0.0.1``, from a dual-stack listener) counts as its
 IPv4 address, so one host cannot double its share by the address family it dials.
 """
@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Coroutine, Generator, Sized
+from typing import Any
 
 log = logging.getLogger("quorum.api")
 
@@ -59,18 +61,25 @@ def peer_ip(peername: object) -> str | None:
 
 class _Gate(asyncio.Protocol):
     """A new connection's first protocol: asks the cap, then either closes the connection
-    (nothing is read or written) or hands the transport to the server's own protocol. It is
-    replaced before the first read, so it costs nothing once a connection is admitted."""
+    (nothing is read or written) or hands the transport to the server's own protocol,
+    after the TLS handshake when the port speaks TLS. It is replaced before the first
+    read, so it costs nothing once a connection is admitted."""
 
-    __slots__ = ("_cap", "_make")
+    __slots__ = ("_cap", "_make", "_tls", "_tls_timeout")
 
-    def __init__(self, cap: ConnectionCap, make: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(self, cap: ConnectionCap, make: Callable[[], asyncio.BaseProtocol],
+                 tls: ssl.SSLContext | None, tls_timeout: float | None) -> None:
         self._cap = cap
         self._make = make
+        self._tls = tls
+        self._tls_timeout = tls_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._cap.admit(transport):
             transport.close()
+            return
+        if self._tls is not None:
+            self._cap.start_tls(transport, self._make, self._tls, self._tls_timeout)
             return
         protocol = self._make()
         # Both asyncio's and uvloop's transports start reading only after connection_made
@@ -80,6 +89,35 @@ class _Gate(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # only a refused connection ends while the gate is its protocol
+
+
+class _Resumed:
+    """Awaitable that carries on a coroutine already run by hand up to its first wait:
+    passes what it waits on up to the task, and the task's wake-ups (or a cancellation)
+    back down, as ``yield from`` on the half-run coroutine would."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                try:
+                    sent = yield value
+                except BaseException as exc:  # a cancellation and the like: deliver inside
+                    value = coro.throw(exc)
+                else:
+                    value = coro.send(sent)
+            except StopIteration:
+                return
+
+
+async def _carry_on(coro: Coroutine[Any, Any, None], first: Any) -> None:
+    await _Resumed(coro, first)
 
 
 class ConnectionCap:
@@ -95,7 +133,9 @@ class ConnectionCap:
         self.port_name = port_name
         self.limit = limit
         self.per_ip = per_ip
-        self._open_sets = open_sets
+        # TLS handshakes run here (factory's tls), counted as open connections
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._open_sets = (*open_sets, self.handshakes)
         self._clock = clock
         self.refused = 0  # since the server started, for either reason
         self.refused_per_ip = 0  # ... of which for the per-address limit
@@ -114,13 +154,62 @@ class ConnectionCap:
         """Connections from ``ip`` admitted and not closing (tracked only with ``per_ip``)."""
         return len(self._live(ip))
 
-    def factory(self, make: Callable[[], asyncio.BaseProtocol]
+    def factory(self, make: Callable[[], asyncio.BaseProtocol], *,
+                tls: ssl.SSLContext | None = None, tls_timeout: float | None = None
                 ) -> Callable[[], asyncio.BaseProtocol]:
         """Wrap a server's protocol factory so that each new connection is admitted first
-        (the factory itself as it is when there is nothing to enforce)."""
-        if self.limit <= 0 and self.per_ip <= 0:
+        (the factory itself as it is when there is nothing to enforce).
+
+        ``tls``: the port speaks TLS, and the server listens on plain TCP so that the
+        admission comes before any TLS work: an admitted connection's handshake then runs
+        here (within ``tls_timeout`` seconds; None: asyncio's default) and counts as an
+        open connection while it lasts (``handshakes``); the protocol from ``make`` gets the
+        TLS transport once it succeeds."""
+        if self.limit <= 0 and self.per_ip <= 0 and tls is None:
             return make
-        return lambda: _Gate(self, make)
+        return lambda: _Gate(self, make, tls, tls_timeout)
+
+    def start_tls(self, plain: asyncio.BaseTransport, make: Callable[[], asyncio.BaseProtocol],
+                  tls: ssl.SSLContext, timeout: float | None) -> None:
+        """Run the server side of the TLS handshake on an admitted connection."""
+        # start_tls must see every byte, a ClientHello sent with the connection included:
+        # it runs at once, up to its first wait, by when its own protocol is on the
+        # transport (uvloop starts reading as soon as connection_made returns, so starting
+        # it in a task would leave the first bytes to the gate).
+        coro = self._handshake(plain, make, tls, timeout)
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return
+        task = asyncio.ensure_future(_carry_on(coro, first))
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, plain: asyncio.BaseTransport,
+                         make: Callable[[], asyncio.BaseProtocol], tls: ssl.SSLContext,
+                         timeout: float | None) -> None:
+        protocol = make()
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(
+                plain, protocol, tls, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=timeout)
+        except asyncio.CancelledError:
+            plain.abort()  # type: ignore[attr-defined]
+            raise
+        except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            # start_tls has closed the transport. Quiet, as asyncio is with the handshakes
+            # of a TLS listener: a TCP health check (connect, close) fails one every time.
+            log.debug("%s port: TLS handshake with %s failed: %r", self.port_name,
+                      plain.get_extra_info("peername"), exc)
+            return
+        if secure is not None:  # None: the connection went away during the handshake
+            protocol.connection_made(secure)
+
+    def cancel_handshakes(self) -> None:
+        """Abort the TLS handshakes under way (the server is stopping)."""
+        for task in list(self.handshakes):
+            task.cancel()
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Whether the new connection on ``transport`` may be served; if so it counts from

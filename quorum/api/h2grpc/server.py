@@ -89,8 +89,7 @@ class GrpcServer:
         self.flood_rate = flood_rate
         self.connections: set[H2Connection] = set()
         # beyond max_connections (0: no cap), or max_connections_per_ip from its address (0:
-        # no limit), a new client is closed at once and logged. Under TLS that is after the
-        # handshake: asyncio runs it before the protocol learns the peer.
+        # no limit), a new client is closed at once, before any TLS work, and logged
         self.cap = ConnectionCap("etcd", max_connections, self.connections,
                                  per_ip=max_connections_per_ip)
         # failed connections waiting for their client to read the GOAWAY (closed by stop)
@@ -113,12 +112,13 @@ class GrpcServer:
         """Listen on ``host:port`` (0 = any free port); returns the bound port."""
         loop = asyncio.get_running_loop()
         # The TLS handshake comes before connection_made (where the preface deadline starts):
-        # bound it by the same deadline, not asyncio's default of 60 s.
+        # bound it by the same deadline, not asyncio's default of 60 s. The cap runs it, on
+        # a plain listener, so that a refused client is closed before any TLS work.
         tls_deadline = self.handshake_timeout if ssl_context is not None else None
         self._server = await loop.create_server(
-            self.cap.factory(lambda: H2Connection(self)), host, port, ssl=ssl_context,
-            reuse_address=True,
-            ssl_handshake_timeout=tls_deadline,
+            self.cap.factory(lambda: H2Connection(self), tls=ssl_context,
+                             tls_timeout=tls_deadline),
+            host, port, reuse_address=True,
         )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
@@ -128,6 +128,7 @@ class GrpcServer:
         seconds, then close every connection."""
         if self._server is not None:
             self._server.close()
+        self.cap.cancel_handshakes()
         for conn in list(self.connections):
             conn.goaway()
         if grace:

@@ -252,10 +252,26 @@ def test_etcd_port_limits_connections_per_ip(caplog: pytest.LogCaptureFixture) -
             "(--max-client-connections-per-ip) of 1; from 127.0.0.1 (1)") in caplog.text
 
 
+async def _closed_at_once(port: int, source: str = "127.0.0.1") -> bool:
+    """Whether a plain TCP connection from ``source`` is closed by the server without a
+    byte (within 1 s), rather than left waiting for its ClientHello."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        return await asyncio.wait_for(reader.read(), 1.0) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_etcd_tls_port_limits_connections_per_ip(loop: str, tmp_path: Path) -> None:
-    """Under TLS the h2 engine refuses after the handshake (asyncio runs it before the
-    protocol learns the peer; docs/etcd.md), through the TLS transport it hands over."""
+def test_etcd_tls_port_limits_connections_per_ip_before_the_handshake(
+        loop: str, tmp_path: Path) -> None:
+    """The h2 engine listens on plain TCP and runs the TLS handshake after the admission:
+    a handshake under way counts against its address, and a refused client is closed
+    without a byte of TLS."""
     cert, key = make_cert(tmp_path, "server")
     client = ssl.create_default_context(cafile=str(cert))
 
@@ -264,19 +280,40 @@ def test_etcd_tls_port_limits_connections_per_ip(loop: str, tmp_path: Path) -> N
                                         tls=EtcdTls(str(cert), str(key)),
                                         config=EtcdApiConfig(max_connections_per_ip=1))
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
-            writer.write(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")  # kept alive
-            assert await asyncio.wait_for(reader.read(12), 5) == b"HTTP/1.1 200"
-            assert await _http_get(port, "127.0.0.1", client) == b""
+            _reader, pending = await asyncio.open_connection("127.0.0.1", port)  # no hello
+            assert await _closed_at_once(port)
+            assert server.cap.refused_per_ip == 1
             assert await _http_get(port, OTHER, client) == b"HTTP/1.1 200"
-            writer.close()
+            pending.close()
             await asyncio.sleep(0.2)
             assert await _http_get(port, "127.0.0.1", client) == b"HTTP/1.1 200"
-            assert server.cap.refused_per_ip == 1
+            assert server.cap.refused == 1
         finally:
             await server.stop(None)
 
     _run(body, loop)
+
+
+@pytest.mark.parametrize("cap", [1, 0])
+def test_etcd_tls_port_counts_handshakes_under_way_against_the_cap(
+        cap: int, tmp_path: Path) -> None:
+    """Connections that never finish (or start) their handshake hold descriptors too: they
+    count against the port's cap. The twin without a cap leaves the second one waiting."""
+    cert, key = make_cert(tmp_path, "server")
+
+    async def body() -> None:
+        server, port = await serve_etcd(LocalBackend(), "127.0.0.1", 0,
+                                        tls=EtcdTls(str(cert), str(key)),
+                                        config=EtcdApiConfig(max_connections=cap))
+        try:
+            _reader, pending = await asyncio.open_connection("127.0.0.1", port)  # no hello
+            assert await _closed_at_once(port, OTHER) == (cap == 1)
+            assert len(server.cap.handshakes) >= 1
+            pending.close()
+        finally:
+            await server.stop(None)
+
+    _run(body)
 
 
 def test_etcd_port_without_a_per_ip_limit_serves_a_second_connection() -> None:

@@ -5,14 +5,18 @@ Three LocalBackend servers run in child processes on uvloop (as ``quorum serve``
 with no limit (the server's protocol factory is used as is), one with
 ``max_connections`` (each new connection passes the admission gate of quorum.api.conncap),
 one with ``max_connections`` and ``max_connections_per_ip`` (the gate also keeps the
-per-address table). The load comes from this process: ``--workers`` concurrent loops, each
-opening a TCP connection (the client on uvloop too), sending one put, reading its answer and closing. Rounds alternate
-the three servers so all see the same background load:
+per-address table). The load comes from this process (on uvloop too): ``--workers``
+concurrent loops, each opening a TCP connection, sending one put, reading its answer and
+closing. Rounds alternate the servers so all see the same background load:
 
     .venv/bin/python bench/conncap_bench.py [--rounds 5] [--seconds 2] [--workers 8]
 
-Prints connections per second per round and the medians, and each limited server's median
-against the unlimited one. Requests on an admitted connection do not pass the gate (it hands
+``--etcd-tls``: the same on the etcd port (h2 engine) over TLS, each connection a TLS
+handshake and an HTTP/1 GET /version. ``--baseline TREE``: a fourth server, with the cap,
+from another checkout (e.g. a worktree of the commit before a change), interleaved too.
+
+Prints connections per second per round and the medians, and each server's median against
+the unlimited one. Requests on an admitted connection do not pass the gate (it hands
 the transport to the server's protocol before the first read), so only accepts are measured.
 
 ``--micro``: instead, the admission alone, in process, without sockets: microseconds per
@@ -25,9 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgspec
@@ -42,13 +48,22 @@ SERVER = """
 import asyncio, sys
 import uvloop
 from quorum.api.local import LocalBackend
-from quorum.api.native.server import serve_native
 uvloop.install()
+port_kind, cap, per_ip = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+limits = {"max_connections_per_ip": per_ip} if per_ip else {}  # a tree without it: 0 only
 async def main():
-    server = await serve_native(LocalBackend(), "127.0.0.1", 0,
-                                max_connections=int(sys.argv[1]),
-                                max_connections_per_ip=int(sys.argv[2]))
-    print(server.port, flush=True)
+    if port_kind == "native":
+        from quorum.api.native.server import serve_native
+        server = await serve_native(LocalBackend(), "127.0.0.1", 0, max_connections=cap,
+                                    **limits)
+        port = server.port
+    else:
+        from quorum.api.etcd.config import EtcdApiConfig, EtcdTls
+        from quorum.api.etcd.server import serve_etcd
+        server, port = await serve_etcd(LocalBackend(), "127.0.0.1", 0,
+                                        tls=EtcdTls(sys.argv[4], sys.argv[5]),
+                                        config=EtcdApiConfig(max_connections=cap, **limits))
+    print(port, flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
@@ -57,16 +72,19 @@ CONFIGS = {"no limit": (0, 0), "cap": (10_000, 0), "cap + per-IP": (10_000, 1_00
 REQUEST = frame(msgspec.msgpack.encode(m.Request(1, PutRequest(b"k", b"v"))))
 
 
-async def churn(port: int, seconds: float, workers: int) -> float:
-    """Connections opened, served one put and closed per second."""
+async def churn(port: int, seconds: float, workers: int,
+                tls: ssl.SSLContext | None = None) -> float:
+    """Connections opened, served one request and closed per second: a native put, or
+    with ``tls`` an HTTP/1 GET /version to the etcd port over TLS."""
     done = 0
     deadline = time.perf_counter() + seconds
+    request = REQUEST if tls is None else b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
 
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(REQUEST)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+            writer.write(request)
             assert await reader.read(4096), "closed before the answer"
             writer.close()
             await writer.wait_closed()
@@ -124,21 +142,44 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--micro", action="store_true")
     parser.add_argument("--open", type=int, default=500)
+    parser.add_argument("--etcd-tls", action="store_true",
+                        help="churn TLS connections on the etcd port (h2 engine) instead")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also serve the cap from this checkout (its PYTHONPATH)")
     args = parser.parse_args()
     if args.micro:
         micro(args.rounds, 100_000, args.open)
         return
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = {name: subprocess.Popen([sys.executable, "-c", SERVER, str(cap), str(per_ip)],
-                                    stdout=subprocess.PIPE, text=True, env=env)
-             for name, (cap, per_ip) in CONFIGS.items()}
+    kind, tls, extra = "native", None, []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.etcd_tls:
+            cert, key = f"{tmp}/bench.pem", f"{tmp}/bench-key.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                 "-days", "1", "-subj", "/CN=bench", "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True)
+            kind, tls, extra = "etcd", ssl.create_default_context(cafile=cert), [cert, key]
+        servers = {name: (env, cap, per_ip) for name, (cap, per_ip) in CONFIGS.items()}
+        if args.baseline:  # the same cap served by another checkout, e.g. before a change
+            servers["cap, baseline"] = (dict(env, PYTHONPATH=args.baseline), 10_000, 0)
+        run(args, kind, tls, extra, servers)
+
+
+def run(args: argparse.Namespace, kind: str, tls: ssl.SSLContext | None, extra: list[str],
+        servers: dict[str, tuple[dict[str, str], int, int]]) -> None:
+    procs = {name: subprocess.Popen(
+                 [sys.executable, "-c", SERVER, kind, str(cap), str(per_ip), *extra],
+                 stdout=subprocess.PIPE, text=True, env=server_env)
+             for name, (server_env, cap, per_ip) in servers.items()}
     try:
         ports = {name: int(p.stdout.readline()) for name, p in procs.items()}  # type: ignore[union-attr]
-        results: dict[str, list[float]] = {name: [] for name in CONFIGS}
+        results: dict[str, list[float]] = {name: [] for name in servers}
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         for r in range(args.rounds):
             for name, port in ports.items():
-                rate = uvloop.run(churn(port, args.seconds, args.workers))
+                rate = uvloop.run(churn(port, args.seconds, args.workers, tls))
                 results[name].append(rate)
                 print(f"round {r + 1} {name:>13}: {rate:8,.0f} connections/s")
         print(f"load average after: {os.getloadavg()[0]:.2f}")

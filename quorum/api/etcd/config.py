@@ -77,3 +77,11 @@ class EtcdApiConfig(msgspec.Struct, frozen=True):
             raise ConfigError("max_connections must not be negative (0 = no cap)")
         if self.max_connections_per_ip < 0:
             raise ConfigError("max_connections_per_ip must not be negative (0 = no limit)")
+
+    def validate_for_grpcio(self) -> None:
+        """validate(), and what the grpcio engine cannot enforce: a per-address limit."""
+        self.validate()
+        if self.max_connections_per_ip > 0:
+            raise ConfigError("the grpcio engine cannot enforce max_connections_per_ip: "
+                              "grpc.aio offers no hook that sees a connection's peer before "
+                              "serving it; use the h2 engine, or 0 (no per-address limit)")

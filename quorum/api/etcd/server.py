@@ -30,7 +30,6 @@ from quorum.api.etcd.lease import LeaseServicer
 from quorum.api.etcd.maintenance import ClusterServicer, MaintenanceServicer
 from quorum.api.etcd.watch import WatchServicer
 from quorum.api.h2grpc import GrpcServer
-from quorum.errors import ConfigError
 
 ENGINES = ("h2", "grpcio")
 
@@ -63,11 +62,7 @@ def _credentials(tls: EtcdTls) -> grpc.ServerCredentials:
 def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.aio.Server:
     """A grpc.aio server with all etcd services registered, not yet bound nor started."""
     config = config or EtcdApiConfig()
-    config.validate()
-    if config.max_connections_per_ip > 0:
-        raise ConfigError("the grpcio engine cannot enforce max_connections_per_ip: grpc.aio "
-                          "offers no hook that sees a connection's peer before serving it; "
-                          "use the h2 engine, or 0 (no per-address limit)")
+    config.validate_for_grpcio()
     server = grpc.aio.server(options=_grpc_options(config))
     for name, module, servicer in _servicers(backend, config):
         getattr(module, f"add_{name}Servicer_to_server")(servicer, server)

@@ -91,6 +91,20 @@ class _Gate(asyncio.Protocol):
         pass  # only a refused connection ends while the gate is its protocol
 
 
+class _Refused(asyncio.Protocol):
+    """The protocol of a connection refused as it was accepted: closes it at once (nothing
+    is read or written) and reports the refusal, now that the peer is known."""
+
+    __slots__ = ("_cap",)
+
+    def __init__(self, cap: ConnectionCap) -> None:
+        self._cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+        self._cap._refuse(CAP, peer_ip(transport.get_extra_info("peername")))
+
+
 class _Resumed:
     """Awaitable that carries on a coroutine already run by hand up to its first wait:
     passes what it waits on up to the task, and the task's wake-ups (or a cancellation)
@@ -165,9 +179,16 @@ class ConnectionCap:
         here (within ``tls_timeout`` seconds; None: asyncio's default) and counts as an
         open connection while it lasts (``handshakes``); the protocol from ``make`` gets the
         TLS transport once it succeeds."""
-        if self.limit <= 0 and self.per_ip <= 0 and tls is None:
+        if self.per_ip > 0 or tls is not None:
+            return lambda: _Gate(self, make, tls, tls_timeout)
+        if self.limit <= 0:
             return make
-        return lambda: _Gate(self, make, tls, tls_timeout)
+        # The total cap alone (the default) needs no peer: checked as the connection is
+        # accepted, the admitted one gets the server's protocol straight away.
+        def admit_or_refuse() -> asyncio.BaseProtocol:
+            return make() if self.open_count() < self.limit else _Refused(self)
+
+        return admit_or_refuse
 
     def start_tls(self, plain: asyncio.BaseTransport, make: Callable[[], asyncio.BaseProtocol],
                   tls: ssl.SSLContext, timeout: float | None) -> None:

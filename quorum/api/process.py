@@ -166,9 +166,11 @@ class QuorumProcess:
         await self.backend.start()
         await self._start_apis(etcd_tls)
         self._spawn(self._publish_addresses())
+        per_ip = cfg.max_client_connections_per_ip
         log.info("node %d serving: peers %s, client %s, etcd %s (at most %d connections "
-                 "each)", cfg.id, cfg.peer_listen, cfg.client_listen or "-",
-                 cfg.etcd_listen or "-", self.connection_cap)
+                 "each, %s)", cfg.id, cfg.peer_listen, cfg.client_listen or "-",
+                 cfg.etcd_listen or "-", self.connection_cap,
+                 f"{per_ip} per client IP" if per_ip else "no per-IP limit")
 
     async def _start_apis(self, etcd_tls: EtcdTls | None) -> None:
         cfg = self.config
@@ -177,16 +179,20 @@ class QuorumProcess:
             from quorum.api.native.server import serve_native
 
             host, port = split_addr(cfg.client_listen)
-            self.native = await serve_native(self.backend, host, port, tls=self._native_ssl,
-                                             max_connections=self.connection_cap)
+            self.native = await serve_native(
+                self.backend, host, port, tls=self._native_ssl,
+                max_connections=self.connection_cap,
+                max_connections_per_ip=cfg.max_client_connections_per_ip)
         if cfg.etcd_listen:
             from quorum.api.etcd.server import serve_etcd
 
             host, port = split_addr(cfg.etcd_listen)
             self.etcd, _port = await serve_etcd(
                 self.backend, host, port, tls=etcd_tls, engine=cfg.etcd_engine,
-                config=EtcdApiConfig(max_request_bytes=cfg.max_request_bytes,
-                                     max_connections=self.connection_cap))
+                config=EtcdApiConfig(
+                    max_request_bytes=cfg.max_request_bytes,
+                    max_connections=self.connection_cap,
+                    max_connections_per_ip=cfg.max_client_connections_per_ip))
 
     def _peer_tls(self) -> tuple[ssl.SSLContext | None, Callable[[], ssl.SSLContext] | None]:
         """PeerTransport's server_ssl (a listening context that switches every handshake to

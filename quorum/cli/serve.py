@@ -128,6 +128,10 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--max-client-connections", type=int,
               help="Open connections each client port serves at once; more are refused "
                    "and logged (default 0: derived from the open-file limit).")
+@click.option("--max-client-connections-per-ip", type=int,
+              help="Open connections each client port serves at once from one client IP; "
+                   "more are refused and logged (default 0: no per-IP limit; not with "
+                   "--etcd-engine grpcio).")
 @click.option("--wal-reserve-bytes", type=int,
               help="WAL space reserved ahead of the writes (default 4194304; 0 = off).")
 @click.option("--cert-file", type=str,
@@ -155,7 +159,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
           snapshot_log_ratio: float | None, snapshot_ratio_floor: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
           auto_compaction_retention: str | None, max_client_connections: int | None,
-          wal_reserve_bytes: int | None,
+          max_client_connections_per_ip: int | None, wal_reserve_bytes: int | None,
           cert_file: str | None, key_file: str | None,
           trusted_ca_file: str | None, client_cert_auth: bool | None,
           peer_cert_file: str | None, peer_key_file: str | None,
@@ -175,6 +179,7 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         "auto_compaction_retention": auto_compaction_retention,
         "wal_reserve_bytes": wal_reserve_bytes,
         "max_client_connections": max_client_connections,
+        "max_client_connections_per_ip": max_client_connections_per_ip,
         "cert_file": cert_file, "key_file": key_file, "trusted_ca_file": trusted_ca_file,
         "client_cert_auth": client_cert_auth, "peer_cert_file": peer_cert_file,
         "peer_key_file": peer_key_file, "peer_trusted_ca_file": peer_trusted_ca_file,

@@ -68,6 +68,12 @@ class NodeConfig(msgspec.Struct, kw_only=True):
     # left after 256 descriptors for the node's own use, split between the two ports,
     # at most 10,000 each (quorum.api.process.client_connection_cap)
     max_client_connections: int = 0
+    # open connections each client port serves at once from one client IP (ZooKeeper's
+    # maxClientCnxns; an IPv4-mapped IPv6 address counts as its IPv4 address); beyond it a
+    # new client from that IP is closed at once, logged. 0 = no per-IP limit, the default:
+    # clients behind a NAT, a proxy or a sidecar share one address, and the cap above
+    # already keeps the node's descriptors (docs/node.md). Not with etcd_engine "grpcio".
+    max_client_connections_per_ip: int = 0
     # automatic MVCC compaction (etcd's --auto-compaction-*; quorum.api.compactor checks the
     # values): mode "periodic" (retention = a duration, e.g. "1h"; a bare number = hours) or
     # "revision" (retention = revisions to keep); retention 0 = off, the default
@@ -132,6 +138,13 @@ class NodeConfig(msgspec.Struct, kw_only=True):
             (self.max_txn_ops > 0, "max_txn_ops must be positive."),
             (self.max_client_connections >= 0,
              "max_client_connections must be >= 0 (0 = derived from the open-file limit)."),
+            (self.max_client_connections_per_ip >= 0,
+             "max_client_connections_per_ip must be >= 0 (0 = no per-IP limit)."),
+            (not (self.etcd_listen and self.etcd_engine == "grpcio"
+                  and self.max_client_connections_per_ip > 0),
+             "max_client_connections_per_ip cannot be enforced on the etcd port by the "
+             "grpcio engine (grpc.aio has no hook that sees a connection's peer before "
+             "serving it): use etcd_engine 'h2' (the default) or no per-IP limit."),
             (len({p.id for p in self.initial_cluster}) == len(self.initial_cluster),
              "initial_cluster ids must be unique."),
             (not self.initial_cluster or self.join

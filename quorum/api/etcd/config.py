@@ -61,9 +61,13 @@ class EtcdApiConfig(msgspec.Struct, frozen=True):
     watch_fragment_bytes: int = 3 * MIB // 2
     # Outbound watch responses buffered per stream before the stream waits for the client.
     watch_send_queue: int = 1024
-    # Open connections the port serves at once (the h2 engine; 0 = no cap): beyond it a new
-    # client is closed at once and the refusal logged (quorum.api.conncap).
+    # Open connections the port serves at once (0 = no cap): beyond it a new client is closed
+    # at once; the h2 engine logs the refusal (quorum.api.conncap), grpcio's does not
+    # (grpc.max_allowed_incoming_connections, enforced by gRPC core before any handshake).
     max_connections: int = 0
+    # Open connections from one client address (0 = no limit; the h2 engine only: grpcio has
+    # no hook that sees a connection's peer before serving it, so it refuses to start with one).
+    max_connections_per_ip: int = 0
 
     def validate(self) -> None:
         """Raises ConfigError naming the first rule broken."""
@@ -77,3 +81,13 @@ class EtcdApiConfig(msgspec.Struct, frozen=True):
             raise ConfigError("watch_send_queue must be positive")
         if self.max_connections < 0:
             raise ConfigError("max_connections must not be negative (0 = no cap)")
+        if self.max_connections_per_ip < 0:
+            raise ConfigError("max_connections_per_ip must not be negative (0 = no limit)")
+
+    def validate_for_grpcio(self) -> None:
+        """validate(), and what the grpcio engine cannot enforce: a per-address limit."""
+        self.validate()
+        if self.max_connections_per_ip > 0:
+            raise ConfigError("the grpcio engine cannot enforce max_connections_per_ip: "
+                              "grpc.aio offers no hook that sees a connection's peer before "
+                              "serving it; use the h2 engine, or 0 (no per-address limit)")

@@ -40,11 +40,19 @@ def _grpc_options(config: EtcdApiConfig) -> list[tuple[str, int]]:
     # Like etcd: accept requests up to the request limit plus gRPC framing overhead (larger
     # ones fail in gRPC with RESOURCE_EXHAUSTED before reaching a servicer); send any size
     # (a range answer or a snapshot chunk may be large).
-    return [
+    options = [
         ("grpc.max_receive_message_length", config.max_request_bytes + config.grpc_overhead_bytes),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.so_reuseport", 0),
     ]
+    if config.max_connections > 0:
+        # gRPC core's connection quota: a connection beyond it is closed as soon as it is
+        # accepted, before any handshake; closing one frees its slot. (Not
+        # maximum_concurrent_rpcs: that counts calls, long-lived Watch and LeaseKeepAlive
+        # streams included, and bounds no connection, so it would fail watchers and still
+        # let idle connections pile up.)
+        options.append(("grpc.max_allowed_incoming_connections", config.max_connections))
+    return options
 
 
 def _certificate_configuration(tls: EtcdTls) -> Any:
@@ -88,7 +96,7 @@ def _listening_context(tls: EtcdTls) -> ssl.SSLContext:
 def build_server(backend: Backend, config: EtcdApiConfig | None = None) -> grpc.aio.Server:
     """A grpc.aio server with all etcd services registered, not yet bound nor started."""
     config = config or EtcdApiConfig()
-    config.validate()
+    config.validate_for_grpcio()
     server = grpc.aio.server(options=_grpc_options(config))
     for name, module, servicer in _servicers(backend, config):
         getattr(module, f"add_{name}Servicer_to_server")(servicer, server)
@@ -121,6 +129,7 @@ def build_h2_server(backend: Backend, config: EtcdApiConfig | None = None) -> Gr
     server = GrpcServer(
         max_receive_message_length=config.max_request_bytes + config.grpc_overhead_bytes,
         max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
     )
     for descriptor, servicer in services:
         server.add_service(descriptor, servicer)

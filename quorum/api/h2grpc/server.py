@@ -71,7 +71,7 @@ class GrpcServer:
                  http1_handler: Handler | None = None,
                  handshake_timeout: float | None = 10.0, idle_timeout: float | None = 7200.0,
                  flood_burst: int = 1000, flood_rate: float = 100.0,
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, max_connections_per_ip: int = 0) -> None:
         self.methods: dict[bytes, Method] = {}
         # answers connections that speak HTTP/1.x instead of gRPC (404 for all if None)
         self.http1_handler = http1_handler
@@ -88,8 +88,10 @@ class GrpcServer:
         self.flood_burst = flood_burst
         self.flood_rate = flood_rate
         self.connections: set[H2Connection] = set()
-        # beyond max_connections (0: no cap) a new client is closed at once, logged
-        self.cap = ConnectionCap("etcd", max_connections, self.connections)
+        # beyond max_connections (0: no cap), or max_connections_per_ip from its address (0:
+        # no limit), a new client is closed at once, before any TLS work, and logged
+        self.cap = ConnectionCap("etcd", max_connections, self.connections,
+                                 per_ip=max_connections_per_ip)
         # failed connections waiting for their client to read the GOAWAY (closed by stop)
         self.lingering: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None
@@ -110,12 +112,13 @@ class GrpcServer:
         """Listen on ``host:port`` (0 = any free port); returns the bound port."""
         loop = asyncio.get_running_loop()
         # The TLS handshake comes before connection_made (where the preface deadline starts):
-        # bound it by the same deadline, not asyncio's default of 60 s.
+        # bound it by the same deadline, not asyncio's default of 60 s. The cap runs it, on
+        # a plain listener, so that a refused client is closed before any TLS work.
         tls_deadline = self.handshake_timeout if ssl_context is not None else None
         self._server = await loop.create_server(
-            self.cap.factory(lambda: H2Connection(self)), host, port, ssl=ssl_context,
-            reuse_address=True,
-            ssl_handshake_timeout=tls_deadline,
+            self.cap.factory(lambda: H2Connection(self), tls=ssl_context,
+                             tls_timeout=tls_deadline),
+            host, port, reuse_address=True,
         )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
@@ -125,6 +128,7 @@ class GrpcServer:
         seconds, then close every connection."""
         if self._server is not None:
             self._server.close()
+        self.cap.cancel_handshakes()
         for conn in list(self.connections):
             conn.goaway()
         if grace:

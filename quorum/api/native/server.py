@@ -588,7 +588,7 @@ class NativeServer:
     def __init__(self, dispatcher: Dispatcher, max_frame_bytes: int, max_inflight: int,
                  tls: ssl.SSLContext | None = None,
                  tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, max_connections_per_ip: int = 0) -> None:
         self.dispatcher = dispatcher
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
@@ -598,8 +598,10 @@ class NativeServer:
         self.tls = tls
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.handshakes: set[asyncio.Task[None]] = set()
-        # beyond max_connections (0: no cap) a new client is closed at once, logged
-        self.cap = ConnectionCap("native", max_connections, self.connections, self.handshakes)
+        # beyond max_connections (0: no cap), or max_connections_per_ip from its address (0:
+        # no limit), a new client is closed at once, before any TLS work, and logged
+        self.cap = ConnectionCap("native", max_connections, self.connections, self.handshakes,
+                                 per_ip=max_connections_per_ip)
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self.host = ""
@@ -655,16 +657,18 @@ async def serve_native(
     tls: ssl.SSLContext | None = None,
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
     max_connections: int = 0,
+    max_connections_per_ip: int = 0,
 ) -> NativeServer:
     """Serve ``backend`` (a ``quorum.api.backend.Backend``) on ``host:port``; returns the
     running server. ``tls``: a server-side SSLContext (see ``server_tls_context``); every
     client must then speak TLS and finish its handshake within ``tls_handshake_timeout_s``.
-    ``max_connections`` > 0 caps the open connections (quorum.api.conncap).
+    ``max_connections`` > 0 caps the open connections, ``max_connections_per_ip`` > 0 those
+    from one client address (quorum.api.conncap).
     Raises ``OSError`` if the address cannot be bound."""
     if dispatcher_factory is None:
         dispatcher_factory = BackendDispatcher
     server = NativeServer(dispatcher_factory(backend), max_frame_bytes, max_inflight, tls,
-                          tls_handshake_timeout_s, max_connections)
+                          tls_handshake_timeout_s, max_connections, max_connections_per_ip)
     await server.start(host, port)
     return server
 

@@ -22,6 +22,7 @@ from quorum.api.process import OWN_DESCRIPTORS, client_connection_cap
 from quorum.errors import ConfigError
 from quorum.state.commands import PutRequest
 
+from .test_conncap_per_ip import FakeTransport
 from .test_server import RawConn
 
 
@@ -50,7 +51,8 @@ def test_native_port_refuses_beyond_its_cap_and_serves_the_others(
 
     with caplog.at_level(logging.WARNING, logger="quorum.api"):
         asyncio.run(body())
-    assert "native port: 1 connection(s) refused: 2 open" in caplog.text
+    assert ("native port: 1 connection(s) refused: 1 at the cap (--max-client-connections) "
+            "of 2, 2 open; from 127.0.0.1 (1)") in caplog.text
 
 
 def test_etcd_port_refuses_beyond_its_cap(caplog: pytest.LogCaptureFixture) -> None:
@@ -76,13 +78,17 @@ def test_etcd_port_refuses_beyond_its_cap(caplog: pytest.LogCaptureFixture) -> N
 
     with caplog.at_level(logging.WARNING, logger="quorum.api"):
         asyncio.run(body())
-    assert "etcd port:" in caplog.text and "the cap (--max-client-connections) is 1" in caplog.text
+    assert "etcd port:" in caplog.text and "the cap (--max-client-connections) of 1" in caplog.text
 
 
 def test_refusals_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]
     cap = ConnectionCap("native", 1, [object()], clock=lambda: now[0])
-    admit = cap.factory(asyncio.Protocol)
+    gate = cap.factory(asyncio.Protocol)
+
+    def admit() -> None:
+        gate().connection_made(FakeTransport(("10.0.0.9", 4000)))  # type: ignore[arg-type]
+
     with caplog.at_level(logging.WARNING, logger="quorum.api"):
         for _ in range(3):
             admit()

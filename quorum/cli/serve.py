@@ -39,6 +39,18 @@ def parse_initial_cluster(spec: str) -> tuple[PeerSpec, ...]:
     return tuple(peers)
 
 
+def parse_cluster_id(text: str) -> int:
+    """``--cluster-id``: a positive integer, decimal or 0x hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ConfigError(f"bad --cluster-id {text!r}: expected a positive integer "
+                          "(decimal or 0x hex)") from None
+    if value <= 0:
+        raise ConfigError(f"bad --cluster-id {text!r}: must be positive")
+    return value
+
+
 def compaction_policy(cfg: NodeConfig) -> CompactionPolicy | None:
     """Check the auto-compaction settings (ConfigError naming the broken rule); the policy
     they give, or None when auto-compaction is off."""
@@ -104,6 +116,10 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--etcd-engine", type=click.Choice(["h2", "grpcio"]),
               help="gRPC server of the etcd port: quorum's own (h2, default) or grpcio's.")
 @click.option("--initial-cluster", help="1=host:peer[/client[/etcd]],2=... (new clusters).")
+@click.option("--cluster-id", help="This cluster's id in peer handshakes (decimal or 0x hex), "
+                                   "the same on every member: a member of another cluster is "
+                                   "refused. Give each cluster whose members can reach each "
+                                   "other its own (default 0x51554f52).")
 @click.option("--join", is_flag=True, default=None,
               help="Start empty and wait to be added (quorum member add) by a running cluster.")
 @click.option("--tick-ms", type=int, help="Raft tick length in milliseconds (default 100).")
@@ -154,7 +170,8 @@ async def _watch_fatal(proc: object) -> None:
               help="TESTS ONLY: break safety rules on purpose (see docs/verify.md).")
 def serve(config_path: str | None, node_id: int | None, name: str | None, data_dir: str | None,
           peer_listen: str | None, client_listen: str | None, etcd_listen: str | None,
-          etcd_engine: str | None, initial_cluster: str | None, join: bool | None, tick_ms: int | None,
+          etcd_engine: str | None, initial_cluster: str | None, cluster_id: str | None,
+          join: bool | None, tick_ms: int | None,
           election_ticks: int | None, no_fsync: bool, snapshot_entries: int | None,
           snapshot_log_ratio: float | None, snapshot_ratio_floor: int | None,
           lease_reads: bool | None, auto_compaction_mode: str | None,
@@ -190,6 +207,8 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
     try:
         if initial_cluster:
             overrides["initial_cluster"] = parse_initial_cluster(initial_cluster)
+        if cluster_id is not None:
+            overrides["cluster_id"] = parse_cluster_id(cluster_id)
         if config_path:
             cfg = load_config(config_path, **overrides)
         else:
@@ -210,6 +229,8 @@ def serve(config_path: str | None, node_id: int | None, name: str | None, data_d
         asyncio.run(_serve(cfg, bugs))
     except QuorumError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:  # e.g. a listen address already in use: say so, no traceback
+        raise click.ClickException(f"cannot serve: {exc}") from None
 
 
 # --- cluster up ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -57,15 +58,22 @@ class ProcCluster:
 
     def __init__(self, n: int, base_dir: str | Path, *, tick_ms: int = 50,
                  election_ticks: int = 10, snapshot_entries: int = 10_000,
-                 extra_args: tuple[str, ...] = (), proxied: bool = False) -> None:
+                 extra_args: tuple[str, ...] = (), proxied: bool = False,
+                 cluster_id: int | None = None) -> None:
         """``proxied``: peers dial each node through a port of a PartitionProxy (started by
-        the caller on ``proxy_ports()``), so partitions can be injected."""
+        the caller on ``proxy_ports()``), so partitions can be injected. ``cluster_id``
+        (default: a random one per cluster): clusters started at once on one machine may
+        be handed a port another one used a moment before (``free_ports`` cannot reserve
+        them); with one shared id a node could then take another cluster's peer for its
+        own member of the same id and mix the two logs. Distinct ids make the peer
+        handshake refuse it."""
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
         self.snapshot_entries = snapshot_entries
         self.extra_args = extra_args
+        self.cluster_id = cluster_id or random.SystemRandom().randrange(1, 1 << 62)
         per = 4 if proxied else 3
         ports = free_ports(per * n)
         self.nodes: dict[int, ProcNode] = {}
@@ -90,6 +98,7 @@ class ProcCluster:
             "--id", str(node.id), "--data-dir", str(self.base_dir / f"node{node.id}"),
             "--peer-listen", node.peer_listen, "--client-listen", node.client_url,
             "--etcd-listen", node.etcd_url, "--initial-cluster", self._initial,
+            "--cluster-id", str(self.cluster_id),
             "--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks),
             "--snapshot-entries", str(self.snapshot_entries), "--log-level", "warning",
             *(("--join",) if node.join else ()), *self.extra_args,

@@ -24,7 +24,7 @@ from quorum.api.cluster import ClusterBackend
 from quorum.api.compactor import policy_from_config
 from quorum.api.etcd.config import EtcdApiConfig, EtcdTls, check_tls_files
 from quorum.api.tlsreload import BUILD_ERRORS, ReloadingTls, listening_context
-from quorum.errors import ConfigError
+from quorum.errors import ConfigError, QuorumError
 from quorum.node import datadir
 from quorum.node.clock import SystemClock
 from quorum.node.config import NodeConfig, raft_config, split_addr
@@ -123,6 +123,7 @@ class QuorumProcess:
             StateConfig(max_request_bytes=cfg.max_request_bytes, max_txn_ops=cfg.max_txn_ops)
         )
         members = self._members()
+        self.cluster_id = await self._cluster_id(members)
         if self.storage.is_empty() and not cfg.join:
             voters = tuple(sorted(m.id for m in members))
             bootstrap(self.storage, voters, bootstrap_data(members, KvStateMachine()))
@@ -143,7 +144,8 @@ class QuorumProcess:
                                  clock=SystemClock(rate=self.clock_rate))
         self.link = PeerLink(self.server)
         self.transport = PeerTransport(
-            cfg.cluster_id, cfg.id, split_addr(cfg.peer_listen), peer_addresses(self.core.members),
+            self.cluster_id, cfg.id, split_addr(cfg.peer_listen),
+            peer_addresses(self.core.members),
             on_messages=self.server.receive,
             on_unreachable=self.link.on_unreachable,
             on_snapshot_chunk=self.link.on_snapshot_chunk,
@@ -152,7 +154,7 @@ class QuorumProcess:
         self.link.transport = self.transport
         self.core.on_members_changed = self.link.update_peers
         self.backend = ClusterBackend(
-            self.server, self.kv, cluster_id=cfg.cluster_id,
+            self.server, self.kv, cluster_id=self.cluster_id,
             clock=self.server.clock.monotonic,  # lease time on the node's (maybe skewed) clock
             etcd_scheme="https" if cfg.cert_file else "http",
             client_scheme="https" if cfg.cert_file else "http",
@@ -370,6 +372,57 @@ class QuorumProcess:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _cluster_id(self, members: tuple[MemberInfo, ...]) -> int:
+        """This node's cluster id (docs/node.md, "Cluster id"), stored in the data directory
+        the first time: the stored one; else a given one (``--cluster-id``); else, for a new
+        cluster, derived from the initial members; for a joiner, learned from a member; for a
+        directory from before ids were stored, the id every cluster had then. A given id that
+        contradicts the stored one is refused: the node would be taken for a stranger."""
+        cfg, fs = self.config, OsFileSystem()
+        if self._storage_override is not None:  # tests with in-memory storage: nothing stored
+            return cfg.cluster_id or datadir.derive_cluster_id(_peer_pairs(members))
+        stored = datadir.read_cluster_id(fs, cfg.data_dir)
+        if stored is not None:
+            if cfg.cluster_id and cfg.cluster_id != stored:
+                raise ConfigError(
+                    f"{cfg.data_dir} belongs to cluster {stored:#x}, not {cfg.cluster_id:#x} "
+                    "(--cluster-id): a member keeps its cluster's id for good")
+            return stored
+        if cfg.cluster_id:
+            chosen = cfg.cluster_id
+        elif not self.storage.is_empty():
+            chosen = datadir.LEGACY_CLUSTER_ID
+        elif cfg.join:
+            chosen = await self._learn_cluster_id(members)
+        else:
+            chosen = datadir.derive_cluster_id(_peer_pairs(members))
+        datadir.store_cluster_id(fs, cfg.data_dir, chosen)
+        return chosen
+
+    async def _learn_cluster_id(self, members: tuple[MemberInfo, ...]) -> int:
+        """A joiner asks the members it was given (their client ports) for the cluster id."""
+        from quorum.client.aio import AsyncClient
+
+        problems = []
+        for member in members:
+            if member.id == self.config.id or not member.client_url:
+                continue
+            client = (AsyncClient([member.client_url], timeout_s=5) if self._relay_ssl is None
+                      else AsyncClient([member.client_url], timeout_s=5,
+                                       connector=self._relay_connect))
+            try:
+                status = await client.status()
+            except QuorumError as exc:
+                problems.append(f"{member.client_url}: {exc}")
+                continue
+            finally:
+                await client.close()
+            return status.cluster_id or datadir.LEGACY_CLUSTER_ID
+        raise ConfigError(
+            "a joining member needs its cluster's id: give --cluster-id (`quorum member add` "
+            "and `quorum -w json status` show it), or list a running member with its client port in --initial-cluster"
+            + (f" (asked: {'; '.join(problems)})" if problems else ""))
+
     async def _leader_client(self, leader: int) -> Any:
         """A native-protocol client of the leader, for calls a follower relays."""
         from quorum.client.aio import AsyncClient
@@ -412,3 +465,7 @@ def tls_handshake_problem(server: ssl.SSLContext, client: ssl.SSLContext,
         if len(done) == 2:
             return None
     return "the handshake did not complete"
+
+
+def _peer_pairs(members: tuple[MemberInfo, ...]) -> list[tuple[int, str]]:
+    return [(m.id, m.peer_url) for m in members]

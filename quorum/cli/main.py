@@ -545,6 +545,11 @@ def member_add(c: Ctx, peer_url: str, learner: bool) -> None:
     new = resp.member
     click.echo(f"added member {new.member_id:x} ({new.member_id})" if new else "added")
     table(None, MEMBER_COLUMNS, _member_rows(resp.members))
+    cluster_id = c.run(lambda cl: cl.status()).cluster_id
+    if new and cluster_id:
+        click.echo(f"start it with: quorum serve --id {new.member_id} --join "
+                   f"--cluster-id {cluster_id:#x} --peer-listen {peer_url.split('://')[-1]} "
+                   "--initial-cluster <every member, itself included> ...")
 
 
 @member.command("remove")

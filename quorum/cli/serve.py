@@ -118,8 +118,9 @@ async def _watch_fatal(proc: object) -> None:
 @click.option("--initial-cluster", help="1=host:peer[/client[/etcd]],2=... (new clusters).")
 @click.option("--cluster-id", help="This cluster's id in peer handshakes (decimal or 0x hex), "
                                    "the same on every member: a member of another cluster is "
-                                   "refused. Give each cluster whose members can reach each "
-                                   "other its own (default 0x51554f52).")
+                                   "refused. Default: the id stored in --data-dir; for a new "
+                                   "cluster derived from --initial-cluster; for a joiner "
+                                   "asked of a member.")
 @click.option("--join", is_flag=True, default=None,
               help="Start empty and wait to be added (quorum member add) by a running cluster.")
 @click.option("--tick-ms", type=int, help="Raft tick length in milliseconds (default 100).")

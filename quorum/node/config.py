@@ -29,7 +29,9 @@ class PeerSpec(msgspec.Struct, frozen=True):
 class NodeConfig(msgspec.Struct, kw_only=True):
     id: int = 1
     name: str = ""
-    cluster_id: int = 0x51_55_4F_52  # "QUOR": identifies the cluster in peer handshakes
+    # identifies the cluster in peer handshakes; 0 = the one stored in data_dir, else for a new
+    # cluster derived from initial_cluster, for a joiner learned from a member (quorum.node.datadir)
+    cluster_id: int = 0
     data_dir: str = "quorum-data"
     # addresses (host:port); empty client/etcd address = that API is off
     peer_listen: str = "127.0.0.1:2380"
@@ -104,7 +106,8 @@ class NodeConfig(msgspec.Struct, kw_only=True):
         """Check every rule; raise ConfigError naming the first broken one. Returns self."""
         rules: list[tuple[bool, str]] = [
             (self.id > 0, "id must be a positive integer."),
-            (self.cluster_id > 0, "cluster_id must be a positive integer."),
+            (self.cluster_id >= 0,
+             "cluster_id must be a positive integer (0 = stored, derived or learned)."),
             (bool(self.data_dir), "data_dir must not be empty."),
             (_is_addr(self.peer_listen), "peer_listen must be host:port."),
             (not self.client_listen or _is_addr(self.client_listen),

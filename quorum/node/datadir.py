@@ -18,6 +18,7 @@ Raise DATA_FORMAT whenever a change writes something the previous release cannot
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import msgspec
@@ -95,3 +96,52 @@ def open_storage(fs: FileSystem, data_dir: str, options: StorageOptions) -> Dura
     durable = DurableStorage.open(fs, data_dir, options)
     mark_format(fs, data_dir)
     return durable
+
+
+# --- the cluster id ------------------------------------------------------------------------------
+#
+# Members refuse a peer whose handshake names another cluster id (docs/transport.md), which
+# separates clusters only if their ids differ. A new cluster's id is derived from its initial
+# membership (ids and peer addresses: two clusters that could reach each other differ there),
+# unless the operator gives one, and it is stored in the data directory at the first start, so
+# restarts and later membership changes keep it. Directories from before the id was stored
+# keep the one fixed id every cluster used then (LEGACY_CLUSTER_ID), so their clusters still
+# agree. The file is separate from the format marker, which older releases rewrite.
+
+CLUSTER_FILE = "cluster"
+LEGACY_CLUSTER_ID = 0x51_55_4F_52  # "QUOR": the id of every cluster before ids were derived
+_CLUSTER_WHERE = " on the cluster-id file"
+
+
+class ClusterIdentity(msgspec.Struct, frozen=True):
+    cluster_id: int
+
+
+def derive_cluster_id(members: list[tuple[int, str]]) -> int:
+    """A positive 63-bit id from (member id, peer address) pairs; the same on every member
+    given the same initial cluster, whatever the order it was listed in."""
+    text = "\n".join(f"{ident}={peer}" for ident, peer in sorted(members))
+    digest = hashlib.sha256(b"quorum cluster id\n" + text.encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 1) or 1
+
+
+def read_cluster_id(fs: FileSystem, data_dir: str) -> int | None:
+    """The stored cluster id, or None (no file yet). Raises CorruptionError on a bad file."""
+    path = os.path.join(data_dir, CLUSTER_FILE)
+    if not run_io(lambda: fs.exists(path), _CLUSTER_WHERE):
+        return None
+    raw = run_io(lambda: fs.read_file(path), _CLUSTER_WHERE)
+    try:
+        ident = msgspec.json.decode(raw, type=ClusterIdentity)
+    except msgspec.DecodeError as exc:
+        raise CorruptionError(f"unreadable cluster-id file: {exc}", path, 0) from None
+    if ident.cluster_id <= 0:
+        raise CorruptionError(f"cluster-id file holds {ident.cluster_id}", path, 0)
+    return ident.cluster_id
+
+
+def store_cluster_id(fs: FileSystem, data_dir: str, cluster_id: int) -> None:
+    """Record the cluster id, atomically and durably (the directory must exist)."""
+    path = os.path.join(data_dir, CLUSTER_FILE)
+    data = msgspec.json.encode(ClusterIdentity(cluster_id)) + b"\n"
+    run_io(lambda: _replace(fs, data_dir, path, data), _CLUSTER_WHERE)

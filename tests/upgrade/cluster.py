@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quorum.client.aio import AsyncClient
 from quorum.errors import QuorumError
+from quorum.node.datadir import LEGACY_CLUSTER_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
@@ -46,6 +47,18 @@ class Code:
 
 
 CURRENT = Code("current", ROOT)
+
+
+def _legacy_cluster_id(code: Code) -> tuple[str, ...]:
+    """Releases from before cluster ids were derived all used one fixed id, and have no
+    ``--cluster-id`` flag. A new cluster that mixes them with newer code (these tests start
+    such clusters from empty directories) must give the newer members that old id, as an
+    operator would (docs/upgrade.md). Only for an empty directory: an upgraded one keeps the
+    old id by itself, which the rolling upgrades check by starting newer code without it."""
+    serve = code.root / "quorum" / "cli" / "serve.py"
+    if "--cluster-id" not in serve.read_text():
+        return ()
+    return ("--cluster-id", str(LEGACY_CLUSTER_ID))
 
 
 def code_env(code: Code) -> dict[str, str]:
@@ -169,6 +182,7 @@ class UpgradeCluster:
             "--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks),
             "--snapshot-entries", str(self.snapshot_entries), "--log-level", self.log_level,
             *(() if self.fsync else ("--no-fsync",)),
+            *(() if self.data_dir(node_id).exists() else _legacy_cluster_id(code)),
         ]
         env = code_env(code)
         with open(self.log_path(node_id), "ab") as log:

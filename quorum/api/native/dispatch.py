@@ -184,6 +184,7 @@ class BackendDispatcher:
             revision=self._revision(),
             errors=st.errors,
             forwarded=self.forwarded,
+            cluster_id=self.backend.cluster_id,
         )
 
     async def _move_leader(self, body: m.MoveLeaderReq, *_: Any) -> m.ResponseBody:

@@ -258,6 +258,7 @@ class StatusResp(_Msg, frozen=True, tag="n.status"):
     # writes and linearizable reads this node served while another node led (each one took
     # an extra hop to the leader); a client that prefers the leader keeps it near zero
     forwarded: int = 0
+    cluster_id: int = 0  # 0 from a release before ids were derived (then: LEGACY_CLUSTER_ID)
 
 
 class MoveLeaderResp(_Msg, frozen=True, tag="n.move_leader"):

@@ -223,6 +223,16 @@ class ClusterBackend(LocalBackend):
 
     async def lease_keepalive(self, lease_id: int) -> int:
         if self._tracker.is_leader:
+            # Confirm leadership first (a ReadIndex round: a majority acknowledged this term
+            # after the call; etcd's LeaseRenew does the same, etcd issue 15247). A leader cut off from its
+            # majority acts as leader until check quorum steps it down (thesis §6.2), while
+            # a newer leader restarts TTLs at its promotion, knowing nothing of renewals
+            # here: without the round it could promise a TTL the real leader never grants.
+            # With it, any newer leader was promoted after that round, hence after the call,
+            # so its deadline is at least call + TTL.
+            await self.server.read_barrier()
+            if not self._tracker.is_leader:  # deposed meanwhile: ask the new leader
+                return await self._relay_keepalive(lease_id)
             ttl = self._tracker.keepalive(lease_id, self._clock())
             if self._tracker.clear_pending(lease_id):
                 # The state holds a checkpoint with a shorter remaining TTL: commit its
@@ -231,6 +241,10 @@ class ClusterBackend(LocalBackend):
                 due = tuple(self._tracker.checkpoints(self._clock()))
                 await self._write_as_leader(sc.LeaseCheckpointRequest(due))
             return ttl
+        return await self._relay_keepalive(lease_id)
+
+    async def _relay_keepalive(self, lease_id: int) -> int:
+        """A follower relays a renewal to the leader, which alone measures lease time."""
         leader = self.core.leader_id
         if self._sm.lease_info(lease_id) is None:
             raise LeaseNotFound()

@@ -223,13 +223,13 @@ class ClusterBackend(LocalBackend):
 
     async def lease_keepalive(self, lease_id: int) -> int:
         if self._tracker.is_leader:
-            # Confirm leadership first (a ReadIndex round: a majority acknowledged this term
-            # after the call; etcd's LeaseRenew does the same, etcd issue 15247). A leader cut off from its
-            # majority acts as leader until check quorum steps it down (thesis §6.2), while
-            # a newer leader restarts TTLs at its promotion, knowing nothing of renewals
-            # here: without the round it could promise a TTL the real leader never grants.
-            # With it, any newer leader was promoted after that round, hence after the call,
-            # so its deadline is at least call + TTL.
+            # Confirm leadership first: a ReadIndex round, in which a majority acknowledges
+            # this term after the call (etcd's LeaseRenew does the same, etcd issue 15247).
+            # A leader cut off from its majority acts as leader until check quorum steps it
+            # down (thesis §6.2), while a newer leader restarts TTLs at its promotion,
+            # knowing nothing of renewals here: without the round it could promise a TTL
+            # the real leader never grants. With it, any newer leader was promoted after
+            # that round, hence after the call, so its deadline is at least call + TTL.
             await self.server.read_barrier()
             if not self._tracker.is_leader:  # deposed meanwhile: ask the new leader
                 return await self._relay_keepalive(lease_id)

@@ -427,6 +427,12 @@ async def _workload_and_checks(cluster: ProcCluster, nemesis: _Nemesis, ctx: Run
     hashes = await _converged_hashes(cluster)
     converged = len(set(hashes.values())) == 1 and len(hashes) == len(cluster.nodes)
     problems = [f"{v.name}: {p}" for v in verdicts for p in v.problems]
+    foreign = foreign_members(await _member_ids(cluster), set(nemesis.endpoints.values()))
+    if foreign:
+        problems.append(
+            f"members this run never created: {', '.join(f'n{i}' for i in foreign)}; another "
+            "cluster on this host reached this one (an environment fault: nothing this run "
+            "observed can be trusted)")
     if not converged:
         problems.append(f"replicas did not converge: {hashes}")
     if not recovered:
@@ -509,6 +515,27 @@ def _index_page(report: VerifyReport, opts: VerifyOptions) -> str:
         f"<h2>faults timeline</h2><ol>{faults}</ol>"])
 
 
+def foreign_members(seen: set[int], created: set[int]) -> list[int]:
+    """Member ids the cluster's nodes list that this run never created. A run knows every
+    id it made (the initial nodes and each learner it added); any other id came from outside,
+    e.g. a concurrent run on the same host whose clients or peers reached these nodes (ports
+    are picked free and bound later, see procs.free_ports)."""
+    return sorted(seen - created)
+
+
+async def _member_ids(cluster: ProcCluster) -> set[int]:
+    """Every member id some node lists (the union: a contaminated node may be the only one
+    that shows it)."""
+    seen: set[int] = set()
+    for node in cluster.nodes.values():
+        try:
+            async with AsyncClient([node.client_url], timeout_s=2) as c:
+                seen |= {mb.member_id for mb in await c.member_list()}
+        except QuorumError:
+            pass
+    return seen
+
+
 async def _recovers(client: AsyncClient, log: Callable[[str], None],
                     key: bytes = b"verify/after-heal") -> bool:
     deadline = time.monotonic() + 30
@@ -540,4 +567,5 @@ async def _converged_hashes(cluster: ProcCluster) -> dict[int, tuple[int, int]]:
     return hashes
 
 
-__all__ = ["NEMESES", "WORKLOADS", "Operation", "VerifyOptions", "VerifyReport", "run_verify"]
+__all__ = ["NEMESES", "WORKLOADS", "Operation", "VerifyOptions", "VerifyReport", "foreign_members",
+           "run_verify"]

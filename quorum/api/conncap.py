@@ -23,8 +23,9 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Generator, Sized
-from typing import Any
+from collections.abc import Callable, Sized
+
+from quorum.api.resume import resume
 
 log = logging.getLogger("quorum.api")
 
@@ -105,35 +106,6 @@ class _Refused(asyncio.Protocol):
         self._cap._refuse(CAP, peer_ip(transport.get_extra_info("peername")))
 
 
-class _Resumed:
-    """Awaitable that carries on a coroutine already run by hand up to its first wait:
-    passes what it waits on up to the task, and the task's wake-ups (or a cancellation)
-    back down, as ``yield from`` on the half-run coroutine would."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self._coro, self._first
-        while True:
-            try:
-                try:
-                    sent = yield value
-                except BaseException as exc:  # a cancellation and the like: deliver inside
-                    value = coro.throw(exc)
-                else:
-                    value = coro.send(sent)
-            except StopIteration:
-                return
-
-
-async def _carry_on(coro: Coroutine[Any, Any, None], first: Any) -> None:
-    await _Resumed(coro, first)
-
-
 class ConnectionCap:
     """Admits a new connection while fewer than ``limit`` are open on the port (0: no cap)
     and fewer than ``per_ip`` from its client's address (0: no per-address limit).
@@ -202,7 +174,7 @@ class ConnectionCap:
             first = coro.send(None)
         except StopIteration:
             return
-        task = asyncio.ensure_future(_carry_on(coro, first))
+        task = asyncio.ensure_future(resume(coro, first))
         self.handshakes.add(task)
         task.add_done_callback(self.handshakes.discard)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TypeVar
 
 import msgspec
 
@@ -27,6 +28,8 @@ import quorum
 from quorum.errors import CorruptionError, DataFormatTooNew
 from quorum.storage.durable import DurableStorage, StorageOptions
 from quorum.storage.fs import FileSystem, run_io
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 DATA_FORMAT = 4
 FORMAT_FILE = "format"
@@ -42,13 +45,9 @@ def read_format(fs: FileSystem, data_dir: str) -> DataFormat | None:
     """The directory's marker, or None (no directory, or one from before markers).
     Raises CorruptionError when the file is not a marker."""
     path = os.path.join(data_dir, FORMAT_FILE)
-    if not run_io(lambda: fs.exists(path), _WHERE):
+    marker = _read_json(fs, path, DataFormat, "data-format marker", _WHERE)
+    if marker is None:
         return None
-    raw = run_io(lambda: fs.read_file(path), _WHERE)
-    try:
-        marker = msgspec.json.decode(raw, type=DataFormat)
-    except msgspec.DecodeError as exc:
-        raise CorruptionError(f"unreadable data-format marker: {exc}", path, 0) from None
     if marker.format < 1:
         raise CorruptionError(f"data-format marker holds format {marker.format}", path, 0)
     return marker
@@ -74,6 +73,18 @@ def mark_format(fs: FileSystem, data_dir: str) -> None:
         return
     path = os.path.join(data_dir, FORMAT_FILE)
     run_io(lambda: _replace(fs, data_dir, path, msgspec.json.encode(current) + b"\n"), _WHERE)
+
+
+def _read_json(fs: FileSystem, path: str, kind: type[S], what: str, where: str) -> S | None:
+    """The JSON struct in ``path``, or None if there is no file; CorruptionError if it does
+    not decode (never replaced: the operator decides what it should hold)."""
+    if not run_io(lambda: fs.exists(path), where):
+        return None
+    raw = run_io(lambda: fs.read_file(path), where)
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.DecodeError as exc:
+        raise CorruptionError(f"unreadable {what}: {exc}", path, 0) from None
 
 
 def _replace(fs: FileSystem, data_dir: str, path: str, data: bytes) -> None:
@@ -128,13 +139,9 @@ def derive_cluster_id(members: list[tuple[int, str]]) -> int:
 def read_cluster_id(fs: FileSystem, data_dir: str) -> int | None:
     """The stored cluster id, or None (no file yet). Raises CorruptionError on a bad file."""
     path = os.path.join(data_dir, CLUSTER_FILE)
-    if not run_io(lambda: fs.exists(path), _CLUSTER_WHERE):
+    ident = _read_json(fs, path, ClusterIdentity, "cluster-id file", _CLUSTER_WHERE)
+    if ident is None:
         return None
-    raw = run_io(lambda: fs.read_file(path), _CLUSTER_WHERE)
-    try:
-        ident = msgspec.json.decode(raw, type=ClusterIdentity)
-    except msgspec.DecodeError as exc:
-        raise CorruptionError(f"unreadable cluster-id file: {exc}", path, 0) from None
     if ident.cluster_id <= 0:
         raise CorruptionError(f"cluster-id file holds {ident.cluster_id}", path, 0)
     return ident.cluster_id

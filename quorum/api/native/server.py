@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import msgspec
@@ -34,6 +34,7 @@ from quorum.api.native import messages as m
 from quorum.api.native.dispatch import BackendDispatcher, watch_body
 from quorum.api.native.errors import error_body
 from quorum.api.native.framing import DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, FrameDecoder
+from quorum.api.resume import resume
 from quorum.errors import FrameError, FrameTooLarge, WatchNotFound
 
 log = logging.getLogger("quorum.api.native")
@@ -226,7 +227,7 @@ class _Connection(asyncio.Protocol):
             self._in_task(coro, waiting_on)
 
     def _in_task(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(_resume(coro, waiting_on))
+        task: asyncio.Task[None] = asyncio.ensure_future(resume(coro, waiting_on))
         self._inflight.add(task)
         task.add_done_callback(self._done)
 
@@ -481,35 +482,6 @@ class _Waiting:
         self._coro.close()
 
 
-class _Continue:
-    """Awaitable that drives a coroutine already started by hand: it passes the future the
-    coroutine is waiting on up to the task, and the task's wake-ups (or a cancellation) back
-    down. Equivalent to ``yield from`` on the half-run coroutine."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self._coro, self._first
-        while True:
-            try:
-                try:
-                    sent = yield value
-                except BaseException as exc:  # cancellation and the like: deliver inside
-                    value = coro.throw(exc)
-                else:
-                    value = coro.send(sent)
-            except StopIteration:
-                return
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    await _Continue(coro, waiting_on)
-
-
 class _TlsGate(asyncio.Protocol):
     """The first protocol of a connection to a TLS server: runs the server side of the
     handshake, then gives the encrypted transport to a fresh ``_Connection``. Nothing is
@@ -530,7 +502,7 @@ class _TlsGate(asyncio.Protocol):
             waiting_on = coro.send(None)
         except StopIteration:
             return
-        self._task = asyncio.ensure_future(_resume(coro, waiting_on))
+        self._task = asyncio.ensure_future(resume(coro, waiting_on))
         self._server.handshakes.add(self._task)
         self._task.add_done_callback(self._server.handshakes.discard)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import warnings
 
 import pytest
 
@@ -21,6 +22,9 @@ CHUNK = 250
 # Start past the seeds make test runs, so the campaign covers new ground.
 FIRST = int(os.environ.get("QUORUM_SIM_FIRST_SEED", "100000"))
 CAMPAIGN = [p for p in PROFILES if p != "lease_skew"]
+# At most one seed in UNDECIDED_SHARE_MAX may end without a linearizability verdict (figure8,
+# the hardest, left 30 of 400 undecided at the default budget: docs/verify.md).
+UNDECIDED_SHARE_MAX = 4
 
 
 # A chunk of 250 seeds takes a few minutes; figure8's, whose linearizability search is the
@@ -32,11 +36,21 @@ CAMPAIGN = [p for p in PROFILES if p != "lease_skew"]
 def test_torture_seeds_hold_every_invariant(profile: str, chunk: int) -> None:
     logging.disable(logging.WARNING)
     gc.set_threshold(100_000, 50, 100)
-    failures = []
+    failures, undecided = [], []
     options = profile_options(profile)
-    for seed in range(FIRST + chunk, FIRST + min(chunk + CHUNK, SEEDS)):
+    seeds = range(FIRST + chunk, FIRST + min(chunk + CHUNK, SEEDS))
+    for seed in seeds:
         result = run_seed(seed, options)
         if not result.ok:
             failures.append(f"seed {seed}: {result.violation}: {result.detail}\n"
                             f"  replay: {result.replay}")
+        elif result.lin_verdict == "UNKNOWN":
+            undecided.append(seed)
     assert not failures, "\n".join(failures)
+    # A seed whose linearizability search ran out of budget was not checked: say which (in
+    # pytest's warnings summary), and fail a chunk where so many were that it checked little.
+    if undecided:
+        warnings.warn(f"{profile}: {len(undecided)} of {len(seeds)} seeds not checked for "
+                      f"linearizability (search budget exhausted): {undecided}", stacklevel=1)
+    assert len(undecided) * UNDECIDED_SHARE_MAX <= len(seeds), \
+        f"{profile}: {len(undecided)} of {len(seeds)} seeds undecided: {undecided}"

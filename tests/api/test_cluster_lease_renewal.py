@@ -12,55 +12,17 @@ before the TTL since a renewal that a partitioned leader had answered in 1 ms).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator
 
 import pytest
+from inproc_cluster import cluster, leader_of
 
 from quorum.api.process import QuorumProcess
 from quorum.errors import QuorumError
-from quorum.node.config import NodeConfig, PeerSpec
-from quorum.node.storage import MemoryNodeStorage
 from quorum.state import commands as sc
 
 # Check quorum steps an isolated leader down after one to two election timeouts: 200 ticks of
 # 10 ms here, a window wide enough for the renewal below to be asked inside it.
 ELECTION_TICKS = 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def _cluster() -> AsyncIterator[list[QuorumProcess]]:
-    specs = tuple(PeerSpec(i, f"127.0.0.1:{_free_port()}") for i in (1, 2, 3))
-    procs = [QuorumProcess(NodeConfig(id=s.id, peer_listen=s.peer_url, client_listen="",
-                                      etcd_listen="", initial_cluster=specs, tick_ms=10,
-                                      election_ticks=ELECTION_TICKS, fsync=False),
-                           storage=MemoryNodeStorage())
-             for s in specs]
-    running = list(procs)
-    try:
-        for p in procs:
-            await p.start()
-        yield running
-    finally:
-        for p in running:
-            await p.stop()
-
-
-async def _leader(procs: list[QuorumProcess]) -> QuorumProcess:
-    for _ in range(1000):
-        leaders = [p for p in procs if p.core.is_leader]
-        if len(leaders) == 1 and all(p.core.leader_id == leaders[0].config.id for p in procs):
-            return leaders[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no leader elected")
 
 
 async def _grant(leader: QuorumProcess) -> int:
@@ -71,8 +33,8 @@ async def _grant(leader: QuorumProcess) -> int:
 
 def test_a_leader_renews_while_it_has_its_majority() -> None:
     async def body() -> None:
-        async with _cluster() as procs:
-            leader = await _leader(procs)
+        async with cluster(election_ticks=ELECTION_TICKS) as procs:
+            leader = await leader_of(procs)
             lease = await _grant(leader)
             assert await asyncio.wait_for(leader.backend.lease_keepalive(lease), 5) == 30
 
@@ -81,8 +43,8 @@ def test_a_leader_renews_while_it_has_its_majority() -> None:
 
 def test_a_leader_cut_off_from_its_majority_does_not_acknowledge_a_renewal() -> None:
     async def body() -> None:
-        async with _cluster() as procs:
-            leader = await _leader(procs)
+        async with cluster(election_ticks=ELECTION_TICKS) as procs:
+            leader = await leader_of(procs)
             lease = await _grant(leader)
             followers = [p for p in procs if p is not leader]
             for p in followers:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from inproc_cluster import cluster, leader_of
 
 import quorum.cli.serve as serve_module
 from quorum.api import compaction
@@ -30,8 +30,7 @@ from quorum.api.compactor import (
 from quorum.api.process import QuorumProcess
 from quorum.cli.serve import cluster_up, serve
 from quorum.errors import ConfigError, LeaderChanged, RevisionCompacted
-from quorum.node.config import NodeConfig, PeerSpec, load_config
-from quorum.node.storage import MemoryNodeStorage
+from quorum.node.config import NodeConfig, load_config
 from quorum.state import commands as sc
 
 
@@ -366,44 +365,6 @@ def test_run_loop_survives_errors_and_compacts_every_step() -> None:
 
 
 # --- a three-node cluster -------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def cluster(**config: Any) -> AsyncIterator[list[QuorumProcess]]:
-    """Three in-process nodes over loopback TCP, memory storage, no client ports."""
-    specs = tuple(PeerSpec(i, f"127.0.0.1:{_free_port()}") for i in (1, 2, 3))
-    procs = [
-        QuorumProcess(NodeConfig(id=s.id, peer_listen=s.peer_url, client_listen="",
-                                 etcd_listen="", initial_cluster=specs, tick_ms=10,
-                                 fsync=False, **config),
-                      storage=MemoryNodeStorage())
-        for s in specs
-    ]
-    started: list[QuorumProcess] = []
-    try:
-        for p in procs:
-            await p.start()
-            started.append(p)
-        yield procs
-    finally:
-        for p in started:
-            await p.stop()
-
-
-async def leader_of(procs: list[QuorumProcess]) -> QuorumProcess:
-    for _ in range(1000):
-        leaders = [p for p in procs if p.core.is_leader]
-        if len(leaders) == 1 and all(p.core.leader_id == leaders[0].config.id for p in procs):
-            return leaders[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no leader elected")
 
 
 async def caught_up(procs: list[QuorumProcess]) -> None:

@@ -123,8 +123,9 @@ def cluster_main(args: Any) -> None:
     report(results, args)
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], stdout=subprocess.PIPE,
+def start_server(args: list[str], script: str = SERVER) -> tuple[subprocess.Popen[str], str]:
+    """Run ``script`` (which prints its port) in a child process; (process, endpoint)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
                             text=True, env=dict(os.environ))
     assert proc.stdout is not None
     return proc, f"127.0.0.1:{int(proc.stdout.readline())}"

@@ -17,14 +17,13 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from native_tls_bench import make_certs, one_round
+from native_tls_bench import make_certs, one_round, start_server
 
 from quorum.client import ClientTls
 
@@ -50,13 +49,6 @@ asyncio.run(main())
 """
 
 
-def start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, *args], stdout=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
-    assert proc.stdout is not None
-    return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -69,7 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = make_certs(Path(tmp))
         ctx = ClientTls(ca_file=str(cert), cert_file=str(cert), key_file=str(key)).context()
-        servers = {mode: start([loop_flag, mode, str(cert), str(key)]) for mode in results}
+        servers = {mode: start_server([loop_flag, mode, str(cert), str(key)], SERVER)
+                   for mode in results}
         try:
             if args.uvloop:
                 import uvloop
